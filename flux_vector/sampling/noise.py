@@ -1,0 +1,67 @@
+"""Noise sources, all seeded on the CPU so that one seed gives the same image on any device.
+
+* ``initial_noise``: ComfyUI's ``prepare_noise``, one ``randn`` of the whole batch from a CPU generator.
+* ``SeededNoise``: the ancestral samplers' source. ComfyUI (2025-01 on) uses a private generator seeded with the
+  KSampler seed *on the latent's device*; on CPU its first draw equals the initial noise. Here the generator is
+  always a CPU one and the draw moves to the device afterwards, so a CUDA run gives the CPU (golden) result.
+  This deliberately departs from ComfyUI-on-CUDA, whose Philox stream differs.
+* ``BrownianTreeNoise``: the SDE samplers' source, a ``torchsde.BrownianTree`` over [sigma_min, sigma_max]
+  with the seed as entropy. ComfyUI builds it on the CPU for the plain names and on the device for ``*_gpu``;
+  here both build it on the CPU (identical on CPU, device-independent elsewhere).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+
+NoiseSampler = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def cpu_generator(seed: int) -> torch.Generator:
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**64:
+        raise ValueError(f"seed must be an integer in 0..2^64-1, got {seed!r}")
+    return torch.Generator(device="cpu").manual_seed(seed)
+
+
+def initial_noise(shape: Sequence[int], seed: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """The initial noise ComfyUI draws for a latent of ``shape``: ``manual_seed(seed); randn(shape)`` on CPU."""
+    return torch.randn(tuple(shape), dtype=dtype, generator=cpu_generator(seed), device="cpu")
+
+
+class SeededNoise:
+    """Unit Gaussian draws of a fixed shape from a private CPU generator seeded with ``seed``."""
+
+    def __init__(self, like: torch.Tensor, seed: int):
+        self.shape, self.dtype, self.device = like.shape, like.dtype, like.device
+        self.generator = cpu_generator(seed)
+        self.draws = 0
+
+    def __call__(self, sigma: torch.Tensor, sigma_next: torch.Tensor) -> torch.Tensor:
+        self.draws += 1
+        noise = torch.randn(self.shape, dtype=self.dtype, generator=self.generator, device="cpu")
+        return noise.to(self.device)
+
+
+class BrownianTreeNoise:
+    """Unit-variance Brownian increments ``(W(s') - W(s)) / sqrt|s' - s|`` from a CPU Brownian tree."""
+
+    def __init__(self, like: torch.Tensor, sigma_min: torch.Tensor, sigma_max: torch.Tensor, seed: int):
+        import torchsde  # imported lazily: only the SDE samplers need it
+
+        cpu_generator(seed)  # validates the seed
+        t0, t1 = torch.as_tensor(sigma_min).cpu().float(), torch.as_tensor(sigma_max).cpu().float()
+        self.sign = 1 if t0 < t1 else -1
+        t0, t1 = min(t0, t1), max(t0, t1)
+        w0 = torch.zeros(like.shape, dtype=like.dtype, device="cpu")
+        self.tree = torchsde.BrownianTree(t0, w0, t1, entropy=seed)
+        self.dtype, self.device = like.dtype, like.device
+        self.draws = 0
+
+    def __call__(self, sigma: torch.Tensor, sigma_next: torch.Tensor) -> torch.Tensor:
+        self.draws += 1
+        t0, t1 = torch.as_tensor(sigma), torch.as_tensor(sigma_next)
+        lo, hi, sign = (t0, t1, 1) if t0 < t1 else (t1, t0, -1)
+        w = self.tree(lo.cpu().float(), hi.cpu().float()).to(t0.dtype) * (self.sign * sign)
+        return (w / (t1 - t0).abs().sqrt()).to(self.device)
