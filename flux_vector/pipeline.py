@@ -1,0 +1,373 @@
+"""FluxVectorPipeline: FLUX.1-dev + the Simple Vector LoRA through real diffusers components, sampled like ComfyUI.
+
+Steps of one generation (``__call__``):
+1. validate the parameters through the one contract (``request.parse_request``);
+2. encode the prompt(s) with CLIP + T5 (cached: a repeated prompt skips the text encoders);
+3. sample with ``sampling.ksampler``: the transformer is the velocity model, latents live in ComfyUI's unpacked
+   [B,16,H/8,W/8] layout and are packed for the transformer per call; the initial noise is ComfyUI's;
+4. decode ``x/0.3611 + 0.1159`` with the VAE and convert to 8-bit pixels as ComfyUI's SaveImage does.
+
+mu (the Flux time shift) is computed from the image size as ComfyUI's ModelSamplingFlux node does
+(max_shift 1.15, base_shift 0.5): 1.15 at 1024x1024, 1.125625 at 832x1216. That node is part of the standard
+ComfyUI Flux-dev workflow; without it ComfyUI would use 1.15 for every size.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .offload import OffloadChoice, accelerator_free_bytes, apply_offload, choose_offload, module_bytes
+from .request import GenerationRequest, parse_request
+from .sampling import flux_mu, ksampler, to_latent
+
+DEFAULT_MODEL = "black-forest-labs/FLUX.1-dev"
+DEFAULT_LORA = "renderartist/simplevectorflux"
+DEFAULT_LORA_FILE = "Simple_Vector_Flux_v2_renderartist.safetensors"
+T5_MAX_LENGTH = 512
+PROMPT_CACHE_SIZE = 64
+
+
+class WeightsNotFound(FileNotFoundError):
+    """Model or LoRA weights are neither a local path nor in the local Hugging Face cache."""
+
+
+@dataclass
+class GenerationResult:
+    images: list[Image.Image]
+    request: GenerationRequest
+    width: int
+    height: int
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def image(self) -> Image.Image:
+        return self.images[0]
+
+
+def resolve_model(model: str) -> Path:
+    """A diffusers folder for ``model``: "tiny", a local folder, or a hub id in the local Hugging Face cache."""
+    if model == "tiny":
+        from .tiny import tiny_checkpoint_dir
+
+        return tiny_checkpoint_dir()
+    path = Path(model).expanduser()
+    if path.is_dir():
+        if not (path / "model_index.json").exists():
+            raise WeightsNotFound(f"{path} is not a diffusers model folder (no model_index.json)")
+        return path
+    if path.suffix in (".safetensors", ".sft") or path.exists():
+        raise WeightsNotFound(f"{path}: not found" if not path.exists() else f"{path}: not a folder")
+    return Path(_hub_snapshot(model))
+
+
+def _hub_snapshot(repo_id: str, allow_patterns: list[str] | None = None) -> str:
+    from huggingface_hub import snapshot_download
+
+    try:
+        return snapshot_download(repo_id, local_files_only=True, allow_patterns=allow_patterns)
+    except Exception as exc:  # LocalEntryNotFoundError, RepositoryNotFoundError, HFValidationError, ...
+        raise WeightsNotFound(
+            f"{repo_id!r} is not a local folder and is not in the local Hugging Face cache. Download it once with "
+            f"`huggingface-cli download {repo_id}` (FLUX.1-dev needs its license accepted on the hub and HF_TOKEN "
+            f"set), or pass a local diffusers folder, or model='tiny' for the random-weight demo checkpoint."
+        ) from exc
+
+
+def resolve_lora(lora: str | os.PathLike | None, model: str) -> Path | None:
+    """A LoRA file for ``lora``: None/"none", a path, or a hub id (its one .safetensors, from the local cache)."""
+    if lora is None or str(lora).lower() == "none":
+        return None
+    if model == "tiny" and lora == DEFAULT_LORA:
+        from .tiny import KOHYA_LORA, tiny_checkpoint_dir
+
+        return tiny_checkpoint_dir() / KOHYA_LORA
+    path = Path(lora).expanduser()
+    if path.is_file():
+        return path
+    if path.suffix == ".safetensors" or path.exists():
+        raise WeightsNotFound(f"LoRA file {path} not found")
+    folder = Path(_hub_snapshot(str(lora), allow_patterns=["*.safetensors"]))
+    preferred = folder / DEFAULT_LORA_FILE
+    if preferred.is_file():
+        return preferred
+    files = sorted(folder.glob("*.safetensors"))
+    if len(files) != 1:
+        raise WeightsNotFound(f"LoRA repo {lora!r} holds {len(files)} .safetensors files; pass the file's path")
+    return files[0]
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+def default_dtype(device: torch.device) -> torch.dtype:
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+class PromptCache:
+    """LRU of encoded prompts (T5 sequence embeddings + CLIP pooled), so repeats skip the text encoders."""
+
+    def __init__(self, size: int = PROMPT_CACHE_SIZE):
+        self.size, self.entries = size, OrderedDict()
+        self.hits = self.misses = 0
+
+    def get(self, key, compute):
+        if key in self.entries:
+            self.hits += 1
+            self.entries.move_to_end(key)
+            return self.entries[key]
+        self.misses += 1
+        value = compute()
+        self.entries[key] = value
+        if len(self.entries) > self.size:
+            self.entries.popitem(last=False)
+        return value
+
+
+class FluxVectorPipeline:
+    """The main job: a prompt and the hosted API's parameters in, the images out."""
+
+    def __init__(
+        self,
+        *,
+        transformer,
+        vae,
+        text_encoder,
+        tokenizer,
+        text_encoder_2,
+        tokenizer_2,
+        device: torch.device,
+        dtype: torch.dtype,
+        offload: OffloadChoice,
+        lora=None,
+        model_name: str = "",
+    ):
+        from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline
+
+        self.transformer, self.vae = transformer, vae
+        self.text_encoder, self.tokenizer = text_encoder, tokenizer
+        self.text_encoder_2, self.tokenizer_2 = text_encoder_2, tokenizer_2
+        self.device, self.dtype, self.offload, self.lora, self.model_name = device, dtype, offload, lora, model_name
+        for module in (transformer, vae, text_encoder, text_encoder_2):
+            module.eval().requires_grad_(False)
+        # diffusers' pipeline object is kept for its helpers (prompt encoding, latent packing, offload hooks);
+        # its own denoising loop is not used (it rewrites custom sigma lists).
+        self._diffusers = FluxPipeline(
+            scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
+            text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2, transformer=transformer,
+        )  # fmt: skip
+        apply_offload(offload, self._diffusers, self._components())
+        self.prompt_cache = PromptCache()
+
+    def _components(self) -> dict[str, torch.nn.Module]:
+        return {"text_encoder": self.text_encoder, "text_encoder_2": self.text_encoder_2,
+                "transformer": self.transformer, "vae": self.vae}  # fmt: skip
+
+    # ----------------------------------------------------------------------------------------------- loading
+    @classmethod
+    def from_pretrained(
+        cls,
+        model: str = DEFAULT_MODEL,
+        *,
+        lora: str | os.PathLike | None = DEFAULT_LORA,
+        lora_strength: float = 1.0,
+        quantize: str | None = None,
+        offload: str = "auto",
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | str | None = None,
+        log=print,
+    ) -> FluxVectorPipeline:
+        from diffusers import AutoencoderKL, FluxTransformer2DModel
+        from transformers import CLIPTextModel, CLIPTokenizer, T5EncoderModel, T5TokenizerFast
+
+        if quantize not in (None, "8bit"):
+            raise ValueError(f"quantize={quantize!r} is not allowed; quantize must be None or '8bit'")
+        device = torch.device(device) if device is not None else default_device()
+        dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype or default_dtype(device)
+        folder = resolve_model(model)
+        lora_file = resolve_lora(lora, model)
+        started = time.perf_counter()
+        if model == "tiny":
+            log("model: tiny random-weight FLUX checkpoint (a structural demo: its images are noise-like)")
+
+        transformer = FluxTransformer2DModel.from_pretrained(folder, subfolder="transformer", dtype=dtype)
+        vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", dtype=dtype)
+        text_encoder = CLIPTextModel.from_pretrained(folder, subfolder="text_encoder", dtype=dtype)
+        tokenizer = CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer")
+        text_encoder_2 = T5EncoderModel.from_pretrained(folder, subfolder="text_encoder_2", dtype=dtype)
+        tokenizer_2 = T5TokenizerFast.from_pretrained(folder, subfolder="tokenizer_2")
+
+        sizes = {name: module_bytes(m) for name, m in
+                 (("transformer", transformer), ("text_encoder_2", text_encoder_2), ("vae", vae),
+                  ("text_encoder", text_encoder))}  # fmt: skip
+        if quantize == "8bit":
+            from .quantize import quantize_linears_8bit
+
+            count = quantize_linears_8bit(transformer, device)
+            sizes["transformer"] = module_bytes(transformer)
+            log(f"quantize: {count} transformer linears in bitsandbytes int8")
+        choice = choose_offload(offload, device, accelerator_free_bytes(device), sizes)
+        log(f"offload: {choice.mode} ({choice.reason})")
+
+        handle = None
+        if lora_file is not None:
+            from .lora import apply_lora, load_lora_file, parse_lora
+
+            patches = parse_lora(load_lora_file(lora_file), transformer, text_encoder)
+            handle = apply_lora(patches, strength=lora_strength)
+            log(f"lora: {lora_file.name}, {len(patches)} layers, strength {lora_strength}")
+        pipe = cls(
+            transformer=transformer, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
+            text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2, device=device, dtype=dtype, offload=choice,
+            lora=handle, model_name=model,
+        )  # fmt: skip
+        pipe.load_seconds = time.perf_counter() - started
+        return pipe
+
+    # ------------------------------------------------------------------------------------------------- LoRA
+    @property
+    def lora_strength(self) -> float | None:
+        return None if self.lora is None else self.lora.strength
+
+    def set_lora_strength(self, strength: float) -> None:
+        """Switch the LoRA strength (any s in [-10, 10]); costs no reload and accumulates no drift."""
+        from .lora import check_strength
+
+        check_strength(strength)
+        if self.lora is None:
+            if strength != 0:
+                raise ValueError("this pipeline has no LoRA loaded (lora=None); only lora_strength 0 applies")
+            return
+        if strength != self.lora.strength:
+            self.lora.set_strength(strength)
+
+    # ------------------------------------------------------------------------------------------- encode
+    @torch.inference_mode()
+    def encode_prompt(self, prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(T5 sequence embeddings [1,512,D], CLIP pooled [1,P]) for one prompt, cached."""
+
+        def compute():
+            embeds, pooled, _text_ids = self._diffusers.encode_prompt(
+                prompt=prompt, prompt_2=None, device=self._execution_device(), num_images_per_prompt=1,
+                max_sequence_length=T5_MAX_LENGTH,
+            )  # fmt: skip
+            return embeds.to(self.dtype), pooled.to(self.dtype)
+
+        return self.prompt_cache.get((prompt, id(self.lora), self._text_lora_strength()), compute)
+
+    def _text_lora_strength(self):
+        return self.lora.strength if self.lora is not None and getattr(self.lora, "touches_text", False) else None
+
+    def _execution_device(self) -> torch.device:
+        return self._diffusers._execution_device if self.offload.mode != "none" else self.device
+
+    # ------------------------------------------------------------------------------------------- sample
+    def velocity_model(self, embeds: torch.Tensor, pooled: torch.Tensor, guidance: float, height: int, width: int):
+        """The transformer as ComfyUI's velocity model ``(x [B,16,h,w] float32, sigma [B]) -> v``."""
+        h, w = height // 8, width // 8
+        device = self._execution_device()
+        img_ids = self._diffusers._prepare_latent_image_ids(1, h // 2, w // 2, device, self.dtype)
+        txt_ids = torch.zeros(embeds.shape[1], 3, device=device, dtype=self.dtype)
+
+        def velocity(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+            batch = x.shape[0]
+            packed = self._diffusers._pack_latents(x.to(device, self.dtype), batch, x.shape[1], h, w)
+            out = self.transformer(
+                hidden_states=packed,
+                timestep=sigma.to(device, self.dtype),
+                guidance=torch.full((batch,), guidance, device=device, dtype=torch.float32),
+                pooled_projections=pooled.expand(batch, -1),
+                encoder_hidden_states=embeds.expand(batch, -1, -1),
+                txt_ids=txt_ids,
+                img_ids=img_ids,
+                return_dict=False,
+            )[0]
+            return self._diffusers._unpack_latents(out, height, width, 8).float()
+
+        return velocity
+
+    @torch.inference_mode()
+    def __call__(self, prompt: str, *, progress: bool = True, **params: Any) -> GenerationResult:
+        """Generate with the hosted API's parameters (see ``request.GenerationRequest`` for all of them)."""
+        if params.get("lora_strength") is None:
+            params.pop("lora_strength", None)
+            if self.lora is not None:
+                params["lora_strength"] = self.lora.strength
+        return self.generate(parse_request({"prompt": prompt, **params}), progress=progress)
+
+    @torch.inference_mode()
+    def generate(self, request: GenerationRequest, *, progress: bool = True, on_step=None) -> GenerationResult:
+        timings: dict[str, float] = {}
+        started = time.perf_counter()
+        self.set_lora_strength(request.lora_strength)
+        width, height = request.size
+        t = time.perf_counter()
+        embeds, pooled = self.encode_prompt(request.prompt)
+        timings["encode_s"] = time.perf_counter() - t
+        positive_v = self.velocity_model(embeds, pooled, request.guidance, height, width)
+        negative_cache: list = []
+
+        def negative_v(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+            # Encoded on first use: only cfg != 1 and the cfg_pp / *_pp samplers evaluate the negative prompt.
+            if not negative_cache:
+                encoded = self.encode_prompt(request.negative_prompt)
+                negative_cache.append(self.velocity_model(*encoded, request.guidance, height, width))
+            return negative_cache[0](x, sigma)
+
+        latent = torch.zeros(request.batch_size, 16, height // 8, width // 8, device=self._execution_device())
+        bar = _progress_bar(request.steps, progress)
+
+        def callback(i, x, denoised):
+            bar.update(1) if bar is not None else None
+            if on_step is not None:
+                on_step(i + 1, request.steps)
+
+        t = time.perf_counter()
+        x = ksampler(
+            positive_v, negative_v, sampler_name=request.sampler_name, scheduler=request.scheduler,
+            steps=request.steps, seed=request.seed, cfg=request.cfg, latent=latent, mu=flux_mu(width, height),
+            callback=callback,
+        )  # fmt: skip
+        if bar is not None:
+            bar.close()
+        _sync(x.device)
+        timings["sample_s"] = time.perf_counter() - t
+        timings["per_step_s"] = timings["sample_s"] / request.steps
+        if not torch.isfinite(x).all():
+            raise FloatingPointError("the sampler produced NaN/inf latents (model or precision problem)")
+
+        t = time.perf_counter()
+        images = self.decode(x)
+        timings["decode_s"] = time.perf_counter() - t
+        timings["total_s"] = time.perf_counter() - started
+        return GenerationResult(images, request, width, height, timings)
+
+    def decode(self, x: torch.Tensor) -> list[Image.Image]:
+        """VAE-decode model-space latents; pixels as ComfyUI's SaveImage makes them (clip, then truncate)."""
+        latents = to_latent(x).to(self._execution_device(), self.vae.dtype)
+        image = self.vae.decode(latents, return_dict=False)[0]
+        image = ((image.float() + 1.0) / 2.0).clamp(0.0, 1.0)
+        array = (255.0 * image.permute(0, 2, 3, 1).cpu().numpy()).clip(0, 255).astype(np.uint8)
+        return [Image.fromarray(a) for a in array]
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _progress_bar(total: int, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="sampling", unit="step", leave=False)

@@ -1,0 +1,46 @@
+"""8-bit weights with bitsandbytes, applied to already-loaded modules.
+
+diffusers' quantized loader refuses without a GPU ("No GPU found"), so the transformer is loaded normally and its
+linears are swapped for ``bnb.nn.Linear8bitLt`` here; moving the module to its device quantizes the weights
+(int8 rows + scales, LLM.int8 outlier threshold 6.0). The same route works on CPU and CUDA.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+# Small or precision-critical layers stay in full precision, as diffusers' bnb integration keeps proj_out.
+KEEP_FULL_PRECISION = ("proj_out", "x_embedder", "context_embedder", "norm_out.linear")
+
+
+def quantize_linears_8bit(model: nn.Module, device: torch.device | str, keep: tuple[str, ...] = KEEP_FULL_PRECISION):
+    """Replace every ``nn.Linear`` of ``model`` (but ``keep``) by an int8 ``Linear8bitLt`` on ``device``."""
+    import bitsandbytes as bnb
+
+    replaced = 0
+    for parent_name, parent in list(model.named_modules()):
+        for name, child in list(parent.named_children()):
+            full = f"{parent_name}.{name}" if parent_name else name
+            if type(child) is not nn.Linear or full in keep:
+                continue
+            quantized = bnb.nn.Linear8bitLt(
+                child.in_features, child.out_features, bias=child.bias is not None,
+                has_fp16_weights=False, threshold=6.0,
+            )  # fmt: skip
+            quantized.weight = bnb.nn.Int8Params(child.weight.data, requires_grad=False, has_fp16_weights=False)
+            if child.bias is not None:
+                quantized.bias = nn.Parameter(child.bias.data, requires_grad=False)
+            setattr(parent, name, quantized.to(device))
+            replaced += 1
+    if replaced == 0:
+        raise ValueError("quantize='8bit' found no nn.Linear layers to quantize")
+    return replaced
+
+
+def is_quantized(model: nn.Module) -> bool:
+    try:
+        import bitsandbytes as bnb
+    except ImportError:
+        return False
+    return any(isinstance(m, bnb.nn.Linear8bitLt) for m in model.modules())

@@ -1,0 +1,155 @@
+"""The one parameter contract: every field of the hosted Simple_Vector_Flux API plus the local extensions.
+
+The pipeline, the CLI, the in-process facade and the HTTP server all validate through ``GenerationRequest``;
+nothing else re-validates. Types are strict (``true`` is not a step count, ``"1.5"`` is not a seed) and every
+error names the field, the value given and what is allowed.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal, get_args
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from .sampling import SAMPLER_NAMES, SCHEDULER_NAMES
+
+# comfyui-art-venture's "SDXL Aspect Ratio" node (COMFY_SAMPLING.md section 8): what the hosted API uses.
+ASPECT_RATIOS: dict[str, tuple[int, int]] = {
+    "1:1": (1024, 1024),
+    "2:3": (832, 1216),
+    "3:4": (896, 1152),
+    "5:8": (768, 1216),
+    "9:16": (768, 1344),
+    "9:19": (704, 1472),
+    "9:21": (640, 1536),
+    "3:2": (1216, 832),
+    "4:3": (1152, 896),
+    "8:5": (1216, 768),
+    "16:9": (1344, 768),
+    "19:9": (1472, 704),
+    "21:9": (1536, 640),
+}
+EXAMPLE_PROMPT = (
+    "v3ct0r style, simple vector art, salesman giving a thumbs up in front of a car, character asset, clip art"
+)
+SLUG = "Simple_Vector_Flux"
+
+AspectRatio = Literal["1:1", "2:3", "3:4", "5:8", "9:16", "9:19", "9:21", "3:2", "4:3", "8:5", "16:9", "19:9", "21:9"]
+SamplerName = Literal[SAMPLER_NAMES]  # type: ignore[valid-type]
+SchedulerName = Literal[SCHEDULER_NAMES]  # type: ignore[valid-type]
+OutputFormat = Literal["png", "jpeg", "webp"]
+assert list(get_args(AspectRatio)) == list(ASPECT_RATIOS)
+
+HOSTED_FIELDS = ("prompt", "aspect_ratio", "lora_strength", "sampler_name", "scheduler", "seed", "steps")
+
+
+class RequestError(ValueError):
+    """An invalid parameter: ``field``, the ``value`` given and a description of what is ``allowed``."""
+
+    def __init__(self, field: str, value: Any, allowed: str, problem: str | None = None):
+        self.field, self.value, self.allowed = field, value, allowed
+        head = f"{field} is missing" if value is _MISSING else f"{field}={value!r} is not allowed"
+        super().__init__(f"{head}{': ' + problem if problem else ''}; {field} must be {allowed}")
+
+
+_MISSING = object()
+
+
+class GenerationRequest(BaseModel):
+    """One image request. Defaults reproduce the hosted API; extensions default to its behaviour."""
+
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+
+    prompt: str = Field(min_length=1, max_length=4000, description="Text prompt (required, non-empty).",
+                        examples=[EXAMPLE_PROMPT])  # fmt: skip
+    aspect_ratio: AspectRatio = Field("2:3", description="Aspect ratio; maps to the 13-entry SDXL size table.")
+    lora_strength: float = Field(1.0, ge=-10, le=10, description="Strength of the Simple Vector LoRA.")
+    sampler_name: SamplerName = Field("euler", description="ComfyUI sampler name.")
+    scheduler: SchedulerName = Field("simple", description="ComfyUI scheduler name.")
+    seed: int = Field(6652105, ge=0, le=2**64 - 1, description="Seed of the initial and sampler noise.")
+    steps: int = Field(20, ge=1, le=100, description="Number of sampling steps.")
+    # Local extensions.
+    guidance: float = Field(3.5, ge=0, le=100, description="Flux distilled guidance (FluxGuidance).")
+    negative_prompt: str = Field("", max_length=4000, description="Used when cfg != 1 and by the *_pp samplers.")
+    cfg: float = Field(1.0, ge=0, le=100, description="Classifier-free guidance scale; 1 skips the uncond pass.")
+    width: int | None = Field(None, ge=64, le=4096, multiple_of=16, description="Overrides the ratio (with height).")
+    height: int | None = Field(None, ge=64, le=4096, multiple_of=16, description="Overrides the ratio (with width).")
+    batch_size: int = Field(1, ge=1, le=8, description="Images per request, one noise draw for the batch.")
+    output_format: OutputFormat = Field("png", description="Encoding of the returned image.")
+    quality: int = Field(95, ge=1, le=100, description="JPEG/WebP quality.")
+    base64: bool = Field(False, description="Return the image inline as base64.")
+
+    @model_validator(mode="after")
+    def _check(self) -> GenerationRequest:
+        for name in ("lora_strength", "guidance", "cfg"):
+            if not math.isfinite(getattr(self, name)):
+                raise ValueError(f"{name} must be finite")
+        if not self.prompt.strip():
+            raise ValueError("prompt must not be blank")
+        if (self.width is None) != (self.height is None):
+            raise ValueError("width and height must be given together")
+        return self
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(width, height) in pixels."""
+        if self.width is not None and self.height is not None:
+            return self.width, self.height
+        return ASPECT_RATIOS[self.aspect_ratio]
+
+    def echo(self) -> dict[str, Any]:
+        """The parameters as the final result dict echoes them, defaults filled in."""
+        return self.model_dump()
+
+
+def allowed(field: str) -> str:
+    """What a field accepts, read from the model so that it never disagrees with the validation."""
+    info = GenerationRequest.model_fields[field]
+    annotation = info.annotation
+    choices = get_args(annotation) if getattr(annotation, "__origin__", None) is Literal else ()
+    if choices:
+        return "one of " + ", ".join(repr(c) for c in choices)
+    bounds = {type(m).__name__: m for m in info.metadata}
+    base = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+    kind = next((text for t, text in base.items() if t in (annotation, *get_args(annotation))), "a value")
+    if "MinLen" in bounds:
+        kind += " (non-empty)"
+    lo, hi = getattr(bounds.get("Ge"), "ge", None), getattr(bounds.get("Le"), "le", None)
+    text = f"{kind} from {lo} to {hi}" if lo is not None and hi is not None else kind
+    if "MultipleOf" in bounds:
+        text += f", a multiple of {bounds['MultipleOf'].multiple_of}"
+    if field in ("width", "height"):
+        text += "; width and height together"
+    return text
+
+
+def _error_from(exc: ValidationError, params: dict[str, Any]) -> RequestError:
+    err = exc.errors()[0]
+    loc = [str(p) for p in err.get("loc", ()) if not isinstance(p, int)]
+    field = loc[0] if loc else ""
+    if not field:  # a model-level check: the message names the field
+        msg = str(err.get("msg", "")).removeprefix("Value error, ")
+        field = msg.split(" ", 1)[0]
+        return RequestError(field, params.get(field, _MISSING), allowed(field) if field in FIELDS else msg, msg)
+    if err.get("type") == "extra_forbidden":
+        return RequestError(field, params.get(field), "one of the parameters " + ", ".join(FIELDS), "unknown parameter")
+    if err.get("type") == "missing":
+        return RequestError(field, _MISSING, allowed(field), "it is required")
+    return RequestError(field, params.get(field, err.get("input")), allowed(field))
+
+
+FIELDS: tuple[str, ...] = tuple(GenerationRequest.model_fields)
+
+
+def parse_request(params: Any) -> GenerationRequest:
+    """Validate a parameter dict (JSON body, keyword arguments) into a request, or raise ``RequestError``."""
+    if not isinstance(params, dict):
+        raise RequestError("body", type(params).__name__, "a JSON object of parameters", "not an object")
+    for key in params:
+        if not isinstance(key, str):
+            raise RequestError(str(key), key, "one of the parameters " + ", ".join(FIELDS), "unknown parameter")
+    try:
+        return GenerationRequest(**params)
+    except ValidationError as exc:
+        raise _error_from(exc, params) from None
