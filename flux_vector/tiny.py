@@ -171,7 +171,9 @@ def build_tiny_flux(outdir: str | Path, seed: int = 0) -> Path:
             use_quant_conv=False,
             use_post_quant_conv=False,
         ).eval()
-        scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15)
+        scheduler = FlowMatchEulerDiscreteScheduler(
+            shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15
+        )
         pipe = FluxPipeline(
             scheduler=scheduler,
             vae=vae,

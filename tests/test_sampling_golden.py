@@ -161,4 +161,4 @@ def test_noise_draws_of_stochastic_runs():
             assert (s, s_next) == pytest.approx((ws, ws_next), abs=1e-7), run_key
             assert torch.equal(n.flatten(), w), run_key
         checked += 1
-    assert checked >= 10
+    assert checked == 9  # every run whose raw draws the golden data stores

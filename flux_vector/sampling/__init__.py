@@ -6,11 +6,11 @@ from .noise import initial_noise
 from .schedules import SCHEDULER_NAMES, flux_mu, get_sigmas, sigma_table
 
 __all__ = [
-    "Denoiser",
     "HOSTED_SAMPLER_NAMES",
     "PP_MIGRATION",
     "SAMPLER_NAMES",
     "SCHEDULER_NAMES",
+    "Denoiser",
     "flux_mu",
     "get_sigmas",
     "initial_noise",

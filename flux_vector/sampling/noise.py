@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 
 import torch
@@ -63,5 +64,9 @@ class BrownianTreeNoise:
         self.draws += 1
         t0, t1 = torch.as_tensor(sigma), torch.as_tensor(sigma_next)
         lo, hi, sign = (t0, t1, 1) if t0 < t1 else (t1, t0, -1)
-        w = self.tree(lo.cpu().float(), hi.cpu().float()).to(t0.dtype) * (self.sign * sign)
+        with warnings.catch_warnings():
+            # torchsde rounds the tree's start to its 1e-6 tolerance, just above a float32 sigma_min, and warns
+            # "Should have ta>=t0" on draws that touch it; ComfyUI takes the same path and the draws match it.
+            warnings.filterwarnings("ignore", message="Should have ta>=t0")
+            w = self.tree(lo.cpu().float(), hi.cpu().float()).to(t0.dtype) * (self.sign * sign)
         return (w / (t1 - t0).abs().sqrt()).to(self.device)
