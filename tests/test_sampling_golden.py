@@ -128,37 +128,35 @@ def test_euler_pp_matches_the_legacy_function(steps):
     torch.testing.assert_close(x, legacy, atol=1e-4, rtol=0)
 
 
-def test_noise_draws_of_stochastic_runs():
-    """Where the golden data stores the raw draws, the same sigma pairs give the same draws in order."""
+def _runs_with_stored_draws() -> list[str]:
+    return sorted(k for k, run in _runs().items() if run["noise_draws"] and f"{VERSION}/runs/{k}/noise_draws" in tensors())
+
+
+def test_draws_are_stored_for_the_stochastic_families():
+    assert len(_runs_with_stored_draws()) == 9
+
+
+@pytest.mark.parametrize("run_key", _runs_with_stored_draws())
+def test_noise_draws(run_key, monkeypatch):
+    """Where the golden data stores the raw draws, the same sigma pairs give the same draws, bitwise, in order."""
     from flux_vector.sampling import noise as noise_mod
 
-    t = tensors()
-    checked = 0
-    for run_key, run in _runs().items():
-        key = f"{VERSION}/runs/{run_key}/noise_draws"
-        if key not in t or not run["noise_draws"]:
-            continue
-        draws: list[tuple[float, float, torch.Tensor]] = []
-        originals = noise_mod.SeededNoise.__call__, noise_mod.BrownianTreeNoise.__call__
+    run = _runs()[run_key]
+    draws: list[tuple[float, float, torch.Tensor]] = []
 
-        def spy(original):
-            def call(self, sigma, sigma_next):
-                n = original(self, sigma, sigma_next)
-                draws.append((float(sigma), float(sigma_next), n.clone()))
-                return n
+    def spy(original):
+        def call(self, sigma, sigma_next):
+            n = original(self, sigma, sigma_next)
+            draws.append((float(sigma), float(sigma_next), n.clone()))
+            return n
 
-            return call
+        return call
 
-        noise_mod.SeededNoise.__call__ = spy(originals[0])
-        noise_mod.BrownianTreeNoise.__call__ = spy(originals[1])
-        try:
-            _run(run["sampler_name"], run["scheduler"], run["steps"], run["cfg"])
-        finally:
-            noise_mod.SeededNoise.__call__, noise_mod.BrownianTreeNoise.__call__ = originals
-        want = t[key]
-        assert len(draws) == len(run["noise_draws"]) == want.shape[0], run_key
-        for (s, s_next, n), (_, ws, ws_next), w in zip(draws, run["noise_draws"], want, strict=True):
-            assert (s, s_next) == pytest.approx((ws, ws_next), abs=1e-7), run_key
-            assert torch.equal(n.flatten(), w), run_key
-        checked += 1
-    assert checked == 9  # every run whose raw draws the golden data stores
+    for cls in (noise_mod.SeededNoise, noise_mod.BrownianTreeNoise):
+        monkeypatch.setattr(cls, "__call__", spy(cls.__call__))
+    _run(run["sampler_name"], run["scheduler"], run["steps"], run["cfg"])
+    want = tensors()[f"{VERSION}/runs/{run_key}/noise_draws"]
+    assert len(draws) == len(run["noise_draws"]) == want.shape[0]
+    for (s, s_next, n), (_, ws, ws_next), w in zip(draws, run["noise_draws"], want, strict=True):
+        assert (s, s_next) == pytest.approx((ws, ws_next), abs=1e-7)
+        assert torch.equal(n.flatten(), w)
