@@ -52,3 +52,15 @@ def offset_first_sigma(sigmas: torch.Tensor, mu: float) -> torch.Tensor:
         sigmas = sigmas.clone()
         sigmas[0] = percent_to_sigma(1e-4, mu)
     return sigmas
+
+
+def lagrange_basis(nodes, j: int, tau):
+    """The j-th Lagrange basis polynomial on ``nodes`` at ``tau``: prod_{k != j} (tau - t_k) / (t_j - t_k).
+
+    Works on floats and on tensors alike (``tau`` may be a grid).
+    """
+    out = 1.0
+    for k, t_k in enumerate(nodes):
+        if k != j:
+            out = out * (tau - t_k) / (nodes[j] - t_k)
+    return out
