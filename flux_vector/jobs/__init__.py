@@ -1,0 +1,48 @@
+"""The v2 job queue: a ``JobStore`` (embedded default: ``SQLiteJobStore``) and the ``Worker`` that owns the model.
+
+Used by the HTTP server (``flux_vector.server``) and by the in-process facade (``flux_vector.facade``).
+"""
+
+from .bodies import EXTENSIONS, MEDIA_TYPES, encode_image, result_body, status_body
+from .store import (
+    COMPLETED,
+    DEFAULT_MAX_ATTEMPTS,
+    DEFAULT_RETENTION_S,
+    FAILED,
+    PROCESSING,
+    QUEUED,
+    STATES,
+    TERMINAL,
+    Job,
+    JobStore,
+    QueueFull,
+    Recovery,
+    SQLiteJobStore,
+    StoreLocked,
+)
+from .worker import ModelCannot, Worker, describe_error
+
+__all__ = [
+    "COMPLETED",
+    "DEFAULT_MAX_ATTEMPTS",
+    "DEFAULT_RETENTION_S",
+    "EXTENSIONS",
+    "FAILED",
+    "MEDIA_TYPES",
+    "PROCESSING",
+    "QUEUED",
+    "STATES",
+    "TERMINAL",
+    "Job",
+    "JobStore",
+    "ModelCannot",
+    "QueueFull",
+    "Recovery",
+    "SQLiteJobStore",
+    "StoreLocked",
+    "Worker",
+    "describe_error",
+    "encode_image",
+    "result_body",
+    "status_body",
+]

@@ -1,0 +1,91 @@
+"""The Segmind-shaped JSON bodies of a job, shared by the HTTP server and the in-process facade.
+
+Status (``GET /v2/requests/{id}/status``)::
+
+    {"request_id": ..., "status": "QUEUED", "position": 0}                 # jobs ahead of it
+    {"request_id": ..., "status": "PROCESSING", "progress": {"step": 3, "total": 20}}
+    {"request_id": ..., "status": "COMPLETED"}
+    {"request_id": ..., "status": "FAILED", "error": "..."}                # served as HTTP 422
+
+Final body (``GET /v2/requests/{id}``, ``segmind.run``)::
+
+    {"request_id": ..., "status": "COMPLETED", "output": "<url of the first image>", "outputs": [<all urls>],
+     "metrics": {"inference_time": s, "queue_time": s, "total_time": s}, "width": .., "height": ..,
+     <every request parameter, defaults filled in>,          # prompt, aspect_ratio, ..., seed, steps, base64
+     "image": "<base64>", "images": [<base64>, ...]}         # only when base64 is true
+
+A FAILED final body carries ``status``, ``error``, ``metrics`` and ``output: null``.
+"""
+
+from __future__ import annotations
+
+import base64 as b64
+import io
+from collections.abc import Callable
+from typing import Any
+
+from .store import COMPLETED, FAILED, PROCESSING, QUEUED, Job
+
+MEDIA_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
+EXTENSIONS = {"png": "png", "jpeg": "jpg", "webp": "webp"}
+
+
+def encode_image(image, output_format: str, quality: int) -> bytes:
+    """A PIL image as ``output_format`` bytes (``quality`` applies to jpeg and webp)."""
+    buffer = io.BytesIO()
+    if output_format == "png":
+        image.save(buffer, format="PNG")
+    elif output_format == "jpeg":
+        image.convert("RGB").save(buffer, format="JPEG", quality=quality)
+    elif output_format == "webp":
+        image.save(buffer, format="WEBP", quality=quality)
+    else:
+        raise ValueError(f"output_format={output_format!r} is not allowed; one of png, jpeg, webp")
+    return buffer.getvalue()
+
+
+def status_body(job: Job) -> dict[str, Any]:
+    body: dict[str, Any] = {"request_id": job.id, "status": job.state}
+    if job.state == QUEUED and job.position is not None:
+        body["position"] = job.position
+    elif job.state == PROCESSING:
+        body["progress"] = {"step": job.step or 0, "total": job.total_steps}
+    elif job.state == FAILED:
+        body["error"] = job.error
+    return body
+
+
+def metrics(job: Job) -> dict[str, float | None]:
+    """Server-side seconds: compute (``inference_time``), waiting in the queue, submit to finish."""
+    queue = None if job.started_at is None else max(0.0, job.started_at - job.created_at)
+    total = None if job.finished_at is None else max(0.0, job.finished_at - job.created_at)
+    return {
+        "inference_time": _round(job.result.get("inference_time")),
+        "queue_time": _round(queue),
+        "total_time": _round(total),
+    }
+
+
+def result_body(
+    job: Job, image_url: Callable[[int], str], image_bytes: Callable[[int], bytes | None] | None = None
+) -> dict[str, Any]:
+    """The final body. ``image_url(i)`` names image i; ``image_bytes(i)`` reads it when the request asked base64."""
+    if job.state != COMPLETED:
+        body = status_body(job)
+        if job.state == FAILED:
+            body.update(output=None, metrics=metrics(job))
+        return body
+    result = job.result
+    urls = [image_url(i) for i in range(result.get("count", 0))]
+    body = {"request_id": job.id, "status": COMPLETED, "output": urls[0] if urls else None, "outputs": urls,
+            "metrics": metrics(job), "width": result.get("width"), "height": result.get("height"),
+            **result.get("echo", {})}  # fmt: skip
+    if result.get("echo", {}).get("base64") and image_bytes is not None:
+        encoded = [b64.b64encode(image_bytes(i) or b"").decode("ascii") for i in range(len(urls))]
+        body["image"] = encoded[0] if encoded else None
+        body["images"] = encoded
+    return body
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(float(value), 4)

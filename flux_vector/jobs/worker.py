@@ -1,0 +1,270 @@
+"""The GPU worker: one thread that owns the pipeline and runs the store's jobs one at a time.
+
+Inference is serialised (one model, one accelerator); everything else (HTTP, status reads, submits) runs on other
+threads, which torch leaves the interpreter to while it computes. A job's exception (out of memory, NaN, a bad
+parameter for this model) makes that job FAILED with a readable error and the worker carries on. ``stop()``
+interrupts the running job at its next step and puts it back in the queue, so a clean shutdown loses nothing.
+"""
+
+from __future__ import annotations
+
+import gc
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+from ..request import GenerationRequest, RequestError, parse_request
+from . import faults
+from .bodies import EXTENSIONS, MEDIA_TYPES, encode_image
+from .store import Job, JobStore
+
+
+class _Interrupted(Exception):
+    """The worker is stopping: the running job goes back to the queue."""
+
+
+class ModelCannot(RuntimeError):
+    """A request the contract allows but this loaded model cannot serve (e.g. a LoRA strength with no LoRA)."""
+
+
+class Worker:
+    """Runs queued jobs on ``pipeline`` (an object with ``generate``, or a zero-argument factory built lazily, in the
+    worker thread, on the first job)."""
+
+    def __init__(
+        self,
+        store: JobStore,
+        pipeline: Any,
+        *,
+        log: Callable[[str], None] | None = None,
+        expire_every: float | None = None,
+        progress_every: float = 0.5,
+        idle_poll: float = 1.0,
+        test_faults: bool | None = None,
+    ):
+        self.store = store
+        if hasattr(pipeline, "generate"):
+            self._pipeline, self._factory = pipeline, None
+        elif callable(pipeline):
+            self._pipeline, self._factory = None, pipeline
+        else:
+            raise TypeError("pipeline must have .generate() or be a zero-argument factory")
+        self.log = log or (lambda message: print(message, file=sys.stderr))
+        self.expire_every = expire_every if expire_every is not None else min(60.0, max(0.2, store.retention_s / 4))
+        self.progress_every, self.idle_poll = progress_every, idle_poll
+        self.test_faults = faults.enabled() if test_faults is None else test_faults
+        self.state = "stopped"  # stopped | idle | loading | busy
+        self.current_job: str | None = None
+        self.load_error: str | None = None
+        self._listeners: list[Callable[[Job], None]] = []
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._finished = threading.Condition()
+        self._finished_count = 0
+        self._thread: threading.Thread | None = None
+        self._pipeline_lock = threading.Lock()
+
+    # ------------------------------------------------------------------------------------------- control
+    def start(self) -> Worker:
+        if self._thread is not None and self._thread.is_alive():
+            return self
+        self._stop.clear()
+        self.state = "idle"
+        self._thread = threading.Thread(target=self._loop, name="flux-vector-worker", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float | None = 30.0) -> bool:
+        """Stop after the running job's current step (the job is requeued). True when the thread has ended."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            alive = self._thread.is_alive()
+            if not alive:
+                self._thread, self.state = None, "stopped"
+            return not alive
+        return True
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def notify(self) -> None:
+        """New work was submitted."""
+        self._wake.set()
+
+    def add_listener(self, callback: Callable[[Job], None]) -> None:
+        """``callback(job)`` runs in the worker thread after each job reaches COMPLETED or FAILED."""
+        self._listeners.append(callback)
+
+    def wait(self, job_id: str, timeout: float | None = None) -> Job | None:
+        """Block until the job is COMPLETED/FAILED or ``timeout`` passes; the job as it then is (None: gone)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            with self._finished:
+                seen = self._finished_count
+            job = self.store.get(job_id)
+            if job is None or job.finished:
+                return job
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                return job
+            with self._finished:
+                # a periodic re-check covers a store shared with other workers (a later backend)
+                if self._finished_count == seen:
+                    self._finished.wait(timeout=5.0 if left is None else min(left, 5.0))
+
+    @property
+    def pipeline(self):
+        """The pipeline, built now if it was given as a factory (normally the worker builds it on its first job)."""
+        with self._pipeline_lock:
+            if self._pipeline is None:
+                previous, self.state = self.state, "loading"
+                try:
+                    self._pipeline = self._factory()
+                    self.load_error = None
+                except Exception as exc:
+                    self.load_error = f"{type(exc).__name__}: {exc}"
+                    raise
+                finally:
+                    self.state = previous
+            return self._pipeline
+
+    @property
+    def pipeline_loaded(self) -> bool:
+        return self._pipeline is not None
+
+    # ------------------------------------------------------------------------------------------- loop
+    def _loop(self) -> None:
+        next_expire = 0.0
+        while not self._stop.is_set():
+            try:
+                if time.monotonic() >= next_expire:
+                    self.store.expire()
+                    next_expire = time.monotonic() + self.expire_every
+                job = self.store.claim()
+            except Exception as exc:  # the store hiccupped (disk full, locked): keep serving
+                self.log(f"worker: store error: {type(exc).__name__}: {exc}")
+                self._stop.wait(1.0)
+                continue
+            if job is None:
+                self._wake.wait(timeout=max(0.0, min(self.idle_poll, next_expire - time.monotonic())))
+                self._wake.clear()
+                continue
+            self._process(job)
+        self.state = "stopped"
+
+    def _checkpoint(self) -> None:
+        if self._stop.is_set():
+            raise _Interrupted
+
+    def _process(self, job: Job) -> None:
+        self.state, self.current_job = "busy", job.id
+        finished: Job | None = None
+        try:
+            finished = self._run(job)
+        except _Interrupted:
+            self.log(f"worker: job {job.id} interrupted by shutdown; back in the queue")
+            try:
+                self.store.requeue(job.id)
+            except Exception as exc:
+                self.log(f"worker: could not requeue {job.id}: {exc} (recovery will run it again at start)")
+        except Exception as exc:
+            error = describe_error(exc, job)
+            self.log(f"worker: job {job.id} FAILED: {error}")
+            if not isinstance(exc, (RequestError, ModelCannot, FloatingPointError)):
+                self.log("".join(traceback.format_exception(exc)).rstrip())
+            _release_memory()
+            try:
+                finished = self.store.fail(job.id, error)
+            except Exception as store_exc:
+                self.log(f"worker: could not record the failure of {job.id}: {store_exc}")
+        finally:
+            self.state, self.current_job = "idle", None
+        if finished is not None:
+            with self._finished:
+                self._finished_count += 1
+                self._finished.notify_all()
+            for callback in list(self._listeners):
+                try:
+                    callback(finished)
+                except Exception as exc:
+                    self.log(f"worker: listener error: {exc}")
+
+    def _run(self, job: Job) -> Job:
+        request = parse_request(job.params)
+        if self.test_faults:
+            faults.inject(request.prompt, self._checkpoint)
+        self._checkpoint()
+        pipe = self.pipeline
+        self.state = "busy"
+        request = adapt_to_pipeline(request, job.params, pipe)
+        last = [0.0]
+
+        def on_step(step: int, total: int) -> None:
+            self._checkpoint()
+            now = time.monotonic()
+            if step >= total or now - last[0] >= self.progress_every:
+                last[0] = now
+                self.store.progress(job.id, step, total)
+
+        result = pipe.generate(request, progress=False, on_step=on_step)
+        images = [encode_image(image, request.output_format, request.quality) for image in result.images]
+        meta = {
+            "echo": request.echo(),
+            "width": result.width,
+            "height": result.height,
+            "ext": EXTENSIONS[request.output_format],
+            "media_type": MEDIA_TYPES[request.output_format],
+            "inference_time": result.timings.get("total_s"),
+            "timings": {k: round(float(v), 4) for k, v in result.timings.items()},
+        }
+        return self.store.complete(job.id, images, meta)
+
+
+def adapt_to_pipeline(request: GenerationRequest, params: dict[str, Any], pipe) -> GenerationRequest:
+    """A pipeline loaded without a LoRA (``--lora none``) serves lora_strength 0 only; a default strength becomes 0."""
+    if getattr(pipe, "lora", True) is None and request.lora_strength != 0:
+        if "lora_strength" in params:
+            raise ModelCannot(
+                f"lora_strength={params['lora_strength']!r} cannot be served: this server runs without a LoRA "
+                "(started with --lora none); lora_strength must be 0 or left out"
+            )
+        request = request.model_copy(update={"lora_strength": 0.0})
+    return request
+
+
+def describe_error(exc: BaseException, job: Job) -> str:
+    """A human-readable reason for a FAILED job."""
+    size = ""
+    with_size = job.params.get("width"), job.params.get("height")
+    if all(with_size):
+        size = f"{with_size[0]}x{with_size[1]}"
+    else:
+        size = f"aspect_ratio {job.params.get('aspect_ratio', '2:3')}"
+    names = {cls.__name__ for cls in type(exc).__mro__}
+    if isinstance(exc, MemoryError) or "OutOfMemoryError" in names:
+        return (
+            f"out of memory generating {size}, batch_size {job.params.get('batch_size', 1)}: {exc}. "
+            "Try a smaller size or batch_size, or start the server with --quantize 8bit or --offload model"
+        )
+    if isinstance(exc, FloatingPointError):
+        return f"numerical error in the model: {exc}"
+    if isinstance(exc, RequestError):
+        return f"invalid parameters: {exc}"
+    if isinstance(exc, ModelCannot):
+        return str(exc)
+    if isinstance(exc, FileNotFoundError):
+        return f"the model could not be loaded: {exc}"
+    return f"model error ({type(exc).__name__}): {exc}"
+
+
+def _release_memory() -> None:
+    gc.collect()
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()
