@@ -1,4 +1,4 @@
-"""``flux-vector`` command line: ``generate`` one image with the hosted API's parameters."""
+"""``flux-vector`` command line: ``generate`` one image with the hosted API's parameters, or ``serve`` the API."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+from .jobs.store import StoreLocked
 from .request import ASPECT_RATIOS, RequestError, allowed, parse_request
 from .sampling import SAMPLER_NAMES, SCHEDULER_NAMES
 
@@ -49,6 +50,36 @@ def _add_generate(sub) -> None:
     p.add_argument("--device", help="cuda, cuda:1, cpu (default: cuda when available)")
     p.add_argument("--out", required=True, type=Path, help="output image (.png, .jpg, .webp)")
     p.add_argument("--no-progress", action="store_true")
+
+
+def _add_serve(sub) -> None:
+    p = sub.add_parser(
+        "serve", help="serve the Segmind-compatible HTTP API",
+        description="Serve POST /v1/Simple_Vector_Flux, the /v2 queue, /healthz, /metrics and /docs. Point the segmind "
+        "SDK at it with SegmindClient(base_url='http://HOST:PORT/v1'). Set FLUX_VECTOR_API_KEY to require x-api-key.",
+    )  # fmt: skip
+    p.add_argument("--model", help="tiny | a diffusers folder | a hub id in the local cache (default: as generate)")
+    p.add_argument("--lora", help="LoRA file or hub id, or 'none' (default: the Simple Vector LoRA)")
+    p.add_argument("--quantize", choices=["8bit"], help="bitsandbytes int8 transformer")
+    p.add_argument("--offload", default="auto", choices=["auto", "none", "model", "sequential", "group"])
+    p.add_argument("--device", help="cuda, cuda:1, cpu (default: cuda when available)")
+    p.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1 (loopback only)")
+    p.add_argument("--port", type=int, default=8000, help="default 8000")
+    p.add_argument("--store", type=Path, help="job store SQLite file (default: <cache>/server/jobs.sqlite3)")
+    p.add_argument("--max-queue", type=int, default=100, help="jobs waiting before submits get 429 (default 100)")
+    p.add_argument("--retention", type=float, default=3600.0, metavar="SECONDS",
+                   help="how long finished results and images are kept (default 3600)")  # fmt: skip
+    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+
+
+def serve(args: argparse.Namespace) -> int:
+    from .server.serve import serve as run_server
+
+    return run_server(
+        model=args.model or default_model(), lora=args.lora, quantize=args.quantize, offload=args.offload,
+        device=args.device, host=args.host, port=args.port, store=args.store, max_queue=args.max_queue,
+        retention_s=args.retention, log_level=args.log_level,
+    )  # fmt: skip
 
 
 REQUEST_ARGS = ("prompt", "aspect_ratio", "steps", "seed", "sampler_name", "scheduler", "lora_strength", "guidance",
@@ -93,11 +124,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="flux-vector", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     _add_generate(sub)
+    _add_serve(sub)
     args = parser.parse_args(argv)
     try:
         if args.command == "generate":
             return generate(args)
-    except (RequestError, ValueError, FileNotFoundError) as exc:
+        if args.command == "serve":
+            return serve(args)
+    except (RequestError, ValueError, FileNotFoundError, StoreLocked) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 1

@@ -1,0 +1,319 @@
+"""The HTTP API: Segmind's Simple_Vector_Flux endpoints over the job queue, for the unchanged ``segmind`` SDK.
+
+``create_app(store, worker, ...)`` builds the FastAPI app; the app starts and stops the worker with its lifespan.
+
+- ``POST /v1/{slug}``: blocks until the job finishes; the image bytes (Content-Type per ``output_format``), or the
+  final JSON body with the image in base64 when ``base64`` is true. A job that fails is a 500 with its ``error``.
+- ``POST /v2/{slug}``: enqueue; ``request_id`` and absolute ``status_url`` / ``response_url``.
+- ``GET /v2/requests/{id}/status`` and ``GET /v2/requests/{id}``: FAILED is served as 422 with ``error``; a job not
+  finished yet gets 202 and its status from the result URL; unknown or expired ids are 404.
+- ``GET /v2/requests/{id}/images/{n}.{ext}``: an image (the ``output`` URL). Like a hosted media link it needs no
+  API key: the 128-bit random request id in it is the capability.
+- ``GET /healthz``, ``GET /metrics`` (Prometheus text), OpenAPI at ``/docs``.
+
+Every error is a JSON object with a human-readable ``error``: 400 (any invalid parameter, naming the field, the value
+and what is allowed; malformed JSON; a body that is not an object), 401 (``x-api-key`` missing or wrong when an API
+key is configured), 404 (unknown model slug, unknown or expired request id), 413 (body over 1 MiB), 429 (the queue
+holds ``max_queue`` jobs).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import time
+from typing import Any
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from .. import __version__
+from ..jobs import COMPLETED, FAILED, QUEUED, Job, JobStore, QueueFull, Worker, result_body, status_body
+from ..request import SLUG, GenerationRequest, RequestError, parse_request
+
+MAX_BODY_BYTES = 1 << 20
+
+
+class ApiError(Exception):
+    """An error answer: HTTP ``status`` with ``{"error": message, **extra}``."""
+
+    def __init__(self, status: int, message: str, **extra: Any):
+        super().__init__(message)
+        self.status, self.message, self.extra = status, message, extra
+
+
+def _error(status: int, message: str, headers: dict[str, str] | None = None, **extra: Any) -> JSONResponse:
+    return JSONResponse({"error": message, **extra}, status_code=status, headers=headers)
+
+
+_JSON_SCALARS = (str, int, float, bool, type(None), list, dict)
+_BODY_DOC = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": GenerationRequest.model_json_schema()}},
+    }
+}
+_ERROR_DOC = {"content": {"application/json": {"example": {"error": "steps=0 is not allowed; steps must be ..."}}}}
+
+
+def create_app(
+    store: JobStore,
+    worker: Worker,
+    *,
+    slug: str = SLUG,
+    api_key: str | None = None,
+    max_queue: int | None = 100,
+    model_name: str = "",
+    manage_worker: bool = True,
+) -> FastAPI:
+    """The app. ``manage_worker``: start the worker at startup and stop it (requeueing its job) at shutdown."""
+    from prometheus_client import CollectorRegistry, Counter, Histogram
+
+    registry = CollectorRegistry()
+    finished_total = Counter("flux_vector_jobs_finished", "Jobs finished by this process, by final state",
+                             ["state"], registry=registry)  # fmt: skip
+    inference_seconds = Histogram(
+        "flux_vector_inference_seconds", "Model compute seconds per completed job", registry=registry,
+        buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 60, 120, 300),
+    )  # fmt: skip
+    queue_seconds = Histogram(
+        "flux_vector_queue_seconds", "Seconds a job waited in the queue before it ran", registry=registry,
+        buckets=(0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900),
+    )  # fmt: skip
+    registry.register(_StoreCollector(store, worker))
+    waiters: dict[str, list[asyncio.Future]] = {}
+
+    def on_finished(job: Job) -> None:  # worker thread
+        finished_total.labels(job.state).inc()
+        if job.state == COMPLETED and job.result.get("inference_time") is not None:
+            inference_seconds.observe(job.result["inference_time"])
+        if job.started_at is not None:
+            queue_seconds.observe(max(0.0, job.started_at - job.created_at))
+        for future in list(waiters.get(job.id, ())):
+            future.get_loop().call_soon_threadsafe(_resolve, future, job)
+
+    worker.add_listener(on_finished)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        if manage_worker:
+            worker.start()
+        try:
+            yield
+        finally:
+            if manage_worker:
+                await run_in_threadpool(worker.stop)
+
+    app = FastAPI(
+        title="flux_vector",
+        version=__version__,
+        description=f"FLUX.1-dev + the Simple Vector LoRA, serving Segmind's {slug!r} API locally.",
+        lifespan=lifespan,
+    )
+    app.state.store, app.state.worker = store, worker
+
+    # ------------------------------------------------------------------------------------------- errors
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, exc: ApiError):
+        headers = {"WWW-Authenticate": "x-api-key"} if exc.status == 401 else None
+        return _error(exc.status, exc.message, headers=headers, **exc.extra)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException):
+        if exc.status_code == 404:
+            message = f"not found: {request.method} {request.url.path} is not an endpoint of this server (see /docs)"
+        elif exc.status_code == 405:
+            message = f"method not allowed: {request.method} {request.url.path} (see /docs)"
+        else:
+            message = str(exc.detail)
+        return _error(exc.status_code, message, headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError):
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        return _error(400, f"invalid request: {where}: {first.get('msg', 'invalid')}")
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception):
+        return _error(500, f"internal server error: {type(exc).__name__}: {exc}")
+
+    # ------------------------------------------------------------------------------------------- helpers
+    def check_key(request: Request) -> None:
+        if not api_key:
+            return
+        given = request.headers.get("x-api-key")
+        if not given:
+            raise ApiError(401, "missing API key: send it in the x-api-key header")
+        if not hmac.compare_digest(given.encode("utf-8"), api_key.encode("utf-8")):
+            raise ApiError(401, "invalid API key")
+
+    def check_slug(requested: str) -> None:
+        if requested != slug:
+            raise ApiError(404, f"model {requested!r} not found: this server serves {slug!r}")
+
+    async def read_request(request: Request) -> dict[str, Any]:
+        raw = await request.body()
+        if len(raw) > MAX_BODY_BYTES:
+            raise ApiError(413, f"the request body is {len(raw)} bytes; at most {MAX_BODY_BYTES} are accepted")
+        if not raw.strip():
+            raise ApiError(400, 'the request body is empty: send a JSON object of parameters, e.g. {"prompt": "..."}',
+                           field="body")  # fmt: skip
+        try:
+            params = json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ApiError(400, f"the request body is not valid JSON ({exc}); send a JSON object of parameters",
+                           field="body") from None  # fmt: skip
+        try:
+            parse_request(params)
+        except RequestError as exc:
+            value = exc.value if isinstance(exc.value, _JSON_SCALARS) else None
+            raise ApiError(400, str(exc), field=exc.field, value=value, allowed=exc.allowed) from None
+        return params
+
+    async def submit(params: dict[str, Any]) -> Job:
+        try:
+            job = await run_in_threadpool(store.submit, slug, params, max_queue=max_queue)
+        except QueueFull as exc:
+            raise ApiError(429, str(exc), max_queue=exc.max_queue) from None
+        worker.notify()
+        return job
+
+    def get_job(request_id: str) -> Job:
+        job = store.get(request_id)
+        if job is None:
+            raise ApiError(404, f"request {request_id!r} not found: unknown, or its result expired "
+                                f"({store.retention_s:g} s after it finished)")  # fmt: skip
+        return job
+
+    def image_url(request: Request, job: Job):
+        ext = job.result.get("ext", "png")
+        return lambda i: str(request.url_for("job_image", request_id=job.id, name=f"{i}.{ext}"))
+
+    def final_body(request: Request, job: Job) -> dict[str, Any]:
+        return result_body(job, image_url(request, job), lambda i: store.image(job.id, i))
+
+    auth = [Depends(check_key)]
+    errors = {code: {"description": text, **_ERROR_DOC} for code, text in
+              ((400, "Invalid parameter"), (401, "Missing or invalid x-api-key"), (404, "Unknown model slug"),
+               (429, "The queue is full"))}  # fmt: skip
+
+    # ------------------------------------------------------------------------------------------- routes
+    @app.post("/v1/{model_slug}", dependencies=auth, openapi_extra=_BODY_DOC, responses=errors,
+              summary="Generate and wait (sync): the image bytes, or JSON with base64")  # fmt: skip
+    async def run_sync(model_slug: str, request: Request):
+        check_slug(model_slug)
+        params = await read_request(request)
+        job = await submit(params)
+        job = await wait_finished(job.id)
+        if job.state == FAILED:
+            return _error(500, job.error or "the job failed", request_id=job.id, status=FAILED)
+        if job.result.get("echo", {}).get("base64"):
+            return JSONResponse(await run_in_threadpool(final_body, request, job))
+        data = await run_in_threadpool(store.image, job.id, 0)
+        if data is None:
+            raise ApiError(404, f"request {job.id!r}: its image expired before it could be sent")
+        headers = {"X-Request-Id": job.id, "X-Image-Count": str(job.result.get("count", 1)),
+                   "X-Inference-Time": f"{job.result.get('inference_time') or 0:.4f}"}  # fmt: skip
+        return Response(data, media_type=job.result["media_type"], headers=headers)
+
+    async def wait_finished(job_id: str) -> Job:
+        future = asyncio.get_running_loop().create_future()
+        waiters.setdefault(job_id, []).append(future)
+        try:
+            while True:
+                job = await run_in_threadpool(store.get, job_id)
+                if job is None:
+                    raise ApiError(404, f"request {job_id!r} disappeared from the store")
+                if job.finished:
+                    return job
+                with contextlib.suppress(asyncio.TimeoutError):
+                    # the listener resolves it; the timeout re-reads the store in case a notification was missed
+                    return await asyncio.wait_for(asyncio.shield(future), timeout=5.0)
+        finally:
+            entries = waiters.get(job_id, [])
+            if future in entries:
+                entries.remove(future)
+            if not entries:
+                waiters.pop(job_id, None)
+
+    @app.post("/v2/{model_slug}", dependencies=auth, openapi_extra=_BODY_DOC, responses=errors,
+              summary="Submit to the queue (async)")  # fmt: skip
+    async def submit_async(model_slug: str, request: Request):
+        check_slug(model_slug)
+        job = await submit(await read_request(request))
+        return {"request_id": job.id, "status": QUEUED, "position": job.position,
+                "status_url": str(request.url_for("job_status", request_id=job.id)),
+                "response_url": str(request.url_for("job_result", request_id=job.id))}  # fmt: skip
+
+    @app.get("/v2/requests/{request_id}/status", dependencies=auth, name="job_status", summary="Poll a request")
+    def job_status(request_id: str):
+        job = get_job(request_id)
+        return JSONResponse(status_body(job), status_code=422 if job.state == FAILED else 200)
+
+    @app.get("/v2/requests/{request_id}", dependencies=auth, name="job_result", summary="The final body")
+    def job_result(request_id: str, request: Request):
+        job = get_job(request_id)
+        code = {COMPLETED: 200, FAILED: 422}.get(job.state, 202)
+        return JSONResponse(final_body(request, job), status_code=code)
+
+    @app.get("/v2/requests/{request_id}/images/{name}", name="job_image", summary="An output image (no key needed)")
+    def job_image(request_id: str, name: str):
+        index_text, _, ext = name.partition(".")
+        job = get_job(request_id)
+        if job.state != COMPLETED:
+            raise ApiError(404, f"request {request_id!r} has no image: it is {job.state}")
+        if not index_text.isdigit() or ext != job.result.get("ext"):
+            raise ApiError(404, f"no image {name!r} for request {request_id!r}: images are "
+                                f"0..{job.result.get('count', 1) - 1}.{job.result.get('ext')}")  # fmt: skip
+        data = store.image(request_id, int(index_text))
+        if data is None:
+            raise ApiError(404, f"no image {name!r} for request {request_id!r} (expired, or no such index)")
+        return Response(data, media_type=job.result["media_type"], headers={"Cache-Control": "private, max-age=3600"})
+
+    @app.get("/healthz", summary="Liveness and worker state")
+    def healthz():
+        alive = worker.running
+        body = {"status": "ok" if alive else "unavailable", "model": model_name, "slug": slug,
+                "worker": worker.state, "current_job": worker.current_job, "jobs": store.counts(),
+                "max_queue": max_queue, "retention_s": store.retention_s, "auth": bool(api_key)}  # fmt: skip
+        return JSONResponse(body, status_code=200 if alive else 503)
+
+    @app.get("/metrics", summary="Prometheus metrics")
+    def metrics():
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+def _resolve(future: asyncio.Future, job: Job) -> None:
+    if not future.done():
+        future.set_result(job)
+
+
+class _StoreCollector:
+    """Gauges read from the store at scrape time."""
+
+    def __init__(self, store: JobStore, worker: Worker):
+        self.store, self.worker = store, worker
+
+    def collect(self):
+        from prometheus_client.core import GaugeMetricFamily
+
+        counts = self.store.counts()
+        jobs = GaugeMetricFamily("flux_vector_jobs", "Jobs in the store by state (finished ones until they expire)",
+                                 labels=["state"])  # fmt: skip
+        for state, n in counts.items():
+            jobs.add_metric([state], n)
+        yield jobs
+        yield GaugeMetricFamily("flux_vector_queue_depth", "Jobs waiting to run (QUEUED)", value=counts[QUEUED])
+        yield GaugeMetricFamily("flux_vector_worker_busy", "1 while the worker runs a job",
+                                value=1.0 if self.worker.state == "busy" else 0.0)  # fmt: skip
+        yield GaugeMetricFamily("flux_vector_scrape_timestamp_seconds", "Time of this scrape", value=time.time())
