@@ -94,13 +94,9 @@ def generate(args: argparse.Namespace) -> int:
     model = args.model or default_model()
     lora = DEFAULT_LORA if args.lora is None else args.lora
     pipe = FluxVectorPipeline.from_pretrained(
-        model, lora=lora, lora_strength=request.lora_strength if pipe_has_lora(lora) else 1.0,
-        quantize=args.quantize, offload=args.offload, device=args.device,
+        model, lora=lora, lora_strength=request.lora_strength, quantize=args.quantize, offload=args.offload,
+        device=args.device,
     )  # fmt: skip
-    if pipe.lora is None and request.lora_strength != 0 and "lora_strength" in params:
-        raise RequestError("lora_strength", request.lora_strength, "0 when --lora none", "no LoRA is loaded")
-    if pipe.lora is None:
-        request = request.model_copy(update={"lora_strength": 0.0})
     started = time.perf_counter()
     result = pipe.generate(request, progress=not args.no_progress)
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -114,10 +110,6 @@ def generate(args: argparse.Namespace) -> int:
           f"{request.sampler_name}/{request.scheduler}, {elapsed:.2f} s "
           f"({result.timings['per_step_s'] * 1000:.0f} ms/step)")  # fmt: skip
     return 0
-
-
-def pipe_has_lora(lora: str) -> bool:
-    return str(lora).lower() != "none"
 
 
 def main(argv: list[str] | None = None) -> int:

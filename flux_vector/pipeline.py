@@ -298,7 +298,7 @@ class FluxVectorPipeline:
     @torch.inference_mode()
     def __call__(self, prompt: str, *, progress: bool = True, **params: Any) -> GenerationResult:
         """Generate with the hosted API's parameters (see ``request.GenerationRequest`` for all of them)."""
-        if params.get("lora_strength") is None:
+        if params.get("lora_strength") is None:  # None: keep the strength the pipeline is set to
             params.pop("lora_strength", None)
             if self.lora is not None:
                 params["lora_strength"] = self.lora.strength
@@ -308,7 +308,10 @@ class FluxVectorPipeline:
     def generate(self, request: GenerationRequest, *, progress: bool = True, on_step=None) -> GenerationResult:
         timings: dict[str, float] = {}
         started = time.perf_counter()
-        self.set_lora_strength(request.lora_strength)
+        if self.lora is not None:
+            self.set_lora_strength(request.lora_strength)
+        elif "lora_strength" in request.model_fields_set and request.lora_strength != 0:
+            raise ValueError("lora_strength was given but this pipeline has no LoRA loaded (lora=None)")
         width, height = request.size
         t = time.perf_counter()
         embeds, pooled = self.encode_prompt(request.prompt)
