@@ -69,6 +69,10 @@ def resolve_model(model: str) -> Path:
     return Path(_hub_snapshot(model))
 
 
+def is_single_file(model: str) -> bool:
+    return Path(model).expanduser().is_file() and Path(model).suffix in (".safetensors", ".sft")
+
+
 def _hub_snapshot(repo_id: str, allow_patterns: list[str] | None = None) -> str:
     from huggingface_hub import snapshot_download
 
@@ -184,8 +188,14 @@ class FluxVectorPipeline:
         offload: str = "auto",
         device: str | torch.device | None = None,
         dtype: torch.dtype | str | None = None,
+        base: str | None = None,
         log=print,
     ) -> FluxVectorPipeline:
+        """Load the components and the LoRA; nothing is downloaded.
+
+        ``model``: "tiny", a diffusers folder, a hub id in the local cache, or a single-file BFL-layout transformer
+        (``flux1-dev.safetensors``), whose config, text encoders and VAE then come from ``base`` (default FLUX.1-dev).
+        """
         from diffusers import AutoencoderKL, FluxTransformer2DModel
         from transformers import CLIPTextModel, CLIPTokenizer, T5EncoderModel, T5TokenizerFast
 
@@ -193,13 +203,19 @@ class FluxVectorPipeline:
             raise ValueError(f"quantize={quantize!r} is not allowed; quantize must be None or '8bit'")
         device = torch.device(device) if device is not None else default_device()
         dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype or default_dtype(device)
-        folder = resolve_model(model)
-        lora_file = resolve_lora(lora, model)
+        single_file = is_single_file(model)
+        folder = resolve_model(base or DEFAULT_MODEL) if single_file else resolve_model(model)
+        lora_file = resolve_lora(lora, base if single_file and base == "tiny" else model)
         started = time.perf_counter()
         if model == "tiny":
             log("model: tiny random-weight FLUX checkpoint (a structural demo: its images are noise-like)")
 
-        transformer = FluxTransformer2DModel.from_pretrained(folder, subfolder="transformer", dtype=dtype)
+        if single_file:
+            from .bfl import load_bfl_transformer
+
+            transformer = load_bfl_transformer(model, folder, dtype)
+        else:
+            transformer = FluxTransformer2DModel.from_pretrained(folder, subfolder="transformer", dtype=dtype)
         vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", dtype=dtype)
         text_encoder = CLIPTextModel.from_pretrained(folder, subfolder="text_encoder", dtype=dtype)
         tokenizer = CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer")
