@@ -1,8 +1,25 @@
-"""flux_vector: FLUX.1-dev + the Simple Vector LoRA locally, as a drop-in for Segmind's Simple_Vector_Flux API."""
+"""flux_vector: FLUX.1-dev + the Simple Vector LoRA locally, as a drop-in for Segmind's Simple_Vector_Flux API.
 
-from .request import ASPECT_RATIOS, GenerationRequest, RequestError, parse_request
+``import flux_vector as segmind`` gives the ``segmind`` SDK's ``run``, ``run_sync``, ``submit_async``,
+``SegmindClient``, ``AsyncJob`` and errors, running in-process (see ``flux_vector.facade``).
+"""
 
 __version__ = "0.1.0"
+
+from .facade import (
+    DEFAULT_POLL_INTERVAL_S,
+    DEFAULT_POLL_TIMEOUT_S,
+    AsyncJob,
+    InferenceFailed,
+    InferenceTimeout,
+    SegmindClient,
+    SegmindError,
+    configure,
+    run,
+    run_sync,
+    submit_async,
+)
+from .request import ASPECT_RATIOS, SLUG, GenerationRequest, RequestError, parse_request
 
 
 def __getattr__(name: str):
@@ -14,4 +31,22 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'flux_vector' has no attribute {name!r}")
 
 
-__all__ = ["ASPECT_RATIOS", "FluxVectorPipeline", "GenerationRequest", "RequestError", "parse_request"]
+__all__ = [
+    "ASPECT_RATIOS",
+    "DEFAULT_POLL_INTERVAL_S",
+    "DEFAULT_POLL_TIMEOUT_S",
+    "SLUG",
+    "AsyncJob",
+    "FluxVectorPipeline",
+    "GenerationRequest",
+    "InferenceFailed",
+    "InferenceTimeout",
+    "RequestError",
+    "SegmindClient",
+    "SegmindError",
+    "configure",
+    "parse_request",
+    "run",
+    "run_sync",
+    "submit_async",
+]

@@ -47,11 +47,20 @@ class ApiError(Exception):
         self.status, self.message, self.extra = status, message, extra
 
 
-def _error(status: int, message: str, headers: dict[str, str] | None = None, **extra: Any) -> JSONResponse:
-    return JSONResponse({"error": message, **extra}, status_code=status, headers=headers)
+def _error(code: int, message: str, headers: dict[str, str] | None = None, **extra: Any) -> JSONResponse:
+    return JSONResponse({"error": message, **extra}, status_code=code, headers=headers)
 
 
-_JSON_SCALARS = (str, int, float, bool, type(None), list, dict)
+
+
+def _json_safe(value: Any) -> Any:
+    """The offending value as given when JSON can carry it (not NaN/inf, not the missing marker), else its repr."""
+    try:
+        json.dumps(value, allow_nan=False)
+        return value
+    except (TypeError, ValueError):
+        return None if type(value) is object else repr(value)
+
 _BODY_DOC = {
     "requestBody": {
         "required": True,
@@ -107,7 +116,10 @@ def create_app(
             yield
         finally:
             if manage_worker:
-                await run_in_threadpool(worker.stop)
+                stopped = await run_in_threadpool(worker.stop)
+                waiting = (await run_in_threadpool(store.counts))[QUEUED]
+                worker.log(f"shut down {'cleanly' if stopped else 'with the worker still busy'}; "
+                           f"{waiting} queued job(s) will run at the next start")  # fmt: skip
 
     app = FastAPI(
         title="flux_vector",
@@ -172,8 +184,7 @@ def create_app(
         try:
             parse_request(params)
         except RequestError as exc:
-            value = exc.value if isinstance(exc.value, _JSON_SCALARS) else None
-            raise ApiError(400, str(exc), field=exc.field, value=value, allowed=exc.allowed) from None
+            raise ApiError(400, str(exc), field=exc.field, value=_json_safe(exc.value), allowed=exc.allowed) from None
         return params
 
     async def submit(params: dict[str, Any]) -> Job:
