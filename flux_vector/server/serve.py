@@ -64,6 +64,9 @@ def serve(
         log(f"model {model} loaded in {getattr(pipe, 'load_seconds', 0):.1f} s; API key "
             f"{'required (x-api-key)' if api_key else f'not required (set {API_KEY_ENV} to require one)'}; "
             f"max queue {max_queue}; results kept {retention_s:g} s; http://{host}:{port}/v1/{SLUG}")  # fmt: skip
+        if not api_key and host not in ("127.0.0.1", "localhost", "::1"):
+            log(f"warning: listening on {host} without an API key: anyone who can reach the port can queue jobs "
+                f"(set {API_KEY_ENV})")  # fmt: skip
         config = uvicorn.Config(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=10)
         uvicorn.Server(config).run()
     finally:
