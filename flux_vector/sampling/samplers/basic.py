@@ -8,12 +8,7 @@ from __future__ import annotations
 import torch
 
 from ..common import ancestral_split_rf, ancestral_split_ve, half_log_snr, sigma_from_half_log_snr, to_d
-from .registry import register
-
-
-def _report(callback, i, x, denoised):
-    if callback is not None:
-        callback(i, x, denoised)
+from .registry import register, report
 
 
 @register("euler", "ddim")
@@ -21,7 +16,7 @@ def sample_euler(model, x, sigmas, *, noise=None, callback=None):
     """x <- x + (sigma' - sigma) d. ``ddim`` is the same update (its inpaint-noise flag is unused here)."""
     for i in range(len(sigmas) - 1):
         denoised = model(x, sigmas[i])
-        _report(callback, i, x, denoised)
+        report(callback, i, x, denoised)
         x = x + to_d(x, sigmas[i], denoised) * (sigmas[i + 1] - sigmas[i])
     return x
 
@@ -31,7 +26,7 @@ def sample_euler_ancestral(model, x, sigmas, *, noise, callback=None, eta=1.0, s
     """RF-DDIM step down to sigma_down, then re-noise to sigma' (the rectified-flow ancestral split)."""
     for i in range(len(sigmas) - 1):
         denoised = model(x, sigmas[i])
-        _report(callback, i, x, denoised)
+        report(callback, i, x, denoised)
         if sigmas[i + 1] == 0:
             x = denoised
             continue
@@ -52,7 +47,7 @@ def sample_euler_ancestral_cfg_pp(model, x, sigmas, *, noise, callback=None, eta
     """
     for i in range(len(sigmas) - 1):
         denoised = model(x, sigmas[i])
-        _report(callback, i, x, denoised)
+        report(callback, i, x, denoised)
         if sigmas[i + 1] == 0:
             x = denoised
             continue
@@ -77,7 +72,7 @@ def sample_heun(model, x, sigmas, *, noise=None, callback=None):
     """Heun's method in sigma; the last interval (to 0) is a single Euler step."""
     for i in range(len(sigmas) - 1):
         denoised = model(x, sigmas[i])
-        _report(callback, i, x, denoised)
+        report(callback, i, x, denoised)
         d = to_d(x, sigmas[i], denoised)
         dt = sigmas[i + 1] - sigmas[i]
         if sigmas[i + 1] == 0:
@@ -95,7 +90,7 @@ def sample_heunpp2(model, x, sigmas, *, noise=None, callback=None):
     sigma_end, sigma_0 = sigmas[-1], sigmas[0]
     for i in range(len(sigmas) - 1):
         denoised = model(x, sigmas[i])
-        _report(callback, i, x, denoised)
+        report(callback, i, x, denoised)
         d = to_d(x, sigmas[i], denoised)
         dt = sigmas[i + 1] - sigmas[i]
         if sigmas[i + 1] == sigma_end:
@@ -129,7 +124,7 @@ def _dpm_2_step(model, x, d, sigma, sigma_to):
 def sample_dpm_2(model, x, sigmas, *, noise=None, callback=None):
     for i in range(len(sigmas) - 1):
         denoised = model(x, sigmas[i])
-        _report(callback, i, x, denoised)
+        report(callback, i, x, denoised)
         d = to_d(x, sigmas[i], denoised)
         if sigmas[i + 1] == 0:
             x = x + d * (sigmas[i + 1] - sigmas[i])
@@ -142,7 +137,7 @@ def sample_dpm_2(model, x, sigmas, *, noise=None, callback=None):
 def sample_dpm_2_ancestral(model, x, sigmas, *, noise, callback=None, eta=1.0, s_noise=1.0):
     for i in range(len(sigmas) - 1):
         denoised = model(x, sigmas[i])
-        _report(callback, i, x, denoised)
+        report(callback, i, x, denoised)
         sigma_down, alpha_ratio, renoise = ancestral_split_rf(sigmas[i], sigmas[i + 1], eta)
         d = to_d(x, sigmas[i], denoised)
         if sigma_down == 0:
@@ -158,7 +153,7 @@ def sample_dpmpp_2s_ancestral(model, x, sigmas, *, noise, callback=None, eta=1.0
     """DPM-Solver++(2S): an extra evaluation at sigma_s, the lambda-midpoint of sigma and sigma_down."""
     for i in range(len(sigmas) - 1):
         denoised = model(x, sigmas[i])
-        _report(callback, i, x, denoised)
+        report(callback, i, x, denoised)
         sigma_down, alpha_ratio, renoise = ancestral_split_rf(sigmas[i], sigmas[i + 1], eta)
         if sigmas[i + 1] == 0:
             x = x + to_d(x, sigmas[i], denoised) * (sigma_down - sigmas[i])
@@ -183,7 +178,7 @@ def sample_dpmpp_2m(model, x, sigmas, *, noise=None, callback=None):
     old_denoised = None
     for i in range(len(sigmas) - 1):
         denoised = model(x, sigmas[i])
-        _report(callback, i, x, denoised)
+        report(callback, i, x, denoised)
         t, t_next = sigmas[i].log().neg(), sigmas[i + 1].log().neg()
         h = t_next - t
         if old_denoised is None or sigmas[i + 1] == 0:
@@ -201,7 +196,7 @@ def sample_lcm(model, x, sigmas, *, noise, callback=None):
     """x <- D, then re-noised to sigma' with the rectified-flow mix sigma' n + (1 - sigma') D."""
     for i in range(len(sigmas) - 1):
         denoised = model(x, sigmas[i])
-        _report(callback, i, x, denoised)
+        report(callback, i, x, denoised)
         x = denoised
         if sigmas[i + 1] > 0:
             x = sigmas[i + 1] * noise(sigmas[i], sigmas[i + 1]) + (1.0 - sigmas[i + 1]) * x
@@ -214,7 +209,7 @@ def sample_ddpm(model, x, sigmas, *, noise, callback=None):
     for i in range(len(sigmas) - 1):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
         denoised = model(x, sigma)
-        _report(callback, i, x, denoised)
+        report(callback, i, x, denoised)
         eps = (x - denoised) / sigma
         alpha_bar, alpha_bar_next = 1 / (sigma * sigma + 1), 1 / (sigma_next * sigma_next + 1)
         alpha = alpha_bar / alpha_bar_next

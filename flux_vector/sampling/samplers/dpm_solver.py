@@ -10,12 +10,7 @@ import math
 
 import torch
 
-from .registry import register
-
-
-def _report(callback, i, x, denoised):
-    if callback is not None:
-        callback(i, x, denoised)
+from .registry import register, report
 
 
 def _sigma(t):
@@ -90,7 +85,7 @@ def sample_dpm_fast(model, x, sigmas, *, noise=None, callback=None):
         t, t_next = ts[i], ts[i + 1]
         eps_fn = _Eps(model)
         eps = eps_fn("eps", x, t)
-        _report(callback, i, x, x - _sigma(t) * eps)
+        report(callback, i, x, x - _sigma(t) * eps)
         x = step[order](eps_fn, x, t, t_next)
     return x
 
@@ -122,6 +117,6 @@ def sample_dpm_adaptive(
         if factor >= accept_safety:
             x_prev, x, s = x_low, x_high, t
         h *= factor
-        _report(callback, attempt, x, denoised)
+        report(callback, attempt, x, denoised)
         attempt += 1
     return x

@@ -10,12 +10,7 @@ import torch
 from scipy import integrate
 
 from ..common import lagrange_basis, to_d
-from .registry import register
-
-
-def _report(callback, i, x, denoised):
-    if callback is not None:
-        callback(i, x, denoised)
+from .registry import register, report
 
 
 def _lms_coeff(nodes: list[float], t: float, t_next: float, j: int) -> float:
@@ -30,7 +25,7 @@ def sample_lms(model, x, sigmas, *, noise=None, callback=None, order=4):
     ds = []
     for i in range(len(sigmas) - 1):
         denoised = model(x, sigmas[i])
-        _report(callback, i, x, denoised)
+        report(callback, i, x, denoised)
         ds = [to_d(x, sigmas[i], denoised), *ds][:order]
         if sigmas[i + 1] == 0:
             x = denoised
@@ -50,7 +45,7 @@ def sample_ipndm(model, x, sigmas, *, noise=None, callback=None, order=4):
     ds = []
     for i in range(len(sigmas) - 1):
         denoised = model(x, sigmas[i])
-        _report(callback, i, x, denoised)
+        report(callback, i, x, denoised)
         ds = [to_d(x, sigmas[i], denoised), *ds][:order]
         if sigmas[i + 1] == 0:
             x = denoised
@@ -92,7 +87,7 @@ def sample_ipndm_v(model, x, sigmas, *, noise=None, callback=None, order=4):
     ds = []
     for i in range(len(sigmas) - 1):
         denoised = model(x, sigmas[i])
-        _report(callback, i, x, denoised)
+        report(callback, i, x, denoised)
         ds = [to_d(x, sigmas[i], denoised), *ds][:order]
         if sigmas[i + 1] == 0:
             x = denoised
@@ -143,7 +138,7 @@ def sample_deis(model, x, sigmas, *, noise=None, callback=None, max_order=3):
     ds = []
     for i in range(len(sigmas) - 1):
         denoised = model(x, sigmas[i])
-        _report(callback, i, x, denoised)
+        report(callback, i, x, denoised)
         ds = [to_d(x, sigmas[i], denoised), *ds][:max_order]
         if sigmas[i + 1] <= 0 or len(ds) == 1:
             x = x + (sigmas[i + 1] - sigmas[i]) * ds[0]

@@ -42,3 +42,8 @@ def register(*names: str, noise: NoiseKind = "none", discard_penultimate: bool =
         return fn
 
     return decorate
+
+
+def report(callback: Callback, i: int, x: torch.Tensor, denoised: torch.Tensor) -> None:
+    if callback is not None:
+        callback(i, x, denoised)

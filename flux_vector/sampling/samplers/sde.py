@@ -8,12 +8,7 @@ eta = 1 and s_noise = 1 by default. The ``*_gpu`` names are the same functions: 
 from __future__ import annotations
 
 from ..common import ancestral_split_ve, half_log_snr, offset_first_sigma, sigma_from_half_log_snr
-from .registry import register
-
-
-def _report(callback, i, x, denoised):
-    if callback is not None:
-        callback(i, x, denoised)
+from .registry import register, report
 
 
 def _alpha(sigma, lam):
@@ -29,7 +24,7 @@ def sample_dpmpp_sde(model, x, sigmas, *, noise, callback=None, eta=1.0, s_noise
     for i in range(len(sigmas) - 1):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
         denoised = model(x, sigma)
-        _report(callback, i, x, denoised)
+        report(callback, i, x, denoised)
         if sigma_next == 0:
             x = denoised
             continue
@@ -82,7 +77,7 @@ def sample_dpmpp_2m_sde(model, x, sigmas, *, noise, callback=None, eta=1.0, s_no
     for i in range(len(sigmas) - 1):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
         denoised = model(x, sigma)
-        _report(callback, i, x, denoised)
+        report(callback, i, x, denoised)
         if sigma_next == 0:
             x = denoised
         else:
@@ -108,7 +103,7 @@ def sample_dpmpp_3m_sde(model, x, sigmas, *, noise, callback=None, eta=1.0, s_no
     for i in range(len(sigmas) - 1):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
         denoised = model(x, sigma)
-        _report(callback, i, x, denoised)
+        report(callback, i, x, denoised)
         if sigma_next == 0:
             x = denoised
         else:
