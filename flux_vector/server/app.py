@@ -35,6 +35,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from .. import __version__
 from ..jobs import COMPLETED, FAILED, QUEUED, Job, JobStore, QueueFull, Worker, result_body, status_body
 from ..request import SLUG, GenerationRequest, RequestError, parse_request
+from .playground import add_playground
 
 MAX_BODY_BYTES = 1 << 20
 
@@ -286,6 +287,8 @@ def create_app(
         if data is None:
             raise ApiError(404, f"no image {name!r} for request {request_id!r} (expired, or no such index)")
         return Response(data, media_type=job.result["media_type"], headers={"Cache-Control": "private, max-age=3600"})
+
+    add_playground(app, slug=slug, auth=bool(api_key))  # GET /: the playground page
 
     @app.get("/healthz", summary="Liveness and worker state")
     def healthz():
