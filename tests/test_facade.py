@@ -125,3 +125,10 @@ def test_a_user_script_in_a_fresh_process(tmp_path, tiny_dir):
     status, output = proc.stdout.split()
     assert status == "COMPLETED" and Path(urlparse(output).path).is_file()
     assert "tiny" in proc.stderr  # the pipeline's own log says which model
+
+
+def test_final_body_reports_the_size_of_an_aspect_ratio(engine, tiny_pipe):
+    engine(pipeline=tiny_pipe)
+    result = flux_vector.run(SLUG, prompt="a cat", aspect_ratio="16:9", steps=1)
+    assert (result["width"], result["height"], result["aspect_ratio"]) == (1344, 768, "16:9")
+    assert Image.open(Path(urlparse(result["output"]).path)).size == (1344, 768)
