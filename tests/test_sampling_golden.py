@@ -161,3 +161,52 @@ def test_noise_draws(run_key, monkeypatch):
     for (s, s_next, n), (_, ws, ws_next), w in zip(draws, run["noise_draws"], want, strict=True):
         assert (s, s_next) == pytest.approx((ws, ws_next), abs=1e-7)
         assert torch.equal(n.flatten(), w)
+
+
+@pytest.mark.parametrize(("steps", "length"), [(6, 8), (30, 32), (7, 9), (4, 5)])
+def test_ddim_uniform_odd_step_counts_stride_like_comfyui(steps, length):
+    """ComfyUI strides through the table while the index is below 10000: more than steps+1 values."""
+    sigmas = get_sigmas("ddim_uniform", steps)
+    assert len(sigmas) == length
+    table = sigma_table()
+    assert sigmas[0] == table[1 + (10000 // steps) * (length - 2)]  # the last index still below 10000
+    assert sigmas[-1] == 0 and bool((sigmas[:-1] > sigmas[1:]).all())
+
+
+def test_beta_drops_duplicate_indices():
+    assert len(get_sigmas("beta", 1000)) == 998
+    assert len(get_sigmas("beta", 100)) == 101
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [({"sampler_name": "euler_a"}, "sampler_name 'euler_a'"), ({"scheduler": "linear_quadratic"}, "linear_quadratic"),
+     ({"steps": 0}, "steps"), ({"steps": True}, "steps"), ({"seed": -1}, "seed"), ({"seed": 2**64}, "seed"),
+     ({"denoise": 0.0}, "denoise"), ({"cfg": float("nan")}, "cfg")],
+)  # fmt: skip
+def test_bad_inputs_name_the_value_and_the_allowed_ones(kwargs, message):
+    positive, negative = toy_models()
+    args = {"sampler_name": "euler", "scheduler": "simple", "steps": 2, "seed": 1, **kwargs}
+    with pytest.raises(ValueError, match=message) as info:
+        ksampler(positive, negative, latent=torch.zeros(1, 16, 8, 8), **args)
+    if "sampler_name" in kwargs:
+        assert "dpmpp_2m_sde_gpu" in str(info.value) and "uni_pc_bh2" in str(info.value)
+    if "scheduler" in kwargs:
+        assert "ddim_uniform" in str(info.value)
+
+
+def test_denoise_below_one_keeps_the_tail_of_a_longer_schedule():
+    from flux_vector.sampling import ksampler_sigmas
+
+    assert torch.equal(ksampler_sigmas("euler", "simple", 4, denoise=0.5), get_sigmas("simple", 8)[-5:])
+    assert torch.equal(ksampler_sigmas("dpm_2", "simple", 4), get_sigmas_discard_penultimate("simple", 4))
+
+
+def test_same_seed_same_result_on_any_device_choice():
+    """The noise sources are CPU generators: a run's result does not depend on global RNG state."""
+    torch.manual_seed(123)
+    a, _ = _run("euler_ancestral", "simple", 4, 1.0)
+    torch.manual_seed(456)
+    torch.randn(100)
+    b, _ = _run("euler_ancestral", "simple", 4, 1.0)
+    assert torch.equal(a, b)
