@@ -18,6 +18,11 @@ ComfyUI semantics (reference/COMFY_SAMPLING.md section 7): each placed layer get
   ``set_strength`` is a float assignment (strength 0 skips the branch: bitwise the base output), ``fuse`` writes
   ``(W0.float() + s * scale * B @ A).to(dtype)`` into plain ``nn.Linear`` weights from a kept copy of ``W0`` (so
   switching strength while fused never drifts), ``unfuse`` restores ``W0`` bitwise, ``remove`` restores the modules.
+* Under ``torch.compile`` the adapter reads its strength from a 0-dim float32 buffer that ``set_strength`` updates in
+  place, so switching strength never recompiles (eager code keeps the float and the exact strength-0 skip).
+* Fused QKV projections (diffusers' ``fuse_qkv_projections``): ``apply_lora`` places q/k/v patches on the fused
+  ``to_qkv`` / ``to_added_qkv`` at their row offsets; ``fuse_qkv_projections(transformer, handles)`` fuses a model
+  that already has LoRAs and moves their adapters over.
 
 peft's fuse/unfuse is deliberately not used (STACK_NOTES: it mis-scales on repeated fuses and drifts on unfuse).
 """
@@ -28,7 +33,7 @@ import math
 import numbers
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -44,6 +49,7 @@ __all__ = [
     "LoraPatch",
     "apply_lora",
     "check_strength",
+    "fuse_qkv_projections",
     "load_lora",
     "load_lora_file",
     "parse_lora",
@@ -433,7 +439,8 @@ def parse_lora(
 
 
 class _Strength:
-    """One float shared by every adapter of a handle: switching strength is one assignment."""
+    """One float shared by every adapter of a handle: switching strength is one assignment (eager code reads it;
+    compiled code reads each adapter's ``strength`` buffer, which ``LoraHandle.set_strength`` updates in place)."""
 
     __slots__ = ("value",)
 
@@ -449,6 +456,8 @@ class _Adapter(nn.Module):
         self.cell = cell
         self.fused = False
         self.patches = patches  # the originals (file precision), for fusing in float32
+        # the strength as a tensor for compiled code: a graph input, so a new value is no recompile
+        self.register_buffer("strength", torch.tensor(float(cell.value), dtype=torch.float32, device=device), False)
         self.layout: list[tuple[str, list[tuple[str, int, int, float]]]] = []
         by_down: dict[int, list[LoraPatch]] = {}
         for p in patches:
@@ -462,20 +471,43 @@ class _Adapter(nn.Module):
             self.layout.append((f"down{g}", terms))
 
     def add_to(self, out: torch.Tensor, x: torch.Tensor) -> None:
-        strength = self.cell.value
+        compiling = torch.compiler.is_compiling()
+        strength = self.strength if compiling else self.cell.value
         full = out.shape[-1]
         for down_name, terms in self.layout:
             hidden = F.linear(x, self._buffers[down_name].to(device=x.device, dtype=x.dtype))
             for up_name, offset, rows, scale in terms:
                 delta = F.linear(hidden, self._buffers[up_name].to(device=x.device, dtype=x.dtype))
-                delta = (delta * (strength * scale)).to(out.dtype)
+                if compiling:  # the tensor strength (float32 math, fused by inductor): no guard on its value
+                    delta = (delta.float() * (strength.to(delta.device) * scale)).to(out.dtype)
+                else:
+                    delta = (delta * (strength * scale)).to(out.dtype)
                 if offset == 0 and rows == full:
                     out += delta
                 else:
                     out[..., offset : offset + rows] += delta
 
+    def _apply(self, fn, recurse=True):
+        super()._apply(fn, recurse)
+        if self.strength.dtype != torch.float32:  # module.to(bfloat16) must not round the strength
+            self.strength = torch.tensor(float(self.cell.value), dtype=torch.float32, device=self.strength.device)
+        return self
+
     def extra_repr(self) -> str:
         return f"patches={len(self.patches)}, fused={self.fused}"
+
+
+def _fill_strength(adapters: Iterable[_Adapter], value: float) -> None:
+    """Write ``value`` into every adapter's strength buffer in place (what compiled code reads): a few kernels per
+    device (foreach), no reallocation, so compiled graphs and CUDA graphs keep reading the same memory."""
+    groups: dict[tuple, list[torch.Tensor]] = {}
+    for adapter in adapters:
+        t = adapter.strength
+        groups.setdefault((t.device, t.is_inference()), []).append(t)
+    for (_device, inference), tensors in groups.items():
+        with torch.inference_mode() if inference else torch.no_grad():
+            torch._foreach_zero_(tensors)
+            torch._foreach_add_(tensors, value)
 
 
 class LoraLinear(nn.Module):
@@ -504,7 +536,10 @@ class LoraLinear(nn.Module):
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         out = self.base(x, *args, **kwargs)
-        active = [a for a in self.adapters if not a.fused and a.cell.value != 0.0]
+        if torch.compiler.is_compiling():  # no branch on the strength's value: it would be guarded on, recompiling
+            active = [a for a in self.adapters if not a.fused]
+        else:  # eager: strength 0 skips the branch (bitwise the base output)
+            active = [a for a in self.adapters if not a.fused and a.cell.value != 0.0]
         if not active:
             return out
         if torch.is_grad_enabled() and out.requires_grad:
@@ -596,6 +631,7 @@ class LoraHandle:
         value = check_strength(strength)
         self._live()
         self._cell.value = value
+        _fill_strength(self._adapters, value)
         if self._fused:
             for wrapper in self._wrappers:
                 wrapper.refresh_fused(self._original_device)
@@ -680,6 +716,7 @@ def apply_lora(models_or_patches, patches: Iterable[LoraPatch] | None = None, st
             raise TypeError("apply_lora(models, patches): models must be nn.Module objects")
     if not patches:
         raise LoraError("apply_lora got no patches")
+    patches = _redirect_fused_projections(patches, models)
     where: dict[int, tuple[nn.Module, str, nn.Module]] = {}
     for model in models:
         for parent in model.modules():
@@ -725,6 +762,112 @@ def apply_lora(models_or_patches, patches: Iterable[LoraPatch] | None = None, st
         wrappers.append(wrapper)
         adapters.append(adapter)
     return LoraHandle(wrappers, adapters, cell, patches)
+
+
+# (unfused projections, the fused projection diffusers' fuse_projections() builds from them, rows in that order)
+_FUSED_PROJECTIONS = (
+    (("to_q", "to_k", "to_v"), "to_qkv"),
+    (("add_q_proj", "add_k_proj", "add_v_proj"), "to_added_qkv"),
+    (("to_k", "to_v"), "to_kv"),
+)
+
+
+def _unfused_projection_map(models: Iterable[nn.Module]) -> dict[int, tuple[nn.Module, str, int]]:
+    """id(q/k/v linear, or its base) -> (the fused linear that replaced it in forward, its attribute, row offset), for
+    every attention module whose projections diffusers fused (``fused_projections``)."""
+    found: dict[int, tuple[nn.Module, str, int]] = {}
+    for model in models:
+        for module in model.modules():
+            if not getattr(module, "fused_projections", False):
+                continue
+            for parts, fused_name in _FUSED_PROJECTIONS:
+                fused = module._modules.get(fused_name)
+                subs = [module._modules.get(n) for n in parts]
+                if fused is None or any(sub is None for sub in subs):
+                    continue
+                if sum(sub.out_features for sub in subs) != fused.out_features:
+                    continue
+                offset = 0
+                for sub in subs:
+                    for m in (sub, sub.base) if isinstance(sub, LoraLinear) else (sub,):
+                        found.setdefault(id(m), (fused, fused_name, offset))
+                    offset += sub.out_features
+    return found
+
+
+def _redirect_fused_projections(patches: list[LoraPatch], models: Iterable[nn.Module]) -> list[LoraPatch]:
+    """Patches on q/k/v projections that forward no longer uses (fused into ``to_qkv``) moved onto the fused linear at
+    their row offsets; row-adjacent pieces of one key (a BFL ``qkv`` split in three) merged back into one patch."""
+    fused_map = _unfused_projection_map(models)
+    if not fused_map:
+        return patches
+    out: list[LoraPatch] = []
+    moved: dict[tuple, list[LoraPatch]] = {}
+    for p in patches:
+        hit = fused_map.get(id(p.module))
+        if hit is None:
+            out.append(p)
+            continue
+        fused, fused_name, offset = hit
+        parent = p.target.rpartition(".")[0]
+        target = f"{parent}.{fused_name}" if parent else fused_name
+        p = replace(p, target=target, module=fused, offset=p.offset + offset)
+        moved.setdefault((id(fused), p.key, id(p.down), p.scale, p.component), []).append(p)
+    for group in moved.values():
+        group.sort(key=lambda q: q.offset)
+        merged = [group[0]]
+        for q in group[1:]:
+            last = merged[-1]
+            if q.offset == last.offset + last.rows and q.up.dtype == last.up.dtype and q.up.device == last.up.device:
+                merged[-1] = replace(last, up=torch.cat([last.up, q.up]))
+            else:
+                merged.append(q)
+        out.extend(merged)
+    return out
+
+
+def fuse_qkv_projections(transformer: nn.Module, handles: Iterable[LoraHandle] = ()) -> int:
+    """diffusers' ``transformer.fuse_qkv_projections()`` on a model that may carry LoRAs: ``handles`` (every live
+    LoRA on its q/k/v projections) are taken out (W0 restored bitwise), the plain weights fused, and the same patches
+    re-applied onto ``to_qkv`` / ``to_added_qkv`` at their row offsets with the same strength (and fused again if they
+    were). The handle objects stay valid. Returns how many attention modules were fused. One way: unfusing the
+    projections afterwards would leave the LoRA on the removed fused layers."""
+    handles = [h for h in handles if not h.removed]
+    known = {id(a) for h in handles for a in h._adapters}
+    attention = [m for m in transformer.modules() if hasattr(m, "fuse_projections") and hasattr(m, "to_q")]
+    if not attention:
+        raise ValueError(f"{type(transformer).__name__} has no attention modules with fusable q/k/v projections")
+    todo = [m for m in attention if getattr(m, "_supports_qkv_fusion", True) and not getattr(m, "fused_projections", 0)]
+    problems: dict[str, str] = {}
+    for name, module in transformer.named_modules():
+        if module not in todo:
+            continue
+        for parts, _ in _FUSED_PROJECTIONS[:2]:
+            for part in parts:
+                sub = module._modules.get(part)
+                if sub is None:
+                    continue
+                base = sub.base if isinstance(sub, LoraLinear) else sub
+                if type(base) is not nn.Linear:
+                    problems[f"{name}.{part}"] = f"{type(base).__name__} weights cannot be concatenated"
+                elif isinstance(sub, LoraLinear) and any(id(a) not in known for a in sub.adapters):
+                    problems[f"{name}.{part}"] = "carries a LoRA whose handle was not passed"
+    if problems:
+        raise LoraError(_format_problems(problems, "cannot fuse the q/k/v projections of"), keys=sorted(problems))
+    if not todo:
+        return 0
+    states = [(h, h.strength, h.fused, h._original_device, list(h.patches)) for h in handles]
+    for h in handles:
+        h.remove()
+    transformer.fuse_qkv_projections()
+    for h, strength, was_fused, device, patches in states:
+        roots = {id(p.root): p.root for p in patches if p.root is not None}
+        roots.setdefault(id(transformer), transformer)
+        fresh = apply_lora(list(roots.values()), patches, strength)
+        h.__dict__.update(fresh.__dict__)
+        if was_fused:
+            h.fuse(device)
+    return len(todo)
 
 
 def load_lora(
