@@ -48,6 +48,9 @@ def _add_generate(sub) -> None:
     p.add_argument("--quantize", choices=["8bit"], help="bitsandbytes int8 transformer")
     p.add_argument("--offload", default="auto", choices=["auto", "none", "model", "sequential", "group"])
     p.add_argument("--device", help="cuda, cuda:1, cpu (default: cuda when available)")
+    p.add_argument("--fast", action="store_true",
+                   help="fast mode: fused QKV, best attention backend, regional torch.compile (cached on disk), fp8 "
+                        "on Ada/Hopper with torchao; the first run at a size compiles")  # fmt: skip
     p.add_argument("--out", required=True, type=Path, help="output image (.png, .jpg, .webp)")
     p.add_argument("--no-progress", action="store_true")
 
@@ -95,7 +98,7 @@ def generate(args: argparse.Namespace) -> int:
     lora = DEFAULT_LORA if args.lora is None else args.lora
     pipe = FluxVectorPipeline.from_pretrained(
         model, lora=lora, lora_strength=request.lora_strength, quantize=args.quantize, offload=args.offload,
-        device=args.device,
+        device=args.device, compile=args.fast,
     )  # fmt: skip
     started = time.perf_counter()
     result = pipe.generate(request, progress=not args.no_progress)

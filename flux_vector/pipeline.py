@@ -14,6 +14,7 @@ ComfyUI Flux-dev workflow; without it ComfyUI would use 1.15 for every size.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections import OrderedDict
@@ -47,6 +48,7 @@ class GenerationResult:
     width: int
     height: int
     timings: dict[str, float] = field(default_factory=dict)
+    latents: torch.Tensor | None = None  # the final model-space latents [B,16,H/8,W/8], float32 on CPU
 
     @property
     def image(self) -> Image.Image:
@@ -171,6 +173,8 @@ class FluxVectorPipeline:
         )  # fmt: skip
         apply_offload(offload, self._diffusers, self._components())
         self.prompt_cache = PromptCache()
+        self.fast_plan = None  # a fast.FastPlan once enable_fast ran
+        self.fast_timings: dict[str, float] = {}
 
     def _components(self) -> dict[str, torch.nn.Module]:
         return {"text_encoder": self.text_encoder, "text_encoder_2": self.text_encoder_2,
@@ -189,12 +193,17 @@ class FluxVectorPipeline:
         device: str | torch.device | None = None,
         dtype: torch.dtype | str | None = None,
         base: str | None = None,
+        compile: bool = False,
+        fast: dict | None = None,
         log=print,
     ) -> FluxVectorPipeline:
         """Load the components and the LoRA; nothing is downloaded.
 
         ``model``: "tiny", a diffusers folder, a hub id in the local cache, or a single-file BFL-layout transformer
         (``flux1-dev.safetensors``), whose config, text encoders and VAE then come from ``base`` (default FLUX.1-dev).
+        ``compile=True``: the full fast mode for this device (``fast.choose_fast_plan``: fused QKV, the best attention
+        backend, regional torch.compile, fp8 on sm89+ with torchao); ``fast``: explicit switches (``{"fp8": False}``,
+        ``{"fuse_qkv": True}``, ...) on top of that, or alone (the rest off) without ``compile``.
         """
         from diffusers import AutoencoderKL, FluxTransformer2DModel
         from transformers import CLIPTextModel, CLIPTokenizer, T5EncoderModel, T5TokenizerFast
@@ -246,8 +255,38 @@ class FluxVectorPipeline:
             text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2, device=device, dtype=dtype, offload=choice,
             lora=handle, model_name=model,
         )  # fmt: skip
+        if compile or fast:
+            pipe.enable_fast(fast, full=compile, log=log)
         pipe.load_seconds = time.perf_counter() - started
         return pipe
+
+    # ------------------------------------------------------------------------------------------------- fast
+    def enable_fast(self, fast: dict | None = None, *, full: bool = True, log=print):
+        """Choose the fast plan for this device (see ``fast.choose_fast_plan``) and apply it; returns the plan."""
+        from .fast import apply_fast, choose_fast_plan, detect_env
+        from .quantize import is_quantized
+
+        if self.fast_plan is not None:
+            raise RuntimeError(f"the fast mode is already applied ({self.fast_plan.summary()}); load a new pipeline")
+        plan = choose_fast_plan(
+            detect_env(self.device), fast, full=full, quantized_8bit=is_quantized(self.transformer),
+            offload=self.offload.mode,
+        )  # fmt: skip
+        for line in plan.describe():
+            log(f"fast: {line}")
+        self.fast_timings = apply_fast(self, plan, log=log)
+        return plan
+
+    def warmup(self, width: int = 1024, height: int = 1024, steps: int = 2, prompt: str = "warm-up") -> dict:
+        """Run two short generations at this size (compiling when the fast mode compiles); ``compile_s`` is the first
+        call minus the second. Later generations at this size (any steps, seed, strength) reuse the compiled code."""
+        times = []
+        for _ in range(2):
+            started = time.perf_counter()
+            self(prompt, width=width, height=height, steps=steps, seed=0, progress=False)
+            _sync(self.device)
+            times.append(time.perf_counter() - started)
+        return {"first_s": times[0], "warm_s": times[1], "compile_s": max(times[0] - times[1], 0.0)}
 
     # ------------------------------------------------------------------------------------------------- LoRA
     @property
@@ -287,29 +326,37 @@ class FluxVectorPipeline:
         return self._diffusers._execution_device if self.offload.mode != "none" else self.device
 
     # ------------------------------------------------------------------------------------------- sample
-    def velocity_model(self, embeds: torch.Tensor, pooled: torch.Tensor, guidance: float, height: int, width: int):
-        """The transformer as ComfyUI's velocity model ``(x [B,16,h,w] float32, sigma [B]) -> v``."""
+    def velocity_model(
+        self, embeds: torch.Tensor, pooled: torch.Tensor, guidance: float, height: int, width: int, name: str = "cond"
+    ):
+        """The transformer as ComfyUI's velocity model ``(x [B,16,h,w] float32, sigma [B]) -> v``. ``name`` labels
+        its calls for the step cache ("cond" / "uncond": each keeps its own cached residuals)."""
         h, w = height // 8, width // 8
         device = self._execution_device()
         img_ids = self._diffusers._prepare_latent_image_ids(1, h // 2, w // 2, device, self.dtype)
         txt_ids = torch.zeros(embeds.shape[1], 3, device=device, dtype=self.dtype)
+        step_cache = self._step_cache_on()
 
         def velocity(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
             batch = x.shape[0]
             packed = self._diffusers._pack_latents(x.to(device, self.dtype), batch, x.shape[1], h, w)
-            out = self.transformer(
-                hidden_states=packed,
-                timestep=sigma.to(device, self.dtype),
-                guidance=torch.full((batch,), guidance, device=device, dtype=torch.float32),
-                pooled_projections=pooled.expand(batch, -1),
-                encoder_hidden_states=embeds.expand(batch, -1, -1),
-                txt_ids=txt_ids,
-                img_ids=img_ids,
-                return_dict=False,
-            )[0]
+            with self.transformer.cache_context(name) if step_cache else contextlib.nullcontext():
+                out = self.transformer(
+                    hidden_states=packed,
+                    timestep=sigma.to(device, self.dtype),
+                    guidance=torch.full((batch,), guidance, device=device, dtype=torch.float32),
+                    pooled_projections=pooled.expand(batch, -1),
+                    encoder_hidden_states=embeds.expand(batch, -1, -1),
+                    txt_ids=txt_ids,
+                    img_ids=img_ids,
+                    return_dict=False,
+                )[0]
             return self._diffusers._unpack_latents(out, height, width, 8).float()
 
         return velocity
+
+    def _step_cache_on(self) -> bool:
+        return self.fast_plan is not None and self.fast_plan.step_cache is not None
 
     @torch.inference_mode()
     def __call__(self, prompt: str, *, progress: bool = True, **params: Any) -> GenerationResult:
@@ -329,6 +376,8 @@ class FluxVectorPipeline:
         elif "lora_strength" in request.model_fields_set and request.lora_strength != 0:
             raise ValueError("lora_strength was given but this pipeline has no LoRA loaded (lora=None)")
         width, height = request.size
+        if self._step_cache_on():  # cached residuals belong to one generation
+            self.transformer._reset_stateful_cache()
         t = time.perf_counter()
         embeds, pooled = self.encode_prompt(request.prompt)
         timings["encode_s"] = time.perf_counter() - t
@@ -339,7 +388,7 @@ class FluxVectorPipeline:
             # Encoded on first use: only cfg != 1 and the cfg_pp / *_pp samplers evaluate the negative prompt.
             if not negative_cache:
                 encoded = self.encode_prompt(request.negative_prompt)
-                negative_cache.append(self.velocity_model(*encoded, request.guidance, height, width))
+                negative_cache.append(self.velocity_model(*encoded, request.guidance, height, width, "uncond"))
             return negative_cache[0](x, sigma)
 
         latent = torch.zeros(request.batch_size, 16, height // 8, width // 8, device=self._execution_device())
@@ -368,7 +417,7 @@ class FluxVectorPipeline:
         images = self.decode(x)
         timings["decode_s"] = time.perf_counter() - t
         timings["total_s"] = time.perf_counter() - started
-        return GenerationResult(images, request, width, height, timings)
+        return GenerationResult(images, request, width, height, timings, latents=x.detach().float().cpu())
 
     def decode(self, x: torch.Tensor) -> list[Image.Image]:
         """VAE-decode model-space latents; pixels as ComfyUI's SaveImage makes them (clip, then truncate)."""
