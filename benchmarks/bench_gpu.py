@@ -1,0 +1,448 @@
+#!/usr/bin/env python
+"""Speed and memory of every mode vs plain diffusers, in one process, on one device: JSON + markdown + PNG chart.
+
+Modes (``--modes``, comma separated; default: all that apply):
+  diffusers       plain diffusers FluxPipeline, eager, no LoRA (the baseline; the fastest plain-diffusers setup)
+  ours            FluxVectorPipeline, eager, the LoRA as a runtime adapter at strength 1 (the reference latent)
+  qkv             ours + fused QKV projections only
+  attention       ours + the best attention backend for the device only
+  compile         ours + regional torch.compile only
+  fast            ours + fused QKV + attention + regional compile (bf16)
+  fast-fp8        fast + torchao float8 dynamic quantization (sm89+ with torchao)
+  fast-cudagraphs fast(-fp8 where available) + CUDA graphs (compile mode reduce-overhead)
+  step-cache      fast(-fp8 where available) + first-block step cache: APPROXIMATE, its error is in the table
+  8bit            ours with the transformer in bitsandbytes int8 (memory mode)
+  offload-model / offload-group / offload-sequential   ours bf16 with that offload (memory modes; CUDA only)
+
+Each mode builds its components afresh (same seed: same random weights), loads the LoRA, applies the mode, runs one
+warm-up generation (compiles, where the mode compiles) and ``--repeats`` timed ones, end to end: text encoding
+(the prompt cache is cleared each time), ``--steps`` euler/simple steps, VAE decode. Reported per mode: seconds per
+image, ms per step, text-encode and decode ms, peak GPU memory, load and compile seconds, speedup vs diffusers, the
+relative error of the final latent vs ``ours`` (same seed and LoRA), and for compiled modes the cost of a LoRA
+strength switch and whether it recompiled. A mode that cannot run here is listed as skipped with the reason.
+
+    python benchmarks/bench_gpu.py --tiny --steps 2 --size 64 --out /tmp/bench   # CPU smoke test (tiny model)
+    python benchmarks/bench_gpu.py --out bench_out                                # GPU: FLUX.1-dev size, random
+    python benchmarks/bench_gpu.py --model /path/to/FLUX.1-dev --lora-file lora.safetensors --out bench_out
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from flux_vector.fast import choose_fast_plan, compile_cache_dir, detect_env
+from flux_vector.offload import OffloadChoice
+from flux_vector.pipeline import FluxVectorPipeline
+
+PROMPT = "v3ct0r style, simple vector art, a red fox sitting in a meadow, flat colors"
+ALL_MODES = (
+    "diffusers", "ours", "qkv", "attention", "compile", "fast", "fast-fp8", "fast-cudagraphs", "step-cache", "8bit",
+    "offload-model", "offload-group", "offload-sequential",
+)  # fmt: skip
+SPEED_MODES = ("diffusers", "ours", "qkv", "attention", "compile", "fast", "fast-fp8")
+MEMORY_MODES = ("ours", "8bit", "offload-model", "offload-group", "offload-sequential")
+GiB = 1024**3
+
+
+# ----------------------------------------------------------------------------------------------- components
+
+
+def build_parts(args, device: torch.device, dtype: torch.dtype) -> dict:
+    """Fresh components (same weights every time: seeded random, or read from disk)."""
+    torch.manual_seed(0)
+    if args.tiny or args.model:
+        from diffusers import AutoencoderKL, FluxTransformer2DModel
+        from transformers import CLIPTextModel, CLIPTokenizer, T5EncoderModel, T5TokenizerFast
+
+        from flux_vector.pipeline import resolve_model
+
+        folder = resolve_model("tiny" if args.tiny else args.model)
+        kw = {"dtype": dtype}
+        parts = dict(
+            transformer=FluxTransformer2DModel.from_pretrained(folder, subfolder="transformer", **kw),
+            vae=AutoencoderKL.from_pretrained(folder, subfolder="vae", **kw),
+            text_encoder=CLIPTextModel.from_pretrained(folder, subfolder="text_encoder", **kw),
+            text_encoder_2=T5EncoderModel.from_pretrained(folder, subfolder="text_encoder_2", **kw),
+            tokenizer=CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer"),
+            tokenizer_2=T5TokenizerFast.from_pretrained(folder, subfolder="tokenizer_2"),
+        )
+        for name in ("transformer", "vae", "text_encoder", "text_encoder_2"):
+            parts[name] = parts[name].to(device).eval()
+        return parts
+    from components import real_size_random
+
+    return real_size_random(device, dtype)
+
+
+def lora_state_dict(args, transformer) -> dict[str, torch.Tensor]:
+    """The LoRA: ``--lora-file``, the tiny checkpoint's kohya LoRA (--tiny), or a random kohya LoRA of
+    ``--lora-rank`` over every BFL linear of the model (what a trained FLUX LoRA of that rank costs)."""
+    from flux_vector.lora import load_lora_file
+    from flux_vector.tiny import KOHYA_LORA, bfl_lora_targets, tiny_checkpoint_dir
+
+    if args.lora_file:
+        return load_lora_file(args.lora_file)
+    if args.tiny:
+        return load_lora_file(tiny_checkpoint_dir() / KOHYA_LORA)
+    generator = torch.Generator().manual_seed(1)
+    state = {}
+    for name, (fan_in, fan_out) in bfl_lora_targets(dict(transformer.config)).items():
+        key = "lora_unet_" + name.replace(".", "_")
+        state[f"{key}.lora_down.weight"] = torch.randn(args.lora_rank, fan_in, generator=generator) * 0.01
+        state[f"{key}.lora_up.weight"] = torch.randn(fan_out, args.lora_rank, generator=generator) * 0.01
+        state[f"{key}.alpha"] = torch.tensor(float(args.lora_rank))
+    return state
+
+
+# ----------------------------------------------------------------------------------------------- modes
+
+
+def fast_request(mode: str, env) -> tuple[dict | None, bool]:
+    """(fast switches, full plan?) for a mode; None: no fast mode."""
+    fp8_ok = env.device_type == "cuda" and env.capability is not None and tuple(env.capability) >= (8, 9)
+    fp8_ok = fp8_ok and env.has("torchao")
+    return {
+        "qkv": ({"fuse_qkv": True}, False),
+        "attention": ({"attention": "auto"}, False),
+        "compile": ({"compile": True}, False),
+        "fast": ({"fp8": False}, True),
+        "fast-fp8": ({"fp8": True}, True),
+        "fast-cudagraphs": ({"fp8": "auto", "cuda_graphs": True}, True),
+        "step-cache": ({"fp8": "auto" if fp8_ok else False, "step_cache": True}, True),
+    }.get(mode, (None, False))
+
+
+def skip_reason(mode: str, device: torch.device, env, args) -> str | None:
+    if mode.startswith("offload-") and device.type != "cuda":
+        return "offload needs an accelerator (diffusers raises 'requires accelerator' on CPU)"
+    if mode == "8bit":
+        try:
+            import bitsandbytes  # noqa: F401
+        except ImportError:
+            return "bitsandbytes is not installed"
+    request, full = fast_request(mode, env)
+    if request is not None:
+        try:
+            choose_fast_plan(env, request, full=full)
+        except ValueError as exc:
+            return str(exc)
+    return None
+
+
+def make_pipe(mode: str, args, device, dtype, env, log) -> tuple[object, dict]:
+    """The pipeline for ``mode`` (the LoRA at strength 1 on ours); info: plan, apply timings."""
+    from flux_vector.lora import apply_lora, parse_lora
+
+    parts = build_parts(args, device, dtype)
+    if mode == "diffusers":
+        from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline
+
+        scheduler = FlowMatchEulerDiscreteScheduler(  # FLUX.1-dev's scheduler config
+            shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15, base_image_seq_len=256,
+            max_image_seq_len=4096,
+        )  # fmt: skip
+        pipe = FluxPipeline(scheduler=scheduler, **parts)
+        pipe.set_progress_bar_config(disable=True)
+        return pipe, {}
+    info: dict = {}
+    offload = OffloadChoice("none", device, "bench")
+    if mode == "8bit":
+        from flux_vector.quantize import quantize_linears_8bit
+
+        info["quantized_linears"] = quantize_linears_8bit(parts["transformer"], device)
+    if mode.startswith("offload-"):
+        for name in ("transformer", "vae", "text_encoder", "text_encoder_2"):
+            parts[name].to("cpu")
+        torch.cuda.empty_cache()
+        offload = OffloadChoice(mode.removeprefix("offload-"), device, "bench")
+    patches = parse_lora(lora_state_dict(args, parts["transformer"]), parts["transformer"], parts["text_encoder"])
+    lora = apply_lora(patches, strength=1.0)
+    pipe = FluxVectorPipeline(**parts, device=device, dtype=dtype, offload=offload, lora=lora, model_name=mode)
+    request, full = fast_request(mode, env)
+    if request is not None:
+        plan = pipe.enable_fast(request, full=full, log=log)
+        info["plan"] = plan.as_dict()
+        info["plan_summary"] = plan.summary()
+        info["apply_s"] = dict(pipe.fast_timings)
+    return pipe, info
+
+
+def generate(mode: str, pipe, args, device) -> dict:
+    """One end-to-end generation; wall seconds and the parts."""
+    sync(device)
+    started = time.perf_counter()
+    if mode == "diffusers":
+        marks: list[float] = []
+
+        def on_step(_pipe, _i, _t, kwargs):
+            sync(device)
+            marks.append(time.perf_counter())
+            return kwargs
+
+        pipe(
+            PROMPT, height=args.size, width=args.size, num_inference_steps=args.steps, guidance_scale=3.5,
+            generator=torch.Generator().manual_seed(1), max_sequence_length=512, callback_on_step_end=on_step,
+        )  # fmt: skip
+        sync(device)
+        ended = time.perf_counter()
+        per_step = (marks[-1] - marks[0]) / (len(marks) - 1) if len(marks) > 1 else 0.0
+        # derived from the step-end marks: before the first step ~ encoding (+ latent prep), after the last ~ decode
+        return {"total_s": ended - started, "per_step_s": per_step, "encode_s": max(marks[0] - started - per_step, 0),
+                "decode_s": ended - marks[-1], "latents": None}  # fmt: skip
+    pipe.prompt_cache.entries.clear()  # end to end: the text encoders run every time
+    result = pipe(PROMPT, width=args.size, height=args.size, steps=args.steps, seed=1, lora_strength=1.0,
+                  progress=False)  # fmt: skip
+    sync(device)
+    total = time.perf_counter() - started
+    t = result.timings
+    return {"total_s": total, "per_step_s": t["per_step_s"], "encode_s": t["encode_s"], "decode_s": t["decode_s"],
+            "latents": result.latents}  # fmt: skip
+
+
+def strength_switch(pipe, args, device) -> dict:
+    """Switch the LoRA strength three times on a compiled pipeline: seconds per switch, recompiles (dynamo)."""
+    from torch._dynamo.utils import counters
+
+    graphs_before = counters["stats"]["unique_graphs"]
+    switches, gens = [], []
+    for strength in (0.5, -1.0, 1.0):
+        started = time.perf_counter()
+        pipe.set_lora_strength(strength)
+        sync(device)
+        switches.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        pipe(PROMPT, width=args.size, height=args.size, steps=args.steps, seed=1, lora_strength=strength,
+             progress=False)  # fmt: skip
+        sync(device)
+        gens.append(time.perf_counter() - started)
+    return {"strength_switch_ms": 1000 * max(switches), "recompiles_on_switch": counters["stats"]["unique_graphs"]
+            - graphs_before, "generation_after_switch_s": max(gens)}  # fmt: skip
+
+
+def run_mode(mode: str, args, device, dtype, env, reference: dict, log) -> dict:
+    row: dict = {"mode": mode}
+    free(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    started = time.perf_counter()
+    pipe, info = make_pipe(mode, args, device, dtype, env, log)
+    sync(device)
+    row["load_s"] = time.perf_counter() - started
+    row.update(info)
+    first = generate(mode, pipe, args, device)
+    runs = [generate(mode, pipe, args, device) for _ in range(args.repeats)]
+    pick = sorted(runs, key=lambda r: r["total_s"])[len(runs) // 2]  # the median run
+    row.update({k: v for k, v in pick.items() if k != "latents"})
+    row["total_s"] = statistics.median(r["total_s"] for r in runs)
+    row["runs_s"] = [r["total_s"] for r in runs]
+    row["first_s"] = first["total_s"]
+    compiled = bool(info.get("plan", {}).get("compile"))
+    row["compile_s"] = max(first["total_s"] - row["total_s"], 0.0) if compiled else None
+    if mode == "ours":
+        reference["latents"] = pick["latents"]
+    if pick["latents"] is not None and reference.get("latents") is not None:
+        ref = reference["latents"]
+        row["rel_error"] = float((pick["latents"] - ref).norm() / ref.norm().clamp_min(1e-12))
+    if compiled:
+        row.update(strength_switch(pipe, args, device))
+    if device.type == "cuda":
+        row["peak_allocated_gib"] = torch.cuda.max_memory_allocated(device) / GiB
+        row["peak_reserved_gib"] = torch.cuda.max_memory_reserved(device) / GiB
+    del pipe
+    free(device)
+    return row
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def free(device: torch.device) -> None:
+    gc.collect()
+    try:
+        import torch._dynamo
+
+        torch._dynamo.reset()
+    except Exception:  # pragma: no cover - best effort
+        pass
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+# ----------------------------------------------------------------------------------------------- reports
+
+
+def fmt(value, spec: str = ".2f", none: str = "-") -> str:
+    return none if value is None else format(value, spec)
+
+
+def markdown(result: dict) -> str:
+    meta = result["meta"]
+    base = next((r for r in result["rows"] if r["mode"] == "diffusers" and "total_s" in r), None)
+    lines = [
+        f"# bench_gpu: {meta['what']}, {meta['size']}x{meta['size']}, {meta['steps']} steps",
+        "",
+        f"{meta['device_name']} ({meta['device']}, {meta['dtype']}), torch {meta['torch']}, diffusers "
+        f"{meta['diffusers']}, median of {meta['repeats']} after one warm-up; LoRA at strength 1 on our modes "
+        f"({meta['lora']}); end to end: text encoding (prompt cache cleared), sampling, VAE decode.",
+        "",
+        "| mode | s/image | ms/step | encode ms | decode ms | peak GPU GiB | load s | compile s | vs diffusers "
+        "| rel. err vs ours | notes |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in result["rows"]:
+        if "total_s" not in r:
+            lines.append(f"| {r['mode']} | - | - | - | - | - | - | - | - | - | {r.get('skipped') or r.get('error')} |")
+            continue
+        speedup = f"{base['total_s'] / r['total_s']:.2f}x" if base else "-"
+        notes = r.get("plan_summary", "")
+        if "recompiles_on_switch" in r:
+            notes += (f"; strength switch {r['strength_switch_ms']:.1f} ms, "
+                      f"{r['recompiles_on_switch']} recompiles")  # fmt: skip
+        if r["mode"] == "step-cache":
+            notes = "APPROXIMATE (skips work on steps); " + notes
+        lines.append(
+            f"| {r['mode']} | {r['total_s']:.3f} | {1000 * r['per_step_s']:.1f} | {1000 * r['encode_s']:.1f} | "
+            f"{1000 * r['decode_s']:.1f} | {fmt(r.get('peak_allocated_gib'))} | {r['load_s']:.1f} | "
+            f"{fmt(r.get('compile_s'), '.1f')} | {speedup} | {fmt(r.get('rel_error'), '.2e')} | {notes.strip('; ')} |"
+        )
+    lines += ["", f"Command: `{meta['command']}`", ""]
+    return "\n".join(lines)
+
+
+def chart(result: dict, path: Path) -> None:
+    """A horizontal bar chart of seconds per image (PIL only: no plotting library needed)."""
+    from PIL import Image, ImageDraw
+
+    rows = [r for r in result["rows"] if "total_s" in r]
+    base = next((r for r in rows if r["mode"] == "diffusers"), None)
+    width, bar_h, left, top = 900, 28, 170, 50
+    height = top + bar_h * max(len(rows), 1) + 40
+    image = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(image)
+    meta = result["meta"]
+    draw.text((10, 10), f"seconds per image ({meta['what']}, {meta['size']}x{meta['size']}, {meta['steps']} steps, "
+              f"{meta['device_name']})", fill="black")  # fmt: skip
+    longest = max((r["total_s"] for r in rows), default=1.0) or 1.0
+    scale = (width - left - 170) / longest
+    for i, r in enumerate(rows):
+        y = top + i * bar_h
+        color = (40, 110, 200)  # ours
+        if r["mode"] == "diffusers":
+            color = (120, 120, 120)
+        elif "cache" in r["mode"]:
+            color = (230, 140, 40)
+        draw.text((10, y + 8), r["mode"], fill="black")
+        draw.rectangle([left, y + 4, left + max(1, int(r["total_s"] * scale)), y + bar_h - 4], fill=color)
+        label = f"{r['total_s']:.3f} s" + (f"  ({base['total_s'] / r['total_s']:.2f}x)" if base else "")
+        draw.text((left + int(r["total_s"] * scale) + 6, y + 8), label, fill="black")
+    draw.text((10, height - 25), "grey: plain diffusers; blue: flux_vector; orange: approximate step cache",
+              fill="black")  # fmt: skip
+    image.save(path)
+
+
+def write(result: dict, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "bench_gpu.json").write_text(json.dumps(result, indent=1, default=str))
+    (out / "bench_gpu.md").write_text(markdown(result))
+    chart(result, out / "bench_gpu.png")
+
+
+# ----------------------------------------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tiny", action="store_true", help="the tiny checkpoint (CPU smoke test)")
+    parser.add_argument("--model", help="a diffusers FLUX.1-dev folder (real weights) instead of random weights")
+    parser.add_argument("--lora-file", help="a LoRA .safetensors (default: random kohya LoRA, or the tiny one)")
+    parser.add_argument("--lora-rank", type=int, default=16, help="rank of the random LoRA (default 16)")
+    parser.add_argument("--size", type=int, default=None, help="image side (default 1024; 64 with --tiny)")
+    parser.add_argument("--steps", type=int, default=25)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--modes", default="all", help="comma separated (see the module doc), 'all', 'speed', 'memory'")
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--dtype", default=None, help="default bfloat16 on CUDA, float32 on CPU")
+    parser.add_argument("--fresh-compile-cache", action="store_true", help="compile cold (a new inductor cache dir)")
+    parser.add_argument("--vram-limit-gib", type=float, help="cap this process's GPU memory (e.g. 12: a 12 GB card)")
+    parser.add_argument("--out", type=Path, default=Path("bench_out"))
+    args = parser.parse_args(argv)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dtype = getattr(torch, args.dtype) if args.dtype else torch.bfloat16 if device.type == "cuda" else torch.float32
+    args.size = args.size or (64 if args.tiny else 1024)
+    if args.fresh_compile_cache:
+        import tempfile
+
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="flux_vector_inductor_")
+    if args.vram_limit_gib and device.type == "cuda":
+        total = torch.cuda.get_device_properties(device).total_memory
+        torch.cuda.set_per_process_memory_fraction(min(1.0, args.vram_limit_gib * GiB / total), device)
+    named = {"all": ALL_MODES, "speed": SPEED_MODES, "memory": MEMORY_MODES}
+    modes = named.get(args.modes) or tuple(m.strip() for m in args.modes.split(",") if m.strip())
+    unknown = sorted(set(modes) - set(ALL_MODES))
+    if unknown:
+        parser.error(f"unknown modes {unknown}; known: {', '.join(ALL_MODES)}")
+    env = detect_env(device)
+    cache = compile_cache_dir()
+    import diffusers
+
+    if args.tiny:
+        what = "tiny checkpoint"
+    else:
+        what = f"FLUX.1-dev weights from {args.model}" if args.model else "FLUX.1-dev architecture, random weights"
+    lora = args.lora_file or ("tiny kohya LoRA" if args.tiny else f"random kohya LoRA, rank {args.lora_rank}")
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "CPU"
+    result = {
+        "meta": {
+            "what": what, "device": str(device), "dtype": str(dtype).removeprefix("torch."),
+            "device_name": device_name, "capability": env.capability, "available": sorted(env.available),
+            "torch": torch.__version__, "diffusers": diffusers.__version__, "threads": torch.get_num_threads(),
+            "size": args.size, "steps": args.steps, "repeats": args.repeats, "lora": lora,
+            "vram_limit_gib": args.vram_limit_gib, "compile_cache": cache,
+            "compile_cache_was_empty": not (Path(cache).exists() and any(Path(cache).iterdir())),
+            "command": "python " + " ".join([sys.argv[0], *(argv if argv is not None else sys.argv[1:])]),
+        },
+        "rows": [],
+    }  # fmt: skip
+    reference: dict = {}
+    for mode in modes:
+        reason = skip_reason(mode, device, env, args)
+        if reason:
+            print(f"{mode}: skipped ({reason})", flush=True)
+            result["rows"].append({"mode": mode, "skipped": reason})
+            write(result, args.out)
+            continue
+        print(f"{mode}: running", flush=True)
+        try:
+            row = run_mode(mode, args, device, dtype, env, reference, log=lambda m: print("  " + m, flush=True))
+        except Exception as exc:  # one broken mode must not lose the others' figures
+            traceback.print_exc()
+            row = {"mode": mode, "error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"}
+        free(device)  # outside the except block: the traceback (and the failed pipeline) is gone by now
+        result["rows"].append(row)
+        if "total_s" in row:
+            compiled = f", compile {row['compile_s']:.1f} s" if row.get("compile_s") is not None else ""
+            print(f"  {row['total_s']:.3f} s/image, {1000 * row['per_step_s']:.1f} ms/step{compiled}", flush=True)
+        write(result, args.out)  # after every mode: a timeout keeps what finished
+    print(markdown(result))
+    print(f"wrote {args.out / 'bench_gpu.json'}, bench_gpu.md, bench_gpu.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
