@@ -2,8 +2,8 @@
 
 A job goes QUEUED -> PROCESSING -> COMPLETED | FAILED. The store owns ordering (first in, first out), the queue
 bound, the retention of finished jobs (``retention_s`` after completion a job and its images are gone, as if they
-had never existed) and recovery after a crash. A later backend (Redis, for many API processes and GPU workers)
-implements the same methods; nothing above this module knows which store it talks to.
+had never existed) and recovery after a crash. ``RedisJobStore`` (``redis_store.py``: many API processes and GPU
+workers on many machines) implements the same methods; nothing above this module knows which store it talks to.
 
 ``SQLiteJobStore`` keeps the rows in one SQLite file (WAL journal, ``synchronous=FULL``: a committed transition
 survives a SIGKILL and a power cut) and the encoded images as files in a folder beside it, each written to a temporary
@@ -22,6 +22,7 @@ import threading
 import time
 import uuid
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,15 @@ class QueueFull(RuntimeError):
 
 class StoreLocked(RuntimeError):
     """Another process already serves this store."""
+
+
+class StoreUnavailable(RuntimeError):
+    """The store cannot be reached (a shared store's server is down or the URL is wrong)."""
+
+
+class LeaseLost(RuntimeError):
+    """This worker no longer owns the job (a shared store gave it to another worker after its lease ran out, or it
+    finished elsewhere): whatever this worker computed for it is discarded."""
 
 
 @dataclass
@@ -82,6 +92,9 @@ class JobStore(ABC):
     """The queue and the results. Every method is safe to call from any thread."""
 
     retention_s: float
+    kind = "store"
+    # True when ``claim`` itself waits (a while) for work to arrive: the worker then calls it again at once
+    claim_blocks = False
 
     @abstractmethod
     def submit(self, slug: str, params: dict[str, Any], *, max_queue: int | None = None) -> Job:
@@ -127,6 +140,11 @@ class JobStore(ABC):
     def recover(self, max_attempts: int = DEFAULT_MAX_ATTEMPTS) -> Recovery:
         """At start: jobs a dead process left PROCESSING run again, or FAIL after ``max_attempts`` tries."""
 
+    def add_finished_listener(self, callback: Callable[[str], None]) -> bool:
+        """Have ``callback(job_id)`` called (in a store thread) whenever any process finishes a job. False when the
+        store cannot tell (an embedded store: only the local worker finishes jobs, and it has its own listeners)."""
+        return False
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release resources."""
 
@@ -166,6 +184,8 @@ class SQLiteJobStore(JobStore):
     ``path=":memory:"`` keeps rows in memory (the images still go to ``image_dir``, which is then required); the
     in-process facade uses a private file instead so that it behaves exactly like the server.
     """
+
+    kind = "sqlite"
 
     def __init__(
         self,

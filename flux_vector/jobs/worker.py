@@ -4,6 +4,10 @@ Inference is serialised (one model, one accelerator); everything else (HTTP, sta
 threads, which torch leaves the interpreter to while it computes. A job's exception (out of memory, NaN, a bad
 parameter for this model) makes that job FAILED with a readable error and the worker carries on. ``stop()``
 interrupts the running job at its next step and puts it back in the queue, so a clean shutdown loses nothing.
+
+On a shared store (Redis) many workers in many processes run the same queue: ``claim`` itself waits for work, and a
+worker whose lease on a job ran out (``LeaseLost``: the job now runs elsewhere) drops its run without touching the
+job. A job asking for another LoRA strength switches the loaded (fused) LoRA in place, timed as ``lora_switch_s``.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from typing import Any
 from ..request import GenerationRequest, RequestError, parse_request
 from . import faults
 from .bodies import EXTENSIONS, MEDIA_TYPES, encode_image
-from .store import Job, JobStore
+from .store import Job, JobStore, LeaseLost
 
 
 class _Interrupted(Exception):
@@ -152,8 +156,9 @@ class Worker:
                 self._stop.wait(1.0)
                 continue
             if job is None:
-                self._wake.wait(timeout=max(0.0, min(self.idle_poll, next_expire - time.monotonic())))
-                self._wake.clear()
+                if not self.store.claim_blocks:  # a blocking claim already waited for work
+                    self._wake.wait(timeout=max(0.0, min(self.idle_poll, next_expire - time.monotonic())))
+                    self._wake.clear()
                 continue
             self._process(job)
         self.state = "stopped"
@@ -167,6 +172,8 @@ class Worker:
         finished: Job | None = None
         try:
             finished = self._run(job)
+        except LeaseLost as exc:
+            self.log(f"worker: {exc}")
         except _Interrupted:
             self.log(f"worker: job {job.id} interrupted by shutdown; back in the queue")
             try:
@@ -203,6 +210,7 @@ class Worker:
         pipe = self.pipeline
         self.state = "busy"
         request = adapt_to_pipeline(request, job.params, pipe)
+        switch_s = switch_lora_strength(pipe, request.lora_strength)
         last = [0.0]
 
         def on_step(step: int, total: int) -> None:
@@ -223,7 +231,24 @@ class Worker:
             "inference_time": result.timings.get("total_s"),
             "timings": {k: round(float(v), 4) for k, v in result.timings.items()},
         }
+        if switch_s is not None:
+            meta["timings"]["lora_switch_s"] = round(switch_s, 6)
         return self.store.complete(job.id, images, meta)
+
+
+def switch_lora_strength(pipe, strength: float) -> float | None:
+    """Set the pipeline's LoRA to ``strength`` before a job (fused: recomputed in place from the kept W0, no
+    reload); the seconds it took, or None when the strength was already that (or there is no LoRA)."""
+    current = getattr(getattr(pipe, "lora", None), "strength", None)
+    if current is None or current == strength or not hasattr(pipe, "set_lora_strength"):
+        return None
+    started = time.perf_counter()
+    pipe.set_lora_strength(strength)
+    device = getattr(pipe, "device", None)
+    torch = sys.modules.get("torch")
+    if torch is not None and getattr(device, "type", None) == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - started
 
 
 def adapt_to_pipeline(request: GenerationRequest, params: dict[str, Any], pipe) -> GenerationRequest:

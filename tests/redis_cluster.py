@@ -1,0 +1,190 @@
+"""A real ``redis-server`` on a loopback port, ``flux-vector serve --store redis://...`` API processes and
+``flux-vector worker`` processes, as subprocesses, for tests and benchmarks.
+
+``redis-server`` is the Debian package (``apt-get install redis-server``; .ci/run installs it). Without it the Redis
+tests are skipped on a developer's machine and fail in CI (``CI`` set), so CI never passes by skipping them.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.server_process import free_port
+
+REDIS_SERVER = os.environ.get("FLUX_VECTOR_REDIS_SERVER") or shutil.which("redis-server") or "/usr/bin/redis-server"
+
+
+def require_redis() -> None:
+    """Skip (fail under CI) when redis-server or the redis package is missing."""
+    problems = []
+    if not Path(REDIS_SERVER).exists():
+        problems.append("redis-server not found (apt-get install -y redis-server)")
+    try:
+        import redis  # noqa: F401
+    except ImportError:
+        problems.append("the redis package is missing (pip install redis)")
+    if problems:
+        message = "; ".join(problems)
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+class RedisServer:
+    """``redis-server`` on 127.0.0.1:<free port>, no persistence (no RDB, no AOF), killed by ``stop``."""
+
+    def __init__(self, folder: Path, port: int | None = None):
+        self.folder, self.port = Path(folder), port or free_port()
+        self.proc: subprocess.Popen | None = None
+
+    def url(self, db: int = 0) -> str:
+        return f"redis://127.0.0.1:{self.port}/{db}"
+
+    def start(self, timeout: float = 20.0) -> RedisServer:
+        import redis
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        log = open(self.folder / f"redis-{self.port}.log", "ab")  # noqa: SIM115 - the child writes to it
+        self.proc = subprocess.Popen(
+            [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", str(self.folder), "--daemonize", "no"],
+            stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"redis-server exited with {self.proc.returncode}")
+            try:
+                if redis.Redis(port=self.port, socket_connect_timeout=1).ping():
+                    return self
+            except redis.ConnectionError:
+                time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"redis-server did not answer on port {self.port} in {timeout} s")
+
+    def client(self, db: int = 0):
+        import redis
+
+        return redis.Redis(port=self.port, db=db)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+class _Process:
+    def __init__(self, args: list[str], log_path: Path, env: dict | None):
+        self.args, self.log_path = args, Path(log_path)
+        self.env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+        self.env.pop("FLUX_VECTOR_MODEL", None)
+        self.proc: subprocess.Popen | None = None
+
+    def spawn(self) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "ab")  # noqa: SIM115 - the child writes to it
+        self.proc = subprocess.Popen([sys.executable, "-m", "flux_vector.cli", *self.args], env=self.env, stdout=log,
+                                     stderr=subprocess.STDOUT)  # fmt: skip
+        log.close()
+
+    def wait_healthy(self, url: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.args[0]} exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                if httpx.get(url + "/healthz", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        self.kill()
+        raise RuntimeError(f"{self.args[0]} did not become healthy in {timeout} s:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            self.proc.wait(30)
+
+    def stop(self) -> bool:
+        """SIGTERM, SIGKILL after 30 s; True when it logged a clean shutdown."""
+        if self.proc is None:
+            return False
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        return "shut down cleanly" in self.log()
+
+
+class ApiProcess(_Process):
+    """``flux-vector serve --store redis://...`` (API only) on a loopback port."""
+
+    def __init__(self, store_url: str, folder: Path, *, args: tuple[str, ...] = (), env: dict | None = None):
+        self.port = free_port()
+        super().__init__(["serve", "--store", store_url, "--port", str(self.port), "--log-level", "warning", *args],
+                         Path(folder) / f"api-{self.port}.log", env)  # fmt: skip
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def base_url(self) -> str:
+        return self.url + "/v1"
+
+    def start(self, timeout: float = 60.0) -> ApiProcess:
+        self.spawn()
+        self.wait_healthy(self.url, timeout)
+        return self
+
+
+class WorkerProcess(_Process):
+    """``flux-vector worker --store redis://... --model tiny`` with its /metrics and /healthz on a loopback port."""
+
+    def __init__(self, store_url: str, folder: Path, name: str, *, args: tuple[str, ...] = (), env: dict | None = None):
+        self.name, self.port = name, free_port()
+        super().__init__(["worker", "--store", store_url, "--model", "tiny", "--name", name, "--metrics-port",
+                          str(self.port), *args], Path(folder) / f"worker-{name}.log", env)  # fmt: skip
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 180.0) -> WorkerProcess:
+        self.spawn()
+        return self
+
+    def wait_ready(self, timeout: float = 180.0) -> WorkerProcess:
+        self.wait_healthy(self.url, timeout)
+        return self
+
+    def health(self) -> dict:
+        return httpx.get(self.url + "/healthz", timeout=5).json()
+
+    def metrics(self) -> str:
+        return httpx.get(self.url + "/metrics", timeout=5).text
+
+
+def metric(text: str, name: str) -> float:
+    """The value of one sample line ``name value`` in Prometheus text (0 when absent)."""
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[-1])
+    return 0.0

@@ -1,0 +1,253 @@
+"""RedisJobStore in-process against a real redis-server: FIFO and positions, the queue bound, leases (a dead worker's
+job runs again, at most max_attempts runs, then FAILED), owner-checked idempotent completion, requeue, key-expiry
+retention, notifications, and the Worker on it (LoRA fused once, strength switched in place)."""
+
+import io
+import threading
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from flux_vector.jobs import COMPLETED, FAILED, PROCESSING, QUEUED, QueueFull, Worker, encode_image
+from flux_vector.jobs.redis_store import RedisJobStore
+from flux_vector.jobs.store import LeaseLost, StoreUnavailable
+from tests.fake_pipeline import FakePipeline
+from tests.redis_cluster import RedisServer, require_redis
+from tests.server_process import free_port
+
+pytestmark = pytest.mark.redis
+P = {"prompt": "v3ct0r style, a cat", "width": 64, "height": 64, "steps": 2}
+META = {"ext": "png", "media_type": "image/png", "echo": {"base64": False}, "width": 64, "height": 64,
+        "inference_time": 0.5}  # fmt: skip
+
+
+def png(colour=(1, 2, 3)):
+    return encode_image(Image.new("RGB", (64, 64), colour), "png", 95)
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory):
+    require_redis()
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def make_store(redis_server):
+    """Stores on one clean database: ``make_store(name=..., lease_s=..., ...)``; all closed at the end."""
+    redis_server.client(db=3).flushdb()
+    made = []
+
+    def make(**kwargs):
+        kwargs.setdefault("claim_block_s", 0.05)
+        store = RedisJobStore.from_url(redis_server.url(3), **kwargs)
+        made.append(store)
+        return store
+
+    yield make
+    for store in made:
+        store.close()
+
+
+def test_lifecycle_fifo_positions_counts_and_images(make_store):
+    store = make_store(name="w1")
+    a, b, c = (store.submit("Simple_Vector_Flux", {**P, "seed": i}) for i in range(3))
+    assert [j.position for j in (a, b, c)] == [0, 1, 2]
+    assert store.get(c.id).state == QUEUED and store.get(c.id).position == 2
+    assert store.get(a.id).params == {**P, "seed": 0} and store.get(a.id).created_at > 1e9
+    claimed = store.claim()
+    assert claimed.id == a.id and claimed.state == PROCESSING and claimed.attempts == 1
+    assert claimed.started_at >= claimed.created_at and store.get(c.id).position == 1
+    store.progress(a.id, 1, 2)
+    assert (store.get(a.id).step, store.get(a.id).total_steps) == (1, 2)
+    done = store.complete(a.id, [png(), png((9, 9, 9))], META)
+    assert done.state == COMPLETED and done.result["count"] == 2 and done.finished_at >= done.started_at
+    assert store.image(a.id, 0) == png() and store.image(a.id, 1) == png((9, 9, 9))
+    assert store.image(a.id, 2) is None and store.image(b.id, 0) is None and store.image(a.id, -1) is None
+    assert store.claim().id == b.id
+    failed = store.fail(b.id, "boom")
+    assert failed.state == FAILED and failed.error == "boom"
+    assert store.counts() == {QUEUED: 1, PROCESSING: 0, COMPLETED: 1, FAILED: 1}
+    assert store.get("nope") is None
+    assert store.worker_info(a.id) == {"worker": "w1", "ran_on": ["w1"]}
+    # finished entries left the stream; c is the only one waiting
+    assert store.r.xlen(store.key("queue")) == 1
+
+
+def test_queue_bound_counts_waiting_jobs_across_processes(make_store):
+    api_a, api_b, worker = make_store(), make_store(), make_store()
+    api_a.submit("s", P, max_queue=2)
+    api_b.submit("s", P, max_queue=2)
+    for api in (api_a, api_b):
+        with pytest.raises(QueueFull) as info:
+            api.submit("s", P, max_queue=2)
+        assert info.value.max_queue == 2 and "2 jobs waiting" in str(info.value)
+    worker.claim()  # PROCESSING is not waiting
+    api_b.submit("s", P, max_queue=2)
+
+
+def test_unreachable_redis_is_a_clear_error():
+    require_redis()
+    with pytest.raises(StoreUnavailable, match=r"cannot reach Redis at redis://127\.0\.0\.1"):
+        RedisJobStore.from_url(f"redis://127.0.0.1:{free_port()}/0")
+
+
+def test_results_vanish_by_key_expiry(make_store):
+    api = make_store(retention_s=0.4)
+    worker = make_store(retention_s=3600)  # the retention is the accepting API process's
+    job = api.submit("s", P)
+    worker.claim()
+    worker.complete(job.id, [png()], META)
+    assert api.get(job.id).state == COMPLETED and api.counts()[COMPLETED] == 1
+    ttl = api.r.pttl(api.key(f"job:{job.id}"))
+    assert 0 < ttl <= 400 and 0 < api.r.pttl(api.key(f"img:{job.id}:0")) <= 400
+    time.sleep(0.5)
+    assert api.get(job.id) is None and api.image(job.id, 0) is None
+    assert api.counts()[COMPLETED] == 0
+    assert not api.r.exists(api.key(f"job:{job.id}"), api.key(f"img:{job.id}:0"))
+    assert api.expire() == 1 and api.r.zcard(api.key("completed")) == 0
+
+
+def test_a_dead_workers_job_runs_again_then_fails_after_max_attempts(make_store):
+    a = make_store(name="a", lease_s=0.3, max_attempts=2)
+    job = a.submit("s", P)
+    later = a.submit("s", P)
+    assert a.claim().id == job.id
+    a.close()  # "SIGKILL": no more heartbeats, no requeue
+
+    b = make_store(name="b", lease_s=0.3, max_attempts=2)
+    assert b.claim().id == later.id  # the lease has not run out yet: the dead worker's job is not taken
+    time.sleep(0.35)
+    again = b.claim()
+    assert again.id == job.id and again.attempts == 2 and b.stats["reclaimed"] == 1
+    assert b.worker_info(job.id)["ran_on"] == ["a", "b"]
+    b.close()  # dies too
+
+    c = make_store(name="c", lease_s=0.3, max_attempts=2)
+    time.sleep(0.35)
+    taken = c.claim()  # job: its 2 runs died, FAILED; later (b's, dead too): its second run
+    assert taken.id == later.id and taken.attempts == 2
+    failed = c.get(job.id)
+    assert failed.state == FAILED and "killed" in failed.error and "2 times" in failed.error
+    assert "not retried" in failed.error and c.stats["failed_after_attempts"] == 1
+    assert c.r.xlen(c.key("queue")) == 1  # job's entry is gone; later's is pending on c
+
+
+def test_a_live_worker_keeps_its_job_past_the_lease(make_store):
+    a = make_store(name="a", lease_s=0.3)
+    b = make_store(name="b", lease_s=0.3)
+    job = a.submit("s", P)
+    a.claim()
+    time.sleep(0.8)  # more than two leases: a's heartbeats (every 0.1 s) keep it
+    assert b.claim() is None
+    a.progress(job.id, 1, 2)
+    assert a.complete(job.id, [png()], META).state == COMPLETED
+    assert a.get(job.id).attempts == 1
+
+
+def test_completion_is_owner_checked_and_idempotent(make_store, monkeypatch):
+    """A worker whose lease ran out cannot complete the job the next run owns: one COMPLETED, one set of images."""
+    a = make_store(name="a", lease_s=0.3)
+    b = make_store(name="b", lease_s=0.3)
+    job = a.submit("s", P)
+    a.claim()
+    monkeypatch.setattr(a, "beat", lambda: None)  # a stalls (no heartbeats) but is not dead
+    time.sleep(0.35)
+    assert b.claim().id == job.id
+    with pytest.raises(LeaseLost, match="another worker took the job over"):
+        a.progress(job.id, 1, 2)
+    b_lease = b._leases[job.id]
+    assert b.complete(job.id, [png((7, 7, 7))], META).state == COMPLETED
+    with pytest.raises(LeaseLost):
+        a.complete(job.id, [png((1, 1, 1))], META)
+    assert b.image(job.id, 0) == png((7, 7, 7)) and a.stats["leases_lost"] >= 1
+    # the same run completing again (a client retry of the script) changes nothing
+    keys = [b.key(f"job:{job.id}"), b.key("processing"), b.key("completed"), b.key("queue"), b.key(f"img:{job.id}:0")]
+    reply = b._complete(keys=keys, args=[job.id, b_lease.token, b_lease.entry, "workers", "{}", b.channel,
+                                         png((8, 8, 8))])  # fmt: skip
+    assert reply == [2] and b.image(job.id, 0) == png((7, 7, 7)) and b.get(job.id).result["count"] == 1
+    with pytest.raises(KeyError, match="is COMPLETED; it cannot be failed"):
+        b.fail(job.id, "too late")
+    assert b.get(job.id).state == COMPLETED
+
+
+def test_requeue_keeps_place_and_attempts(make_store):
+    a = make_store(name="a", lease_s=30)
+    b = make_store(name="b", lease_s=30)
+    first, second = a.submit("s", P), a.submit("s", P)
+    a.claim()
+    a.requeue(first.id)
+    back = a.get(first.id)
+    assert back.state == QUEUED and back.attempts == 0 and back.position == 0
+    assert b.claim().id == first.id  # at once, not after the lease
+    assert b.claim().id == second.id
+
+
+def test_notifications_reach_every_listener(make_store):
+    api, worker = make_store(), make_store()
+    seen = []
+    arrived = threading.Event()
+
+    def on_finished(job_id):
+        seen.append(job_id)
+        arrived.set()
+
+    assert api.add_finished_listener(on_finished)
+    time.sleep(0.2)  # the subscription is up
+    job = api.submit("s", P)
+    worker.claim()
+    worker.complete(job.id, [png()], META)
+    assert arrived.wait(5) and seen == [job.id]
+
+
+def test_worker_thread_on_redis(make_store):
+    store = make_store(name="w", lease_s=5)
+    pipe = FakePipeline(step_s=0.02)
+    finished = []
+    worker = Worker(store, pipe, log=lambda m: None)
+    worker.add_listener(finished.append)
+    worker.start()
+    try:
+        jobs = [store.submit("s", {**P, "seed": i}) for i in range(4)]
+        for job in jobs:
+            assert worker.wait(job.id, timeout=20).state == COMPLETED
+        assert [j.id for j in finished] == [j.id for j in jobs]
+        assert store.image(jobs[0].id, 0)[:4] == b"\x89PNG"
+        slow = store.submit("s", {**P, "steps": 100})
+        deadline = time.monotonic() + 10
+        while store.get(slow.id).state != PROCESSING and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert worker.stop(10)
+        assert store.get(slow.id).state == QUEUED and store.get(slow.id).attempts == 0
+    finally:
+        worker.stop(10)
+
+
+def test_worker_fuses_once_and_switches_strength_in_place(make_store, tiny_dir, tiny_pipe):
+    from flux_vector import FluxVectorPipeline
+    from flux_vector.jobs.worker_process import fuse_lora, warm_up
+
+    pipe = FluxVectorPipeline.from_pretrained("tiny", log=lambda *_: None)
+    assert fuse_lora(pipe, log=lambda m: None) and pipe.lora.fused
+    warm_up(pipe, log=lambda m: None, size=64)
+    weights = {id(p) for p in pipe.transformer.parameters()}
+    store = make_store(name="w", lease_s=5)
+    worker = Worker(store, pipe, log=lambda m: None).start()
+    try:
+        strengths = [1.0, 0.5, 0.5, 1.0]
+        jobs = [store.submit("s", {**P, "seed": 3, "lora_strength": s}) for s in strengths]
+        done = [worker.wait(job.id, timeout=60) for job in jobs]
+    finally:
+        worker.stop(10)
+    assert all(j.state == COMPLETED for j in done)
+    switched = ["lora_switch_s" in j.result["timings"] for j in done]
+    assert switched == [False, True, False, True]
+    assert pipe.lora.fused and {id(p) for p in pipe.transformer.parameters()} == weights  # nothing reloaded
+    # the fused model at 0.5 draws what the runtime adapter draws at 0.5
+    reference = tiny_pipe(P["prompt"], width=64, height=64, steps=2, seed=3, lora_strength=0.5, progress=False)
+    tiny_pipe.set_lora_strength(1.0)
+    fused = np.asarray(Image.open(io.BytesIO(store.image(jobs[1].id, 0))), dtype=np.int16)
+    assert np.abs(fused - np.asarray(reference.image, dtype=np.int16)).max() <= 2
