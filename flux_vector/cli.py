@@ -1,4 +1,5 @@
-"""``flux-vector`` command line: ``generate`` one image with the hosted API's parameters, or ``serve`` the API."""
+"""``flux-vector`` command line: ``generate`` one image with the hosted API's parameters, ``serve`` the API, or run a
+GPU ``worker`` for API processes sharing a Redis job store."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from .jobs.store import StoreLocked
+from .jobs.store import StoreLocked, StoreUnavailable
 from .request import ASPECT_RATIOS, RequestError, allowed, parse_request
 from .sampling import SAMPLER_NAMES, SCHEDULER_NAMES
 
@@ -68,18 +69,66 @@ def _add_serve(sub) -> None:
     p.add_argument("--device", help="cuda, cuda:1, cpu (default: cuda when available)")
     p.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1 (loopback only)")
     p.add_argument("--port", type=int, default=8000, help="default 8000")
-    p.add_argument("--store", type=Path, help="job store SQLite file (default: <cache>/server/jobs.sqlite3)")
+    p.add_argument("--store", help="job store: a SQLite file (default: <cache>/server/jobs.sqlite3), or "
+                   "redis://HOST:PORT/DB for an API-only process whose jobs run on flux-vector worker processes")
     p.add_argument("--max-queue", type=int, default=100, help="jobs waiting before submits get 429 (default 100)")
     p.add_argument("--retention", type=float, default=3600.0, metavar="SECONDS",
                    help="how long finished results and images are kept (default 3600)")  # fmt: skip
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
 
 
+def _add_worker(sub) -> None:
+    p = sub.add_parser(
+        "worker", help="run one GPU worker on a Redis job store",
+        description="Run jobs queued by flux-vector serve --store redis://... API processes: one worker per GPU, on "
+        "any machine that reaches Redis. Loads the model once, fuses the LoRA once, warms up, then runs jobs until "
+        "SIGTERM (the running job goes back to the queue). A worker killed mid-job has its job re-run by another "
+        "after --lease seconds, at most --max-attempts runs in all.",
+    )  # fmt: skip
+    p.add_argument("--store", required=True, help="redis://HOST:PORT/DB (the same as the API processes')")
+    p.add_argument("--model", help="tiny | a diffusers folder | a hub id in the local cache (default: as generate)")
+    p.add_argument("--lora", help="LoRA file or hub id, or 'none' (default: the Simple Vector LoRA)")
+    p.add_argument("--quantize", choices=["8bit"], help="bitsandbytes int8 transformer (the LoRA then stays unfused)")
+    p.add_argument("--offload", default="auto", choices=["auto", "none", "model", "sequential", "group"])
+    p.add_argument("--device", help="cuda, cuda:1, cpu (default: cuda when available)")
+    p.add_argument("--name", help="this worker's name in Redis and the logs (default: HOST-PID-xxxx)")
+    p.add_argument("--lease", type=float, default=60.0, metavar="SECONDS",
+                   help="a job whose worker stops renewing it for this long runs again elsewhere; give every worker "
+                        "the same value (default 60)")  # fmt: skip
+    p.add_argument("--max-attempts", type=int, default=3,
+                   help="runs of a job whose workers keep dying before it is FAILED (default 3)")  # fmt: skip
+    p.add_argument("--metrics-host", default="127.0.0.1", help="address of /metrics and /healthz (default 127.0.0.1)")
+    p.add_argument("--metrics-port", type=int, default=9400,
+                   help="port of /metrics and /healthz (default 9400; 0: any free port, logged; -1: none)")  # fmt: skip
+    p.add_argument("--no-fuse", action="store_true", help="keep the LoRA as a runtime adapter instead of fusing it")
+    p.add_argument("--no-warmup", action="store_true", help="skip the warm-up generation")
+
+
+def worker(args: argparse.Namespace) -> int:
+    from .jobs.worker_process import run_worker
+
+    return run_worker(
+        store=args.store, model=args.model or default_model(), lora=args.lora, quantize=args.quantize,
+        offload=args.offload, device=args.device, name=args.name, lease_s=args.lease, max_attempts=args.max_attempts,
+        metrics_host=args.metrics_host, metrics_port=args.metrics_port, fuse=not args.no_fuse,
+        warmup=not args.no_warmup,
+    )  # fmt: skip
+
+
 def serve(args: argparse.Namespace) -> int:
+    from .jobs.redis_store import is_redis_url
     from .server.serve import serve as run_server
 
+    if args.store is not None and is_redis_url(args.store):
+        ignored = [f"--{name}" for name in ("model", "lora", "quantize", "device") if getattr(args, name)]
+        if ignored:
+            print(f"flux-vector serve: {', '.join(ignored)} ignored: with a Redis store this process only serves the "
+                  "API; give them to flux-vector worker", file=sys.stderr)  # fmt: skip
+        model = ""
+    else:
+        model = args.model or default_model()
     return run_server(
-        model=args.model or default_model(), lora=args.lora, quantize=args.quantize, offload=args.offload,
+        model=model, lora=args.lora, quantize=args.quantize, offload=args.offload,
         device=args.device, host=args.host, port=args.port, store=args.store, max_queue=args.max_queue,
         retention_s=args.retention, log_level=args.log_level,
     )  # fmt: skip
@@ -120,13 +169,16 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_generate(sub)
     _add_serve(sub)
+    _add_worker(sub)
     args = parser.parse_args(argv)
     try:
         if args.command == "generate":
             return generate(args)
         if args.command == "serve":
             return serve(args)
-    except (RequestError, ValueError, FileNotFoundError, StoreLocked) as exc:
+        if args.command == "worker":
+            return worker(args)
+    except (RequestError, ValueError, FileNotFoundError, StoreLocked, StoreUnavailable) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 1

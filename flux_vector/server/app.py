@@ -1,6 +1,8 @@
 """The HTTP API: Segmind's Simple_Vector_Flux endpoints over the job queue, for the unchanged ``segmind`` SDK.
 
 ``create_app(store, worker, ...)`` builds the FastAPI app; the app starts and stops the worker with its lifespan.
+With a shared store (``RedisJobStore``) ``worker`` is None: the process only enqueues and reads, GPU workers run
+elsewhere (``flux-vector worker``), and ``/v1`` waits are woken by the store's notifications.
 
 - ``POST /v1/{slug}``: blocks until the job finishes; the image bytes (Content-Type per ``output_format``), or the
   final JSON body with the image in base64 when ``base64`` is true. A job that fails is a 500 with its ``error``.
@@ -9,7 +11,8 @@
   finished yet gets 202 and its status from the result URL; unknown or expired ids are 404.
 - ``GET /v2/requests/{id}/images/{n}.{ext}``: an image (the ``output`` URL). Like a hosted media link it needs no
   API key: the 128-bit random request id in it is the capability.
-- ``GET /healthz``, ``GET /metrics`` (Prometheus text), OpenAPI at ``/docs``.
+- ``GET /healthz`` (this process and, on a shared store, the live workers), ``GET /metrics`` (Prometheus text),
+  OpenAPI at ``/docs``.
 
 Every error is a JSON object with a human-readable ``error``: 400 (any invalid parameter, naming the field, the value
 and what is allowed; malformed JSON; a body that is not an object), 401 (``x-api-key`` missing or wrong when an API
@@ -23,7 +26,8 @@ import asyncio
 import contextlib
 import hmac
 import json
-import time
+import sys
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import Depends, FastAPI, Request
@@ -34,6 +38,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
 from ..jobs import COMPLETED, FAILED, QUEUED, Job, JobStore, QueueFull, Worker, result_body, status_body
+from ..jobs.metrics import JobMetrics
 from ..request import SLUG, GenerationRequest, RequestError, parse_request
 from .playground import add_playground
 
@@ -73,41 +78,35 @@ _ERROR_DOC = {"content": {"application/json": {"example": {"error": "steps=0 is 
 
 def create_app(
     store: JobStore,
-    worker: Worker,
+    worker: Worker | None,
     *,
     slug: str = SLUG,
     api_key: str | None = None,
     max_queue: int | None = 100,
     model_name: str = "",
     manage_worker: bool = True,
+    log: Callable[[str], None] | None = None,
 ) -> FastAPI:
-    """The app. ``manage_worker``: start the worker at startup and stop it (requeueing its job) at shutdown."""
-    from prometheus_client import CollectorRegistry, Counter, Histogram
-
-    registry = CollectorRegistry()
-    finished_total = Counter("flux_vector_jobs_finished", "Jobs finished by this process, by final state",
-                             ["state"], registry=registry)  # fmt: skip
-    inference_seconds = Histogram(
-        "flux_vector_inference_seconds", "Model compute seconds per completed job", registry=registry,
-        buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 60, 120, 300),
-    )  # fmt: skip
-    queue_seconds = Histogram(
-        "flux_vector_queue_seconds", "Seconds a job waited in the queue before it ran", registry=registry,
-        buckets=(0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900),
-    )  # fmt: skip
-    registry.register(_StoreCollector(store, worker))
+    """The app. ``manage_worker``: start the worker at startup and stop it (requeueing its job) at shutdown.
+    ``worker=None``: an API-only process on a shared store (the workers run elsewhere)."""
+    metrics_ = JobMetrics(store, worker)
+    say = log or getattr(worker, "log", None) or (lambda message: print(message, file=sys.stderr, flush=True))
     waiters: dict[str, list[asyncio.Future]] = {}
+    manage_worker = manage_worker and worker is not None
 
-    def on_finished(job: Job) -> None:  # worker thread
-        finished_total.labels(job.state).inc()
-        if job.state == COMPLETED and job.result.get("inference_time") is not None:
-            inference_seconds.observe(job.result["inference_time"])
-        if job.started_at is not None:
-            queue_seconds.observe(max(0.0, job.started_at - job.created_at))
-        for future in list(waiters.get(job.id, ())):
+    def wake(job_id: str, job: Job | None) -> None:  # worker or store thread
+        for future in list(waiters.get(job_id, ())):
             future.get_loop().call_soon_threadsafe(_resolve, future, job)
 
-    worker.add_listener(on_finished)
+    def on_finished(job: Job) -> None:  # worker thread
+        metrics_.on_finished(job)
+        wake(job.id, job)
+
+    if worker is not None:
+        worker.add_listener(on_finished)
+    # a shared store announces jobs finished by any worker (None: re-read the store)
+    store_notifies = store.add_finished_listener(lambda job_id: wake(job_id, None))
+    recheck_s = 5.0 if worker is not None or store_notifies else 0.05
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -116,7 +115,9 @@ def create_app(
         try:
             yield
         finally:
-            if manage_worker:
+            if worker is None:
+                say("shut down cleanly (API process; queued jobs stay in the store)")
+            elif manage_worker:
                 stopped = await run_in_threadpool(worker.stop)
                 waiting = (await run_in_threadpool(store.counts))[QUEUED]
                 worker.log(f"shut down {'cleanly' if stopped else 'with the worker still busy'}; "
@@ -192,8 +193,11 @@ def create_app(
         try:
             job = await run_in_threadpool(store.submit, slug, params, max_queue=max_queue)
         except QueueFull as exc:
+            metrics_.rejected_total.labels("queue_full").inc()
             raise ApiError(429, str(exc), max_queue=exc.max_queue) from None
-        worker.notify()
+        metrics_.submitted_total.inc()
+        if worker is not None:
+            worker.notify()
         return job
 
     def get_job(request_id: str) -> Job:
@@ -235,24 +239,29 @@ def create_app(
         return Response(data, media_type=job.result["media_type"], headers=headers)
 
     async def wait_finished(job_id: str) -> Job:
-        future = asyncio.get_running_loop().create_future()
-        waiters.setdefault(job_id, []).append(future)
-        try:
-            while True:
+        loop = asyncio.get_running_loop()
+        while True:
+            # registered before the store is read, so a notification between the read and the wait is not missed
+            future = loop.create_future()
+            waiters.setdefault(job_id, []).append(future)
+            try:
                 job = await run_in_threadpool(store.get, job_id)
                 if job is None:
                     raise ApiError(404, f"request {job_id!r} disappeared from the store")
                 if job.finished:
                     return job
                 with contextlib.suppress(asyncio.TimeoutError):
-                    # the listener resolves it; the timeout re-reads the store in case a notification was missed
-                    return await asyncio.wait_for(asyncio.shield(future), timeout=5.0)
-        finally:
-            entries = waiters.get(job_id, [])
-            if future in entries:
-                entries.remove(future)
-            if not entries:
-                waiters.pop(job_id, None)
+                    # a listener resolves it (with the job, or None: read the store again); the timeout re-reads
+                    # the store in case a notification was missed
+                    finished = await asyncio.wait_for(future, timeout=recheck_s)
+                    if finished is not None:
+                        return finished
+            finally:
+                entries = waiters.get(job_id, [])
+                if future in entries:
+                    entries.remove(future)
+                if not entries:
+                    waiters.pop(job_id, None)
 
     @app.post("/v2/{model_slug}", dependencies=auth, openapi_extra=_BODY_DOC, responses=errors,
               summary="Submit to the queue (async)")  # fmt: skip
@@ -292,6 +301,14 @@ def create_app(
 
     @app.get("/healthz", summary="Liveness and worker state")
     def healthz():
+        if worker is None:  # API process on a shared store: healthy while the store answers
+            try:
+                body = {"status": "ok", "role": "api", "store": store.kind, "slug": slug, "worker": None,
+                        "workers": store.workers() if hasattr(store, "workers") else [], "jobs": store.counts(),
+                        "max_queue": max_queue, "retention_s": store.retention_s, "auth": bool(api_key)}  # fmt: skip
+            except Exception as exc:
+                return _error(503, f"the job store is unreachable: {type(exc).__name__}: {exc}", status="unavailable")
+            return JSONResponse(body)
         alive = worker.running
         body = {"status": "ok" if alive else "unavailable", "model": model_name, "slug": slug,
                 "worker": worker.state, "current_job": worker.current_job, "jobs": store.counts(),
@@ -300,9 +317,8 @@ def create_app(
 
     @app.get("/metrics", summary="Prometheus metrics")
     def metrics():
-        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-
-        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+        data, content_type = metrics_.render()
+        return Response(data, media_type=content_type)
 
     return app
 
@@ -310,24 +326,3 @@ def create_app(
 def _resolve(future: asyncio.Future, job: Job) -> None:
     if not future.done():
         future.set_result(job)
-
-
-class _StoreCollector:
-    """Gauges read from the store at scrape time."""
-
-    def __init__(self, store: JobStore, worker: Worker):
-        self.store, self.worker = store, worker
-
-    def collect(self):
-        from prometheus_client.core import GaugeMetricFamily
-
-        counts = self.store.counts()
-        jobs = GaugeMetricFamily("flux_vector_jobs", "Jobs in the store by state (finished ones until they expire)",
-                                 labels=["state"])  # fmt: skip
-        for state, n in counts.items():
-            jobs.add_metric([state], n)
-        yield jobs
-        yield GaugeMetricFamily("flux_vector_queue_depth", "Jobs waiting to run (QUEUED)", value=counts[QUEUED])
-        yield GaugeMetricFamily("flux_vector_worker_busy", "1 while the worker runs a job",
-                                value=1.0 if self.worker.state == "busy" else 0.0)  # fmt: skip
-        yield GaugeMetricFamily("flux_vector_scrape_timestamp_seconds", "Time of this scrape", value=time.time())
