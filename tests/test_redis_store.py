@@ -251,3 +251,23 @@ def test_worker_fuses_once_and_switches_strength_in_place(make_store, tiny_dir, 
     tiny_pipe.set_lora_strength(1.0)
     fused = np.asarray(Image.open(io.BytesIO(store.image(jobs[1].id, 0))), dtype=np.int16)
     assert np.abs(fused - np.asarray(reference.image, dtype=np.int16)).max() <= 2
+
+
+def test_cli_errors_are_clear(tmp_path):
+    """A worker needs a Redis URL; an unreachable Redis is exit status 2 with a readable message, not a traceback."""
+    import subprocess
+    import sys
+
+    require_redis()
+
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", "flux_vector.cli", *args], capture_output=True, text=True,
+                              timeout=120)  # fmt: skip
+
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    worker = run("worker", "--store", str(tmp_path / "jobs.sqlite3"), "--model", "tiny")
+    assert worker.returncode == 2 and "a worker needs a shared store, redis://HOST:PORT/DB" in worker.stderr
+    for args in (("serve", "--store", url), ("worker", "--store", url, "--model", "tiny", "--metrics-port", "-1")):
+        proc = run(*args)
+        assert proc.returncode == 2, proc.stderr
+        assert f"error: cannot reach Redis at {url}" in proc.stderr and "Traceback" not in proc.stderr
