@@ -5,8 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from flux_vector.sampling import SAMPLER_NAMES, SCHEDULER_NAMES, get_sigmas, initial_noise, ksampler, to_latent
-from flux_vector.sampling.ksampler import HOSTED_SAMPLER_NAMES
+from flux_vector.sampling import (
+    HOSTED_SAMPLER_NAMES,
+    SAMPLER_NAMES,
+    SCHEDULER_NAMES,
+    get_sigmas,
+    initial_noise,
+    ksampler,
+    to_latent,
+)
 from flux_vector.sampling.schedules import flux_mu, get_sigmas_discard_penultimate, sigma_table
 
 from .golden import manifest, tensors, toy_models
@@ -210,3 +217,13 @@ def test_same_seed_same_result_on_any_device_choice():
     torch.randn(100)
     b, _ = _run("euler_ancestral", "simple", 4, 1.0)
     assert torch.equal(a, b)
+
+
+def test_the_names_import_without_torch():
+    """API-only server processes validate requests with the names alone; they should not pay for torch."""
+    import subprocess
+    import sys
+
+    code = "import sys, flux_vector.request; print('torch' in sys.modules, 'scipy' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False", "False"]

@@ -1,21 +1,29 @@
-"""ComfyUI-faithful rectified-flow sampling for Flux: pure torch, no diffusers."""
+"""ComfyUI-faithful rectified-flow sampling for Flux: pure torch, no diffusers.
 
-from .guidance import Denoiser
-from .ksampler import HOSTED_SAMPLER_NAMES, PP_MIGRATION, SAMPLER_NAMES, ksampler, ksampler_sigmas, to_latent
-from .noise import initial_noise
-from .schedules import SCHEDULER_NAMES, flux_mu, get_sigmas, sigma_table
+The names are importable without torch (the parameter contract and API-only server processes need only them); the
+rest loads on first use.
+"""
 
-__all__ = [
-    "HOSTED_SAMPLER_NAMES",
-    "PP_MIGRATION",
-    "SAMPLER_NAMES",
-    "SCHEDULER_NAMES",
-    "Denoiser",
-    "flux_mu",
-    "get_sigmas",
-    "initial_noise",
-    "ksampler",
-    "ksampler_sigmas",
-    "sigma_table",
-    "to_latent",
-]
+from importlib import import_module
+
+from .names import HOSTED_SAMPLER_NAMES, PP_MIGRATION, SAMPLER_NAMES, SCHEDULER_NAMES
+
+_LAZY = {
+    "Denoiser": ".guidance",
+    "ksampler": ".sample",
+    "ksampler_sigmas": ".sample",
+    "to_latent": ".sample",
+    "initial_noise": ".noise",
+    "flux_mu": ".schedules",
+    "get_sigmas": ".schedules",
+    "sigma_table": ".schedules",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = ["HOSTED_SAMPLER_NAMES", "PP_MIGRATION", "SAMPLER_NAMES", "SCHEDULER_NAMES", *_LAZY]

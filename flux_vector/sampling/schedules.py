@@ -12,15 +12,7 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-SCHEDULER_NAMES: tuple[str, ...] = (
-    "normal",
-    "karras",
-    "exponential",
-    "sgm_uniform",
-    "simple",
-    "ddim_uniform",
-    "beta",
-)
+from .names import SCHEDULER_NAMES
 
 DEFAULT_MU = 1.15
 TABLE_SIZE = 10000

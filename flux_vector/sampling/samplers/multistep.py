@@ -7,7 +7,6 @@ All step x = D on the interval to sigma' = 0 (for DEIS through its Euler step, t
 from __future__ import annotations
 
 import torch
-from scipy import integrate
 
 from ..common import lagrange_basis, to_d
 from .registry import register, report
@@ -15,6 +14,8 @@ from .registry import register, report
 
 def _lms_coeff(nodes: list[float], t: float, t_next: float, j: int) -> float:
     """integral over [t, t'] of the Lagrange basis polynomial of nodes[j] (nodes newest first)."""
+    from scipy import integrate  # lazily: scipy.integrate costs ~0.2 s to import and only lms needs it
+
     return integrate.quad(lambda tau: lagrange_basis(nodes, j, tau), t, t_next, epsrel=1e-4)[0]
 
 
