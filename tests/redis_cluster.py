@@ -9,17 +9,16 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.server_process import free_port
+from tests.server_process import CliProcess, free_port
 
+ONE_THREAD = {"OMP_NUM_THREADS": "1"}  # several processes share 2 cores
 REDIS_SERVER = os.environ.get("FLUX_VECTOR_REDIS_SERVER") or shutil.which("redis-server") or "/usr/bin/redis-server"
 
 
@@ -83,63 +82,13 @@ class RedisServer:
             self.proc.wait(10)
 
 
-class _Process:
-    def __init__(self, args: list[str], log_path: Path, env: dict | None):
-        self.args, self.log_path = args, Path(log_path)
-        self.env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
-        self.env.pop("FLUX_VECTOR_MODEL", None)
-        self.proc: subprocess.Popen | None = None
-
-    def spawn(self) -> None:
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        log = open(self.log_path, "ab")  # noqa: SIM115 - the child writes to it
-        self.proc = subprocess.Popen([sys.executable, "-m", "flux_vector.cli", *self.args], env=self.env, stdout=log,
-                                     stderr=subprocess.STDOUT)  # fmt: skip
-        log.close()
-
-    def wait_healthy(self, url: str, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.args[0]} exited with {self.proc.returncode}:\n{self.log()}")
-            try:
-                if httpx.get(url + "/healthz", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        self.kill()
-        raise RuntimeError(f"{self.args[0]} did not become healthy in {timeout} s:\n{self.log()}")
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def kill(self, sig: int = signal.SIGKILL) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            self.proc.wait(30)
-
-    def stop(self) -> bool:
-        """SIGTERM, SIGKILL after 30 s; True when it logged a clean shutdown."""
-        if self.proc is None:
-            return False
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        return "shut down cleanly" in self.log()
-
-
-class ApiProcess(_Process):
+class ApiProcess(CliProcess):
     """``flux-vector serve --store redis://...`` (API only) on a loopback port."""
 
     def __init__(self, store_url: str, folder: Path, *, args: tuple[str, ...] = (), env: dict | None = None):
         self.port = free_port()
         super().__init__(["serve", "--store", store_url, "--port", str(self.port), "--log-level", "warning", *args],
-                         Path(folder) / f"api-{self.port}.log", env)  # fmt: skip
+                         Path(folder) / f"api-{self.port}.log", {**ONE_THREAD, **(env or {})})  # fmt: skip
 
     @property
     def url(self) -> str:
@@ -155,13 +104,14 @@ class ApiProcess(_Process):
         return self
 
 
-class WorkerProcess(_Process):
+class WorkerProcess(CliProcess):
     """``flux-vector worker --store redis://... --model tiny`` with its /metrics and /healthz on a loopback port."""
 
     def __init__(self, store_url: str, folder: Path, name: str, *, args: tuple[str, ...] = (), env: dict | None = None):
         self.name, self.port = name, free_port()
         super().__init__(["worker", "--store", store_url, "--model", "tiny", "--name", name, "--metrics-port",
-                          str(self.port), *args], Path(folder) / f"worker-{name}.log", env)  # fmt: skip
+                          str(self.port), *args], Path(folder) / f"worker-{name}.log",
+                         {**ONE_THREAD, **(env or {})})  # fmt: skip
 
     @property
     def url(self) -> str:

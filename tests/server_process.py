@@ -19,43 +19,35 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-class ServerProcess:
-    """``python -m flux_vector.cli serve --model tiny ...`` on a loopback port, its output in ``log_path``."""
+class CliProcess:
+    """A ``python -m flux_vector.cli ...`` subprocess, its output in ``log_path``."""
 
-    def __init__(self, store: Path, *, port: int | None = None, args: tuple[str, ...] = (), env: dict | None = None,
-                 log_path: Path | None = None):  # fmt: skip
-        self.store, self.port, self.args = Path(store), port or free_port(), tuple(args)
+    def __init__(self, args: list[str], log_path: Path, env: dict | None):
+        self.args, self.log_path = args, Path(log_path)
         self.env = {**os.environ, **(env or {})}
         self.env.pop("FLUX_VECTOR_MODEL", None)
-        self.log_path = log_path or self.store.with_name(self.store.stem + f"-server-{self.port}.log")
         self.proc: subprocess.Popen | None = None
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def base_url(self) -> str:
-        return self.url + "/v1"
-
-    def start(self, timeout: float = 180.0) -> ServerProcess:
-        cmd = [sys.executable, "-m", "flux_vector.cli", "serve", "--model", "tiny", "--port", str(self.port),
-               "--store", str(self.store), "--log-level", "warning", *self.args]  # fmt: skip
+    def spawn(self) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")  # noqa: SIM115 - the child writes to it
-        self.proc = subprocess.Popen(cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen([sys.executable, "-m", "flux_vector.cli", *self.args], env=self.env, stdout=log,
+                                     stderr=subprocess.STDOUT)  # fmt: skip
         log.close()
+
+    def wait_healthy(self, url: str, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log()}")
+                raise RuntimeError(f"{self.args[0]} exited with {self.proc.returncode}:\n{self.log()}")
             try:
-                if httpx.get(self.url + "/healthz", timeout=2).status_code == 200:
-                    return self
+                if httpx.get(url + "/healthz", timeout=2).status_code == 200:
+                    return
             except httpx.HTTPError:
                 pass
             time.sleep(0.1)
         self.kill()
-        raise RuntimeError(f"server did not become healthy in {timeout} s:\n{self.log()}")
+        raise RuntimeError(f"{self.args[0]} did not become healthy in {timeout} s:\n{self.log()}")
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
@@ -66,8 +58,7 @@ class ServerProcess:
             self.proc.wait(30)
 
     def stop(self) -> bool:
-        """SIGTERM (uvicorn's clean shutdown), SIGKILL if that takes over 30 s. True when it shut down cleanly
-        (uvicorn re-raises the signal after its graceful shutdown, so the exit status is -SIGTERM)."""
+        """SIGTERM, SIGKILL after 30 s; True when it logged a clean shutdown."""
         if self.proc is None:
             return False
         if self.proc.poll() is None:
@@ -77,4 +68,32 @@ class ServerProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(10)
-        return self.proc.returncode in (0, -signal.SIGTERM) and "shut down cleanly" in self.log()
+        return "shut down cleanly" in self.log()
+
+
+class ServerProcess(CliProcess):
+    """``python -m flux_vector.cli serve --model tiny ...`` on a loopback port, its output in ``log_path``."""
+
+    def __init__(self, store: Path, *, port: int | None = None, args: tuple[str, ...] = (), env: dict | None = None,
+                 log_path: Path | None = None):  # fmt: skip
+        self.store, self.port, self.extra = Path(store), port or free_port(), tuple(args)
+        super().__init__([], log_path or self.store.with_name(self.store.stem + f"-server-{self.port}.log"), env)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def base_url(self) -> str:
+        return self.url + "/v1"
+
+    def start(self, timeout: float = 180.0) -> ServerProcess:
+        self.args = ["serve", "--model", "tiny", "--port", str(self.port), "--store", str(self.store),
+                     "--log-level", "warning", *self.extra]  # fmt: skip
+        self.spawn()
+        self.wait_healthy(self.url, timeout)
+        return self
+
+    def stop(self) -> bool:
+        """uvicorn re-raises the signal after its graceful shutdown, so a clean exit status is 0 or -SIGTERM."""
+        return super().stop() and self.proc.returncode in (0, -signal.SIGTERM)
