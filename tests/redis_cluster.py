@@ -90,18 +90,8 @@ class ApiProcess(CliProcess):
         super().__init__(["serve", "--store", store_url, "--port", str(self.port), "--log-level", "warning", *args],
                          Path(folder) / f"api-{self.port}.log", {**ONE_THREAD, **(env or {})})  # fmt: skip
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def base_url(self) -> str:
-        return self.url + "/v1"
-
     def start(self, timeout: float = 60.0) -> ApiProcess:
-        self.spawn()
-        self.wait_healthy(self.url, timeout)
-        return self
+        return super().start(timeout)
 
 
 class WorkerProcess(CliProcess):
@@ -113,11 +103,8 @@ class WorkerProcess(CliProcess):
                           str(self.port), *args], Path(folder) / f"worker-{name}.log",
                          {**ONE_THREAD, **(env or {})})  # fmt: skip
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
     def start(self, timeout: float = 180.0) -> WorkerProcess:
+        """Spawn only: workers load in parallel; ``wait_ready`` waits for each."""
         self.spawn()
         return self
 

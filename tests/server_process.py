@@ -22,11 +22,26 @@ def free_port() -> int:
 class CliProcess:
     """A ``python -m flux_vector.cli ...`` subprocess, its output in ``log_path``."""
 
+    port: int  # the loopback port it serves /healthz on
+
     def __init__(self, args: list[str], log_path: Path, env: dict | None):
         self.args, self.log_path = args, Path(log_path)
         self.env = {**os.environ, **(env or {})}
         self.env.pop("FLUX_VECTOR_MODEL", None)
         self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def base_url(self) -> str:
+        return self.url + "/v1"
+
+    def start(self, timeout: float = 180.0):
+        self.spawn()
+        self.wait_healthy(self.url, timeout)
+        return self
 
     def spawn(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -76,23 +91,10 @@ class ServerProcess(CliProcess):
 
     def __init__(self, store: Path, *, port: int | None = None, args: tuple[str, ...] = (), env: dict | None = None,
                  log_path: Path | None = None):  # fmt: skip
-        self.store, self.port, self.extra = Path(store), port or free_port(), tuple(args)
-        super().__init__([], log_path or self.store.with_name(self.store.stem + f"-server-{self.port}.log"), env)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def base_url(self) -> str:
-        return self.url + "/v1"
-
-    def start(self, timeout: float = 180.0) -> ServerProcess:
-        self.args = ["serve", "--model", "tiny", "--port", str(self.port), "--store", str(self.store),
-                     "--log-level", "warning", *self.extra]  # fmt: skip
-        self.spawn()
-        self.wait_healthy(self.url, timeout)
-        return self
+        self.store, self.port = Path(store), port or free_port()
+        cmd = ["serve", "--model", "tiny", "--port", str(self.port), "--store", str(self.store), "--log-level",
+               "warning", *args]  # fmt: skip
+        super().__init__(cmd, log_path or self.store.with_name(self.store.stem + f"-server-{self.port}.log"), env)
 
     def stop(self) -> bool:
         """uvicorn re-raises the signal after its graceful shutdown, so a clean exit status is 0 or -SIGTERM."""

@@ -40,9 +40,8 @@ def sample_lms(model, x, sigmas, *, noise=None, callback=None, order=4):
 _AB_WEIGHTS = ([1.0], [3 / 2, -1 / 2], [23 / 12, -16 / 12, 5 / 12], [55 / 24, -59 / 24, 37 / 24, -9 / 24])
 
 
-@register("ipndm")
-def sample_ipndm(model, x, sigmas, *, noise=None, callback=None, order=4):
-    """Adams-Bashforth of order min(i+1, 4) with the fixed equal-step weights, whatever the sigma spacing."""
+def _adams_bashforth(model, x, sigmas, callback, weights, order):
+    """x' = x + h0 * sum_k c_k d_{i-k} over the last min(i+1, order) slopes (newest first); the step to 0 is x = D."""
     ds = []
     for i in range(len(sigmas) - 1):
         denoised = model(x, sigmas[i])
@@ -51,9 +50,15 @@ def sample_ipndm(model, x, sigmas, *, noise=None, callback=None, order=4):
         if sigmas[i + 1] == 0:
             x = denoised
             continue
-        w = _AB_WEIGHTS[len(ds) - 1]
-        x = x + (sigmas[i + 1] - sigmas[i]) * sum(w_k * d for w_k, d in zip(w, ds, strict=True))
+        h = [sigmas[i + 1 - k] - sigmas[i - k] for k in range(len(ds))]
+        x = x + h[0] * sum(c * d for c, d in zip(weights(h), ds, strict=True))
     return x
+
+
+@register("ipndm")
+def sample_ipndm(model, x, sigmas, *, noise=None, callback=None, order=4):
+    """Adams-Bashforth of order min(i+1, 4) with the fixed equal-step weights, whatever the sigma spacing."""
+    return _adams_bashforth(model, x, sigmas, callback, lambda h: _AB_WEIGHTS[len(h) - 1], order)
 
 
 def _ipndm_v_weights(h: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -85,17 +90,7 @@ def _ipndm_v_weights(h: list[torch.Tensor]) -> list[torch.Tensor]:
 @register("ipndm_v")
 def sample_ipndm_v(model, x, sigmas, *, noise=None, callback=None, order=4):
     """Adams-Bashforth of order min(i+1, 4) with weights for the actual (variable) sigma steps."""
-    ds = []
-    for i in range(len(sigmas) - 1):
-        denoised = model(x, sigmas[i])
-        report(callback, i, x, denoised)
-        ds = [to_d(x, sigmas[i], denoised), *ds][:order]
-        if sigmas[i + 1] == 0:
-            x = denoised
-            continue
-        h = [sigmas[i + 1 - k] - sigmas[i - k] for k in range(len(ds))]
-        x = x + h[0] * sum(c * d for c, d in zip(_ipndm_v_weights(h), ds, strict=True))
-    return x
+    return _adams_bashforth(model, x, sigmas, callback, _ipndm_v_weights, order)
 
 
 def _edm_vp_time(sigmas: torch.Tensor, eps_s: float = 1e-3, sigma_min: float = 0.002, sigma_max: float = 80.0):
