@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from .jobs.store import StoreLocked, StoreUnavailable
-from .request import ASPECT_RATIOS, RequestError, allowed, parse_request
+from .request import ASPECT_RATIOS, FIELDS, RequestError, allowed, parse_request
 from .sampling import SAMPLER_NAMES, SCHEDULER_NAMES
 
 
@@ -134,14 +134,11 @@ def serve(args: argparse.Namespace) -> int:
     )  # fmt: skip
 
 
-REQUEST_ARGS = ("prompt", "aspect_ratio", "steps", "seed", "sampler_name", "scheduler", "lora_strength", "guidance",
-                "negative_prompt", "cfg", "width", "height", "batch_size")  # fmt: skip
-
-
 def generate(args: argparse.Namespace) -> int:
     from .pipeline import DEFAULT_LORA, FluxVectorPipeline
 
-    params = {name: getattr(args, name) for name in REQUEST_ARGS if getattr(args, name) is not None}
+    # every contract field that generate exposes as a --flag; the names come from the contract itself
+    params = {name: getattr(args, name) for name in FIELDS if getattr(args, name, None) is not None}
     request = parse_request(params)  # fail fast, before loading any weights
     model = args.model or default_model()
     lora = DEFAULT_LORA if args.lora is None else args.lora
