@@ -1,14 +1,15 @@
 """LoRA for the FLUX transformer (and its CLIP text encoder): parse any common key layout, apply exactly.
 
-ComfyUI semantics (reference/COMFY_SAMPLING.md section 7): each placed layer gets
+ComfyUI semantics (docs/COMFY_SAMPLING.md section 7): each placed layer gets
 ``ΔW = strength * (alpha / rank) * up @ down`` with rank = rows of ``down`` and scale 1.0 when there is no alpha key.
 
 * ``load_lora_file(path)`` reads a safetensors file.
-* ``parse_lora(state_dict, transformer, text_encoder=None)`` places every key on a module of the diffusers
-  ``FluxTransformer2DModel`` (or the CLIP text encoder) and returns ``LoraPatch`` objects. Accepted layouts: kohya
+* ``parse_lora(state_dict, transformer, text_encoder=None, text_encoder_2=None)`` places every key on a module of the
+  diffusers ``FluxTransformer2DModel`` (or the CLIP / T5 text encoder) and returns ``LoraPatch`` objects. Accepted layouts: kohya
   (``lora_unet_<BFL path with _>``), BFL/ComfyUI (``diffusion_model.<BFL path>``), diffusers/peft/ai-toolkit
   (``transformer.<diffusers path>``, optional ``base_model.model.``), OneTrainer (``lora_transformer_<diffusers path
-  with _>``), kohya text encoder (``lora_te1_<CLIP path with _>``). BFL's fused layers (``qkv``, ``linear1``) are split
+  with _>``), kohya text encoders (``lora_te1_<CLIP path with _>``; ``lora_te2_`` / ``lora_te3_<T5 path with _>``,
+  ComfyUI's names for T5 in a Flux CLIP), diffusers text encoders (``text_encoder.``, ``text_encoder_2.``). BFL's fused layers (``qkv``, ``linear1``) are split
   into row slices by the real sizes of the target modules; ``final_layer.adaLN_modulation.1`` has its shift/scale
   halves swapped into diffusers' scale/shift order. Underscore names are resolved by enumerating every known name of
   this model and its ``_`` form, never by guessing where the dots were. Anything that cannot be placed raises
@@ -119,7 +120,7 @@ class _Segment:
 
 @dataclass(frozen=True)
 class _Spec:
-    component: str  # "transformer" or "text_encoder"
+    component: str  # "transformer", "text_encoder" (CLIP-L) or "text_encoder_2" (T5)
     segments: tuple[_Segment, ...]
     in_features: int
     out_rows: int  # rows the file's up matrix must have
@@ -221,6 +222,11 @@ def _transformer_table(transformer: nn.Module) -> _Table:
     return _Table(dotted)
 
 
+def _t5_table(text_encoder_2: nn.Module) -> _Table:
+    """T5 linears under their module names (``encoder.block.0.layer.0.SelfAttention.q``)."""
+    return _Table({name: _direct("text_encoder_2", name, m) for name, m in _linear_modules(text_encoder_2).items()})
+
+
 def _text_encoder_table(text_encoder: nn.Module) -> _Table:
     """CLIP linears under their module names and their transformers-4 names (``text_model.encoder...``, the names
     kohya and diffusers LoRAs were written with; transformers 5's CLIPTextModel dropped the ``text_model`` level)."""
@@ -236,7 +242,8 @@ def _text_encoder_table(text_encoder: nn.Module) -> _Table:
 # Key prefixes, longest first where one is a prefix of another.
 _TE_UNDERSCORE = ("lora_te1_", "lora_te_")
 _TE_DOTTED = ("text_encoder.",)
-_T5_PREFIXES = ("lora_te2_", "lora_te3_", "text_encoder_2.")
+_T5_UNDERSCORE = ("lora_te2_", "lora_te3_")
+_T5_DOTTED = ("text_encoder_2.",)
 _TR_UNDERSCORE = ("lora_unet_", "lora_transformer_", "lycoris_")
 _TR_DOTTED = ("model.diffusion_model.", "diffusion_model.", "transformer.")
 
@@ -246,16 +253,18 @@ _PAIR = re.compile(
 )
 
 
-def _resolve(base: str, tables: dict[str, _Table | None], have_text_encoder: bool) -> tuple[_Spec, str] | str:
+def _resolve(base: str, tables: dict[str, _Table | None]) -> tuple[_Spec, str] | str:
     """(spec, the name it matched) for a key's base name, or the reason it cannot be placed."""
     name = base.removeprefix("base_model.model.")
-    for prefix in _T5_PREFIXES:
-        if name.startswith(prefix):
-            return "T5 text-encoder LoRA layers are not supported"
     candidates: list[tuple[str, str, bool]] = []  # (table, rest of the name, underscore form)
-    for prefix in _TE_UNDERSCORE:
-        if name.startswith(prefix):
-            candidates.append(("text_encoder", name[len(prefix) :], True))
+    for which, prefixes, underscore in (
+        ("text_encoder_2", _T5_UNDERSCORE, True),
+        ("text_encoder_2", _T5_DOTTED, False),
+        ("text_encoder", _TE_UNDERSCORE, True),
+    ):
+        prefix = next((p for p in prefixes if name.startswith(p)), None)
+        if prefix is not None:
+            candidates.append((which, name[len(prefix) :], underscore))
             break
     else:
         for prefix in _TE_DOTTED:
@@ -271,8 +280,9 @@ def _resolve(base: str, tables: dict[str, _Table | None], have_text_encoder: boo
                     candidates.append(("transformer", name[len(prefix) :], False))
                     break
             candidates.append(("transformer", name, False))  # bare BFL or diffusers path (e.g. a peft dump)
-    if candidates[0][0] == "text_encoder" and not have_text_encoder:
-        return "a text-encoder LoRA layer, but no text_encoder was given to parse_lora"
+    first = candidates[0][0]
+    if first != "transformer" and tables[first] is None:
+        return f"a {_COMPONENT_NAMES[first]} LoRA layer, but no {first} was given to parse_lora"
     for which, rest, underscore in candidates:
         table = tables[which]
         if table is None:
@@ -283,7 +293,10 @@ def _resolve(base: str, tables: dict[str, _Table | None], have_text_encoder: boo
         if spec:
             return spec, rest
     which, rest, _ = candidates[0]
-    return f"no LoRA-able linear named {rest!r} in the {which.replace('_', ' ')}"
+    return f"no LoRA-able linear named {rest!r} in the {_COMPONENT_NAMES[which]}"
+
+
+_COMPONENT_NAMES = {"transformer": "transformer", "text_encoder": "text encoder", "text_encoder_2": "T5 text encoder"}
 
 
 # --------------------------------------------------------------------------------------------------- patches
@@ -372,9 +385,13 @@ def _format_problems(problems: dict[str, str], what: str) -> str:
 
 
 def parse_lora(
-    state_dict: Mapping[str, torch.Tensor], transformer: nn.Module, text_encoder: nn.Module | None = None
+    state_dict: Mapping[str, torch.Tensor],
+    transformer: nn.Module,
+    text_encoder: nn.Module | None = None,
+    text_encoder_2: nn.Module | None = None,
 ) -> list[LoraPatch]:
-    """Place every key of a LoRA state dict on the transformer (or CLIP text encoder). ``LoraError`` otherwise."""
+    """Place every key of a LoRA state dict on the transformer or a text encoder (CLIP-L, T5). ``LoraError``
+    otherwise."""
     if not state_dict:
         raise LoraError("the LoRA holds no tensors")
     problems: dict[str, str] = {}
@@ -401,11 +418,12 @@ def parse_lora(
     tables = {
         "transformer": _transformer_table(transformer),
         "text_encoder": _text_encoder_table(text_encoder) if text_encoder is not None else None,
+        "text_encoder_2": _t5_table(text_encoder_2) if text_encoder_2 is not None else None,
     }
-    models = {"transformer": transformer, "text_encoder": text_encoder}
+    models = {"transformer": transformer, "text_encoder": text_encoder, "text_encoder_2": text_encoder_2}
     patches: list[LoraPatch] = []
     for base, slot in groups.items():
-        resolved = _resolve(base, tables, text_encoder is not None)
+        resolved = _resolve(base, tables)
         checked = resolved if isinstance(resolved, str) else _check_factors(slot, resolved[0])
         if isinstance(checked, str):
             for key, _ in slot.values():
@@ -619,8 +637,8 @@ class LoraHandle:
 
     @property
     def touches_text(self) -> bool:
-        """True if this LoRA patches the text encoder (prompt embeddings then depend on its strength)."""
-        return any(p.component == "text_encoder" for p in self.patches)
+        """True if this LoRA patches a text encoder (prompt embeddings then depend on its strength)."""
+        return any(p.component != "transformer" for p in self.patches)
 
     def _live(self) -> None:
         if self._removed:

@@ -2,19 +2,25 @@
 
 Steps of one generation (``__call__``):
 1. validate the parameters through the one contract (``request.parse_request``);
-2. encode the prompt(s) with CLIP + T5 (cached: a repeated prompt skips the text encoders);
+2. encode the prompt(s) as ComfyUI's CLIPTextEncode does (``flux_vector.prompt``: weight syntax, CLIP-L chunks, T5
+   padded to at least 256 and never truncated, the LoRA's text-encoder part at the request's strength), cached: a
+   repeated prompt skips the text encoders;
 3. sample with ``sampling.ksampler``: the transformer is the velocity model, latents live in ComfyUI's unpacked
    [B,16,H/8,W/8] layout and are packed for the transformer per call; the initial noise is ComfyUI's;
 4. decode ``x/0.3611 + 0.1159`` with the VAE and convert to 8-bit pixels as ComfyUI's SaveImage does.
 
 mu (the Flux time shift) is computed from the image size as ComfyUI's ModelSamplingFlux node does
 (max_shift 1.15, base_shift 0.5): 1.15 at 1024x1024, 1.125625 at 832x1216. That node is part of the standard
-ComfyUI Flux-dev workflow; without it ComfyUI would use 1.15 for every size.
+ComfyUI Flux-dev workflow; without it ComfyUI would use 1.15 for every size. The negative prompt has no FluxGuidance
+node in that workflow, so it runs at Flux's default guidance 3.5 whatever ``guidance`` the positive prompt uses, and
+positive and negative are separate model calls (their T5 lengths may differ). docs/COMFY_E2E.md section 1 is the
+graph, and tests/test_comfy_e2e.py checks this pipeline against ComfyUI's own latents and pixels.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import time
 from collections import OrderedDict
@@ -27,14 +33,16 @@ import torch
 from PIL import Image
 
 from .offload import OffloadChoice, accelerator_free_bytes, apply_offload, choose_offload, module_bytes
+from .prompt import encode_clip_pooled, encode_t5, tokenize_prompt, weighted_pieces
 from .request import GenerationRequest, parse_request
 from .sampling import flux_mu, ksampler, to_latent
 
 DEFAULT_MODEL = "black-forest-labs/FLUX.1-dev"
 DEFAULT_LORA = "renderartist/simplevectorflux"
 DEFAULT_LORA_FILE = "Simple_Vector_Flux_v2_renderartist.safetensors"
-T5_MAX_LENGTH = 512
 PROMPT_CACHE_SIZE = 64
+_log = logging.getLogger("flux_vector")
+NEGATIVE_GUIDANCE = 3.5  # ComfyUI's default for a conditioning without FluxGuidance (the negative prompt)
 
 
 class WeightsNotFound(FileNotFoundError):
@@ -247,7 +255,7 @@ class FluxVectorPipeline:
         if lora_file is not None:
             from .lora import apply_lora, load_lora_file, parse_lora
 
-            patches = parse_lora(load_lora_file(lora_file), transformer, text_encoder)
+            patches = parse_lora(load_lora_file(lora_file), transformer, text_encoder, text_encoder_2)
             handle = apply_lora(patches, strength=lora_strength)
             log(f"lora: {lora_file.name}, {len(patches)} layers, strength {lora_strength}")
         pipe = cls(
@@ -306,21 +314,29 @@ class FluxVectorPipeline:
             self.lora.set_strength(strength)
 
     # ------------------------------------------------------------------------------------------- encode
+    def tokenize(self, prompt: str):
+        """The prompt's CLIP-L chunks and T5 tokens with their weights (``prompt.PromptTokens``), as ComfyUI makes
+        them; ``embedding:`` names are dropped with a warning (there are no embeddings)."""
+        return tokenize_prompt(weighted_pieces(prompt), self.tokenizer, self.tokenizer_2)
+
     @torch.inference_mode()
     def encode_prompt(self, prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """(T5 sequence embeddings [1,512,D], CLIP pooled [1,P]) for one prompt, cached."""
+        """(T5 sequence [1, L, D], CLIP-L pooled [1, P]) for one prompt, as ComfyUI's CLIPTextEncode computes them,
+        with the LoRA's text-encoder layers at the pipeline's current strength. L = max(256, tokens + 1). Cached."""
 
         def compute():
-            embeds, pooled, _text_ids = self._diffusers.encode_prompt(
-                prompt=prompt, prompt_2=None, device=self._execution_device(), num_images_per_prompt=1,
-                max_sequence_length=T5_MAX_LENGTH,
-            )  # fmt: skip
-            return embeds.to(self.dtype), pooled.to(self.dtype)
+            tokens = self.tokenize(prompt)
+            for warning in tokens.warnings:
+                _log.warning(warning)
+            device = self._execution_device()
+            t5 = encode_t5(self.text_encoder_2, tokens, device)
+            pooled = encode_clip_pooled(self.text_encoder, tokens, device)
+            return t5.to(self.dtype), pooled.to(self.dtype)
 
         return self.prompt_cache.get((prompt, id(self.lora), self._text_lora_strength()), compute)
 
-    def _text_lora_strength(self):
-        return self.lora.strength if self.lora is not None and getattr(self.lora, "touches_text", False) else None
+    def _text_lora_strength(self) -> float | None:
+        return self.lora.strength if self.lora is not None and self.lora.touches_text else None
 
     def _execution_device(self) -> torch.device:
         return self._diffusers._execution_device if self.offload.mode != "none" else self.device
@@ -388,7 +404,7 @@ class FluxVectorPipeline:
             # Encoded on first use: only cfg != 1 and the cfg_pp / *_pp samplers evaluate the negative prompt.
             if not negative_cache:
                 encoded = self.encode_prompt(request.negative_prompt)
-                negative_cache.append(self.velocity_model(*encoded, request.guidance, height, width, "uncond"))
+                negative_cache.append(self.velocity_model(*encoded, NEGATIVE_GUIDANCE, height, width, "uncond"))
             return negative_cache[0](x, sigma)
 
         latent = torch.zeros(request.batch_size, 16, height // 8, width // 8, device=self._execution_device())

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from .sampling import SAMPLER_NAMES, SCHEDULER_NAMES
 
-# comfyui-art-venture's "SDXL Aspect Ratio" node (COMFY_SAMPLING.md section 8): what the hosted API uses.
+# comfyui-art-venture's "SDXL Aspect Ratio" node (docs/COMFY_SAMPLING.md section 8): what the hosted API uses.
 ASPECT_RATIOS: dict[str, tuple[int, int]] = {
     "1:1": (1024, 1024),
     "2:3": (832, 1216),
@@ -73,8 +73,8 @@ class GenerationRequest(BaseModel):
     guidance: float = Field(3.5, ge=0, le=100, description="Flux distilled guidance (FluxGuidance).")
     negative_prompt: str = Field("", max_length=4000, description="Used when cfg != 1 and by the *_pp samplers.")
     cfg: float = Field(1.0, ge=0, le=100, description="Classifier-free guidance scale; 1 skips the uncond pass.")
-    width: int | None = Field(None, ge=64, le=4096, multiple_of=16, description="Overrides the ratio (with height).")
-    height: int | None = Field(None, ge=64, le=4096, multiple_of=16, description="Overrides the ratio (with width).")
+    width: int | None = Field(None, ge=16, le=4096, multiple_of=16, description="Overrides the ratio (with height).")
+    height: int | None = Field(None, ge=16, le=4096, multiple_of=16, description="Overrides the ratio (with width).")
     batch_size: int = Field(1, ge=1, le=8, description="Images per request, one noise draw for the batch.")
     output_format: OutputFormat = Field("png", description="Encoding of the returned image.")
     quality: int = Field(95, ge=1, le=100, description="JPEG/WebP quality.")

@@ -1,27 +1,42 @@
-"""The ComfyUI golden data in ../shared/reference and the analytic toy model that produced it."""
+"""The ComfyUI golden data in tests/data (see tests/data/README.md) and the analytic toy model of the sampling data."""
 
 from __future__ import annotations
 
 import json
-import os
 from functools import cache
 from pathlib import Path
 
 import torch
 
-REFERENCE = Path(os.environ.get("FLUX_VECTOR_REFERENCE", Path(__file__).resolve().parents[2] / "shared" / "reference"))
+DATA = Path(__file__).resolve().parent / "data"
+SAMPLING = DATA / "comfy_sampling"
+E2E = DATA / "comfy_e2e"
+E2E_MODEL = E2E / "tiny_flux"
+E2E_LORA = E2E / "tiny_lora_kohya.safetensors"
 
 
 @cache
 def manifest() -> dict:
-    return json.loads((REFERENCE / "comfy_flux_sampling.json").read_text())
+    return json.loads((SAMPLING / "comfy_flux_sampling.json").read_text())
 
 
 @cache
 def tensors() -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
-    return load_file(REFERENCE / "comfy_flux_sampling.safetensors")
+    return load_file(SAMPLING / "comfy_flux_sampling.safetensors")
+
+
+@cache
+def e2e_manifest() -> dict:
+    return json.loads((E2E / "golden.json").read_text())
+
+
+@cache
+def e2e_tensors() -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(E2E / "golden.safetensors")
 
 
 def toy_velocity(m: torch.Tensor, s: float):
