@@ -1,19 +1,21 @@
-"""LoRA for the FLUX transformer (and its CLIP text encoder): parse any common key layout, apply exactly.
+"""LoRA for the FLUX transformer and its text encoders (CLIP-L, T5): parse any common key layout, apply exactly.
 
-ComfyUI semantics (docs/COMFY_SAMPLING.md section 7): each placed layer gets
+ComfyUI semantics (docs/COMFY_SAMPLING.md section 7, docs/COMFY_E2E.md section 4): each placed layer gets
 ``ΔW = strength * (alpha / rank) * up @ down`` with rank = rows of ``down`` and scale 1.0 when there is no alpha key.
+The text-encoder layers use the same strength as the transformer (LoraLoader with strength_clip = strength_model).
 
 * ``load_lora_file(path)`` reads a safetensors file.
 * ``parse_lora(state_dict, transformer, text_encoder=None, text_encoder_2=None)`` places every key on a module of the
-  diffusers ``FluxTransformer2DModel`` (or the CLIP / T5 text encoder) and returns ``LoraPatch`` objects. Accepted layouts: kohya
-  (``lora_unet_<BFL path with _>``), BFL/ComfyUI (``diffusion_model.<BFL path>``), diffusers/peft/ai-toolkit
+  diffusers ``FluxTransformer2DModel`` or a text encoder and returns ``LoraPatch`` objects. Accepted layouts:
+  kohya (``lora_unet_<BFL path with _>``), BFL/ComfyUI (``diffusion_model.<BFL path>``), diffusers/peft/ai-toolkit
   (``transformer.<diffusers path>``, optional ``base_model.model.``), OneTrainer (``lora_transformer_<diffusers path
   with _>``), kohya text encoders (``lora_te1_<CLIP path with _>``; ``lora_te2_`` / ``lora_te3_<T5 path with _>``,
-  ComfyUI's names for T5 in a Flux CLIP), diffusers text encoders (``text_encoder.``, ``text_encoder_2.``). BFL's fused layers (``qkv``, ``linear1``) are split
-  into row slices by the real sizes of the target modules; ``final_layer.adaLN_modulation.1`` has its shift/scale
-  halves swapped into diffusers' scale/shift order. Underscore names are resolved by enumerating every known name of
-  this model and its ``_`` form, never by guessing where the dots were. Anything that cannot be placed raises
-  ``LoraError`` listing the keys: a LoRA never silently does nothing.
+  ComfyUI's names for T5 in a Flux CLIP) and diffusers text encoders (``text_encoder.``, ``text_encoder_2.``).
+  BFL's fused layers (``qkv``, ``linear1``) are split into row slices by the real sizes of the target modules;
+  ``final_layer.adaLN_modulation.1`` has its shift/scale halves swapped into diffusers' scale/shift order.
+  Underscore names are resolved by enumerating every known name of this model and its ``_`` form, never by guessing
+  where the dots were. Anything that cannot be placed raises ``LoraError`` listing the keys: a LoRA never silently
+  does nothing.
 * ``apply_lora(models, patches, strength)`` wraps each targeted linear in a ``LoraLinear`` (the base layer, any module
   mapping ``in -> out`` such as bitsandbytes' ``Linear8bitLt``, plus the factors) and returns a ``LoraHandle``:
   ``set_strength`` is a float assignment (strength 0 skips the branch: bitwise the base output), ``fuse`` writes
