@@ -55,6 +55,9 @@ def test_tiny_single_file_loads_through_the_pipeline(tiny_dir, tiny_pipe, tmp_pa
     pipe = FluxVectorPipeline.from_pretrained(str(path), base="tiny", log=lambda *_: None)
     for key, value in pipe.transformer.state_dict().items():
         assert torch.equal(value, t.state_dict()[key]), key
-    a = pipe("a cat", width=64, height=64, steps=2, progress=False).image
-    b = tiny_pipe("a cat", width=64, height=64, steps=2, progress=False, lora_strength=1.0).image
-    assert np.array_equal(np.asarray(a), np.asarray(b))
+    a = pipe("a cat", width=64, height=64, steps=2, progress=False)
+    b = tiny_pipe("a cat", width=64, height=64, steps=2, progress=False, lora_strength=1.0)
+    # Equal weights, but stored at other memory offsets (views into the file and the fused tensors), so CPU kernels
+    # may round differently: ~2e-7 on the latents, which can move a truncated pixel by one level.
+    assert (a.latents - b.latents).abs().max() < 1e-5
+    assert np.abs(np.asarray(a.image, dtype=int) - np.asarray(b.image, dtype=int)).max() <= 1
