@@ -100,6 +100,11 @@ def main() -> None:
     parser.add_argument("--real-size", action="store_true", help="step times on FLUX.1-dev's size, random weights")
     parser.add_argument("--json")
     args = parser.parse_args()
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    diffusers_logging.set_verbosity_error()  # diffusers' truncation notices for the long prompt, on every repeat
+    transformers_logging.set_verbosity_error()
     device = default_device()
     pipe = FluxVectorPipeline.from_pretrained(
         str(REFERENCE / "tiny_flux"), lora=None, device=device, dtype=torch.float32, log=lambda *_: None
