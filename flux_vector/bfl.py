@@ -1,8 +1,9 @@
 """BFL's original FLUX layout (``flux1-dev.safetensors``, what ComfyUI users keep) <-> diffusers' layout.
 
-One table drives both directions. diffusers' own single-file converter hard-codes the 12B model's split sizes
-(3072 x 3 + 12288), so fused ``qkv`` / ``linear1`` weights are split here by the target model's real sizes and
-any width loads (the tiny checkpoint included).
+One table (``layout``) drives both directions, and the LoRA name tables (``lora/names.py``) read the same one.
+diffusers' own single-file converter hard-codes the 12B model's split sizes (3072 x 3 + 12288), so fused ``qkv`` /
+``linear1`` weights are split here by the target model's real sizes and any width loads (the tiny checkpoint
+included).
 """
 
 from __future__ import annotations

@@ -320,13 +320,14 @@ def share_unfused_weights(transformer: torch.nn.Module) -> int:
     copies: ~4 GB at FLUX.1-dev's size in bf16). Returns how many linears now share."""
     from torch import nn
 
-    from .lora import _FUSED_PROJECTIONS, LoraLinear
+    from .lora import LoraLinear
+    from .lora.projections import FUSED_PROJECTIONS
 
     shared = 0
     for module in transformer.modules():
         if not getattr(module, "fused_projections", False):
             continue
-        for parts, fused_name in _FUSED_PROJECTIONS[:2]:
+        for parts, fused_name in FUSED_PROJECTIONS[:2]:
             fused = module._modules.get(fused_name)
             if fused is None:
                 continue

@@ -221,12 +221,12 @@ def test_kohya_qkv_and_linear1_slices_land_on_the_right_rows(transformer, kohya_
     down = kohya_sd["lora_unet_double_blocks_1_txt_attn_qkv.lora_down.weight"]
     for j, target in enumerate(("add_q_proj", "add_k_proj", "add_v_proj")):
         p = patches["lora_unet_double_blocks_1_txt_attn_qkv", f"transformer_blocks.1.attn.{target}"]
-        assert torch.equal(p.B, up[j * INNER : (j + 1) * INNER]) and torch.equal(p.A, down)
+        assert torch.equal(p.up, up[j * INNER : (j + 1) * INNER]) and torch.equal(p.down, down)
         assert p.offset == 0 and p.module is transformer.get_submodule(p.target)
     up = kohya_sd["lora_unet_single_blocks_0_linear1.lora_up.weight"]
     for target, start, rows in _bfl_rows("single_blocks.0.linear1"):
         p = patches["lora_unet_single_blocks_0_linear1", target]
-        assert torch.equal(p.B, up[start : start + rows]) and p.offset == 0
+        assert torch.equal(p.up, up[start : start + rows]) and p.offset == 0
     assert patches["lora_unet_single_blocks_0_linear1", "single_transformer_blocks.0.proj_mlp"].rows == MLP
 
 
@@ -258,9 +258,9 @@ def test_kohya_rekeyed_gives_identical_layers(transformer, kohya_sd, rekey):
     assert len(rekeyed) == len(reference)
     for p in rekeyed:
         q = ref[p.target, p.offset]
-        assert torch.equal(p.A, q.A) and torch.equal(p.B, q.B) and p.scale == q.scale
+        assert torch.equal(p.down, q.down) and torch.equal(p.up, q.up) and p.scale == q.scale
     # and per layer after applying: identical outputs
-    h1, h2 = apply_lora(transformer, reference, 2.5), apply_lora(other, rekeyed, 2.5)
+    h1, h2 = apply_lora(reference, 2.5), apply_lora(rekeyed, 2.5, models=[other])
     xs = _inputs(transformer, {p.target for p in reference})
     for name, x in xs.items():
         assert torch.equal(transformer.get_submodule(name)(x), other.get_submodule(name)(x)), name
@@ -287,7 +287,7 @@ def test_diffusers_rekeyed_gives_identical_layers(transformer, diffusers_sd, rek
     assert len(rekeyed) == len(reference)
     for p in rekeyed:
         q = reference[p.target, p.offset]
-        assert torch.equal(p.A, q.A) and torch.equal(p.B, q.B) and p.scale == q.scale == 1.0
+        assert torch.equal(p.down, q.down) and torch.equal(p.up, q.up) and p.scale == q.scale == 1.0
 
 
 def test_final_layer_modulation_swaps_shift_and_scale(transformer):
@@ -306,7 +306,7 @@ def test_final_layer_modulation_swaps_shift_and_scale(transformer):
     # the adapter adds each half into its own row range (non-zero offsets), and so does fusing
     originals = {"norm_out.linear": copy.deepcopy(transformer.norm_out.linear)}
     xs = _inputs(transformer, originals)
-    handle = apply_lora(transformer, patches, 1.0)
+    handle = apply_lora(patches, 1.0)
     for s in (1.0, -2.0, 0.0):
         handle.set_strength(s)
         _check_adapter(transformer, originals, {"norm_out.linear": want}, xs, s)
@@ -376,7 +376,7 @@ def test_empty_or_alpha_only_lora_is_an_error(transformer):
     with pytest.raises(LoraError, match=r"lora_unet_img_in\.alpha"):
         parse_lora({"lora_unet_img_in.alpha": torch.tensor(2.0)}, transformer)
     with pytest.raises(LoraError, match="no patches"):
-        apply_lora(transformer, [])
+        apply_lora([], models=[transformer])
     with pytest.raises(LoraError, match="no patches"):
         apply_lora([])
 
@@ -396,13 +396,13 @@ def test_load_lora_file_errors(tmp_path):
 
 @pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf, True, False, "1.0", None, 10.0001, -10.5, 1e9])
 def test_bad_strengths_are_rejected(transformer, kohya_sd, bad):
-    handle = apply_lora(transformer, parse_lora(kohya_sd, transformer), 1.0)
+    handle = apply_lora(parse_lora(kohya_sd, transformer), 1.0)
     with pytest.raises(ValueError, match=r"\[-10, 10\]") as err:
         handle.set_strength(bad)
     assert repr(bad) in str(err.value)
     assert handle.strength == 1.0
     with pytest.raises(ValueError, match=r"\[-10, 10\]"):
-        apply_lora(transformer, handle.patches, bad)
+        apply_lora(handle.patches, bad)
 
 
 def test_good_strengths_are_accepted():
@@ -457,8 +457,8 @@ def test_strength_zero_is_the_model_without_lora_bitwise(transformer, kohya_sd, 
     inputs = _flux_inputs()
     with torch.no_grad():
         reference = transformer(**inputs)[0]
-        h1 = apply_lora(transformer, parse_lora(kohya_sd, transformer), 1.0)
-        h2 = apply_lora(transformer, parse_lora(diffusers_sd, transformer), 1.0)
+        h1 = apply_lora(parse_lora(kohya_sd, transformer), 1.0)
+        h2 = apply_lora(parse_lora(diffusers_sd, transformer), 1.0)
         assert not torch.equal(transformer(**inputs)[0], reference)
         h1.set_strength(0)
         h2.set_strength(0.0)
@@ -474,8 +474,8 @@ def test_strength_zero_is_the_model_without_lora_bitwise(transformer, kohya_sd, 
 def test_fused_and_adapter_models_agree_and_loras_stack(transformer, kohya_sd, diffusers_sd):
     inputs = _flux_inputs()
     with torch.no_grad():
-        h1 = apply_lora(transformer, parse_lora(kohya_sd, transformer), 2.5)
-        h2 = apply_lora(transformer, parse_lora(diffusers_sd, transformer), -1.5)  # parsed on wrapped modules
+        h1 = apply_lora(parse_lora(kohya_sd, transformer), 2.5)
+        h2 = apply_lora(parse_lora(diffusers_sd, transformer), -1.5)  # parsed on wrapped modules
         adapter = transformer(**inputs)[0]
         h1.fuse()
         partly = transformer(**inputs)[0]
@@ -519,7 +519,7 @@ def test_adapter_on_bitsandbytes_8bit_base(transformer, kohya_sd):
     assert all(isinstance(m, bnb.nn.Linear8bitLt) and m.weight.dtype == torch.int8 for m in quantized.values())
     deltas = _kohya_deltas(kohya_sd)
     xs = _inputs(transformer, names)
-    handle = apply_lora(transformer, parse_lora(kohya_sd, transformer), 1.0)
+    handle = apply_lora(parse_lora(kohya_sd, transformer), 1.0)
     assert transformer.get_submodule(names[0]).weight is quantized[names[0]].weight  # .weight passes through
     with torch.no_grad():
         for s in (1.0, -3.0, 10.0, 0.0):
@@ -571,7 +571,7 @@ def test_kohya_text_encoder_keys_patch_clip(transformer, tmp_path):
     save_file(sd, path)
     module_names = {n: n if n in dict(clip.named_modules()) else f"text_model.{n}" for n in targets}
     originals = {n: copy.deepcopy(clip.get_submodule(module_names[n])) for n in targets}
-    handle = load_lora(path, transformer, clip, strength=0.75)  # apply_lora(patches): models from patch.root
+    handle = load_lora(path, transformer, clip, strength=0.75)  # the models are the patches' roots
     assert {p.component for p in handle.patches} == {"transformer", "text_encoder"} and handle.touches_text
     x = torch.randn(3, 32, generator=g)
     for name in targets:
@@ -598,7 +598,7 @@ def test_bf16_fuse_rounds_once_from_w0_and_unfuses_bitwise(transformer, kohya_sd
     deltas = _kohya_deltas(kohya_sd)
     names = ["single_transformer_blocks.0.proj_mlp", "transformer_blocks.1.attn.add_v_proj"]
     w0 = {n: transformer.get_submodule(n).weight.detach().clone() for n in names}
-    handle = apply_lora(transformer, parse_lora(kohya_sd, transformer), 1.0)
+    handle = apply_lora(parse_lora(kohya_sd, transformer), 1.0)
     handle.fuse()
     for s in (2.5, -7.0, 0.3, 2.5):
         handle.set_strength(s)
@@ -617,5 +617,5 @@ def test_bf16_fuse_rounds_once_from_w0_and_unfuses_bitwise(transformer, kohya_sd
 def test_patches_must_belong_to_the_given_models(transformer, pristine, kohya_sd):
     patches = parse_lora(kohya_sd, transformer)
     with pytest.raises(LoraError, match=r"transformer\.single_transformer_blocks\.1\.proj_mlp: module not found"):
-        apply_lora(pristine, patches)
+        apply_lora(patches, models=[pristine])
     assert not any(isinstance(m, LoraLinear) for m in pristine.modules())
