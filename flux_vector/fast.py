@@ -138,6 +138,143 @@ def _flag(value, name: str) -> bool | str | None:
     raise ValueError(f"fast switch {name}={value!r}: use True, False or 'auto'")
 
 
+@dataclass(frozen=True)
+class _Request:
+    """What the caller asked for, and what the plan is chosen for."""
+
+    env: FastEnv
+    switches: Mapping[str, Any]
+    default: bool | str  # for a switch not in ``switches``: "auto" (full fast mode) or False
+    quantized_8bit: bool
+    offload: str
+
+    @property
+    def cuda(self) -> bool:
+        return self.env.device_type == "cuda"
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return self.switches.get(name, self.default if default is None else default)
+
+    def off(self, name: str) -> str:
+        return "off" + (" as requested" if name in self.switches else "")
+
+
+def _choose_fuse_qkv(req: _Request) -> tuple[bool, str]:
+    """One GEMM instead of three for q/k/v (the LoRA adapters move onto the fused rows)."""
+    fuse = _flag(req.get("fuse_qkv"), "fuse_qkv")
+    if fuse is False:
+        return False, req.off("fuse_qkv")
+    if req.quantized_8bit:
+        if fuse is True:
+            raise ValueError("fuse_qkv=True with quantize='8bit': bitsandbytes int8 weights cannot be concatenated")
+        return False, "off: the 8-bit (bitsandbytes) weights cannot be concatenated"
+    return True, "q/k/v (and the text stream's) projections as one GEMM each; LoRA moved onto the rows"
+
+
+def _choose_attention(req: _Request) -> tuple[str, str]:
+    attention = req.get("attention")
+    if attention is False or attention is None:
+        return "native", "native (PyTorch SDPA)" + (" as requested" if "attention" in req.switches else "")
+    if attention is True or attention == AUTO:
+        return _auto_attention(req.env)
+    if not isinstance(attention, str):
+        raise ValueError(f"fast switch attention={attention!r}: a diffusers backend name, 'auto' or False")
+    if attention in ("_flash_3", "_flash_varlen_3") and not req.env.has("flash_attn_3"):
+        raise ValueError(f"attention={attention!r} needs flash-attention 3 (the flash_attn_3 beta build)")
+    if attention.startswith(("_flash_3", "_native_cudnn", "flash", "sage", "xformers")) and not req.cuda:
+        raise ValueError(f"attention={attention!r} needs a CUDA GPU; this is {req.env.device_type}")
+    return attention, f"{attention} as requested"
+
+
+def _compile_blocker(req: _Request) -> str | None:
+    env = req.env
+    backend_ok = env.has("triton") if req.cuda else env.device_type == "cpu" and env.has("cxx_compiler")
+    if not backend_ok:
+        missing = "triton" if req.cuda else "a C++ compiler" if env.device_type == "cpu" else "an inductor backend"
+        return f"torch.compile (inductor) needs {missing} on {env.device_type}"
+    if req.offload in ("sequential", "group"):
+        return f"offload={req.offload!r} moves weights in hooks around every block; compile would fight it"
+    return None
+
+
+def _choose_compile(req: _Request) -> tuple[bool, bool, str]:
+    """Regional torch.compile of the repeated blocks: (compile, fullgraph, why)."""
+    compile_ = _flag(req.get("compile"), "compile")
+    if compile_ is False:
+        return False, True, req.off("compile")
+    blocker = _compile_blocker(req)
+    if blocker and compile_ is True:
+        raise ValueError(f"compile=True: {blocker}")
+    if blocker:
+        return False, True, f"off: {blocker}"
+    if req.quantized_8bit and compile_ == AUTO:
+        return False, True, "off: bitsandbytes int8 layers break the graph (8-bit is the memory mode, not speed)"
+    why = (
+        "regional torch.compile of the repeated double/single blocks, FX graph cache on disk; "
+        "the LoRA strength is a graph input (no recompile)"
+    )
+    if req.quantized_8bit:
+        return True, False, why + "; fullgraph=False (bitsandbytes int8 layers break the graph)"
+    return True, True, why
+
+
+def _fp8_blocker(req: _Request) -> str | None:
+    env = req.env
+    if not req.cuda or env.capability is None:
+        return f"fp8 matmuls need a CUDA GPU with sm89+ (Ada/Hopper); this is {env.device_type}"
+    if tuple(env.capability) < FP8_MIN_CAPABILITY:
+        return f"fp8 tensor cores need sm89+ (Ada/Hopper); this GPU is sm{env.capability[0]}{env.capability[1]}"
+    if req.quantized_8bit:
+        return "the transformer is already 8-bit (bitsandbytes); fp8 replaces it, not stacks on it"
+    if not env.has("torchao"):
+        return "torchao is not installed (pip install torchao)"
+    return None
+
+
+def _choose_fp8(req: _Request, compiled: bool) -> tuple[bool, str]:
+    fp8 = _flag(req.get("fp8"), "fp8")
+    if fp8 is False:
+        return False, req.off("fp8")
+    blocker = _fp8_blocker(req)
+    if blocker and fp8 is True:
+        raise ValueError(f"fp8=True: {blocker}")
+    if blocker:
+        return False, f"off: {blocker}"
+    why = (
+        "torchao float8 e4m3 dynamic activations + weights, rowwise scales, on the block linears "
+        "(the bf16 floor, ~3.2 s for 25 steps on an H100, is above the 2.5 s goal)"
+    )
+    return True, why if compiled else why + "; without compile the quantize kernels run unfused (slow)"
+
+
+def _choose_cuda_graphs(req: _Request, compiled: bool) -> tuple[bool, str]:
+    """Opt-in only: a 1024x1024 step is ~100 ms of GEMMs; launch overhead is a few ms."""
+    if _flag(req.get("cuda_graphs", default=False), "cuda_graphs") is not True:
+        why = "off: opt-in; at 1024x1024 a step is ~100 ms of GPU work and the launches overlap it"
+        return False, why if req.cuda else "off: no CUDA"
+    if not req.cuda:
+        raise ValueError(f"cuda_graphs=True needs a CUDA GPU; this is {req.env.device_type}")
+    if not compiled:
+        raise ValueError("cuda_graphs=True needs compile (they come from torch.compile mode='reduce-overhead')")
+    return True, "compile mode 'reduce-overhead' (CUDA graphs) as requested; uses more memory"
+
+
+def _choose_step_cache(req: _Request) -> tuple[float | None, str]:
+    """Opt-in only: it changes the output."""
+    cache = req.switches.get("step_cache")
+    if cache is None or cache is False or cache == AUTO:
+        return None, "off (opt-in: reuses the previous step's residual, the output changes)"
+    if cache is True:
+        cache = DEFAULT_STEP_CACHE_THRESHOLD
+    if isinstance(cache, bool) or not isinstance(cache, int | float) or not 0 < cache < 1:
+        raise ValueError(f"step_cache={cache!r}: True or a threshold in (0, 1)")
+    why = (
+        f"first-block cache, threshold {float(cache):g}: a step whose first-block residual changed less than that "
+        "reuses the rest of the network's last residual (approximate: the output changes)"
+    )
+    return float(cache), why
+
+
 def choose_fast_plan(
     env: FastEnv,
     requested: Mapping[str, Any] | None = None,
@@ -151,132 +288,34 @@ def choose_fast_plan(
     unknown = sorted(set(requested) - set(SWITCHES))
     if unknown:
         raise ValueError(f"unknown fast switch(es) {', '.join(unknown)}; known: {', '.join(SWITCHES)}")
-    default = AUTO if full else False
-    cuda = env.device_type == "cuda"
-    heavy_offload = offload in ("sequential", "group")
-    reasons: dict[str, str] = {}
-
-    # fused QKV projections: one GEMM instead of three (the LoRA adapters move onto the fused rows)
-    fuse = _flag(requested.get("fuse_qkv", default), "fuse_qkv")
-    if fuse is False:
-        reasons["fuse_qkv"] = "off" + (" as requested" if "fuse_qkv" in requested else "")
-    elif quantized_8bit:
-        if fuse is True:
-            raise ValueError("fuse_qkv=True with quantize='8bit': bitsandbytes int8 weights cannot be concatenated")
-        fuse, reasons["fuse_qkv"] = False, "off: the 8-bit (bitsandbytes) weights cannot be concatenated"
-    else:
-        reasons["fuse_qkv"] = "q/k/v (and the text stream's) projections as one GEMM each; LoRA moved onto the rows"
-        fuse = True
-
-    # attention backend
-    attention = requested.get("attention", default)
-    if attention is False or attention is None:
-        attention = "native"
-        reasons["attention"] = "native (PyTorch SDPA)" + (" as requested" if "attention" in requested else "")
-    elif attention is True or attention == AUTO:
-        attention, reasons["attention"] = _auto_attention(env)
-    elif isinstance(attention, str):
-        if attention in ("_flash_3", "_flash_varlen_3") and not env.has("flash_attn_3"):
-            raise ValueError(f"attention={attention!r} needs flash-attention 3 (the flash_attn_3 beta build)")
-        if attention.startswith(("_flash_3", "_native_cudnn", "flash", "sage", "xformers")) and not cuda:
-            raise ValueError(f"attention={attention!r} needs a CUDA GPU; this is {env.device_type}")
-        reasons["attention"] = f"{attention} as requested"
-    else:
-        raise ValueError(f"fast switch attention={attention!r}: a diffusers backend name, 'auto' or False")
-
-    # regional compile
-    compile_ = _flag(requested.get("compile", default), "compile")
-    fullgraph = True
-    if compile_ is False:
-        reasons["compile"] = "off" + (" as requested" if "compile" in requested else "")
-    else:
-        backend_ok = env.has("triton") if cuda else env.device_type == "cpu" and env.has("cxx_compiler")
-        missing = "triton" if cuda else "a C++ compiler" if env.device_type == "cpu" else "an inductor backend"
-        blocker = None
-        if not backend_ok:
-            blocker = f"torch.compile (inductor) needs {missing} on {env.device_type}"
-        elif heavy_offload:
-            blocker = f"offload={offload!r} moves weights in hooks around every block; compile would fight it"
-        if blocker and compile_ is True:
-            raise ValueError(f"compile=True: {blocker}")
-        if blocker:
-            compile_, reasons["compile"] = False, f"off: {blocker}"
-        elif quantized_8bit and compile_ == AUTO:
-            compile_ = False
-            reasons["compile"] = "off: bitsandbytes int8 layers break the graph (8-bit is the memory mode, not speed)"
-        else:
-            compile_ = True
-            reasons["compile"] = (
-                "regional torch.compile of the repeated double/single blocks, FX graph cache on disk; "
-                "the LoRA strength is a graph input (no recompile)"
-            )
-            if quantized_8bit:
-                fullgraph = False
-                reasons["compile"] += "; fullgraph=False (bitsandbytes int8 layers break the graph)"
-
-    # fp8
-    fp8 = _flag(requested.get("fp8", default), "fp8")
-    if fp8 is False:
-        reasons["fp8"] = "off" + (" as requested" if "fp8" in requested else "")
-    else:
-        blocker = None
-        if not cuda or env.capability is None:
-            blocker = f"fp8 matmuls need a CUDA GPU with sm89+ (Ada/Hopper); this is {env.device_type}"
-        elif tuple(env.capability) < FP8_MIN_CAPABILITY:
-            blocker = f"fp8 tensor cores need sm89+ (Ada/Hopper); this GPU is sm{env.capability[0]}{env.capability[1]}"
-        elif quantized_8bit:
-            blocker = "the transformer is already 8-bit (bitsandbytes); fp8 replaces it, not stacks on it"
-        elif not env.has("torchao"):
-            blocker = "torchao is not installed (pip install torchao)"
-        if blocker and fp8 is True:
-            raise ValueError(f"fp8=True: {blocker}")
-        if blocker:
-            fp8, reasons["fp8"] = False, f"off: {blocker}"
-        else:
-            fp8 = True
-            reasons["fp8"] = (
-                "torchao float8 e4m3 dynamic activations + weights, rowwise scales, on the block linears "
-                "(the bf16 floor, ~3.2 s for 25 steps on an H100, is above the 2.5 s goal)"
-            )
-            if not compile_:
-                reasons["fp8"] += "; without compile the quantize kernels run unfused (slow)"
-
-    # CUDA graphs: opt-in only (a 1024x1024 step is ~100 ms of GEMMs; launch overhead is a few ms)
-    graphs = _flag(requested.get("cuda_graphs", False), "cuda_graphs")
-    if graphs is True:
-        if not cuda:
-            raise ValueError(f"cuda_graphs=True needs a CUDA GPU; this is {env.device_type}")
-        if not compile_:
-            raise ValueError("cuda_graphs=True needs compile (they come from torch.compile mode='reduce-overhead')")
-        reasons["cuda_graphs"] = "compile mode 'reduce-overhead' (CUDA graphs) as requested; uses more memory"
-    else:
-        graphs = False
-        why = "off: opt-in; at 1024x1024 a step is ~100 ms of GPU work and the launches overlap it"
-        reasons["cuda_graphs"] = why if cuda else "off: no CUDA"
-
-    # step cache: opt-in only, it changes the output
-    cache = requested.get("step_cache")
-    if cache is None or cache is False or cache == AUTO:
-        cache = None
-        reasons["step_cache"] = "off (opt-in: reuses the previous step's residual, the output changes)"
-    else:
-        if cache is True:
-            cache = DEFAULT_STEP_CACHE_THRESHOLD
-        if isinstance(cache, bool) or not isinstance(cache, int | float) or not 0 < cache < 1:
-            raise ValueError(f"step_cache={cache!r}: True or a threshold in (0, 1)")
-        cache = float(cache)
-        reasons["step_cache"] = (
-            f"first-block cache, threshold {cache:g}: a step whose first-block residual changed less than that "
-            "reuses the rest of the network's last residual (approximate: the output changes)"
-        )
-        if compile_:
-            fullgraph = False
-            reasons["compile"] += "; fullgraph=False (the step cache decides per step outside the graph)"
-
+    req = _Request(env, requested, AUTO if full else False, quantized_8bit, offload)
+    fuse_qkv, why_fuse = _choose_fuse_qkv(req)
+    attention, why_attention = _choose_attention(req)
+    compiled, fullgraph, why_compile = _choose_compile(req)
+    fp8, why_fp8 = _choose_fp8(req, compiled)
+    cuda_graphs, why_graphs = _choose_cuda_graphs(req, compiled)
+    step_cache, why_cache = _choose_step_cache(req)
+    if step_cache is not None and compiled:
+        fullgraph = False
+        why_compile += "; fullgraph=False (the step cache decides per step outside the graph)"
+    reasons = {
+        "fuse_qkv": why_fuse,
+        "attention": why_attention,
+        "compile": why_compile,
+        "fp8": why_fp8,
+        "cuda_graphs": why_graphs,
+        "step_cache": why_cache,
+    }
     return FastPlan(
-        fuse_qkv=bool(fuse), attention=str(attention), compile=bool(compile_), fp8=bool(fp8), cuda_graphs=graphs,
-        step_cache=cache, fullgraph=fullgraph, reasons=tuple((name, reasons[name]) for name in SWITCHES),
-    )  # fmt: skip
+        fuse_qkv=fuse_qkv,
+        attention=attention,
+        compile=compiled,
+        fp8=fp8,
+        cuda_graphs=cuda_graphs,
+        step_cache=step_cache,
+        fullgraph=fullgraph,
+        reasons=tuple((name, reasons[name]) for name in SWITCHES),
+    )
 
 
 # ----------------------------------------------------------------------------------------------- applying
