@@ -25,7 +25,9 @@ So the image is first made truly flat, then traced:
    appear, whatever the tracer emitted.
 
 ``transparent_background`` drops the background: the most common border colour's regions that touch the border
-(pixels transparent in the input image are transparent in the SVG too).
+(pixels transparent in the input image are transparent in the SVG too). Transparency goes through vtracer's keying,
+which only keys when a noticeable share of the image is transparent: a few small transparent islands in an input
+image can come out filled.
 """
 
 from __future__ import annotations
