@@ -65,6 +65,8 @@ def field_spec(name: str) -> dict[str, Any]:
         spec["value"] = str(info.default).lower() if annotation is bool else _text(info.default)
     if name in VECTOR_OPTIONS:
         spec["svg_only"] = True
+    if name not in HOSTED_FIELDS:  # a local extension: sent only when changed, so a default form is a hosted call
+        spec["extension"] = True
     if name == "aspect_ratio":
         spec["option_labels"] = {ratio: f"{ratio}  ({w}×{h})" for ratio, (w, h) in ASPECT_RATIOS.items()}
     return spec
