@@ -1,5 +1,5 @@
-"""``flux-vector`` command line: ``generate`` one image with the hosted API's parameters, ``serve`` the API, or run a
-GPU ``worker`` for API processes sharing a Redis job store."""
+"""``flux-vector`` command line: ``generate`` one image with the hosted API's parameters, ``serve`` the API, run a
+GPU ``worker`` for API processes sharing a Redis job store, or ``vectorize`` an existing image to SVG."""
 
 from __future__ import annotations
 
@@ -12,6 +12,9 @@ from pathlib import Path
 from .jobs.store import StoreLocked, StoreUnavailable
 from .request import ASPECT_RATIOS, FIELDS, RequestError, allowed, parse_request
 from .sampling import SAMPLER_NAMES, SCHEDULER_NAMES
+
+# --out's suffix chooses output_format
+OUTPUT_SUFFIXES = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".webp": "webp", ".svg": "svg"}
 
 
 def default_model(log=print) -> str:
@@ -52,8 +55,25 @@ def _add_generate(sub) -> None:
     p.add_argument("--fast", action="store_true",
                    help="fast mode: fused QKV, best attention backend, regional torch.compile (cached on disk), fp8 "
                         "on Ada/Hopper with torchao; the first run at a size compiles")  # fmt: skip
-    p.add_argument("--out", required=True, type=Path, help="output image (.png, .jpg, .webp)")
+    p.add_argument("--out", required=True, type=Path,
+                   help="output image: .png, .jpg, .webp, or .svg (the image traced to vector shapes)")  # fmt: skip
+    _add_vector_options(p)
     p.add_argument("--no-progress", action="store_true")
+
+
+def _add_vector_options(p) -> None:
+    p.add_argument("--detail", help="SVG: " + allowed("detail") + ' (default "medium")')
+    p.add_argument("--transparent-background", action="store_true", default=None,
+                   help="SVG: leave out the background region touching the border")  # fmt: skip
+
+
+def _add_vectorize(sub) -> None:
+    p = sub.add_parser("vectorize", help="trace an existing image to SVG",
+                       description="Trace an image (PNG, JPEG, WebP...) to an SVG of flat shapes, as output_format "
+                       "svg does for generated images.")  # fmt: skip
+    p.add_argument("image", type=Path, help="input image")
+    p.add_argument("--out", required=True, type=Path, help="output .svg")
+    _add_vector_options(p)
 
 
 def _add_serve(sub) -> None:
@@ -134,11 +154,43 @@ def serve(args: argparse.Namespace) -> int:
     )  # fmt: skip
 
 
+def _output_format(out: Path) -> str:
+    suffix = out.suffix.lower()
+    if suffix not in OUTPUT_SUFFIXES:
+        raise RequestError("out", str(out), "a file name ending in " + ", ".join(OUTPUT_SUFFIXES), "unknown suffix")
+    return OUTPUT_SUFFIXES[suffix]
+
+
+def vectorize(args: argparse.Namespace) -> int:
+    from PIL import Image, UnidentifiedImageError
+
+    from .request import VECTOR_OPTIONS
+    from .vectorize import image_to_svg
+
+    options = {name: getattr(args, name) for name in VECTOR_OPTIONS if getattr(args, name) is not None}
+    if args.out.suffix.lower() != ".svg":
+        raise RequestError("out", str(args.out), "a file name ending in .svg", "unknown suffix")
+    started = time.perf_counter()
+    try:
+        with Image.open(args.image) as image:
+            image.load()
+            svg = image_to_svg(image, **options)
+    except UnidentifiedImageError:
+        raise ValueError(f"{args.image} is not an image this program can read") from None
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(svg, encoding="utf-8")
+    print(f"saved {args.out}: {image.width}x{image.height}, {svg.count('<path')} paths, "
+          f"{len(svg.encode()) / 1000:.1f} KB, {time.perf_counter() - started:.2f} s")  # fmt: skip
+    return 0
+
+
 def generate(args: argparse.Namespace) -> int:
+    from .jobs.bodies import encode_image
     from .pipeline import DEFAULT_LORA, FluxVectorPipeline
 
     # every contract field that generate exposes as a --flag; the names come from the contract itself
     params = {name: getattr(args, name) for name in FIELDS if getattr(args, name, None) is not None}
+    params["output_format"] = _output_format(args.out)
     request = parse_request(params)  # fail fast, before loading any weights
     model = args.model or default_model()
     lora = DEFAULT_LORA if args.lora is None else args.lora
@@ -152,7 +204,10 @@ def generate(args: argparse.Namespace) -> int:
     paths = []
     for i, image in enumerate(result.images):
         path = args.out if len(result.images) == 1 else args.out.with_stem(f"{args.out.stem}_{i}")
-        image.save(path)
+        if request.output_format == "svg":
+            path.write_bytes(encode_image(image, "svg", request.quality, **request.vector_options()))
+        else:
+            image.save(path)
         paths.append(str(path))
     elapsed = time.perf_counter() - started
     print(f"saved {', '.join(paths)}: {result.width}x{result.height}, seed {request.seed}, {request.steps} steps "
@@ -167,6 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     _add_generate(sub)
     _add_serve(sub)
     _add_worker(sub)
+    _add_vectorize(sub)
     args = parser.parse_args(argv)
     try:
         if args.command == "generate":
@@ -175,6 +231,8 @@ def main(argv: list[str] | None = None) -> int:
             return serve(args)
         if args.command == "worker":
             return worker(args)
+        if args.command == "vectorize":
+            return vectorize(args)
     except (RequestError, ValueError, FileNotFoundError, StoreLocked, StoreUnavailable) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from typing import Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 
 from .sampling import SAMPLER_NAMES, SCHEDULER_NAMES
 
@@ -38,10 +38,13 @@ SLUG = "Simple_Vector_Flux"
 AspectRatio = Literal["1:1", "2:3", "3:4", "5:8", "9:16", "9:19", "9:21", "3:2", "4:3", "8:5", "16:9", "19:9", "21:9"]
 SamplerName = Literal[SAMPLER_NAMES]  # type: ignore[valid-type]
 SchedulerName = Literal[SCHEDULER_NAMES]  # type: ignore[valid-type]
-OutputFormat = Literal["png", "jpeg", "webp"]
+OutputFormat = Literal["png", "jpeg", "webp", "svg"]
+Detail = Literal["low", "medium", "high"]
 assert list(get_args(AspectRatio)) == list(ASPECT_RATIOS)
 
 HOSTED_FIELDS = ("prompt", "aspect_ratio", "lora_strength", "sampler_name", "scheduler", "seed", "steps")
+# The fields that are image_to_svg's options (flux_vector/vectorize.py); they apply to output_format "svg" only.
+VECTOR_OPTIONS = ("detail", "transparent_background")
 
 
 class RequestError(ValueError):
@@ -76,9 +79,13 @@ class GenerationRequest(BaseModel):
     width: int | None = Field(None, ge=16, le=4096, multiple_of=16, description="Overrides the ratio (with height).")
     height: int | None = Field(None, ge=16, le=4096, multiple_of=16, description="Overrides the ratio (with width).")
     batch_size: int = Field(1, ge=1, le=8, description="Images per request, one noise draw for the batch.")
-    output_format: OutputFormat = Field("png", description="Encoding of the returned image.")
+    output_format: OutputFormat = Field("png", description="Encoding of the returned image; svg: traced vector art.")
     quality: int = Field(95, ge=1, le=100, description="JPEG/WebP quality.")
     base64: bool = Field(False, description="Return the image inline as base64.")
+    detail: Detail = Field("medium", description="SVG only: how small a shape or colour the tracing keeps.")
+    transparent_background: bool = Field(
+        False, description="SVG only: leave out the background (the border colour's regions touching the border)."
+    )
 
     @model_validator(mode="after")
     def _check(self) -> GenerationRequest:
@@ -89,6 +96,11 @@ class GenerationRequest(BaseModel):
             raise ValueError("prompt must not be blank")
         if (self.width is None) != (self.height is None):
             raise ValueError("width and height must be given together")
+        if self.output_format != "svg":
+            for name in VECTOR_OPTIONS:
+                if getattr(self, name) != GenerationRequest.model_fields[name].default:
+                    raise ValueError(f"{name} applies to output_format 'svg' only (output_format is "
+                                     f"{self.output_format!r})")  # fmt: skip
         return self
 
     @property
@@ -97,6 +109,10 @@ class GenerationRequest(BaseModel):
         if self.width is not None and self.height is not None:
             return self.width, self.height
         return ASPECT_RATIOS[self.aspect_ratio]
+
+    def vector_options(self) -> dict[str, Any]:
+        """The ``image_to_svg`` options of this request."""
+        return {name: getattr(self, name) for name in VECTOR_OPTIONS}
 
     def echo(self) -> dict[str, Any]:
         """The parameters as the final result dict echoes them, defaults filled in."""
@@ -153,3 +169,24 @@ def parse_request(params: Any) -> GenerationRequest:
         return GenerationRequest(**params)
     except ValidationError as exc:
         raise _error_from(exc, params) from None
+
+
+# image_to_svg's options, validated by the same field definitions (types, defaults, messages) as a request's.
+_VectorOptions = create_model(  # type: ignore[call-overload]
+    "VectorOptions",
+    __config__=ConfigDict(strict=True, extra="forbid", frozen=True),
+    **{name: (GenerationRequest.model_fields[name].annotation, GenerationRequest.model_fields[name])
+       for name in VECTOR_OPTIONS},
+)  # fmt: skip
+
+
+def parse_vector_options(options: dict[str, Any]) -> dict[str, Any]:
+    """``image_to_svg``'s keyword options with defaults filled in, or ``RequestError`` naming the bad one."""
+    for key in options:
+        if key not in VECTOR_OPTIONS:
+            raise RequestError(str(key), options[key], "one of the options " + ", ".join(VECTOR_OPTIONS),
+                               "unknown option")  # fmt: skip
+    try:
+        return _VectorOptions(**options).model_dump()
+    except ValidationError as exc:
+        raise _error_from(exc, options) from None

@@ -20,6 +20,7 @@ import httpx
 import pytest
 
 from flux_vector.request import ASPECT_RATIOS, HOSTED_FIELDS, GenerationRequest, RequestError, parse_request
+from flux_vector.server.playground import FORM_FIELDS
 from tests.server_process import ServerProcess
 
 KEY = "playground-key-0123"
@@ -94,7 +95,7 @@ def test_page_is_served_self_contained_with_the_contract(server):
     assert "http://" not in page and "https://" not in page and "src=" not in page  # no CDN, no external asset
     assert "connect-src 'self'" in response.headers["content-security-policy"]
     spec = contract(auth=True)
-    assert [f["name"] for f in spec["fields"]] == list(HOSTED_FIELDS)
+    assert [f["name"] for f in spec["fields"]] == list(FORM_FIELDS)
     for f in spec["fields"]:
         info = GenerationRequest.model_fields[f["name"]]
         assert f["default"] == (None if info.is_required() else info.default)
@@ -142,7 +143,7 @@ def test_playground_in_headless_chromium(chromium, server, tmp_path):
 
             # --- accessibility: every input has a label with text
             report = page.evaluate(A11Y_JS)
-            assert sorted(report["controls"]) == sorted(["api-key", *(f"f-{n}" for n in HOSTED_FIELDS)])
+            assert sorted(report["controls"]) == sorted(["api-key", *(f"f-{n}" for n in FORM_FIELDS)])
             assert (report["unlabeled"], report["buttons"], report["images"]) == ([], [], [])
             assert report["lang"] == "en" and report["title"]
 

@@ -271,3 +271,20 @@ def test_cli_errors_are_clear(tmp_path):
         proc = run(*args)
         assert proc.returncode == 2, proc.stderr
         assert f"error: cannot reach Redis at {url}" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_svg_jobs_traced_off_the_gpu_thread_complete_on_redis(make_store):
+    from tests.test_vectorize import SMALL_SVG, FlatArtPipeline, assert_only_shapes
+
+    api, store = make_store(name="api"), make_store(name="w1")
+    worker = Worker(store, FlatArtPipeline(), log=lambda m: None, encode_threads=2).start()
+    try:
+        jobs = [api.submit("Simple_Vector_Flux", {**SMALL_SVG, "seed": i}) for i in range(3)]
+        for job in jobs:
+            deadline = time.monotonic() + 30
+            while not (done := api.get(job.id)).finished and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert done.state == COMPLETED and done.result["ext"] == "svg", done
+            assert_only_shapes(api.image(job.id, 0), 192, 128)
+    finally:
+        assert worker.stop()

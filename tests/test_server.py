@@ -215,3 +215,27 @@ def test_results_expire_after_the_retention(tmp_path, tiny_dir):
         assert not list((tmp_path / "jobs-images").iterdir())
     finally:
         assert server.stop(), server.log()
+
+
+def test_svg_through_v1_and_v2_with_the_real_sdk(client, server):
+    import base64
+
+    from tests.test_vectorize import assert_only_shapes
+
+    width, height = SMALL.get("width", 64), SMALL.get("height", 64)
+    response = client.run_sync(SLUG, prompt="v3ct0r style, a fox", output_format="svg", **SMALL)  # v1: the bytes
+    assert response.headers["content-type"] == "image/svg+xml"
+    assert response.headers["x-content-type-options"] == "nosniff"
+    assert "default-src 'none'" in response.headers["content-security-policy"]
+    assert_only_shapes(response.content, width, height)
+    result = client.run(SLUG, prompt="v3ct0r style, a fox", output_format="svg", transparent_background=True,
+                        detail="low", base64=True, **SMALL)  # fmt: skip
+    assert result["output"].endswith("/0.svg") and result["detail"] == "low"
+    image = httpx.get(result["output"])
+    assert image.headers["content-type"] == "image/svg+xml" and image.headers["x-content-type-options"] == "nosniff"
+    assert "sandbox" in image.headers["content-security-policy"]
+    assert base64.b64decode(result["image"]) == image.content
+    assert_only_shapes(image.content, width, height)
+    with pytest.raises(segmind.SegmindError) as info:
+        client.run_sync(SLUG, prompt="v3ct0r style, a fox", detail="high", **SMALL)
+    assert info.value.status == 400 and "applies to output_format 'svg' only" in str(info.value.detail)

@@ -26,12 +26,17 @@ from typing import Any
 
 from .store import COMPLETED, FAILED, PROCESSING, QUEUED, Job
 
-MEDIA_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
-EXTENSIONS = {"png": "png", "jpeg": "jpg", "webp": "webp"}
+MEDIA_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp", "svg": "image/svg+xml"}
+EXTENSIONS = {"png": "png", "jpeg": "jpg", "webp": "webp", "svg": "svg"}
 
 
-def encode_image(image, output_format: str, quality: int) -> bytes:
-    """A PIL image as ``output_format`` bytes (``quality`` applies to jpeg and webp)."""
+def encode_image(image, output_format: str, quality: int, **vector_options: Any) -> bytes:
+    """A PIL image as ``output_format`` bytes (``quality`` applies to jpeg and webp; ``vector_options`` are
+    ``image_to_svg``'s, for svg: the image is traced, seconds of CPU work)."""
+    if output_format == "svg":
+        from ..vectorize import image_to_svg  # numpy, scipy, vtracer: only where images are encoded
+
+        return image_to_svg(image, **vector_options).encode("utf-8")
     buffer = io.BytesIO()
     if output_format == "png":
         image.save(buffer, format="PNG")
@@ -40,7 +45,7 @@ def encode_image(image, output_format: str, quality: int) -> bytes:
     elif output_format == "webp":
         image.save(buffer, format="WEBP", quality=quality)
     else:
-        raise ValueError(f"output_format={output_format!r} is not allowed; one of png, jpeg, webp")
+        raise ValueError(f"output_format={output_format!r} is not allowed; one of {', '.join(EXTENSIONS)}")
     return buffer.getvalue()
 
 

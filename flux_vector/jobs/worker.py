@@ -8,16 +8,26 @@ interrupts the running job at its next step and puts it back in the queue, so a 
 On a shared store (Redis) many workers in many processes run the same queue: ``claim`` itself waits for work, and a
 worker whose lease on a job ran out (``LeaseLost``: the job now runs elsewhere) drops its run without touching the
 job. A job asking for another LoRA strength switches the loaded (fused) LoRA in place, timed as ``lora_switch_s``.
+
+Tracing an image to SVG (``output_format: "svg"``) is up to a second of CPU work per image that needs no GPU: the
+worker hands the decoded images to a small CPU thread pool and claims the next job at once. Either way a job is
+settled by one call of ``_settle``, which records COMPLETED or FAILED once and tells the listeners once; a tracing
+error FAILS the job with the reason. At most ``2 x encode_threads`` jobs wait for tracing (beyond that the GPU loop
+waits); ``stop()`` lets the jobs already handed over finish (they are a few seconds of work at most).
 """
 
 from __future__ import annotations
 
 import gc
+import os
 import sys
 import threading
 import time
 import traceback
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_futures
+from dataclasses import dataclass
 from typing import Any
 
 from ..request import GenerationRequest, RequestError, parse_request
@@ -34,6 +44,17 @@ class ModelCannot(RuntimeError):
     """A request the contract allows but this loaded model cannot serve (e.g. a LoRA strength with no LoRA)."""
 
 
+class OutputError(RuntimeError):
+    """The image was generated but could not be encoded (e.g. tracing it to SVG failed)."""
+
+
+@dataclass
+class _Handoff:
+    """The GPU part of a job is done: ``finish()`` (encode the images, complete the job) runs on the CPU pool."""
+
+    finish: Callable[[], Job]
+
+
 class Worker:
     """Runs queued jobs on ``pipeline`` (an object with ``generate``, or a zero-argument factory built lazily, in the
     worker thread, on the first job)."""
@@ -48,6 +69,7 @@ class Worker:
         progress_every: float = 0.5,
         idle_poll: float = 1.0,
         test_faults: bool | None = None,
+        encode_threads: int | None = None,
     ):
         self.store = store
         if hasattr(pipeline, "generate"):
@@ -70,6 +92,11 @@ class Worker:
         self._finished_count = 0
         self._thread: threading.Thread | None = None
         self._pipeline_lock = threading.Lock()
+        self.encode_threads = encode_threads or max(1, min(4, os.cpu_count() or 1))
+        self._encoders: ThreadPoolExecutor | None = None
+        self._encode_slots = threading.BoundedSemaphore(2 * self.encode_threads)
+        self._encoding: set[Future] = set()
+        self._encoding_lock = threading.Lock()
 
     # ------------------------------------------------------------------------------------------- control
     def start(self) -> Worker:
@@ -82,16 +109,31 @@ class Worker:
         return self
 
     def stop(self, timeout: float | None = 30.0) -> bool:
-        """Stop after the running job's current step (the job is requeued). True when the thread has ended."""
+        """Stop after the running job's current step (the job is requeued) and let the jobs already handed to the
+        encoders finish. True when the thread has ended and no job is still encoding."""
+        deadline = None if timeout is None else time.monotonic() + timeout
         self._stop.set()
         self._wake.set()
+        alive = False
         if self._thread is not None:
             self._thread.join(timeout)
             alive = self._thread.is_alive()
             if not alive:
                 self._thread, self.state = None, "stopped"
-            return not alive
-        return True
+        with self._encoding_lock:
+            pending = set(self._encoding)
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        _, still = wait_futures(pending, timeout=left)
+        if not alive and not still and self._encoders is not None:
+            self._encoders.shutdown(wait=False)
+            self._encoders = None
+        return not alive and not still
+
+    @property
+    def encoding(self) -> int:
+        """Jobs handed to the encoders (SVG tracing) and not settled yet."""
+        with self._encoding_lock:
+            return len(self._encoding)
 
     @property
     def running(self) -> bool:
@@ -169,9 +211,43 @@ class Worker:
 
     def _process(self, job: Job) -> None:
         self.state, self.current_job = "busy", job.id
+        try:
+            outcome = self._settle(job, lambda: self._run(job))
+        finally:
+            self.state, self.current_job = "idle", None
+        if isinstance(outcome, _Handoff):
+            self._hand_off(job, outcome)
+
+    def _hand_off(self, job: Job, handoff: _Handoff) -> None:
+        """Run ``handoff.finish`` on the encoder pool; waits while 2 x encode_threads jobs are already there."""
+        self._encode_slots.acquire()
+        if self._encoders is None:
+            self._encoders = ThreadPoolExecutor(self.encode_threads, thread_name_prefix="flux-vector-encode")
+
+        def run() -> None:
+            try:
+                self._settle(job, handoff.finish)
+            finally:
+                self._encode_slots.release()
+
+        with self._encoding_lock:
+            future = self._encoders.submit(run)
+            self._encoding.add(future)
+        future.add_done_callback(self._encoded)
+
+    def _encoded(self, future: Future) -> None:
+        with self._encoding_lock:
+            self._encoding.discard(future)
+
+    def _settle(self, job: Job, step: Callable[[], Job | _Handoff]) -> Job | _Handoff | None:
+        """Run ``step`` (the GPU part of a job, or the encoding it handed off) and record its end exactly once:
+        COMPLETED or FAILED in the store, then the listeners. A ``_Handoff`` is returned as it is (not an end)."""
         finished: Job | None = None
         try:
-            finished = self._run(job)
+            outcome = step()
+            if isinstance(outcome, _Handoff):
+                return outcome
+            finished = outcome
         except LeaseLost as exc:
             self.log(f"worker: {exc}")
         except _Interrupted:
@@ -190,8 +266,6 @@ class Worker:
                 finished = self.store.fail(job.id, error)
             except Exception as store_exc:
                 self.log(f"worker: could not record the failure of {job.id}: {store_exc}")
-        finally:
-            self.state, self.current_job = "idle", None
         if finished is not None:
             with self._finished:
                 self._finished_count += 1
@@ -201,8 +275,9 @@ class Worker:
                     callback(finished)
                 except Exception as exc:
                     self.log(f"worker: listener error: {exc}")
+        return finished
 
-    def _run(self, job: Job) -> Job:
+    def _run(self, job: Job) -> Job | _Handoff:
         request = parse_request(job.params)
         if self.test_faults:
             faults.inject(request.prompt, self._checkpoint)
@@ -221,7 +296,6 @@ class Worker:
                 self.store.progress(job.id, step, total)
 
         result = pipe.generate(request, progress=False, on_step=on_step)
-        images = [encode_image(image, request.output_format, request.quality) for image in result.images]
         meta = {
             "echo": request.echo(),
             "width": result.width,
@@ -233,7 +307,21 @@ class Worker:
         }
         if switch_s is not None:
             meta["timings"]["lora_switch_s"] = round(switch_s, 6)
-        return self.store.complete(job.id, images, meta)
+
+        def finish() -> Job:
+            started = time.perf_counter()
+            try:
+                images = [encode_image(image, request.output_format, request.quality, **request.vector_options())
+                          for image in result.images]  # fmt: skip
+            except Exception as exc:
+                raise OutputError(f"encoding the image as {request.output_format} failed: "
+                                  f"{type(exc).__name__}: {exc}") from exc  # fmt: skip
+            if request.output_format == "svg":
+                meta["timings"]["vectorize_s"] = round(time.perf_counter() - started, 4)
+            return self.store.complete(job.id, images, meta)
+
+        # tracing to SVG needs no GPU: it runs on the encoder pool while the GPU starts the next job
+        return _Handoff(finish) if request.output_format == "svg" else finish()
 
 
 def switch_lora_strength(pipe, strength: float) -> float | None:
@@ -281,7 +369,7 @@ def describe_error(exc: BaseException, job: Job) -> str:
         return f"numerical error in the model: {exc}"
     if isinstance(exc, RequestError):
         return f"invalid parameters: {exc}"
-    if isinstance(exc, ModelCannot):
+    if isinstance(exc, (ModelCannot, OutputError)):
         return str(exc)
     if isinstance(exc, FileNotFoundError):
         return f"the model could not be loaded: {exc}"

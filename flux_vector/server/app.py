@@ -43,6 +43,9 @@ from ..request import SLUG, GenerationRequest, RequestError, parse_request
 from .playground import add_playground
 
 MAX_BODY_BYTES = 1 << 20
+# Every image response: never sniffed as another type, and opened directly (an SVG is a document) it may load and run
+# nothing. Our SVGs hold only paths (flux_vector/vectorize.py); this is the second wall.
+IMAGE_HEADERS = {"X-Content-Type-Options": "nosniff", "Content-Security-Policy": "default-src 'none'; sandbox"}
 
 
 class ApiError(Exception):
@@ -235,7 +238,7 @@ def create_app(
         if data is None:
             raise ApiError(404, f"request {job.id!r}: its image expired before it could be sent")
         headers = {"X-Request-Id": job.id, "X-Image-Count": str(job.result.get("count", 1)),
-                   "X-Inference-Time": f"{job.result.get('inference_time') or 0:.4f}"}  # fmt: skip
+                   "X-Inference-Time": f"{job.result.get('inference_time') or 0:.4f}", **IMAGE_HEADERS}  # fmt: skip
         return Response(data, media_type=job.result["media_type"], headers=headers)
 
     async def wait_finished(job_id: str) -> Job:
@@ -295,7 +298,8 @@ def create_app(
         data = store.image(request_id, int(index_text))
         if data is None:
             raise ApiError(404, f"no image {name!r} for request {request_id!r} (expired, or no such index)")
-        return Response(data, media_type=job.result["media_type"], headers={"Cache-Control": "private, max-age=3600"})
+        return Response(data, media_type=job.result["media_type"],
+                        headers={"Cache-Control": "private, max-age=3600", **IMAGE_HEADERS})  # fmt: skip
 
     add_playground(app, slug=slug, auth=bool(api_key))  # GET /: the playground page
 

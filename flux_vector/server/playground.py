@@ -16,7 +16,10 @@ from typing import Any, Literal, get_args
 from fastapi import FastAPI
 from fastapi.responses import HTMLResponse
 
-from ..request import ASPECT_RATIOS, EXAMPLE_PROMPT, HOSTED_FIELDS, SLUG, GenerationRequest, allowed
+from ..request import ASPECT_RATIOS, EXAMPLE_PROMPT, HOSTED_FIELDS, SLUG, VECTOR_OPTIONS, GenerationRequest, allowed
+
+# The form: the hosted fields, then the output format and the SVG options (sent only when output_format is svg).
+FORM_FIELDS = (*HOSTED_FIELDS, "output_format", *VECTOR_OPTIONS)
 
 PLACEHOLDER = "/*__CONTRACT__*/null"
 # The page talks to this origin only: no CDN, no fonts, no analytics.
@@ -48,6 +51,8 @@ def field_spec(name: str) -> dict[str, Any]:
             spec["min"] = str(bounds["Ge"].ge)
         if "Le" in bounds:
             spec["max"] = str(bounds["Le"].le)
+    elif annotation is bool:
+        spec.update(kind="boolean", choices=["false", "true"])
     elif annotation is str:
         spec["kind"] = "text"
     else:
@@ -57,7 +62,11 @@ def field_spec(name: str) -> dict[str, Any]:
         spec["value"] = info.examples[0] if info.examples else ""
     else:
         spec["default"] = info.default
-        spec["value"] = _text(info.default)
+        spec["value"] = str(info.default).lower() if annotation is bool else _text(info.default)
+    if name in VECTOR_OPTIONS:
+        spec["svg_only"] = True
+    if name not in HOSTED_FIELDS:  # a local extension: sent only when changed, so a default form is a hosted call
+        spec["extension"] = True
     if name == "aspect_ratio":
         spec["option_labels"] = {ratio: f"{ratio}  ({w}×{h})" for ratio, (w, h) in ASPECT_RATIOS.items()}
     return spec
@@ -68,7 +77,7 @@ def contract(*, slug: str = SLUG, auth: bool = False) -> dict[str, Any]:
     return {
         "slug": slug,
         "auth": auth,
-        "fields": [field_spec(name) for name in HOSTED_FIELDS],
+        "fields": [field_spec(name) for name in FORM_FIELDS],
         "sizes": {ratio: list(size) for ratio, size in ASPECT_RATIOS.items()},
         "example_prompt": EXAMPLE_PROMPT,
     }
