@@ -24,10 +24,14 @@ from .request import ASPECT_RATIOS, SLUG, GenerationRequest, RequestError, parse
 
 def __getattr__(name: str):
     # The pipeline pulls in diffusers/transformers (seconds of import time): load it only when asked for.
-    if name in ("FluxVectorPipeline", "GenerationResult", "WeightsNotFound"):
+    if name in ("FluxVectorPipeline", "GenerationResult"):
         from . import pipeline
 
         return getattr(pipeline, name)
+    if name == "WeightsNotFound":
+        from .models import WeightsNotFound
+
+        return WeightsNotFound
     raise AttributeError(f"module 'flux_vector' has no attribute {name!r}")
 
 

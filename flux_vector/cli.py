@@ -1,70 +1,88 @@
 """``flux-vector`` command line: ``generate`` one image with the hosted API's parameters, ``serve`` the API, run a
-GPU ``worker`` for API processes sharing a Redis job store, or ``vectorize`` an existing image to SVG."""
+GPU ``worker`` for API processes sharing a Redis job store, or ``vectorize`` an existing image to SVG.
+
+The request flags of ``generate`` are built from the one contract (``request.GenerationRequest``): their names, help
+and defaults come from its fields. The options every model-loading command shares come from one parent parser, and
+every default is the constant its module defines.
+"""
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
-from .jobs.store import StoreLocked, StoreUnavailable
-from .request import ASPECT_RATIOS, FIELDS, RequestError, allowed, parse_request
-from .sampling import SAMPLER_NAMES, SCHEDULER_NAMES
+from .jobs.store import DEFAULT_RETENTION_S, StoreLocked, StoreUnavailable
+from .request import FIELDS, GenerationRequest, RequestError, allowed, parse_request
 
 # --out's suffix chooses output_format
 OUTPUT_SUFFIXES = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".webp": "webp", ".svg": "svg"}
+# request fields generate takes as flags (prompt is required; output_format comes from --out's suffix)
+GENERATE_FIELDS = tuple(f for f in FIELDS if f not in ("prompt", "output_format", "quality", "base64"))
 
 
-def default_model(log=print) -> str:
-    """$FLUX_VECTOR_MODEL, else FLUX.1-dev when it is in the local Hugging Face cache, else the tiny demo."""
-    from .pipeline import DEFAULT_MODEL, WeightsNotFound, resolve_model
-
-    if os.environ.get("FLUX_VECTOR_MODEL"):
-        return os.environ["FLUX_VECTOR_MODEL"]
-    try:
-        resolve_model(DEFAULT_MODEL)
-        return DEFAULT_MODEL
-    except WeightsNotFound:
-        log(f"no real weights configured ({DEFAULT_MODEL} is not in the local Hugging Face cache and "
-            "$FLUX_VECTOR_MODEL is unset): using the tiny built-in random-weight checkpoint")  # fmt: skip
-        return "tiny"
+# ----------------------------------------------------------------------------------------------- parsers
 
 
-def _add_generate(sub) -> None:
-    p = sub.add_parser("generate", help="generate an image", description="Generate one image (or a batch).")
+def _model_options() -> argparse.ArgumentParser:
+    """--model/--lora/--quantize/--offload/--device: what every command that loads the model takes."""
+    from .models import DEFAULT_LORA, MODEL_ENV
+    from .offload import OFFLOAD_MODES
+
+    p = argparse.ArgumentParser(add_help=False)
+    g = p.add_argument_group("model")
+    g.add_argument("--model", help=f"tiny | a diffusers folder | a hub id in the local cache | a BFL .safetensors "
+                   f"(default: ${MODEL_ENV}, else FLUX.1-dev if cached, else tiny)")  # fmt: skip
+    g.add_argument("--lora", help=f"LoRA file or hub id, or 'none' (default: {DEFAULT_LORA})")
+    g.add_argument("--quantize", choices=["8bit"], help="bitsandbytes int8 transformer (default: none)")
+    g.add_argument("--offload", default="auto", choices=OFFLOAD_MODES, help="default: auto (chosen from free VRAM)")
+    g.add_argument("--device", help="cuda, cuda:1, cpu (default: cuda when available)")
+    return p
+
+
+def _serving_options() -> argparse.ArgumentParser:
+    """--no-fuse/--no-warmup: how a long-running process prepares its pipeline (``serving.prepare_for_serving``)."""
+    p = argparse.ArgumentParser(add_help=False)
+    g = p.add_argument_group("serving")
+    g.add_argument("--no-fuse", action="store_true", help="keep the LoRA as a runtime adapter instead of fusing it")
+    g.add_argument("--no-warmup", action="store_true", help="skip the warm-up generation")
+    return p
+
+
+def _request_flag(p, field: str, **kwargs: Any) -> None:
+    """``--field-name`` for a contract field: help and default read from the contract (argparse's default stays
+    None, so a flag left out is left out of the request)."""
+    info = GenerationRequest.model_fields[field]
+    default = "" if info.default is None else f" (default: {info.default!r})"
+    kwargs.setdefault("help", f"{info.description} Allowed: {allowed(field)}{default}.")
+    p.add_argument("--" + field.replace("_", "-"), **kwargs)
+
+
+def _add_generate(sub, parents) -> None:
+    p = sub.add_parser("generate", parents=parents, help="generate an image",
+                       description="Generate one image (or a batch) with the hosted API's parameters.")  # fmt: skip
     p.add_argument("--prompt", required=True, help=allowed("prompt"))
-    p.add_argument("--model", help="tiny | a diffusers folder | a hub id in the local cache (default: see README)")
-    p.add_argument("--lora", help="LoRA file or hub id, or 'none' (default: the Simple Vector LoRA)")
-    p.add_argument("--aspect-ratio", choices=list(ASPECT_RATIOS), help='default "2:3"')
-    p.add_argument("--steps", type=int, help=allowed("steps"))
-    p.add_argument("--seed", type=int, help=allowed("seed"))
-    p.add_argument("--sampler-name", choices=SAMPLER_NAMES, metavar="NAME", help=allowed("sampler_name"))
-    p.add_argument("--scheduler", choices=SCHEDULER_NAMES, help='default "simple"')
-    p.add_argument("--lora-strength", type=float, help=allowed("lora_strength"))
-    p.add_argument("--guidance", type=float, help=allowed("guidance"))
-    p.add_argument("--negative-prompt")
-    p.add_argument("--cfg", type=float, help=allowed("cfg"))
-    p.add_argument("--width", type=int)
-    p.add_argument("--height", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--quantize", choices=["8bit"], help="bitsandbytes int8 transformer")
-    p.add_argument("--offload", default="auto", choices=["auto", "none", "model", "sequential", "group"])
-    p.add_argument("--device", help="cuda, cuda:1, cpu (default: cuda when available)")
+    p.add_argument("--out", required=True, type=Path,
+                   help="output image: .png, .jpg, .webp, or .svg (the image traced to vector shapes)")  # fmt: skip
+    g = p.add_argument_group("request (the hosted API's parameters and the local extensions)")
+    for field in GENERATE_FIELDS:
+        annotation = GenerationRequest.model_fields[field].annotation
+        if field == "transparent_background":
+            _request_flag(g, field, action="store_true", default=None)
+        elif field == "sampler_name":
+            _request_flag(g, field, metavar="NAME")
+        elif annotation in (int, int | None):
+            _request_flag(g, field, type=int)
+        elif annotation is float:
+            _request_flag(g, field, type=float)
+        else:
+            _request_flag(g, field)
     p.add_argument("--fast", action="store_true",
                    help="fast mode: fused QKV, best attention backend, regional torch.compile (cached on disk), fp8 "
                         "on Ada/Hopper with torchao; the first run at a size compiles")  # fmt: skip
-    p.add_argument("--out", required=True, type=Path,
-                   help="output image: .png, .jpg, .webp, or .svg (the image traced to vector shapes)")  # fmt: skip
-    _add_vector_options(p)
-    p.add_argument("--no-progress", action="store_true")
-
-
-def _add_vector_options(p) -> None:
-    p.add_argument("--detail", help="SVG: " + allowed("detail") + ' (default "medium")')
-    p.add_argument("--transparent-background", action="store_true", default=None,
-                   help="SVG: leave out the background region touching the border")  # fmt: skip
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def _add_vectorize(sub) -> None:
@@ -73,84 +91,96 @@ def _add_vectorize(sub) -> None:
                        "svg does for generated images.")  # fmt: skip
     p.add_argument("image", type=Path, help="input image")
     p.add_argument("--out", required=True, type=Path, help="output .svg")
-    _add_vector_options(p)
+    _request_flag(p, "detail")
+    _request_flag(p, "transparent_background", action="store_true", default=None)
 
 
-def _add_serve(sub) -> None:
+def _add_serve(sub, parents) -> None:
+    from .server.serve import DEFAULT_HOST, DEFAULT_LOG_LEVEL, DEFAULT_MAX_QUEUE, DEFAULT_PORT, default_store_path
+    from .serving import API_KEY_ENV
+
     p = sub.add_parser(
-        "serve", help="serve the Segmind-compatible HTTP API",
-        description="Serve POST /v1/Simple_Vector_Flux, the /v2 queue, /healthz, /metrics and /docs. Point the segmind "
-        "SDK at it with SegmindClient(base_url='http://HOST:PORT/v1'). Set FLUX_VECTOR_API_KEY to require x-api-key.",
+        "serve", parents=parents, help="serve the Segmind-compatible HTTP API",
+        description="Serve POST /v1/Simple_Vector_Flux, the /v2 queue, the playground at /, /healthz, /metrics and "
+        "/docs. Point the segmind SDK at it with SegmindClient(base_url='http://HOST:PORT/v1'). Set "
+        f"{API_KEY_ENV} to require x-api-key.",
     )  # fmt: skip
-    p.add_argument("--model", help="tiny | a diffusers folder | a hub id in the local cache (default: as generate)")
-    p.add_argument("--lora", help="LoRA file or hub id, or 'none' (default: the Simple Vector LoRA)")
-    p.add_argument("--quantize", choices=["8bit"], help="bitsandbytes int8 transformer")
-    p.add_argument("--offload", default="auto", choices=["auto", "none", "model", "sequential", "group"])
-    p.add_argument("--device", help="cuda, cuda:1, cpu (default: cuda when available)")
-    p.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1 (loopback only)")
-    p.add_argument("--port", type=int, default=8000, help="default 8000")
-    p.add_argument("--store", help="job store: a SQLite file (default: <cache>/server/jobs.sqlite3), or "
+    p.add_argument("--host", default=DEFAULT_HOST, help=f"default {DEFAULT_HOST} (loopback only)")
+    p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"default {DEFAULT_PORT}")
+    p.add_argument("--store", help=f"job store: a SQLite file (default: {default_store_path()}), or "
                    "redis://HOST:PORT/DB for an API-only process whose jobs run on flux-vector worker processes")
-    p.add_argument("--max-queue", type=int, default=100, help="jobs waiting before submits get 429 (default 100)")
-    p.add_argument("--retention", type=float, default=3600.0, metavar="SECONDS",
-                   help="how long finished results and images are kept (default 3600)")  # fmt: skip
-    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    p.add_argument("--max-queue", type=int, default=DEFAULT_MAX_QUEUE,
+                   help=f"jobs waiting before submits get 429 (default {DEFAULT_MAX_QUEUE})")  # fmt: skip
+    p.add_argument("--retention", type=float, default=DEFAULT_RETENTION_S, metavar="SECONDS",
+                   help=f"how long finished results and images are kept (default {DEFAULT_RETENTION_S:g})")  # fmt: skip
+    p.add_argument("--log-level", default=DEFAULT_LOG_LEVEL, choices=["critical", "error", "warning", "info", "debug"],
+                   help=f"default {DEFAULT_LOG_LEVEL}")  # fmt: skip
 
 
-def _add_worker(sub) -> None:
+def _add_worker(sub, parents) -> None:
+    from .jobs.redis_store import DEFAULT_LEASE_S, DEFAULT_REDIS_MAX_ATTEMPTS
+    from .jobs.worker_process import DEFAULT_METRICS_HOST, DEFAULT_METRICS_PORT
+
     p = sub.add_parser(
-        "worker", help="run one GPU worker on a Redis job store",
+        "worker", parents=parents, help="run one GPU worker on a Redis job store",
         description="Run jobs queued by flux-vector serve --store redis://... API processes: one worker per GPU, on "
         "any machine that reaches Redis. Loads the model once, fuses the LoRA once, warms up, then runs jobs until "
         "SIGTERM (the running job goes back to the queue). A worker killed mid-job has its job re-run by another "
         "after --lease seconds, at most --max-attempts runs in all.",
     )  # fmt: skip
     p.add_argument("--store", required=True, help="redis://HOST:PORT/DB (the same as the API processes')")
-    p.add_argument("--model", help="tiny | a diffusers folder | a hub id in the local cache (default: as generate)")
-    p.add_argument("--lora", help="LoRA file or hub id, or 'none' (default: the Simple Vector LoRA)")
-    p.add_argument("--quantize", choices=["8bit"], help="bitsandbytes int8 transformer (the LoRA then stays unfused)")
-    p.add_argument("--offload", default="auto", choices=["auto", "none", "model", "sequential", "group"])
-    p.add_argument("--device", help="cuda, cuda:1, cpu (default: cuda when available)")
     p.add_argument("--name", help="this worker's name in Redis and the logs (default: HOST-PID-xxxx)")
-    p.add_argument("--lease", type=float, default=60.0, metavar="SECONDS",
+    p.add_argument("--lease", type=float, default=DEFAULT_LEASE_S, metavar="SECONDS",
                    help="a job whose worker stops renewing it for this long runs again elsewhere; give every worker "
-                        "the same value (default 60)")  # fmt: skip
-    p.add_argument("--max-attempts", type=int, default=3,
-                   help="runs of a job whose workers keep dying before it is FAILED (default 3)")  # fmt: skip
-    p.add_argument("--metrics-host", default="127.0.0.1", help="address of /metrics and /healthz (default 127.0.0.1)")
-    p.add_argument("--metrics-port", type=int, default=9400,
-                   help="port of /metrics and /healthz (default 9400; 0: any free port, logged; -1: none)")  # fmt: skip
-    p.add_argument("--no-fuse", action="store_true", help="keep the LoRA as a runtime adapter instead of fusing it")
-    p.add_argument("--no-warmup", action="store_true", help="skip the warm-up generation")
+                        f"the same value (default {DEFAULT_LEASE_S:g})")  # fmt: skip
+    p.add_argument("--max-attempts", type=int, default=DEFAULT_REDIS_MAX_ATTEMPTS,
+                   help="runs of a job whose workers keep dying before it is FAILED "
+                        f"(default {DEFAULT_REDIS_MAX_ATTEMPTS})")  # fmt: skip
+    p.add_argument("--metrics-host", default=DEFAULT_METRICS_HOST,
+                   help=f"address of /metrics and /healthz (default {DEFAULT_METRICS_HOST})")  # fmt: skip
+    p.add_argument("--metrics-port", type=int, default=DEFAULT_METRICS_PORT,
+                   help=f"port of /metrics and /healthz (default {DEFAULT_METRICS_PORT}; 0: any free port, logged; "
+                        "-1: none)")  # fmt: skip
 
 
-def worker(args: argparse.Namespace) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="flux-vector", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    model, serving = _model_options(), _serving_options()
+    _add_generate(sub, [model])
+    _add_serve(sub, [model, serving])
+    _add_worker(sub, [model, serving])
+    _add_vectorize(sub)
+    return parser
+
+
+# ----------------------------------------------------------------------------------------------- commands
+
+
+def run_worker_command(args: argparse.Namespace) -> int:
     from .jobs.worker_process import run_worker
 
     return run_worker(
-        store=args.store, model=args.model or default_model(), lora=args.lora, quantize=args.quantize,
-        offload=args.offload, device=args.device, name=args.name, lease_s=args.lease, max_attempts=args.max_attempts,
+        store=args.store, model=args.model, lora=args.lora, quantize=args.quantize, offload=args.offload,
+        device=args.device, name=args.name, lease_s=args.lease, max_attempts=args.max_attempts,
         metrics_host=args.metrics_host, metrics_port=args.metrics_port, fuse=not args.no_fuse,
         warmup=not args.no_warmup,
     )  # fmt: skip
 
 
-def serve(args: argparse.Namespace) -> int:
+def run_serve_command(args: argparse.Namespace) -> int:
     from .jobs.redis_store import is_redis_url
-    from .server.serve import serve as run_server
+    from .server.serve import serve
 
     if args.store is not None and is_redis_url(args.store):
         ignored = [f"--{name}" for name in ("model", "lora", "quantize", "device") if getattr(args, name)]
         if ignored:
             print(f"flux-vector serve: {', '.join(ignored)} ignored: with a Redis store this process only serves the "
                   "API; give them to flux-vector worker", file=sys.stderr)  # fmt: skip
-        model = ""
-    else:
-        model = args.model or default_model()
-    return run_server(
-        model=model, lora=args.lora, quantize=args.quantize, offload=args.offload,
-        device=args.device, host=args.host, port=args.port, store=args.store, max_queue=args.max_queue,
-        retention_s=args.retention, log_level=args.log_level,
+    return serve(
+        model=args.model, lora=args.lora, quantize=args.quantize, offload=args.offload, device=args.device,
+        host=args.host, port=args.port, store=args.store, max_queue=args.max_queue, retention_s=args.retention,
+        log_level=args.log_level, fuse=not args.no_fuse, warmup=not args.no_warmup,
     )  # fmt: skip
 
 
@@ -161,7 +191,7 @@ def _output_format(out: Path) -> str:
     return OUTPUT_SUFFIXES[suffix]
 
 
-def vectorize(args: argparse.Namespace) -> int:
+def run_vectorize_command(args: argparse.Namespace) -> int:
     from PIL import Image, UnidentifiedImageError
 
     from .request import VECTOR_OPTIONS
@@ -184,18 +214,15 @@ def vectorize(args: argparse.Namespace) -> int:
     return 0
 
 
-def generate(args: argparse.Namespace) -> int:
+def run_generate_command(args: argparse.Namespace) -> int:
     from .jobs.bodies import encode_image
-    from .pipeline import DEFAULT_LORA, FluxVectorPipeline
+    from .models import load_pipeline
 
-    # every contract field that generate exposes as a --flag; the names come from the contract itself
     params = {name: getattr(args, name) for name in FIELDS if getattr(args, name, None) is not None}
     params["output_format"] = _output_format(args.out)
     request = parse_request(params)  # fail fast, before loading any weights
-    model = args.model or default_model()
-    lora = DEFAULT_LORA if args.lora is None else args.lora
-    pipe = FluxVectorPipeline.from_pretrained(
-        model, lora=lora, lora_strength=request.lora_strength, quantize=args.quantize, offload=args.offload,
+    pipe = load_pipeline(
+        args.model, lora=args.lora, lora_strength=request.lora_strength, quantize=args.quantize, offload=args.offload,
         device=args.device, compile=args.fast,
     )  # fmt: skip
     started = time.perf_counter()
@@ -216,27 +243,21 @@ def generate(args: argparse.Namespace) -> int:
     return 0
 
 
+COMMANDS = {
+    "generate": run_generate_command,
+    "serve": run_serve_command,
+    "worker": run_worker_command,
+    "vectorize": run_vectorize_command,
+}
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="flux-vector", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    _add_generate(sub)
-    _add_serve(sub)
-    _add_worker(sub)
-    _add_vectorize(sub)
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     try:
-        if args.command == "generate":
-            return generate(args)
-        if args.command == "serve":
-            return serve(args)
-        if args.command == "worker":
-            return worker(args)
-        if args.command == "vectorize":
-            return vectorize(args)
+        return COMMANDS[args.command](args)
     except (RequestError, ValueError, FileNotFoundError, StoreLocked, StoreUnavailable) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    return 1
 
 
 if __name__ == "__main__":

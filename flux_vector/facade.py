@@ -264,11 +264,9 @@ class _LocalEngine:
         self.store.recover()
 
         def build():
-            from .cli import default_model
-            from .pipeline import FluxVectorPipeline
+            from .models import load_pipeline
 
-            name = model or default_model(log=_log)
-            return FluxVectorPipeline.from_pretrained(name, log=_log, **pipeline_kwargs)
+            return load_pipeline(model, log=_log, **pipeline_kwargs)
 
         self.worker = Worker(self.store, pipeline if pipeline is not None else build, log=_log).start()
         # At interpreter exit, stop the worker at its next step: a daemon thread killed inside torch aborts the process.
@@ -376,7 +374,7 @@ def configure(
 
 
 def _inprocess_root() -> Path:
-    from .tiny import default_cache_dir
+    from .models import default_cache_dir
 
     return default_cache_dir() / "inprocess"
 

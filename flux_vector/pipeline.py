@@ -25,28 +25,21 @@ import os
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 
+from .models import DEFAULT_LORA, DEFAULT_MODEL, is_single_file, resolve_lora, resolve_model
 from .offload import OffloadChoice, accelerator_free_bytes, apply_offload, choose_offload, module_bytes
 from .prompt import encode_clip_pooled, encode_t5, tokenize_prompt, weighted_pieces
 from .request import GenerationRequest, parse_request
 from .sampling import flux_mu, ksampler, to_latent
 
-DEFAULT_MODEL = "black-forest-labs/FLUX.1-dev"
-DEFAULT_LORA = "renderartist/simplevectorflux"
-DEFAULT_LORA_FILE = "Simple_Vector_Flux_v2_renderartist.safetensors"
 PROMPT_CACHE_SIZE = 64
 _log = logging.getLogger("flux_vector")
 NEGATIVE_GUIDANCE = 3.5  # ComfyUI's default for a conditioning without FluxGuidance (the negative prompt)
-
-
-class WeightsNotFound(FileNotFoundError):
-    """Model or LoRA weights are neither a local path nor in the local Hugging Face cache."""
 
 
 @dataclass
@@ -61,62 +54,6 @@ class GenerationResult:
     @property
     def image(self) -> Image.Image:
         return self.images[0]
-
-
-def resolve_model(model: str) -> Path:
-    """A diffusers folder for ``model``: "tiny", a local folder, or a hub id in the local Hugging Face cache."""
-    if model == "tiny":
-        from .tiny import tiny_checkpoint_dir
-
-        return tiny_checkpoint_dir()
-    path = Path(model).expanduser()
-    if path.is_dir():
-        if not (path / "model_index.json").exists():
-            raise WeightsNotFound(f"{path} is not a diffusers model folder (no model_index.json)")
-        return path
-    if path.suffix in (".safetensors", ".sft") or path.exists():
-        raise WeightsNotFound(f"{path}: not found" if not path.exists() else f"{path}: not a folder")
-    return Path(_hub_snapshot(model))
-
-
-def is_single_file(model: str) -> bool:
-    return Path(model).expanduser().is_file() and Path(model).suffix in (".safetensors", ".sft")
-
-
-def _hub_snapshot(repo_id: str, allow_patterns: list[str] | None = None) -> str:
-    from huggingface_hub import snapshot_download
-
-    try:
-        return snapshot_download(repo_id, local_files_only=True, allow_patterns=allow_patterns)
-    except Exception as exc:  # LocalEntryNotFoundError, RepositoryNotFoundError, HFValidationError, ...
-        raise WeightsNotFound(
-            f"{repo_id!r} is not a local folder and is not in the local Hugging Face cache. Download it once with "
-            f"`huggingface-cli download {repo_id}` (FLUX.1-dev needs its license accepted on the hub and HF_TOKEN "
-            f"set), or pass a local diffusers folder, or model='tiny' for the random-weight demo checkpoint."
-        ) from exc
-
-
-def resolve_lora(lora: str | os.PathLike | None, model: str) -> Path | None:
-    """A LoRA file for ``lora``: None/"none", a path, or a hub id (its one .safetensors, from the local cache)."""
-    if lora is None or str(lora).lower() == "none":
-        return None
-    if model == "tiny" and lora == DEFAULT_LORA:
-        from .tiny import KOHYA_LORA, tiny_checkpoint_dir
-
-        return tiny_checkpoint_dir() / KOHYA_LORA
-    path = Path(lora).expanduser()
-    if path.is_file():
-        return path
-    if path.suffix == ".safetensors" or path.exists():
-        raise WeightsNotFound(f"LoRA file {path} not found")
-    folder = Path(_hub_snapshot(str(lora), allow_patterns=["*.safetensors"]))
-    preferred = folder / DEFAULT_LORA_FILE
-    if preferred.is_file():
-        return preferred
-    files = sorted(folder.glob("*.safetensors"))
-    if len(files) != 1:
-        raise WeightsNotFound(f"LoRA repo {lora!r} holds {len(files)} .safetensors files; pass the file's path")
-    return files[0]
 
 
 def default_device() -> torch.device:
@@ -303,12 +240,11 @@ class FluxVectorPipeline:
 
     def set_lora_strength(self, strength: float) -> None:
         """Switch the LoRA strength (any s in [-10, 10]); costs no reload and accumulates no drift."""
-        from .lora import check_strength
+        from .lora import check_strength, strength_without_lora
 
         check_strength(strength)
         if self.lora is None:
-            if strength != 0:
-                raise ValueError("this pipeline has no LoRA loaded (lora=None); only lora_strength 0 applies")
+            strength_without_lora(strength, explicit=True)
             return
         if strength != self.lora.strength:
             self.lora.set_strength(strength)
@@ -389,8 +325,10 @@ class FluxVectorPipeline:
         started = time.perf_counter()
         if self.lora is not None:
             self.set_lora_strength(request.lora_strength)
-        elif "lora_strength" in request.model_fields_set and request.lora_strength != 0:
-            raise ValueError("lora_strength was given but this pipeline has no LoRA loaded (lora=None)")
+        else:
+            from .lora import strength_without_lora
+
+            strength_without_lora(request.lora_strength, explicit="lora_strength" in request.model_fields_set)
         width, height = request.size
         if self._step_cache_on():  # cached residuals belong to one generation
             self.transformer._reset_stateful_cache()

@@ -9,12 +9,13 @@ LoRAs for it in kohya form (BFL names, fused qkv/linear1, alpha keys) and in dif
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 from pathlib import Path
 
 import torch
+
+from .models import default_cache_dir
 
 TINY_VERSION = 1
 KOHYA_LORA = "tiny_lora_kohya.safetensors"
@@ -33,11 +34,6 @@ TRANSFORMER_CONFIG = dict(
     axes_dims_rope=(4, 6, 6),
 )
 LORA_RANK = 4
-
-
-def default_cache_dir() -> Path:
-    root = os.environ.get("FLUX_VECTOR_CACHE") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
-    return Path(root) / "flux_vector"
 
 
 def tiny_checkpoint_dir() -> Path:

@@ -35,4 +35,4 @@ def test_generate_rejects_bad_values_before_loading(tmp_path):
 def test_missing_model_says_how_to_get_it(tmp_path):
     proc = run_cli("generate", "--prompt", "a cat", "--model", "someone/not-cached", "--out", str(tmp_path / "x.png"))
     assert proc.returncode == 2
-    assert "huggingface-cli download someone/not-cached" in proc.stderr
+    assert "hf download someone/not-cached" in proc.stderr

@@ -340,13 +340,14 @@ def switch_lora_strength(pipe, strength: float) -> float | None:
 
 
 def adapt_to_pipeline(request: GenerationRequest, params: dict[str, Any], pipe) -> GenerationRequest:
-    """A pipeline loaded without a LoRA (``--lora none``) serves lora_strength 0 only; a default strength becomes 0."""
+    """A pipeline loaded without a LoRA serves lora_strength 0 only (``lora.strength_without_lora``)."""
     if getattr(pipe, "lora", True) is None and request.lora_strength != 0:
-        if "lora_strength" in params:
-            raise ModelCannot(
-                f"lora_strength={params['lora_strength']!r} cannot be served: this server runs without a LoRA "
-                "(started with --lora none); lora_strength must be 0 or left out"
-            )
+        from ..lora.base import NoLoraLoaded, strength_without_lora
+
+        try:
+            strength_without_lora(request.lora_strength, explicit="lora_strength" in params)
+        except NoLoraLoaded as exc:
+            raise ModelCannot(str(exc)) from None
         request = request.model_copy(update={"lora_strength": 0.0})
     return request
 

@@ -17,56 +17,13 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from ..serving import prepare_for_serving
 from .metrics import JobMetrics
 from .redis_store import DEFAULT_LEASE_S, DEFAULT_REDIS_MAX_ATTEMPTS, RedisJobStore, is_redis_url
 from .worker import Worker
 
+DEFAULT_METRICS_HOST = "127.0.0.1"
 DEFAULT_METRICS_PORT = 9400
-
-
-def fuse_lora(pipe, log) -> bool:
-    """Fuse the pipeline's LoRA into its weights once when that is possible; True when fused."""
-    lora = getattr(pipe, "lora", None)
-    if lora is None:
-        log("lora: none loaded (lora_strength 0 only)")
-        return False
-    if lora.fused:
-        return True
-    from ..lora import LoraError
-    from ..quantize import is_quantized
-
-    offload = getattr(getattr(pipe, "offload", None), "mode", "none")
-    reason = None
-    if is_quantized(pipe.transformer):
-        reason = "the transformer is 8-bit quantized"
-    elif offload in ("sequential", "group"):
-        reason = f"offload {offload} keeps the weights off the device"
-    if reason is None:
-        started = time.perf_counter()
-        try:
-            lora.fuse()
-        except LoraError as exc:
-            reason = str(exc).splitlines()[0]
-        else:
-            log(f"lora: fused into the weights in {time.perf_counter() - started:.3f} s at strength {lora.strength:g} "
-                "(another lora_strength recomputes them from the kept originals: no reload)")  # fmt: skip
-            return True
-    log(f"lora: kept as a runtime adapter ({reason}); switching strength is one assignment")
-    return False
-
-
-def warm_up(pipe, log, size: int = 256) -> float:
-    """One short generation so the first job pays no first-call costs; the seconds it took."""
-    from ..request import parse_request
-
-    strength = getattr(getattr(pipe, "lora", None), "strength", None)
-    params = {"prompt": "warm-up", "width": size, "height": size, "steps": 1, "seed": 0,
-              "lora_strength": 0 if strength is None else strength}  # fmt: skip
-    started = time.perf_counter()
-    pipe.generate(parse_request(params), progress=False)
-    elapsed = time.perf_counter() - started
-    log(f"warm-up: {size}x{size}, 1 step in {elapsed:.2f} s")
-    return elapsed
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -109,7 +66,7 @@ class _StatusServer(ThreadingHTTPServer):
 def run_worker(
     *,
     store: str,
-    model: str,
+    model: str | None,
     lora: str | None = None,
     quantize: str | None = None,
     offload: str = "auto",
@@ -117,13 +74,13 @@ def run_worker(
     name: str | None = None,
     lease_s: float = DEFAULT_LEASE_S,
     max_attempts: int = DEFAULT_REDIS_MAX_ATTEMPTS,
-    metrics_host: str = "127.0.0.1",
+    metrics_host: str = DEFAULT_METRICS_HOST,
     metrics_port: int = DEFAULT_METRICS_PORT,
     fuse: bool = True,
     warmup: bool = True,
 ) -> int:
     """Run until SIGTERM/SIGINT; 0 on a clean stop. Raises on a bad store URL, an unreachable Redis, missing weights."""
-    from ..pipeline import DEFAULT_LORA, FluxVectorPipeline
+    from ..models import default_model, load_pipeline
 
     if not is_redis_url(store):
         raise ValueError(f"--store={store!r} is not allowed: a worker needs a shared store, redis://HOST:PORT/DB "
@@ -134,6 +91,7 @@ def run_worker(
     def log(message: str) -> None:
         print(f"flux-vector worker {label[0]}: {message}", file=sys.stderr, flush=True)
 
+    model = model or default_model(log=log)
     jobs = RedisJobStore.from_url(store, lease_s=lease_s, max_attempts=max_attempts, name=name, log=log)
     label[0] = jobs.name
     status_server = None
@@ -178,15 +136,9 @@ def run_worker(
         jobs.announce(lambda: {"state": worker_box[0].state if worker_box else "loading", "model": model,
                                "current_job": worker_box[0].current_job if worker_box else None,
                                **pipe_info_now()})  # fmt: skip
-        pipe = FluxVectorPipeline.from_pretrained(
-            model, lora=DEFAULT_LORA if lora is None else lora, quantize=quantize, offload=offload, device=device,
-            log=log,
-        )  # fmt: skip
+        pipe = load_pipeline(model, lora=lora, quantize=quantize, offload=offload, device=device, log=log)
         pipe_box.append(pipe)
-        if fuse:
-            fuse_lora(pipe, log)
-        if warmup:
-            warm_up(pipe, log)
+        prepare_for_serving(pipe, fuse=fuse, warmup=warmup, log=log)
         if stop.is_set():
             return 0
         worker = Worker(jobs, pipe, log=log)

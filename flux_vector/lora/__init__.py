@@ -20,7 +20,15 @@ from pathlib import Path
 from torch import nn
 
 from .adapter import LoraHandle, LoraLinear, apply_lora
-from .base import STRENGTH_MAX, STRENGTH_MIN, LoraError, LoraPatch, check_strength
+from .base import (
+    STRENGTH_MAX,
+    STRENGTH_MIN,
+    LoraError,
+    LoraPatch,
+    NoLoraLoaded,
+    check_strength,
+    strength_without_lora,
+)
 from .formats import load_lora_file, parse_lora
 from .fused_qkv import fuse_qkv_projections
 
@@ -31,12 +39,14 @@ __all__ = [
     "LoraHandle",
     "LoraLinear",
     "LoraPatch",
+    "NoLoraLoaded",
     "apply_lora",
     "check_strength",
     "fuse_qkv_projections",
     "load_lora",
     "load_lora_file",
     "parse_lora",
+    "strength_without_lora",
 ]
 
 

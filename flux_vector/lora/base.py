@@ -36,6 +36,21 @@ def check_strength(value) -> float:
     return number
 
 
+class NoLoraLoaded(ValueError):
+    """A non-zero lora_strength asked of a pipeline loaded without a LoRA."""
+
+
+def strength_without_lora(strength: float, explicit: bool) -> float:
+    """The one rule for a pipeline loaded without a LoRA (``lora=None``, ``--lora none``): it serves lora_strength 0
+    only. A strength left at its default becomes 0; an explicit other one is ``NoLoraLoaded``."""
+    if explicit and strength != 0:
+        raise NoLoraLoaded(
+            f"lora_strength={strength!r} cannot be served: no LoRA is loaded (lora=None, or started with --lora "
+            "none); lora_strength must be 0 or left out"
+        )
+    return 0.0
+
+
 def format_problems(problems: dict[str, str], what: str) -> str:
     """One error message listing (at most 50 of) the offending keys with their reasons."""
     lines = [f"  {key}: {reason}" for key, reason in sorted(problems.items())[:_MAX_LISTED]]

@@ -1,4 +1,4 @@
-"""``flux-vector serve``: open the job store, recover it, load the model, then serve HTTP with uvicorn.
+"""``flux-vector serve``: open the job store, recover it, load and prepare the model, then serve HTTP.
 
 With ``--store redis://HOST:PORT/DB`` the process is API-only: it loads no model, enqueues into Redis and reads
 results from it; ``flux-vector worker`` processes (one per GPU, on any machine) run the jobs.
@@ -13,35 +13,37 @@ from pathlib import Path
 from ..jobs import DEFAULT_RETENTION_S, SQLiteJobStore, Worker
 from ..jobs.redis_store import is_redis_url
 from ..request import SLUG
+from ..serving import API_KEY_ENV, describe_api_key, prepare_for_serving, run_http, warn_if_open
 
-API_KEY_ENV = "FLUX_VECTOR_API_KEY"
 DEFAULT_PORT = 8000
 DEFAULT_MAX_QUEUE = 100
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_LOG_LEVEL = "info"
 
 
 def default_store_path() -> Path:
-    from ..tiny import default_cache_dir
+    from ..models import default_cache_dir
 
     return default_cache_dir() / "server" / "jobs.sqlite3"
 
 
 def serve(
     *,
-    model: str,
+    model: str | None,
     lora: str | None = None,
     quantize: str | None = None,
     offload: str = "auto",
     device: str | None = None,
-    host: str = "127.0.0.1",
+    host: str = DEFAULT_HOST,
     port: int = DEFAULT_PORT,
     store: str | os.PathLike | None = None,
     max_queue: int = DEFAULT_MAX_QUEUE,
     retention_s: float = DEFAULT_RETENTION_S,
-    log_level: str = "info",
+    log_level: str = DEFAULT_LOG_LEVEL,
+    fuse: bool = True,
+    warmup: bool = True,
 ) -> int:
     """Run the server until interrupted; 0 on a clean stop. Raises on a bad store or missing weights."""
-    import uvicorn
-
     from .app import create_app
 
     def log(message: str) -> None:
@@ -54,7 +56,7 @@ def serve(
         return serve_api(url=str(store), host=host, port=port, max_queue=max_queue, retention_s=retention_s,
                          log_level=log_level, api_key=api_key, log=log)  # fmt: skip
 
-    from ..pipeline import DEFAULT_LORA, FluxVectorPipeline
+    from ..models import default_model, load_pipeline
 
     path = Path(store) if store is not None else default_store_path()
     jobs = SQLiteJobStore(path, retention_s=retention_s)
@@ -63,22 +65,17 @@ def serve(
         log(f"store {path}: {recovery.queued} queued job(s) to run"
             + (f", {len(recovery.requeued)} interrupted job(s) requeued" if recovery.requeued else "")
             + (f", {len(recovery.failed)} interrupted too often and FAILED" if recovery.failed else ""))  # fmt: skip
-        pipe = FluxVectorPipeline.from_pretrained(
-            model, lora=DEFAULT_LORA if lora is None else lora, quantize=quantize, offload=offload, device=device,
-            log=log,
-        )  # fmt: skip
+        model = model or default_model(log=log)
+        pipe = load_pipeline(model, lora=lora, quantize=quantize, offload=offload, device=device, log=log)
+        prepare_for_serving(pipe, fuse=fuse, warmup=warmup, log=log)
         worker = Worker(jobs, pipe, log=log)
         if worker.test_faults:
             log("FLUX_VECTOR_TEST_FAULTS=1: prompts with [[fault:...]] markers simulate model errors (tests only)")
         app = create_app(jobs, worker, slug=SLUG, api_key=api_key, max_queue=max_queue, model_name=model)
-        log(f"model {model} loaded in {getattr(pipe, 'load_seconds', 0):.1f} s; API key "
-            f"{'required (x-api-key)' if api_key else f'not required (set {API_KEY_ENV} to require one)'}; "
+        log(f"model {model} loaded in {getattr(pipe, 'load_seconds', 0):.1f} s; API key {describe_api_key(api_key)}; "
             f"max queue {max_queue}; results kept {retention_s:g} s; http://{host}:{port}/v1/{SLUG}")  # fmt: skip
-        if not api_key and host not in ("127.0.0.1", "localhost", "::1"):
-            log(f"warning: listening on {host} without an API key: anyone who can reach the port can queue jobs "
-                f"(set {API_KEY_ENV})")  # fmt: skip
-        config = uvicorn.Config(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=10)
-        uvicorn.Server(config).run()
+        warn_if_open(host, api_key, log)
+        run_http(app, host=host, port=port, log_level=log_level)
     finally:
         jobs.close()
     return 0
@@ -87,8 +84,6 @@ def serve(
 def serve_api(*, url: str, host: str, port: int, max_queue: int, retention_s: float, log_level: str,
               api_key: str | None, log) -> int:  # fmt: skip
     """An API-only process on a Redis store: no model, no worker."""
-    import uvicorn
-
     from ..jobs.redis_store import RedisJobStore
     from .app import create_app
 
@@ -97,14 +92,11 @@ def serve_api(*, url: str, host: str, port: int, max_queue: int, retention_s: fl
         workers = jobs.workers()
         log(f"store {jobs.url}: {jobs.counts()['QUEUED']} queued job(s), {len(workers)} live worker(s); API only "
             f"(run the model with: flux-vector worker --store {jobs.url} --model ...); API key "
-            f"{'required (x-api-key)' if api_key else f'not required (set {API_KEY_ENV} to require one)'}; "
-            f"max queue {max_queue}; results kept {retention_s:g} s; http://{host}:{port}/v1/{SLUG}")  # fmt: skip
-        if not api_key and host not in ("127.0.0.1", "localhost", "::1"):
-            log(f"warning: listening on {host} without an API key: anyone who can reach the port can queue jobs "
-                f"(set {API_KEY_ENV})")  # fmt: skip
+            f"{describe_api_key(api_key)}; max queue {max_queue}; results kept {retention_s:g} s; "
+            f"http://{host}:{port}/v1/{SLUG}")  # fmt: skip
+        warn_if_open(host, api_key, log)
         app = create_app(jobs, None, slug=SLUG, api_key=api_key, max_queue=max_queue, model_name="", log=log)
-        config = uvicorn.Config(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=10)
-        uvicorn.Server(config).run()
+        run_http(app, host=host, port=port, log_level=log_level)
     finally:
         jobs.close()
     return 0
