@@ -1,0 +1,60 @@
+"""Every error the HTTP API answers is a JSON object with a human-readable ``error`` (and, for a bad parameter, the
+``field``, ``value`` and ``allowed``): ``ApiError`` raised anywhere, and FastAPI's own errors, rewritten here."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+
+class ApiError(Exception):
+    """An error answer: HTTP ``status`` with ``{"error": message, **extra}``."""
+
+    def __init__(self, status: int, message: str, **extra: Any):
+        super().__init__(message)
+        self.status, self.message, self.extra = status, message, extra
+
+
+def error_response(code: int, message: str, headers: dict[str, str] | None = None, **extra: Any) -> JSONResponse:
+    return JSONResponse({"error": message, **extra}, status_code=code, headers=headers)
+
+
+def json_safe(value: Any) -> Any:
+    """The offending value as given when JSON can carry it (not NaN/inf, not the missing marker), else its repr."""
+    try:
+        json.dumps(value, allow_nan=False)
+        return value
+    except (TypeError, ValueError):
+        return None if type(value) is object else repr(value)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, exc: ApiError):
+        headers = {"WWW-Authenticate": "x-api-key"} if exc.status == 401 else None
+        return error_response(exc.status, exc.message, headers=headers, **exc.extra)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException):
+        if exc.status_code == 404:
+            message = f"not found: {request.method} {request.url.path} is not an endpoint of this server (see /docs)"
+        elif exc.status_code == 405:
+            message = f"method not allowed: {request.method} {request.url.path} (see /docs)"
+        else:
+            message = str(exc.detail)
+        return error_response(exc.status_code, message, headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError):
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        return error_response(400, f"invalid request: {where}: {first.get('msg', 'invalid')}")
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception):
+        return error_response(500, f"internal server error: {type(exc).__name__}: {exc}")

@@ -1,0 +1,116 @@
+"""The Segmind endpoints: ``POST /v1/{slug}`` (wait for the image), ``POST /v2/{slug}`` (queue), and the
+``/v2/requests/...`` status, result and image URLs."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
+
+from ..jobs import COMPLETED, FAILED, QUEUED, status_body
+from ..request import GenerationRequest
+from .errors import ApiError, error_response
+from .state import State, require_key
+
+# Every image response: never sniffed as another type, and opened directly (an SVG is a document) it may load and run
+# nothing. Our SVGs hold only paths (flux_vector/vectorize.py); this is the second wall.
+IMAGE_HEADERS = {"X-Content-Type-Options": "nosniff", "Content-Security-Policy": "default-src 'none'; sandbox"}
+
+_BODY_DOC = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": GenerationRequest.model_json_schema()}},
+    }
+}
+_ERROR_DOC = {"content": {"application/json": {"example": {"error": "steps=0 is not allowed; steps must be ..."}}}}
+_ERRORS = {
+    code: {"description": text, **_ERROR_DOC}
+    for code, text in (
+        (400, "Invalid parameter"),
+        (401, "Missing or invalid x-api-key"),
+        (404, "Unknown model slug"),
+        (429, "The queue is full"),
+    )
+}
+
+router = APIRouter()
+auth = [Depends(require_key)]
+
+
+@router.post(
+    "/v1/{model_slug}",
+    dependencies=auth,
+    openapi_extra=_BODY_DOC,
+    responses=_ERRORS,
+    summary="Generate and wait (sync): the image bytes, or JSON with base64",
+)
+async def run_sync(model_slug: str, request: Request, state: State):
+    state.check_slug(model_slug)
+    job = await state.submit(await state.read_request(request))
+    job = await state.wait_finished(job.id)
+    if job.state == FAILED:
+        return error_response(500, job.error or "the job failed", request_id=job.id, status=FAILED)
+    if job.result.get("echo", {}).get("base64"):
+        return JSONResponse(await run_in_threadpool(state.final_body, request, job))
+    data = await run_in_threadpool(state.store.image, job.id, 0)
+    if data is None:
+        raise ApiError(404, f"request {job.id!r}: its image expired before it could be sent")
+    headers = {
+        "X-Request-Id": job.id,
+        "X-Image-Count": str(job.result.get("count", 1)),
+        "X-Inference-Time": f"{job.result.get('inference_time') or 0:.4f}",
+        **IMAGE_HEADERS,
+    }
+    return Response(data, media_type=job.result["media_type"], headers=headers)
+
+
+@router.post(
+    "/v2/{model_slug}",
+    dependencies=auth,
+    openapi_extra=_BODY_DOC,
+    responses=_ERRORS,
+    summary="Submit to the queue (async)",
+)
+async def submit_async(model_slug: str, request: Request, state: State):
+    state.check_slug(model_slug)
+    job = await state.submit(await state.read_request(request))
+    return {
+        "request_id": job.id,
+        "status": QUEUED,
+        "position": job.position,
+        "status_url": str(request.url_for("job_status", request_id=job.id)),
+        "response_url": str(request.url_for("job_result", request_id=job.id)),
+    }
+
+
+@router.get("/v2/requests/{request_id}/status", dependencies=auth, name="job_status", summary="Poll a request")
+def job_status(request_id: str, state: State):
+    job = state.get_job(request_id)
+    return JSONResponse(status_body(job), status_code=422 if job.state == FAILED else 200)
+
+
+@router.get("/v2/requests/{request_id}", dependencies=auth, name="job_result", summary="The final body")
+def job_result(request_id: str, request: Request, state: State):
+    job = state.get_job(request_id)
+    code = {COMPLETED: 200, FAILED: 422}.get(job.state, 202)
+    return JSONResponse(state.final_body(request, job), status_code=code)
+
+
+@router.get("/v2/requests/{request_id}/images/{name}", name="job_image", summary="An output image (no key needed)")
+def job_image(request_id: str, name: str, state: State):
+    index_text, _, ext = name.partition(".")
+    job = state.get_job(request_id)
+    if job.state != COMPLETED:
+        raise ApiError(404, f"request {request_id!r} has no image: it is {job.state}")
+    if not index_text.isdigit() or ext != job.result.get("ext"):
+        raise ApiError(
+            404,
+            f"no image {name!r} for request {request_id!r}: images are "
+            f"0..{job.result.get('count', 1) - 1}.{job.result.get('ext')}",
+        )
+    data = state.store.image(request_id, int(index_text))
+    if data is None:
+        raise ApiError(404, f"no image {name!r} for request {request_id!r} (expired, or no such index)")
+    return Response(
+        data, media_type=job.result["media_type"], headers={"Cache-Control": "private, max-age=3600", **IMAGE_HEADERS}
+    )

@@ -1,0 +1,38 @@
+"""For operators: ``GET /healthz`` (this process and, on a shared store, the live workers) and ``GET /metrics``
+(Prometheus text)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse, Response
+
+from .errors import error_response
+from .state import State
+
+router = APIRouter()
+
+
+@router.get("/healthz", summary="Liveness and worker state")
+def healthz(state: State):
+    store, worker = state.store, state.worker
+    settings = {"max_queue": state.max_queue, "auth": bool(state.api_key)}
+    if worker is None:  # API process on a shared store: healthy while the store answers
+        try:
+            body = {"status": "ok", "role": "api", "store": store.kind, "slug": state.slug, "worker": None,
+                    "workers": store.workers() if hasattr(store, "workers") else [], "jobs": store.counts(),
+                    "retention_s": store.retention_s, **settings}  # fmt: skip
+        except Exception as exc:
+            message = f"the job store is unreachable: {type(exc).__name__}: {exc}"
+            return error_response(503, message, status="unavailable")
+        return JSONResponse(body)
+    alive = worker.running
+    body = {"status": "ok" if alive else "unavailable", "model": state.model_name, "slug": state.slug,
+            "worker": worker.state, "current_job": worker.current_job, "jobs": store.counts(),
+            "retention_s": store.retention_s, **settings}  # fmt: skip
+    return JSONResponse(body, status_code=200 if alive else 503)
+
+
+@router.get("/metrics", summary="Prometheus metrics")
+def metrics(state: State):
+    data, content_type = state.metrics.render()
+    return Response(data, media_type=content_type)

@@ -1,0 +1,170 @@
+"""What the routes share, as one explicit object (``ServerState``, at ``app.state.flux``): the store, the worker
+(None in an API-only process on a shared store), the settings, the metrics, and the requests waiting for a job to
+finish. Routes get it with ``Depends(get_state)``."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Annotated, Any
+
+from fastapi import Depends, Request
+from starlette.concurrency import run_in_threadpool
+
+from ..jobs import Job, JobStore, QueueFull, Worker, result_body
+from ..jobs.metrics import JobMetrics
+from ..request import RequestError, parse_request
+from .errors import ApiError, json_safe
+
+MAX_BODY_BYTES = 1 << 20
+
+
+class FinishedWaiters:
+    """Requests waiting for a job to finish, woken from the worker's or the store's thread. Without a notification
+    the store is read again every ``recheck_s``."""
+
+    def __init__(self, recheck_s: float):
+        self.recheck_s = recheck_s
+        self._futures: dict[str, list[asyncio.Future]] = {}
+
+    def wake(self, job_id: str, job: Job | None) -> None:  # any thread
+        for future in list(self._futures.get(job_id, ())):
+            future.get_loop().call_soon_threadsafe(_resolve, future, job)
+
+    async def wait(self, store: JobStore, job_id: str) -> Job:
+        loop = asyncio.get_running_loop()
+        while True:
+            # registered before the store is read, so a notification between the read and the wait is not missed
+            future = loop.create_future()
+            self._futures.setdefault(job_id, []).append(future)
+            try:
+                job = await run_in_threadpool(store.get, job_id)
+                if job is None:
+                    raise ApiError(404, f"request {job_id!r} disappeared from the store")
+                if job.finished:
+                    return job
+                with contextlib.suppress(asyncio.TimeoutError):
+                    # resolved with the job, or with None (read the store again); the timeout re-reads the store in
+                    # case a notification was missed
+                    finished = await asyncio.wait_for(future, timeout=self.recheck_s)
+                    if finished is not None:
+                        return finished
+            finally:
+                entries = self._futures.get(job_id, [])
+                if future in entries:
+                    entries.remove(future)
+                if not entries:
+                    self._futures.pop(job_id, None)
+
+
+def _resolve(future: asyncio.Future, job: Job | None) -> None:
+    if not future.done():
+        future.set_result(job)
+
+
+@dataclass
+class ServerState:
+    store: JobStore
+    worker: Worker | None
+    slug: str
+    api_key: str | None
+    max_queue: int | None
+    model_name: str
+    log: Callable[[str], None]
+    metrics: JobMetrics = field(init=False)
+    waiters: FinishedWaiters = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.metrics = JobMetrics(self.store, self.worker)
+        if self.worker is not None:
+            self.worker.add_listener(self._on_finished)
+        # a shared store announces jobs finished by any worker (None: re-read the store)
+        store_notifies = self.store.add_finished_listener(lambda job_id: self.waiters.wake(job_id, None))
+        self.waiters = FinishedWaiters(5.0 if self.worker is not None or store_notifies else 0.05)
+
+    def _on_finished(self, job: Job) -> None:  # worker thread
+        self.metrics.on_finished(job)
+        self.waiters.wake(job.id, job)
+
+    # ------------------------------------------------------------------------------------------- checks
+    def check_key(self, request: Request) -> None:
+        if not self.api_key:
+            return
+        given = request.headers.get("x-api-key")
+        if not given:
+            raise ApiError(401, "missing API key: send it in the x-api-key header")
+        if not hmac.compare_digest(given.encode("utf-8"), self.api_key.encode("utf-8")):
+            raise ApiError(401, "invalid API key")
+
+    def check_slug(self, requested: str) -> None:
+        if requested != self.slug:
+            raise ApiError(404, f"model {requested!r} not found: this server serves {self.slug!r}")
+
+    async def read_request(self, request: Request) -> dict[str, Any]:
+        """The body's parameters, validated by the contract (400 naming the field), or an ApiError."""
+        raw = await request.body()
+        if len(raw) > MAX_BODY_BYTES:
+            raise ApiError(413, f"the request body is {len(raw)} bytes; at most {MAX_BODY_BYTES} are accepted")
+        if not raw.strip():
+            raise ApiError(
+                400, 'the request body is empty: send a JSON object of parameters, e.g. {"prompt": "..."}', field="body"
+            )
+        try:
+            params = json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ApiError(
+                400, f"the request body is not valid JSON ({exc}); send a JSON object of parameters", field="body"
+            ) from None
+        try:
+            parse_request(params)
+        except RequestError as exc:
+            raise ApiError(400, str(exc), field=exc.field, value=json_safe(exc.value), allowed=exc.allowed) from None
+        return params
+
+    # ------------------------------------------------------------------------------------------- jobs
+    async def submit(self, params: dict[str, Any]) -> Job:
+        try:
+            job = await run_in_threadpool(self.store.submit, self.slug, params, max_queue=self.max_queue)
+        except QueueFull as exc:
+            self.metrics.rejected_total.labels("queue_full").inc()
+            raise ApiError(429, str(exc), max_queue=exc.max_queue) from None
+        self.metrics.submitted_total.inc()
+        if self.worker is not None:
+            self.worker.notify()
+        return job
+
+    def get_job(self, request_id: str) -> Job:
+        job = self.store.get(request_id)
+        if job is None:
+            raise ApiError(
+                404,
+                f"request {request_id!r} not found: unknown, or its result expired "
+                f"({self.store.retention_s:g} s after it finished)",
+            )
+        return job
+
+    async def wait_finished(self, job_id: str) -> Job:
+        return await self.waiters.wait(self.store, job_id)
+
+    def final_body(self, request: Request, job: Job) -> dict[str, Any]:
+        ext = job.result.get("ext", "png")
+
+        def image_url(i: int) -> str:
+            return str(request.url_for("job_image", request_id=job.id, name=f"{i}.{ext}"))
+
+        return result_body(job, image_url, lambda i: self.store.image(job.id, i))
+
+
+def get_state(request: Request) -> ServerState:
+    return request.app.state.flux
+
+
+State = Annotated[ServerState, Depends(get_state)]  # a route parameter of this type receives the state
+
+
+def require_key(request: Request) -> None:
+    get_state(request).check_key(request)
