@@ -70,7 +70,7 @@ def main() -> None:
     evals = [0]
     names = list(SAMPLER_NAMES) if args.samplers == "all" else args.samplers.split(",")
     warm = make_model(latent, 0.0, evals)
-    for name in ("euler", "euler_ancestral", "dpmpp_2m_sde"):  # the allocator, lazy imports (torchsde, scipy)
+    for name in ("euler", "euler_ancestral", "dpmpp_2m_sde", "lms"):  # the allocator, lazy imports (torchsde, scipy)
         ksampler(warm, warm, sampler_name=name, scheduler=args.scheduler, steps=args.steps, seed=1, latent=latent)
     model = make_model(latent, args.model_ms, evals)
     rows = [time_sampler(name, model, evals, args, latent) for name in names]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 
 import pytest
@@ -114,3 +115,16 @@ def test_a_draw_out_of_plan_is_refused():
 def test_brownian_source_draws_on_the_cpu_whatever_the_latent():
     tree = BrownianTreeNoise(LATENT, torch.tensor(0.03), torch.tensor(1.0), 5)
     assert tree(torch.tensor(1.0), torch.tensor(0.5)).device.type == "cpu"
+
+
+def test_brownian_draws_equal_comfyuis_tree_over_a_long_schedule():
+    """Our tree keeps a larger cache than torchsde.BrownianTree (what ComfyUI builds); the draws are the same."""
+    import torchsde
+
+    sigmas = ksampler_sigmas("dpmpp_sde", "karras", 40)
+    lo, hi = sigmas[sigmas > 0].min(), sigmas.max()
+    ours = BrownianTreeNoise(LATENT, lo, hi, 11)
+    comfy = torchsde.BrownianTree(lo.float(), torch.zeros(LATENT.shape), hi.float(), entropy=11)
+    for sigma, sigma_next in itertools.pairwise(sigmas[:-1]):
+        want = comfy(sigma_next.float(), sigma.float()) * -1 / (sigma_next - sigma).abs().sqrt()
+        assert torch.equal(ours(sigma, sigma_next), want)
