@@ -277,7 +277,8 @@ def vram_limit(device: torch.device, limit_gib: float | None):
 
 
 def run_mode(mode: str, args, device, dtype, env, reference: dict, log) -> dict:
-    row: dict = {"mode": mode, "text_tokens": TEXT_TOKENS.get(mode, 512), "vram_limit_gib": args.vram_limit_gib}
+    capped = args.vram_limit_gib if device.type == "cuda" else None
+    row: dict = {"mode": mode, "text_tokens": TEXT_TOKENS.get(mode, 512), "vram_limit_gib": capped}
     free(device)
     started = time.perf_counter()
     pipe, info = make_pipe(mode, args, device, dtype, env, log)
