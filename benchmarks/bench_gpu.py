@@ -4,6 +4,7 @@
 Modes (``--modes``, comma separated; default: all that apply):
   diffusers       plain diffusers FluxPipeline, eager, no LoRA (the baseline; the fastest plain-diffusers setup)
   ours            FluxVectorPipeline, eager, the LoRA as a runtime adapter at strength 1 (the reference latent)
+  ours-256tok     ours with the T5 prompt padded to 256 tokens instead of 512 (shorter joint attention)
   qkv             ours + fused QKV projections only
   attention       ours + the best attention backend for the device only
   compile         ours + regional torch.compile only
@@ -12,6 +13,7 @@ Modes (``--modes``, comma separated; default: all that apply):
   fast-cudagraphs fast(-fp8 where available) + CUDA graphs (compile mode reduce-overhead)
   step-cache      fast(-fp8 where available) + first-block step cache: APPROXIMATE, its error is in the table
   8bit            ours with the transformer in bitsandbytes int8 (memory mode)
+  8bit-offload    8bit + model CPU offload (what a 12 GB card needs; run it with --vram-limit-gib 12)
   offload-model / offload-group / offload-sequential   ours bf16 with that offload (memory modes; CUDA only)
 
 Each mode builds its components afresh (same seed: same random weights), loads the LoRA, applies the mode, runs one
@@ -20,6 +22,8 @@ warm-up generation (compiles, where the mode compiles) and ``--repeats`` timed o
 image, ms per step, text-encode and decode ms, peak GPU memory, load and compile seconds, speedup vs diffusers, the
 relative error of the final latent vs ``ours`` (same seed and LoRA), and for compiled modes the cost of a LoRA
 strength switch and whether it recompiled. A mode that cannot run here is listed as skipped with the reason.
+``--vram-limit-gib`` caps each mode's GPU memory once its components are built and placed (building the random
+weights on the GPU would not fit under the cap), and the peak memory is counted from there.
 
     python benchmarks/bench_gpu.py --tiny --steps 2 --size 64 --out /tmp/bench   # CPU smoke test (tiny model)
     python benchmarks/bench_gpu.py --out bench_out                                # GPU: FLUX.1-dev size, random
@@ -29,6 +33,7 @@ strength switch and whether it recompiled. A mode that cannot run here is listed
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import os
@@ -50,11 +55,12 @@ from flux_vector.pipeline import FluxVectorPipeline
 
 PROMPT = "v3ct0r style, simple vector art, a red fox sitting in a meadow, flat colors"
 ALL_MODES = (
-    "diffusers", "ours", "qkv", "attention", "compile", "fast", "fast-fp8", "fast-cudagraphs", "step-cache", "8bit",
-    "offload-model", "offload-group", "offload-sequential",
+    "diffusers", "ours", "ours-256tok", "qkv", "attention", "compile", "fast", "fast-fp8", "fast-cudagraphs",
+    "step-cache", "8bit", "8bit-offload", "offload-model", "offload-group", "offload-sequential",
 )  # fmt: skip
 SPEED_MODES = ("diffusers", "ours", "qkv", "attention", "compile", "fast", "fast-fp8")
-MEMORY_MODES = ("ours", "8bit", "offload-model", "offload-group", "offload-sequential")
+MEMORY_MODES = ("ours", "8bit", "8bit-offload", "offload-model", "offload-group", "offload-sequential")
+TEXT_TOKENS = {"ours-256tok": 256}  # T5 sequence length per mode; 512 (the pipeline's) otherwise
 GiB = 1024**3
 
 
@@ -127,9 +133,14 @@ def fast_request(mode: str, env) -> tuple[dict | None, bool]:
 
 
 def skip_reason(mode: str, device: torch.device, env, args) -> str | None:
-    if mode.startswith("offload-") and device.type != "cuda":
+    if (mode.startswith("offload-") or mode == "8bit-offload") and device.type != "cuda":
         return "offload needs an accelerator (diffusers raises 'requires accelerator' on CPU)"
-    if mode == "8bit":
+    if mode in TEXT_TOKENS:
+        import flux_vector.pipeline
+
+        if not hasattr(flux_vector.pipeline, "T5_MAX_LENGTH"):
+            return "flux_vector.pipeline no longer has T5_MAX_LENGTH to shorten"
+    if mode in ("8bit", "8bit-offload"):
         try:
             import bitsandbytes  # noqa: F401
         except ImportError:
@@ -160,10 +171,12 @@ def make_pipe(mode: str, args, device, dtype, env, log) -> tuple[object, dict]:
         return pipe, {}
     info: dict = {}
     offload = OffloadChoice("none", device, "bench")
-    if mode == "8bit":
+    if mode in ("8bit", "8bit-offload"):
         from flux_vector.quantize import quantize_linears_8bit
 
         info["quantized_linears"] = quantize_linears_8bit(parts["transformer"], device)
+    if mode == "8bit-offload":  # what from_pretrained(quantize="8bit", offload="model") does: quantize, then offload
+        offload = OffloadChoice("model", device, "bench")
     if mode.startswith("offload-"):
         for name in ("transformer", "vae", "text_encoder", "text_encoder_2"):
             parts[name].to("cpu")
@@ -233,16 +246,61 @@ def strength_switch(pipe, args, device) -> dict:
             - graphs_before, "generation_after_switch_s": max(gens)}  # fmt: skip
 
 
+@contextlib.contextmanager
+def text_tokens(mode: str):
+    """The T5 sequence length ``mode`` runs with (the pipeline reads the module constant on each encode)."""
+    import flux_vector.pipeline as pipeline_module
+
+    if mode not in TEXT_TOKENS:
+        yield
+        return
+    saved = pipeline_module.T5_MAX_LENGTH
+    pipeline_module.T5_MAX_LENGTH = TEXT_TOKENS[mode]
+    try:
+        yield
+    finally:
+        pipeline_module.T5_MAX_LENGTH = saved
+
+
+@contextlib.contextmanager
+def vram_limit(device: torch.device, limit_gib: float | None):
+    """Cap this process's GPU memory at ``limit_gib`` inside the block (None or CPU: no cap)."""
+    if not limit_gib or device.type != "cuda":
+        yield
+        return
+    total = torch.cuda.get_device_properties(device).total_memory
+    torch.cuda.set_per_process_memory_fraction(min(1.0, limit_gib * GiB / total), device)
+    try:
+        yield
+    finally:
+        torch.cuda.set_per_process_memory_fraction(1.0, device)
+
+
 def run_mode(mode: str, args, device, dtype, env, reference: dict, log) -> dict:
-    row: dict = {"mode": mode}
+    capped = args.vram_limit_gib if device.type == "cuda" else None
+    row: dict = {"mode": mode, "text_tokens": TEXT_TOKENS.get(mode, 512), "vram_limit_gib": capped}
     free(device)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
     started = time.perf_counter()
     pipe, info = make_pipe(mode, args, device, dtype, env, log)
     sync(device)
     row["load_s"] = time.perf_counter() - started
     row.update(info)
+    if device.type == "cuda":  # from here: the weights as placed plus what generating needs (not the build)
+        torch.cuda.reset_peak_memory_stats(device)
+    with vram_limit(device, args.vram_limit_gib), text_tokens(mode):
+        row.update(measure(mode, pipe, args, device, reference))
+    if device.type == "cuda":
+        row["peak_allocated_gib"] = torch.cuda.max_memory_allocated(device) / GiB
+        row["peak_reserved_gib"] = torch.cuda.max_memory_reserved(device) / GiB
+    del pipe
+    free(device)
+    return row
+
+
+def measure(mode: str, pipe, args, device, reference: dict) -> dict:
+    """A warm-up generation (compiles, where the mode compiles), then ``--repeats`` timed ones."""
+    row: dict = {}
+    compiled = bool(getattr(pipe, "fast_plan", None) is not None and pipe.fast_plan.compile)
     first = generate(mode, pipe, args, device)
     runs = [generate(mode, pipe, args, device) for _ in range(args.repeats)]
     pick = sorted(runs, key=lambda r: r["total_s"])[len(runs) // 2]  # the median run
@@ -250,7 +308,6 @@ def run_mode(mode: str, args, device, dtype, env, reference: dict, log) -> dict:
     row["total_s"] = statistics.median(r["total_s"] for r in runs)
     row["runs_s"] = [r["total_s"] for r in runs]
     row["first_s"] = first["total_s"]
-    compiled = bool(info.get("plan", {}).get("compile"))
     row["compile_s"] = max(first["total_s"] - row["total_s"], 0.0) if compiled else None
     if mode == "ours":
         reference["latents"] = pick["latents"]
@@ -259,11 +316,6 @@ def run_mode(mode: str, args, device, dtype, env, reference: dict, log) -> dict:
         row["rel_error"] = float((pick["latents"] - ref).norm() / ref.norm().clamp_min(1e-12))
     if compiled:
         row.update(strength_switch(pipe, args, device))
-    if device.type == "cuda":
-        row["peak_allocated_gib"] = torch.cuda.max_memory_allocated(device) / GiB
-        row["peak_reserved_gib"] = torch.cuda.max_memory_reserved(device) / GiB
-    del pipe
-    free(device)
     return row
 
 
@@ -316,6 +368,10 @@ def markdown(result: dict) -> str:
                       f"{r['recompiles_on_switch']} recompiles")  # fmt: skip
         if r["mode"] == "step-cache":
             notes = "APPROXIMATE (skips work on steps); " + notes
+        if r.get("text_tokens", 512) != 512:
+            notes += f"; {r['text_tokens']} text tokens"
+        if r.get("vram_limit_gib"):
+            notes += f"; under a {r['vram_limit_gib']:g} GiB cap"
         lines.append(
             f"| {r['mode']} | {r['total_s']:.3f} | {1000 * r['per_step_s']:.1f} | {1000 * r['encode_s']:.1f} | "
             f"{1000 * r['decode_s']:.1f} | {fmt(r.get('peak_allocated_gib'))} | {r['load_s']:.1f} | "
@@ -389,9 +445,6 @@ def main(argv: list[str] | None = None) -> int:
         import tempfile
 
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="flux_vector_inductor_")
-    if args.vram_limit_gib and device.type == "cuda":
-        total = torch.cuda.get_device_properties(device).total_memory
-        torch.cuda.set_per_process_memory_fraction(min(1.0, args.vram_limit_gib * GiB / total), device)
     named = {"all": ALL_MODES, "speed": SPEED_MODES, "memory": MEMORY_MODES}
     modes = named.get(args.modes) or tuple(m.strip() for m in args.modes.split(",") if m.strip())
     unknown = sorted(set(modes) - set(ALL_MODES))

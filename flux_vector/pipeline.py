@@ -288,22 +288,25 @@ class FluxVectorPipeline:
         img_ids = self._diffusers._prepare_latent_image_ids(1, h // 2, w // 2, device, self.dtype)
         txt_ids = torch.zeros(embeds.shape[1], 3, device=device, dtype=self.dtype)
         step_cache = self._step_cache_on()
+        guidance_by_batch: dict[int, torch.Tensor] = {}  # made once, not a fill kernel per call
 
         def velocity(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
             batch = x.shape[0]
-            packed = self._diffusers._pack_latents(x.to(device, self.dtype), batch, x.shape[1], h, w)
+            if batch not in guidance_by_batch:
+                guidance_by_batch[batch] = torch.full((batch,), guidance, device=device, dtype=torch.float32)
+            packed = pack_latents_as(x, device, self.dtype)
             with self.transformer.cache_context(name) if step_cache else contextlib.nullcontext():
                 out = self.transformer(
                     hidden_states=packed,
                     timestep=sigma.to(device, self.dtype),
-                    guidance=torch.full((batch,), guidance, device=device, dtype=torch.float32),
+                    guidance=guidance_by_batch[batch],
                     pooled_projections=pooled.expand(batch, -1),
                     encoder_hidden_states=embeds.expand(batch, -1, -1),
                     txt_ids=txt_ids,
                     img_ids=img_ids,
                     return_dict=False,
                 )[0]
-            return self._diffusers._unpack_latents(out, height, width, 8).float()
+            return unpack_latents_float(out, h, w)
 
         return velocity
 
@@ -380,6 +383,22 @@ class FluxVectorPipeline:
         image = ((image.float() + 1.0) / 2.0).clamp(0.0, 1.0)
         array = (255.0 * image.permute(0, 2, 3, 1).cpu().numpy()).clip(0, 255).astype(np.uint8)
         return [Image.fromarray(a) for a in array]
+
+
+def pack_latents_as(x: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """diffusers' ``_pack_latents(x.to(device, dtype))`` ([B,C,h,w] -> [B, h/2*w/2, 4C]) as one copy, not two."""
+    b, c, h, w = x.shape
+    packed = torch.empty((b, h // 2, w // 2, c, 2, 2), device=device, dtype=dtype)
+    packed.copy_(x.view(b, c, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3, 5))
+    return packed.view(b, (h // 2) * (w // 2), c * 4)
+
+
+def unpack_latents_float(out: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """diffusers' ``_unpack_latents(out).float()`` ([B, h/2*w/2, 4C] -> [B,C,h,w] float32) as one copy, not two."""
+    b, _, channels = out.shape
+    x = torch.empty((b, channels // 4, h // 2, 2, w // 2, 2), device=out.device, dtype=torch.float32)
+    x.copy_(out.view(b, h // 2, w // 2, channels // 4, 2, 2).permute(0, 3, 1, 4, 2, 5))
+    return x.view(b, channels // 4, h, w)
 
 
 def _sync(device: torch.device) -> None:

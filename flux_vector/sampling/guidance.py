@@ -39,7 +39,8 @@ class Denoiser:
         return x - v * sigma.view(-1, *([1] * (x.ndim - 1)))
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        sigma_b = sigma.reshape(-1).to(torch.float32).expand(x.shape[0])
+        # sigma lives on the CPU (see ksampler); a non-blocking copy does not make the host wait for the device.
+        sigma_b = sigma.reshape(-1).to(x.device, torch.float32, non_blocking=True).expand(x.shape[0])
         cond = self._x0(self.positive, x, sigma_b)
         if not self.use_uncond:
             self.uncond = None

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
 
 from .guidance import Denoiser, VelocityModel
 from .names import PP_MIGRATION, SAMPLER_NAMES, SCHEDULER_NAMES
-from .noise import BrownianTreeNoise, SeededNoise, initial_noise
+from .noise import BrownianTreeNoise, NoiseSampler, SeededNoise, initial_noise
+from .prefetch import PrefetchedNoise, planned_noise_calls
 from .samplers import SAMPLERS, SamplerSpec
 from .samplers.registry import Callback
 from .schedules import DEFAULT_MU, get_sigmas, get_sigmas_discard_penultimate
@@ -58,11 +60,14 @@ def ksampler(
 
     ``latent`` is the node's LATENT input ([B,16,h,w]; zeros for text-to-image); a non-zero latent is moved to
     model space first, as ComfyUI does. The initial noise is ``randn`` from a CPU generator seeded with ``seed``.
+
+    The sigmas stay on the CPU whatever the latent's device: the samplers' scalar math and their ``if sigma == 0``
+    branches then never wait for the GPU, and 0-dim CPU tensors combine with device tensors as plain scalars.
     """
     if isinstance(cfg, bool) or not isinstance(cfg, int | float) or not math.isfinite(cfg):
         raise ValueError(f"cfg must be a finite number, got {cfg!r}")
     spec, cfg = resolve_sampler(sampler_name, cfg)
-    sigmas = ksampler_sigmas(sampler_name, scheduler, steps, mu, denoise).to(latent.device)
+    sigmas = ksampler_sigmas(sampler_name, scheduler, steps, mu, denoise)
     model = Denoiser(positive, negative, cfg, always_uncond=spec.needs_uncond, mu=mu)
 
     noise = initial_noise(latent.shape, seed, torch.float32).to(latent.device)
@@ -71,13 +76,25 @@ def ksampler(
         latent = (latent - LATENT_SHIFT) * LATENT_SCALE
     x = sigmas[0] * noise + (1.0 - sigmas[0]) * latent
 
-    noise_source = None
-    if spec.noise == "seeded":
-        noise_source = SeededNoise(x, seed)
-    elif spec.noise == "brownian":
-        noise_source = BrownianTreeNoise(x, sigmas[sigmas > 0].min(), sigmas.max(), seed)
-    x = spec.fn(model, x, sigmas, noise=noise_source, callback=callback)
+    with _noise_ahead(spec, x, sigmas, seed, mu) as noise:
+        x = spec.fn(model, x, sigmas, noise=noise, callback=callback)
     return x / (1.0 - sigmas[-1])
+
+
+def _noise_source(spec: SamplerSpec, x: torch.Tensor, sigmas: torch.Tensor, seed: int) -> NoiseSampler | None:
+    if spec.noise == "seeded":
+        return SeededNoise(x, seed)
+    if spec.noise == "brownian":
+        return BrownianTreeNoise(x, sigmas[sigmas > 0].min(), sigmas.max(), seed)
+    return None
+
+
+def _noise_ahead(spec: SamplerSpec, x: torch.Tensor, sigmas: torch.Tensor, seed: int, mu: float):
+    """The sampler's noise, drawn ahead on a background thread while the model runs (None: a deterministic one)."""
+    source = _noise_source(spec, x, sigmas, seed)
+    if source is None:
+        return contextlib.nullcontext(None)
+    return PrefetchedNoise(source, planned_noise_calls(spec.fn, sigmas, mu), x.device)
 
 
 def to_latent(x: torch.Tensor) -> torch.Tensor:

@@ -78,7 +78,7 @@ def sample_dpm_fast(model, x, sigmas, *, noise=None, callback=None):
     sigma_min, sigma_max = _sigma_range(sigmas)
     nfe = len(sigmas) - 1
     m = nfe // 3 + 1
-    ts = torch.linspace(sigma_max.log().neg(), sigma_min.log().neg(), m + 1, device=x.device)
+    ts = torch.linspace(sigma_max.log().neg(), sigma_min.log().neg(), m + 1, device=sigmas.device)
     orders = [3] * (m - 2) + [2, 1] if nfe % 3 == 0 else [3] * (m - 1) + [nfe % 3]
     step = {1: _dpm_solver_1_step, 2: _dpm_solver_2_step, 3: _dpm_solver_3_step}
     for i, order in enumerate(orders):

@@ -139,5 +139,5 @@ def sample_deis(model, x, sigmas, *, noise=None, callback=None, max_order=3):
         if sigmas[i + 1] <= 0 or len(ds) == 1:
             x = x + (sigmas[i + 1] - sigmas[i]) * ds[0]
         else:
-            x = x + sum(c.to(x.device) * d for c, d in zip(coeffs[i], ds, strict=True))
+            x = x + sum(c * d for c, d in zip(coeffs[i], ds, strict=True))
     return x
