@@ -45,14 +45,14 @@ if [[ $TINY == 1 ]]; then
   phase samplers 40 benchmarks/bench_samplers.py --device cpu --model-ms 30 --steps 4 --size 256 --repeats 1 \
     --samplers euler,euler_ancestral,dpmpp_2m_sde,uni_pc --json "$WORK/samplers/bench_samplers.json"
   phase speed 120 benchmarks/bench_gpu.py --tiny --steps 2 --size 64 --repeats 1 \
-    --modes diffusers,ours,ours-256tok,fast,fast-fp8 --out "$WORK/speed"
+    --modes diffusers,ours,ours-512tok,fast,fast-fp8 --out "$WORK/speed"
   phase memory 40 benchmarks/bench_gpu.py --tiny --steps 2 --size 64 --repeats 1 --vram-limit-gib 12 \
     --modes 8bit,8bit-offload,offload-group --out "$WORK/memory"
 else
   phase samplers 45 benchmarks/bench_samplers.py --device cuda --model-ms 60 --steps 10 --repeats 1 \
     --json "$WORK/samplers/bench_samplers.json"
   phase speed 290 benchmarks/bench_gpu.py --steps 10 --repeats 2 \
-    --modes diffusers,ours,ours-256tok,fast,fast-fp8,step-cache --out "$WORK/speed"
+    --modes diffusers,ours,ours-512tok,fast,fast-fp8,step-cache --out "$WORK/speed"
   phase memory 110 benchmarks/bench_gpu.py --steps 10 --repeats 1 --vram-limit-gib 12 \
     --modes 8bit-offload,offload-group --out "$WORK/memory"
 fi

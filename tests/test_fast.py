@@ -358,23 +358,23 @@ def test_bench_gpu_smoke_on_cpu(tmp_path):
     out = tmp_path / "bench"
     proc = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "bench_gpu.py"), "--tiny", "--steps", "2", "--size", "64",
-         "--repeats", "1", "--modes", "diffusers,ours,ours-256tok,fast,fast-fp8,8bit,8bit-offload,offload-model",
+         "--repeats", "1", "--modes", "diffusers,ours,ours-512tok,fast,fast-fp8,8bit,8bit-offload,offload-model",
          "--out", str(out)],
         capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT)},
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads((out / "bench_gpu.json").read_text())
     rows = {r["mode"]: r for r in result["rows"]}
-    modes = {"diffusers", "ours", "ours-256tok", "fast", "fast-fp8", "8bit", "8bit-offload", "offload-model"}
+    modes = {"diffusers", "ours", "ours-512tok", "fast", "fast-fp8", "8bit", "8bit-offload", "offload-model"}
     assert rows.keys() == modes
-    for mode in ("diffusers", "ours", "ours-256tok", "fast", "8bit"):
+    for mode in ("diffusers", "ours", "ours-512tok", "fast", "8bit"):
         assert rows[mode]["total_s"] > 0 and rows[mode]["per_step_s"] > 0, rows[mode]
     assert rows["ours"]["rel_error"] == 0.0 and rows["fast"]["rel_error"] < 1e-4
     assert rows["fast"]["compile_s"] is not None and rows["fast"]["recompiles_on_switch"] == 0
     assert "sm89" in rows["fast-fp8"]["skipped"] and "accelerator" in rows["offload-model"]["skipped"]
     assert "accelerator" in rows["8bit-offload"]["skipped"]
-    # 256 instead of 512 T5 tokens: a different (shorter) conditioning, so a different latent
-    assert rows["ours-256tok"]["text_tokens"] == 256 and rows["ours-256tok"]["rel_error"] > 0
+    # 512 instead of 256 T5 tokens: a different (longer) conditioning, so a different latent
+    assert rows["ours-512tok"]["text_tokens"] == 512 and rows["ours-512tok"]["rel_error"] > 0
     table = (out / "bench_gpu.md").read_text()
     assert "| fast |" in table and "vs diffusers" in table
     from PIL import Image
