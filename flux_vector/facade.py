@@ -304,7 +304,14 @@ class _LocalEngine:
         return job
 
     def _url(self, job):
-        return lambda i: self.store.image_path(job.id, i, job.result["ext"]).resolve().as_uri()
+        def file_url(index: int) -> str:
+            path = self.store.image_file(job.id, index)
+            if path is None:  # expired since the job was read
+                detail = f"image {index} of request {job.id!r} is not a file here: expired, or the store keeps no files"
+                raise SegmindError(status=404, detail=detail)
+            return path.resolve().as_uri()
+
+        return file_url
 
     def status(self, job: AsyncJob) -> dict[str, Any]:
         return _status_body(self._job(job.request_id))

@@ -101,9 +101,13 @@ def resolve_lora(lora: str | os.PathLike | None, model: str) -> Path | None:
 
 def load_pipeline(model: str | None = None, *, lora: str | os.PathLike | None = None, log=print, **options):
     """``FluxVectorPipeline.from_pretrained`` with the defaults filled in: ``model`` None is ``default_model()``,
-    ``lora`` None is the Simple Vector LoRA ("none" for no LoRA). ``options`` go to ``from_pretrained``."""
-    from .pipeline import FluxVectorPipeline
+    ``lora`` None is the Simple Vector LoRA ("none" for no LoRA). ``options`` go to ``from_pretrained``. The plugin
+    point ``$FLUX_VECTOR_PIPELINE_FACTORY`` (``pipeline_factory.py``) replaces ``from_pretrained`` when set."""
+    from .pipeline_factory import factory_from_env
 
-    return FluxVectorPipeline.from_pretrained(
-        model or default_model(log=log), lora=DEFAULT_LORA if lora is None else lora, log=log, **options
-    )
+    factory = factory_from_env()
+    if factory is None:
+        from .pipeline import FluxVectorPipeline
+
+        factory = FluxVectorPipeline.from_pretrained
+    return factory(model or default_model(log=log), lora=DEFAULT_LORA if lora is None else lora, log=log, **options)

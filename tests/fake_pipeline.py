@@ -1,11 +1,31 @@
-"""A stand-in for FluxVectorPipeline with the same ``generate`` contract, for fast queue/server tests."""
+"""Stand-ins for FluxVectorPipeline with the same ``generate`` contract, for fast queue/server tests.
+
+- ``FakePipeline``: solid-colour images, no model.
+- ``FaultInjectingPipeline``: a real pipeline (the tiny model, usually) that fails or stalls on request, because
+  nothing in the parameter contract can make a valid request fail deterministically. Markers in a prompt act before
+  the wrapped pipeline generates:
+
+  - ``[[fault:nan]]``      the job fails as a model producing NaN latents would (FloatingPointError);
+  - ``[[fault:oom]]``      the job fails as an out-of-memory model would (MemoryError);
+  - ``[[fault:sleep=S]]``  the job holds the worker S extra seconds (interruptible: ``on_step`` is called meanwhile),
+                           then runs normally.
+
+  Server and worker processes serve it through the plugin point ``FLUX_VECTOR_PIPELINE_FACTORY``
+  (``flux_vector/pipeline_factory.py``): pass ``FAULTS_ENV`` as their environment.
+"""
 
 from __future__ import annotations
 
+import re
 import time
+from collections.abc import Callable
 from types import SimpleNamespace
+from typing import Any
 
 from PIL import Image
+
+FAULTS_ENV = {"FLUX_VECTOR_PIPELINE_FACTORY": "tests.fake_pipeline:load_with_faults"}
+_MARKER = re.compile(r"\[\[fault:(nan|oom|sleep=(\d+(?:\.\d+)?))\]\]")
 
 
 class FakePipeline:
@@ -30,3 +50,63 @@ class FakePipeline:
         images = [Image.new("RGB", (width, height), colour) for _ in range(request.batch_size)]
         return SimpleNamespace(images=images, width=width, height=height,
                                timings={"total_s": time.perf_counter() - started, "sample_s": 0.0})  # fmt: skip
+
+
+class SimulatedOutOfMemory(MemoryError):
+    pass
+
+
+def act_on_fault_markers(prompt: str, total_steps: int, on_step: Callable[[int, int], None] | None) -> None:
+    """Raise or sleep as the prompt's markers say; while sleeping, ``on_step(0, total_steps)`` runs every 50 ms so
+    that a worker stopping interrupts the sleep as it would a sampling step."""
+    for match in _MARKER.finditer(prompt):
+        kind = match.group(1)
+        if kind == "nan":
+            raise FloatingPointError("the sampler produced NaN/inf latents (simulated by a [[fault:nan]] marker)")
+        if kind == "oom":
+            raise SimulatedOutOfMemory("CUDA out of memory (simulated by a [[fault:oom]] marker)")
+        deadline = time.monotonic() + float(match.group(2))
+        while (left := deadline - time.monotonic()) > 0:
+            if on_step is not None:
+                on_step(0, total_steps)
+            time.sleep(min(left, 0.05))
+
+
+class FaultInjectingPipeline:
+    """``inner`` with ``[[fault:...]]`` prompt markers acted on before it generates; every other attribute is
+    ``inner``'s (its LoRA, device, transformer: the worker process fuses the real thing). Build one with
+    ``with_fault_markers``, which also keeps strength switching when ``inner`` has it."""
+
+    def __init__(self, inner: Any):
+        self.inner = inner
+
+    def __getattr__(self, name: str) -> Any:  # only for names not defined here
+        return getattr(self.inner, name)
+
+    def generate(self, request, *, progress=True, on_step=None):
+        act_on_fault_markers(request.prompt, request.steps, on_step)
+        return self.inner.generate(request, progress=progress, on_step=on_step)
+
+
+class _FaultInjectingLoraPipeline(FaultInjectingPipeline):
+    """The same, declaring ``inner``'s LoRA strength switching (``flux_vector.jobs.worker.LoraSwitching``)."""
+
+    @property
+    def lora_strength(self) -> float | None:
+        return self.inner.lora_strength
+
+    def set_lora_strength(self, strength: float) -> None:
+        self.inner.set_lora_strength(strength)
+
+
+def with_fault_markers(inner: Any) -> FaultInjectingPipeline:
+    from flux_vector.jobs.worker import LoraSwitching
+
+    return (_FaultInjectingLoraPipeline if isinstance(inner, LoraSwitching) else FaultInjectingPipeline)(inner)
+
+
+def load_with_faults(model: str, **options: Any) -> FaultInjectingPipeline:
+    """A ``FLUX_VECTOR_PIPELINE_FACTORY``: the pipeline ``from_pretrained`` loads, wrapped to act on fault markers."""
+    from flux_vector.pipeline import FluxVectorPipeline
+
+    return with_fault_markers(FluxVectorPipeline.from_pretrained(model, **options))

@@ -3,7 +3,7 @@
 tests/test_server.py runs it with the real ``segmind`` SDK (1.3.0) pointed at ``flux-vector serve``;
 tests/test_facade.py runs it with ``import flux_vector as segmind``, in-process. Only the module (and the
 client's base_url) differ.
-The server/engine must run with FLUX_VECTOR_TEST_FAULTS=1 (the failing job uses a fault marker).
+The server/engine must serve tests.fake_pipeline.FaultInjectingPipeline (the failing jobs use fault markers).
 """
 
 from __future__ import annotations

@@ -14,15 +14,13 @@ from PIL import Image
 
 import flux_vector
 from flux_vector import facade
-from flux_vector.jobs import faults
-from tests.fake_pipeline import FakePipeline
+from tests.fake_pipeline import FakePipeline, with_fault_markers
 from tests.segmind_script import SLUG, SMALL, run_script
 
 
 @pytest.fixture
-def engine(tmp_path, monkeypatch):
+def engine(tmp_path):
     """Configure the in-process engine for one test; back to the lazy default afterwards."""
-    monkeypatch.setenv(faults.ENV, "1")
 
     def setup(**kwargs):
         flux_vector.configure(store_dir=tmp_path / "store", **kwargs)
@@ -33,7 +31,7 @@ def engine(tmp_path, monkeypatch):
 
 
 def test_the_segmind_script_in_process(engine, tiny_pipe):
-    engine(pipeline=tiny_pipe)
+    engine(pipeline=with_fault_markers(tiny_pipe))
     run_script(flux_vector, {}, output_scheme="file://")
 
 

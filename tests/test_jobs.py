@@ -18,7 +18,6 @@ from flux_vector.jobs import (
     StoreLocked,
     Worker,
     encode_image,
-    faults,
     result_body,
     status_body,
 )
@@ -157,20 +156,6 @@ def test_bodies(store):
     assert body["metrics"]["inference_time"] == 0.25 and body["metrics"]["queue_time"] >= 0
     assert body["prompt"] == "x" and body["width"] == 64
     assert Image.open(io.BytesIO(base64.b64decode(body["image"]))).size == (64, 64)
-
-
-def test_faults_only_when_enabled(monkeypatch):
-    monkeypatch.delenv(faults.ENV, raising=False)
-    assert not faults.enabled()
-    with pytest.raises(FloatingPointError, match="simulated"):
-        faults.inject("a [[fault:nan]] cat", lambda: None)
-    with pytest.raises(MemoryError):
-        faults.inject("[[fault:oom]]", lambda: None)
-    t = time.monotonic()
-    faults.inject("[[fault:sleep=0.1]] ok", lambda: None)
-    assert time.monotonic() - t >= 0.1
-    monkeypatch.setenv(faults.ENV, "1")
-    assert faults.enabled()
 
 
 # ----------------------------------------------------------------------------------------------- worker

@@ -21,6 +21,7 @@ import pytest
 
 from flux_vector.request import ASPECT_RATIOS, HOSTED_FIELDS, GenerationRequest, RequestError, parse_request
 from flux_vector.server.playground import FORM_FIELDS
+from tests.fake_pipeline import FAULTS_ENV
 from tests.server_process import ServerProcess
 
 KEY = "playground-key-0123"
@@ -78,9 +79,9 @@ def chromium() -> str:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, tiny_dir):
-    """API key on; fault hooks on (a job that fails on purpose)."""
+    """API key on; the fault-injecting test pipeline (a job that fails on purpose)."""
     store = tmp_path_factory.mktemp("playground") / "jobs.sqlite3"
-    proc = ServerProcess(store, env={"FLUX_VECTOR_TEST_FAULTS": "1", "FLUX_VECTOR_API_KEY": KEY}).start()
+    proc = ServerProcess(store, env={**FAULTS_ENV, "FLUX_VECTOR_API_KEY": KEY}).start()
     yield proc
     proc.stop()
 

@@ -11,11 +11,11 @@ import segmind
 from PIL import Image
 
 import flux_vector
+from tests.fake_pipeline import FAULTS_ENV as FAULTS
 from tests.segmind_script import SLUG, SMALL, run_script
 from tests.server_process import ServerProcess
 
 KEY = "test-key-0123"
-FAULTS = {"FLUX_VECTOR_TEST_FAULTS": "1"}
 
 
 @pytest.fixture(scope="module")

@@ -76,12 +76,11 @@ class _StoreCollector:
         if self.worker is not None:
             yield GaugeMetricFamily("flux_vector_worker_busy", "1 while the worker runs a job",
                                     value=1.0 if self.worker.state == "busy" else 0.0)  # fmt: skip
-        workers = getattr(self.store, "workers", None)
-        if callable(workers):
+        if self.store.shared:
             yield GaugeMetricFamily("flux_vector_workers", "Workers renewing their entry in the shared store",
-                                    value=len(workers()))  # fmt: skip
-        stats = getattr(self.store, "stats", None)
-        if self.worker is not None and isinstance(stats, dict):
+                                    value=len(self.store.workers()))  # fmt: skip
+        stats = self.store.stats
+        if self.worker is not None and stats:
             for name, help_text in (
                 ("reclaimed", "Jobs this worker took over after another worker's lease ran out"),
                 ("leases_lost", "Runs this worker dropped because its lease ran out (the job ran elsewhere)"),

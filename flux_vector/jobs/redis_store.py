@@ -264,6 +264,7 @@ class RedisJobStore(JobStore):
 
     kind = "redis"
     claim_blocks = True
+    shared = True
 
     def __init__(
         self,
@@ -290,7 +291,7 @@ class RedisJobStore(JobStore):
         self.prefix, self.claim_block_s = prefix, float(claim_block_s)
         self.name = name or default_worker_name()
         self.log = log or (lambda message: None)
-        self.stats = {"reclaimed": 0, "leases_lost": 0, "failed_after_attempts": 0}
+        self.stats: dict[str, int] = {"reclaimed": 0, "leases_lost": 0, "failed_after_attempts": 0}
         k = self.key
         self._stream, self._seq, self._queued, self._processing = k("queue"), k("seq"), k("queued"), k("processing")
         self._completed, self._failed, self._workers = k("completed"), k("failed"), k("workers")

@@ -22,9 +22,10 @@ import threading
 import time
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 QUEUED, PROCESSING, COMPLETED, FAILED = "QUEUED", "PROCESSING", "COMPLETED", "FAILED"
@@ -89,12 +90,22 @@ class Recovery:
 
 
 class JobStore(ABC):
-    """The queue and the results. Every method is safe to call from any thread."""
+    """The queue and the results. Every method is safe to call from any thread.
+
+    The abstract methods are the queue itself; the others are capabilities a store may have, each with the default
+    of a store without it, so that callers never ask a store what it is.
+    """
 
     retention_s: float
     kind = "store"
     # True when ``claim`` itself waits (a while) for work to arrive: the worker then calls it again at once
     claim_blocks = False
+    # True when many processes share the store (API processes, workers on other machines): ``workers()`` lists the
+    # live ones and ``add_finished_listener`` hears of jobs any of them finished
+    shared = False
+    # Counters of what this process's worker side did that only a shared store can tell (jobs taken over from dead
+    # workers, leases lost, ...); empty for a store that keeps none
+    stats: Mapping[str, int] = MappingProxyType({})
 
     @abstractmethod
     def submit(self, slug: str, params: dict[str, Any], *, max_queue: int | None = None) -> Job:
@@ -139,6 +150,17 @@ class JobStore(ABC):
     @abstractmethod
     def recover(self, max_attempts: int = DEFAULT_MAX_ATTEMPTS) -> Recovery:
         """At start: jobs a dead process left PROCESSING run again, or FAIL after ``max_attempts`` tries."""
+
+    def image_file(self, job_id: str, index: int) -> Path | None:
+        """The file on this machine's disk that holds image ``index`` of a COMPLETED, unexpired job; None when the
+        store does not keep images as local files (a shared store serves them as bytes only) or there is no such
+        image. ``image`` reads the bytes on every store."""
+        return None
+
+    def workers(self) -> list[dict[str, Any]]:
+        """The live workers of a shared store, each a dict with its ``name`` and what it announced; empty for an
+        embedded store (its one worker is the serving process's own)."""
+        return []
 
     def add_finished_listener(self, callback: Callable[[str], None]) -> bool:
         """Have ``callback(job_id)`` called (in a store thread) whenever any process finishes a job. False when the
@@ -251,7 +273,7 @@ class SQLiteJobStore(JobStore):
             raise KeyError(f"no job {job_id!r}")
         return row
 
-    def image_path(self, job_id: str, index: int, ext: str) -> Path:
+    def _image_path(self, job_id: str, index: int, ext: str) -> Path:
         """Where image ``index`` of a job lives (whether or not it exists yet)."""
         return self.image_dir / f"{job_id}-{index}.{ext}"
 
@@ -294,7 +316,7 @@ class SQLiteJobStore(JobStore):
     def complete(self, job_id: str, images: list[bytes], result: dict[str, Any]) -> Job:
         ext = result["ext"]
         result = {**result, "count": len(images)}
-        paths = [self.image_path(job_id, i, ext) for i in range(len(images))]
+        paths = [self._image_path(job_id, i, ext) for i in range(len(images))]
         for path, data in zip(paths, images, strict=True):
             _write_durably(path, data)
         _fsync_dir(self.image_dir)
@@ -353,11 +375,10 @@ class SQLiteJobStore(JobStore):
             return None
 
     def image_file(self, job_id: str, index: int) -> Path | None:
-        """The file of image ``index`` of a COMPLETED, unexpired job, else None (this store's extra)."""
         job = self.get(job_id)
         if job is None or job.state != COMPLETED or not 0 <= index < job.result.get("count", 0):
             return None
-        path = self.image_path(job_id, index, job.result["ext"])
+        path = self._image_path(job_id, index, job.result["ext"])
         return path if path.exists() else None
 
     def expire(self, now: float | None = None) -> int:
@@ -369,7 +390,7 @@ class SQLiteJobStore(JobStore):
         for row in rows:
             result = json.loads(row["result"]) if row["result"] else {}
             for i in range(result.get("count", 0)):
-                self.image_path(row["id"], i, result["ext"]).unlink(missing_ok=True)
+                self._image_path(row["id"], i, result["ext"]).unlink(missing_ok=True)
         return len(rows)
 
     def counts(self) -> dict[str, int]:

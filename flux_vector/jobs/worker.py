@@ -28,12 +28,32 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from ..request import GenerationRequest, RequestError, parse_request
-from . import faults
 from .bodies import EXTENSIONS, MEDIA_TYPES, encode_image
 from .store import Job, JobStore, LeaseLost
+
+
+@runtime_checkable
+class GeneratingPipeline(Protocol):
+    """What the worker needs of a pipeline: ``FluxVectorPipeline`` is one; tests pass fakes. ``generate`` returns an
+    object with ``images`` (PIL), ``width``, ``height`` and ``timings`` (seconds by phase, ``total_s`` among them)
+    and calls ``on_step(step, total)`` after each sampling step (which may raise to stop the run)."""
+
+    def generate(
+        self, request: GenerationRequest, *, progress: bool = True, on_step: Callable[[int, int], None] | None = None
+    ) -> Any: ...
+
+
+@runtime_checkable
+class LoraSwitching(Protocol):
+    """A pipeline whose loaded LoRA changes strength between jobs in place (``lora_strength``: None without one)."""
+
+    @property
+    def lora_strength(self) -> float | None: ...
+
+    def set_lora_strength(self, strength: float) -> None: ...
 
 
 class _Interrupted(Exception):
@@ -56,23 +76,22 @@ class _Handoff:
 
 
 class Worker:
-    """Runs queued jobs on ``pipeline`` (an object with ``generate``, or a zero-argument factory built lazily, in the
-    worker thread, on the first job)."""
+    """Runs queued jobs on ``pipeline`` (a ``GeneratingPipeline``, or a zero-argument factory of one, called lazily
+    in the worker thread on the first job)."""
 
     def __init__(
         self,
         store: JobStore,
-        pipeline: Any,
+        pipeline: GeneratingPipeline | Callable[[], GeneratingPipeline],
         *,
         log: Callable[[str], None] | None = None,
         expire_every: float | None = None,
         progress_every: float = 0.5,
         idle_poll: float = 1.0,
-        test_faults: bool | None = None,
         encode_threads: int | None = None,
     ):
         self.store = store
-        if hasattr(pipeline, "generate"):
+        if isinstance(pipeline, GeneratingPipeline):
             self._pipeline, self._factory = pipeline, None
         elif callable(pipeline):
             self._pipeline, self._factory = None, pipeline
@@ -81,7 +100,6 @@ class Worker:
         self.log = log or (lambda message: print(message, file=sys.stderr))
         self.expire_every = expire_every if expire_every is not None else min(60.0, max(0.2, store.retention_s / 4))
         self.progress_every, self.idle_poll = progress_every, idle_poll
-        self.test_faults = faults.enabled() if test_faults is None else test_faults
         self.state = "stopped"  # stopped | idle | loading | busy
         self.current_job: str | None = None
         self.load_error: str | None = None
@@ -279,8 +297,6 @@ class Worker:
 
     def _run(self, job: Job) -> Job | _Handoff:
         request = parse_request(job.params)
-        if self.test_faults:
-            faults.inject(request.prompt, self._checkpoint)
         self._checkpoint()
         pipe = self.pipeline
         self.state = "busy"
@@ -327,8 +343,7 @@ class Worker:
 def switch_lora_strength(pipe, strength: float) -> float | None:
     """Set the pipeline's LoRA to ``strength`` before a job (fused: recomputed in place from the kept W0, no
     reload); the seconds it took, or None when the strength was already that (or there is no LoRA)."""
-    current = getattr(getattr(pipe, "lora", None), "strength", None)
-    if current is None or current == strength or not hasattr(pipe, "set_lora_strength"):
+    if not isinstance(pipe, LoraSwitching) or pipe.lora_strength in (None, strength):
         return None
     started = time.perf_counter()
     pipe.set_lora_strength(strength)

@@ -144,8 +144,6 @@ def run_worker(
         worker = Worker(jobs, pipe, log=log)
         worker.add_listener(metrics.on_finished)
         worker_box.append(worker)
-        if worker.test_faults:
-            log("FLUX_VECTOR_TEST_FAULTS=1: prompts with [[fault:...]] markers simulate model errors (tests only)")
         worker.start()
         jobs.beat()  # announce "idle" now rather than a heartbeat later
         log(f"ready in {time.perf_counter() - started:.1f} s: model {model}, store {jobs.url}, "

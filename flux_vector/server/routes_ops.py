@@ -19,7 +19,7 @@ def healthz(state: State):
     if worker is None:  # API process on a shared store: healthy while the store answers
         try:
             body = {"status": "ok", "role": "api", "store": store.kind, "slug": state.slug, "worker": None,
-                    "workers": store.workers() if hasattr(store, "workers") else [], "jobs": store.counts(),
+                    "workers": store.workers(), "jobs": store.counts(),
                     "retention_s": store.retention_s, **settings}  # fmt: skip
         except Exception as exc:
             message = f"the job store is unreachable: {type(exc).__name__}: {exc}"

@@ -69,8 +69,6 @@ def serve(
         pipe = load_pipeline(model, lora=lora, quantize=quantize, offload=offload, device=device, log=log)
         prepare_for_serving(pipe, fuse=fuse, warmup=warmup, log=log)
         worker = Worker(jobs, pipe, log=log)
-        if worker.test_faults:
-            log("FLUX_VECTOR_TEST_FAULTS=1: prompts with [[fault:...]] markers simulate model errors (tests only)")
         app = create_app(jobs, worker, slug=SLUG, api_key=api_key, max_queue=max_queue, model_name=model)
         log(f"model {model} loaded in {getattr(pipe, 'load_seconds', 0):.1f} s; API key {describe_api_key(api_key)}; "
             f"max queue {max_queue}; results kept {retention_s:g} s; http://{host}:{port}/v1/{SLUG}")  # fmt: skip
