@@ -23,3 +23,14 @@ def tiny_pipe(tiny_dir):
     from flux_vector import FluxVectorPipeline
 
     return FluxVectorPipeline.from_pretrained("tiny", log=lambda *_: None)
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    """One real ``redis-server`` for the whole run (each test file flushes its own database)."""
+    from tests.redis_cluster import RedisServer, require_redis
+
+    require_redis()
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()

@@ -1,0 +1,210 @@
+"""The behaviour every ``JobStore`` promises, run on each store: ``SQLiteJobStore`` on a file in a tmp folder and
+``RedisJobStore`` on a real redis-server (marked ``redis``).
+
+FIFO order and queue positions, the queue bound, progress, completion with images, failure, requeue, retention,
+thread safety, the optional capabilities' answers, and the ``Worker`` on the store. What only one store does is
+tested beside it: SQLite's crash recovery, reopening and file lock in ``test_jobs.py``; Redis's leases, takeovers,
+owner tokens, key expiry and notifications in ``test_redis_store.py`` (and the processes in ``test_redis_cluster.py``).
+"""
+
+from __future__ import annotations
+
+import io
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from flux_vector.jobs import COMPLETED, FAILED, PROCESSING, QUEUED, JobStore, QueueFull, SQLiteJobStore, Worker
+from flux_vector.jobs.bodies import encode_image
+from tests.fake_pipeline import FakePipeline
+
+P = {"prompt": "v3ct0r style, a cat", "width": 64, "height": 64, "steps": 2}
+META = {"ext": "png", "media_type": "image/png", "echo": {"base64": False}, "width": 64, "height": 64,
+        "inference_time": 0.5}  # fmt: skip
+REDIS_DB = 4  # test_redis_store.py uses 3
+
+
+def png(colour=(1, 2, 3)):
+    return encode_image(Image.new("RGB", (64, 64), colour), "png", 95)
+
+
+@dataclass
+class Backend:
+    """Opens stores of one kind on one queue. ``peer`` is another process's handle on the same queue: a new
+    connection for a shared store; the same handle for SQLite (one process owns a SQLite store)."""
+
+    open_store: Callable[..., JobStore]
+    shared: bool
+    opened: list[JobStore] = field(default_factory=list)
+
+    def open(self, **kwargs) -> JobStore:
+        store = self.open_store(**kwargs)
+        self.opened.append(store)
+        return store
+
+    def peer(self, store: JobStore, **kwargs) -> JobStore:
+        return self.open(**kwargs) if self.shared else store
+
+    def close(self) -> None:
+        for store in self.opened:
+            store.close()
+
+
+def sqlite_backend(tmp_path: Path) -> Backend:
+    return Backend(lambda **kwargs: SQLiteJobStore(tmp_path / "jobs.sqlite3", **kwargs), shared=False)
+
+
+def redis_backend(request) -> Backend:
+    from flux_vector.jobs.redis_store import RedisJobStore
+
+    server = request.getfixturevalue("redis_server")
+    server.client(db=REDIS_DB).flushdb()
+
+    def open_store(**kwargs):
+        kwargs.setdefault("claim_block_s", 0.05)
+        return RedisJobStore.from_url(server.url(REDIS_DB), **kwargs)
+
+    return Backend(open_store, shared=True)
+
+
+@pytest.fixture(params=["sqlite", pytest.param("redis", marks=pytest.mark.redis)])
+def backend(request, tmp_path):
+    made = sqlite_backend(tmp_path) if request.param == "sqlite" else redis_backend(request)
+    yield made
+    made.close()
+
+
+@pytest.fixture
+def store(backend):
+    return backend.open()
+
+
+# ----------------------------------------------------------------------------------------------- the queue
+def test_lifecycle_fifo_positions_counts_and_images(store):
+    a, b, c = (store.submit("Simple_Vector_Flux", {**P, "seed": i}) for i in range(3))
+    assert [j.position for j in (a, b, c)] == [0, 1, 2]
+    assert store.get(c.id).state == QUEUED and store.get(c.id).position == 2
+    assert store.get(a.id).params == {**P, "seed": 0} and store.get(a.id).created_at > 1e9
+    claimed = store.claim()
+    assert claimed.id == a.id and claimed.state == PROCESSING and claimed.attempts == 1
+    assert claimed.started_at >= claimed.created_at and store.get(c.id).position == 1
+    store.progress(a.id, 1, 2)
+    assert (store.get(a.id).step, store.get(a.id).total_steps) == (1, 2)
+    done = store.complete(a.id, [png(), png((9, 9, 9))], META)
+    assert done.state == COMPLETED and done.result["count"] == 2 and done.finished_at >= done.started_at
+    assert store.image(a.id, 0) == png() and store.image(a.id, 1) == png((9, 9, 9))
+    assert store.image(a.id, 2) is None and store.image(b.id, 0) is None and store.image(a.id, -1) is None
+    assert store.claim().id == b.id
+    failed = store.fail(b.id, "boom")
+    assert failed.state == FAILED and failed.error == "boom"
+    assert store.counts() == {QUEUED: 1, PROCESSING: 0, COMPLETED: 1, FAILED: 1}
+    assert store.get("nope") is None
+
+
+def test_queue_bound_counts_waiting_jobs_across_processes(backend, store):
+    api_a, api_b, worker = store, backend.peer(store), backend.peer(store)
+    api_a.submit("s", P, max_queue=2)
+    api_b.submit("s", P, max_queue=2)
+    for api in (api_a, api_b):
+        with pytest.raises(QueueFull) as info:
+            api.submit("s", P, max_queue=2)
+        assert info.value.max_queue == 2 and "2 jobs waiting" in str(info.value)
+    worker.claim()  # PROCESSING is not waiting
+    api_b.submit("s", P, max_queue=2)
+
+
+def test_requeue_keeps_place_and_attempts(backend, store):
+    first, second = store.submit("s", P), store.submit("s", P)
+    store.claim()
+    store.requeue(first.id)
+    back = store.get(first.id)
+    assert back.state == QUEUED and back.attempts == 0 and back.position == 0
+    other = backend.peer(store)
+    assert other.claim().id == first.id  # at once (a shared store: not after the lease)
+    assert store.get(second.id).position == 0
+    assert other.claim().id == second.id
+
+
+def test_finished_jobs_vanish_after_retention_and_waiting_jobs_stay(backend):
+    store = backend.open(retention_s=0.4)
+    job = store.submit("s", P)
+    store.claim()
+    store.complete(job.id, [png()], META)
+    waiting = store.submit("s", P)
+    assert store.get(job.id).state == COMPLETED and store.counts()[COMPLETED] == 1
+    time.sleep(0.5)
+    assert store.get(job.id) is None and store.image(job.id, 0) is None  # gone the moment retention passed
+    assert store.counts()[COMPLETED] == 0
+    assert store.expire() == 1
+    assert store.get(waiting.id).state == QUEUED  # waiting jobs never expire
+    with pytest.raises(ValueError, match="retention_s"):
+        backend.open(retention_s=0)
+
+
+def test_store_is_thread_safe(store):
+    ids, errors = [], []
+
+    def submit():
+        try:
+            for _ in range(20):
+                ids.append(store.submit("s", P).id)
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=submit) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and len(set(ids)) == 80 and store.counts()[QUEUED] == 80
+
+
+def test_capabilities_answer_on_every_store(backend, store):
+    """The base class's optional capabilities: each store answers, shared or not."""
+    assert store.shared is backend.shared and store.claim_blocks is backend.shared
+    assert store.workers() == []  # no worker announced itself
+    assert isinstance(store.stats, Mapping) and all(n == 0 for n in store.stats.values())
+    job = store.submit("s", P)
+    assert store.image_file(job.id, 0) is None  # not finished
+    store.claim()
+    store.complete(job.id, [png()], META)
+    path = store.image_file(job.id, 0)
+    assert (path is not None) is (not backend.shared)  # SQLite keeps image files; Redis keeps bytes only
+    assert path is None or path.read_bytes() == store.image(job.id, 0)
+    assert store.image_file(job.id, 1) is None
+    assert store.add_finished_listener(lambda job_id: None) is backend.shared
+
+
+# ----------------------------------------------------------------------------------------------- the worker
+def test_worker_runs_jobs_in_order_notifies_and_stop_requeues(store):
+    finished = []
+    worker = Worker(store, FakePipeline(step_s=0.02), log=lambda m: None, idle_poll=0.05)
+    worker.add_listener(finished.append)
+    worker.start()
+    try:
+        jobs = [store.submit("s", {**P, "seed": i}) for i in range(3)]
+        jobs.append(store.submit("s", {**P, "output_format": "jpeg", "batch_size": 2, "seed": 7}))
+        worker.notify()
+        for job in jobs:
+            done = worker.wait(job.id, timeout=20)
+            assert done.state == COMPLETED, done.error
+        assert [j.id for j in finished] == [j.id for j in jobs]
+        assert store.image(jobs[0].id, 0)[:4] == b"\x89PNG"
+        assert done.result["media_type"] == "image/jpeg" and done.result["count"] == 2
+        assert done.result["echo"]["seed"] == 7 and done.result["echo"]["sampler_name"] == "euler"
+        assert Image.open(io.BytesIO(store.image(done.id, 1))).format == "JPEG"
+        slow = store.submit("s", {**P, "steps": 100})
+        worker.notify()
+        deadline = time.monotonic() + 10
+        while store.get(slow.id).state != PROCESSING and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert worker.stop(10)
+        back = store.get(slow.id)
+        assert back.state == QUEUED and back.attempts == 0
+    finally:
+        worker.stop(10)
