@@ -16,15 +16,21 @@
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from collections.abc import Callable
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 from PIL import Image
 
-FAULTS_ENV = {"FLUX_VECTOR_PIPELINE_FACTORY": "tests.fake_pipeline:load_with_faults"}
+_ROOT = str(Path(__file__).resolve().parent.parent)  # so that a server started from any folder imports ``tests``
+FAULTS_ENV = {
+    "FLUX_VECTOR_PIPELINE_FACTORY": "tests.fake_pipeline:load_with_faults",
+    "PYTHONPATH": os.pathsep.join(filter(None, (_ROOT, os.environ.get("PYTHONPATH")))),
+}
 _MARKER = re.compile(r"\[\[fault:(nan|oom|sleep=(\d+(?:\.\d+)?))\]\]")
 
 

@@ -24,8 +24,14 @@ from flux_vector.jobs.bodies import encode_image
 from tests.fake_pipeline import FakePipeline
 
 P = {"prompt": "v3ct0r style, a cat", "width": 64, "height": 64, "steps": 2}
-META = {"ext": "png", "media_type": "image/png", "echo": {"base64": False}, "width": 64, "height": 64,
-        "inference_time": 0.5}  # fmt: skip
+META = {
+    "ext": "png",
+    "media_type": "image/png",
+    "echo": {"base64": False},
+    "width": 64,
+    "height": 64,
+    "inference_time": 0.5,
+}
 REDIS_DB = 4  # test_redis_store.py uses 3
 
 
