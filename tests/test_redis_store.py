@@ -160,7 +160,7 @@ def test_notifications_reach_every_listener(make_store):
 
 def test_worker_fuses_once_and_switches_strength_in_place(make_store, tiny_dir, tiny_pipe):
     from flux_vector import FluxVectorPipeline
-    from flux_vector.jobs.worker_process import fuse_lora, warm_up
+    from flux_vector.serving import fuse_lora, warm_up
 
     pipe = FluxVectorPipeline.from_pretrained("tiny", log=lambda *_: None)
     assert fuse_lora(pipe, log=lambda m: None) and pipe.lora.fused
