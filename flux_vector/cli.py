@@ -223,7 +223,7 @@ def run_generate_command(args: argparse.Namespace) -> int:
     request = parse_request(params)  # fail fast, before loading any weights
     pipe = load_pipeline(
         args.model, lora=args.lora, lora_strength=request.lora_strength, quantize=args.quantize, offload=args.offload,
-        device=args.device, compile=args.fast,
+        device=args.device, fast=args.fast,
     )  # fmt: skip
     started = time.perf_counter()
     result = pipe.generate(request, progress=not args.no_progress)

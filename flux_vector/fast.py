@@ -4,7 +4,7 @@ opt-in step cache, each one switchable, chosen per device by a pure function and
 * ``detect_env(device)`` looks at the machine: device type, CUDA capability, which optional packages import.
 * ``choose_fast_plan(env, requested, full=..., quantized_8bit=..., offload=...)`` is pure (tested on CPU for every
   GPU branch): a ``FastPlan`` with each switch and the reason for it. ``requested`` maps a switch to True/False/"auto"
-  (or a backend name / a cache threshold); a switch left out is "auto" when ``full`` (``compile=True``: the whole
+  (or a backend name / a cache threshold); a switch left out is "auto" when ``full`` (``fast=True``: the whole
   fast mode) and off otherwise. An explicit request the machine cannot honour raises ``ValueError`` saying why.
 * ``apply_fast(pipe, plan)`` applies it in place and returns the seconds each part took. Compilation itself happens
   on the first generation; ``FluxVectorPipeline.warmup`` measures it (first call minus a warm call).
@@ -28,6 +28,7 @@ import torch
 
 SWITCHES = ("fuse_qkv", "attention", "compile", "fp8", "cuda_graphs", "step_cache")
 AUTO = "auto"
+FULL = {name: AUTO for name in ("fuse_qkv", "attention", "compile", "fp8")}  # the whole fast mode, as switches
 DEFAULT_STEP_CACHE_THRESHOLD = 0.08  # relative change of the first block's residual below which a step reuses
 FP8_MIN_CAPABILITY = (8, 9)  # Ada (sm89) and Hopper (sm90) have fp8 tensor cores
 RECOMPILE_LIMIT = 64  # image sizes and the first single block's input layout each give a graph; 8 is too few
