@@ -26,7 +26,7 @@ def engine(tmp_path, monkeypatch):
 
     def setup(**kwargs):
         flux_vector.configure(store_dir=tmp_path / "store", **kwargs)
-        return facade._local_engine()
+        return facade.local.local_engine()
 
     yield setup
     flux_vector.configure()
