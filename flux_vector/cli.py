@@ -216,7 +216,7 @@ def run_vectorize_command(args: argparse.Namespace) -> int:
 
 def run_generate_command(args: argparse.Namespace) -> int:
     from .jobs.bodies import encode_image
-    from .models import load_pipeline
+    from .pipeline import load_pipeline
 
     params = {name: getattr(args, name) for name in FIELDS if getattr(args, name, None) is not None}
     params["output_format"] = _output_format(args.out)

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .models import DEFAULT_LORA, DEFAULT_MODEL, is_single_file, resolve_lora, resolve_model
+from .models import DEFAULT_LORA, DEFAULT_MODEL, default_model, is_single_file, resolve_lora, resolve_model
 from .offload import OffloadChoice, accelerator_free_bytes, apply_offload, choose_offload, module_bytes
 from .prompt import encode_clip_pooled, encode_t5, tokenize_prompt, weighted_pieces
 from .request import GenerationRequest, parse_request
@@ -402,6 +402,14 @@ def unpack_latents_float(out: torch.Tensor, h: int, w: int) -> torch.Tensor:
     x = torch.empty((b, channels // 4, h // 2, 2, w // 2, 2), device=out.device, dtype=torch.float32)
     x.copy_(out.view(b, h // 2, w // 2, channels // 4, 2, 2).permute(0, 3, 1, 4, 2, 5))
     return x.view(b, channels // 4, h, w)
+
+
+def load_pipeline(model: str | None = None, *, lora: str | os.PathLike | None = None, log=print, **options):
+    """``FluxVectorPipeline.from_pretrained`` with the defaults filled in, as every entry point loads it: ``model``
+    None is ``models.default_model()``, ``lora`` None is the Simple Vector LoRA ("none": no LoRA)."""
+    return FluxVectorPipeline.from_pretrained(
+        model or default_model(log=log), lora=DEFAULT_LORA if lora is None else lora, log=log, **options
+    )
 
 
 def _fast_from_deprecated_compile(fast, compile: bool | None):

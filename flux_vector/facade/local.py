@@ -47,7 +47,7 @@ class LocalEngine:
         self.store.recover()
 
         def build():
-            from ..models import load_pipeline
+            from ..pipeline import load_pipeline
 
             return load_pipeline(model, log=_log, **pipeline_kwargs)
 
@@ -144,7 +144,7 @@ def reset_engine(settings: dict[str, Any]) -> None:
 
 
 def _inprocess_root() -> Path:
-    from ..models import default_cache_dir
+    from ..cache import default_cache_dir
 
     return default_cache_dir() / "inprocess"
 

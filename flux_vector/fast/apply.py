@@ -30,7 +30,7 @@ def compile_cache_dir() -> str:
     the first time anything asks, e.g. while diffusers imports: that value does not count as the user's.)"""
     from torch._inductor.runtime.cache_dir_utils import default_cache_dir as torch_default
 
-    from ..models import default_cache_dir
+    from ..cache import default_cache_dir
 
     current = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
     if current and os.path.abspath(current) != os.path.abspath(torch_default()):
