@@ -16,7 +16,6 @@ import argparse
 import json
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -24,6 +23,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 REFERENCE = ROOT / "tests" / "data" / "comfy_e2e"
+
+from bench_pipeline import timed  # noqa: E402
 
 from flux_vector.pipeline import FluxVectorPipeline, default_device, default_dtype  # noqa: E402
 
@@ -36,16 +37,7 @@ def prompts() -> dict[str, str]:
 
 
 def median_s(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        started = time.perf_counter()
-        fn()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
+    return statistics.median(timed(fn, repeats))
 
 
 def encode_times(pipe: FluxVectorPipeline, repeats: int) -> list[dict]:

@@ -216,14 +216,14 @@ def run_vectorize_command(args: argparse.Namespace) -> int:
 
 def run_generate_command(args: argparse.Namespace) -> int:
     from .jobs.bodies import encode_image
-    from .models import load_pipeline
+    from .pipeline import load_pipeline
 
     params = {name: getattr(args, name) for name in FIELDS if getattr(args, name, None) is not None}
     params["output_format"] = _output_format(args.out)
     request = parse_request(params)  # fail fast, before loading any weights
     pipe = load_pipeline(
         args.model, lora=args.lora, lora_strength=request.lora_strength, quantize=args.quantize, offload=args.offload,
-        device=args.device, compile=args.fast,
+        device=args.device, fast=args.fast,
     )  # fmt: skip
     started = time.perf_counter()
     result = pipe.generate(request, progress=not args.no_progress)

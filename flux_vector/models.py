@@ -1,8 +1,9 @@
-"""Which weights to load: model and LoRA names resolved to local files, the defaults, and the cache folder.
+"""Which weights to load: model and LoRA names resolved to local files, and the defaults.
 
 Everything that loads a pipeline (the CLI, the server, the Redis worker, the in-process facade) goes through
-``load_pipeline``, so a default or a resolution rule lives here once. Nothing is ever downloaded: a name that is
-neither a local path nor in the local Hugging Face cache is a ``WeightsNotFound`` saying how to get it.
+``pipeline.load_pipeline``, which takes its defaults and resolution from here, so each rule lives once. Nothing is
+ever downloaded: a name that is neither a local path nor in the local Hugging Face cache is a ``WeightsNotFound``
+saying how to get it.
 """
 
 from __future__ import annotations
@@ -14,18 +15,10 @@ DEFAULT_MODEL = "black-forest-labs/FLUX.1-dev"
 DEFAULT_LORA = "renderartist/simplevectorflux"
 DEFAULT_LORA_FILE = "Simple_Vector_Flux_v2_renderartist.safetensors"
 MODEL_ENV = "FLUX_VECTOR_MODEL"
-CACHE_ENV = "FLUX_VECTOR_CACHE"
 
 
 class WeightsNotFound(FileNotFoundError):
     """Model or LoRA weights are neither a local path nor in the local Hugging Face cache."""
-
-
-def default_cache_dir() -> Path:
-    """$FLUX_VECTOR_CACHE, else ``$XDG_CACHE_HOME/flux_vector`` (``~/.cache/flux_vector``)."""
-    if os.environ.get(CACHE_ENV):
-        return Path(os.environ[CACHE_ENV]) / "flux_vector"
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "flux_vector"
 
 
 def default_model(log=print) -> str:
@@ -97,17 +90,3 @@ def resolve_lora(lora: str | os.PathLike | None, model: str) -> Path | None:
     if len(files) != 1:
         raise WeightsNotFound(f"LoRA repo {lora!r} holds {len(files)} .safetensors files; pass the file's path")
     return files[0]
-
-
-def load_pipeline(model: str | None = None, *, lora: str | os.PathLike | None = None, log=print, **options):
-    """``FluxVectorPipeline.from_pretrained`` with the defaults filled in: ``model`` None is ``default_model()``,
-    ``lora`` None is the Simple Vector LoRA ("none" for no LoRA). ``options`` go to ``from_pretrained``. The plugin
-    point ``$FLUX_VECTOR_PIPELINE_FACTORY`` (``pipeline_factory.py``) replaces ``from_pretrained`` when set."""
-    from .pipeline_factory import factory_from_env
-
-    factory = factory_from_env()
-    if factory is None:
-        from .pipeline import FluxVectorPipeline
-
-        factory = FluxVectorPipeline.from_pretrained
-    return factory(model or default_model(log=log), lora=DEFAULT_LORA if lora is None else lora, log=log, **options)

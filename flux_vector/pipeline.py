@@ -24,6 +24,7 @@ import logging
 import os
 import time
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,7 +32,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .models import DEFAULT_LORA, DEFAULT_MODEL, is_single_file, resolve_lora, resolve_model
+from .models import DEFAULT_LORA, DEFAULT_MODEL, default_model, is_single_file, resolve_lora, resolve_model
 from .offload import OffloadChoice, accelerator_free_bytes, apply_offload, choose_offload, module_bytes
 from .prompt import encode_clip_pooled, encode_t5, tokenize_prompt, weighted_pieces
 from .request import GenerationRequest, parse_request
@@ -138,17 +139,18 @@ class FluxVectorPipeline:
         device: str | torch.device | None = None,
         dtype: torch.dtype | str | None = None,
         base: str | None = None,
-        compile: bool = False,
-        fast: dict | None = None,
+        fast: bool | Mapping[str, Any] | None = None,
+        compile: bool | None = None,
         log=print,
     ) -> FluxVectorPipeline:
         """Load the components and the LoRA; nothing is downloaded.
 
         ``model``: "tiny", a diffusers folder, a hub id in the local cache, or a single-file BFL-layout transformer
         (``flux1-dev.safetensors``), whose config, text encoders and VAE then come from ``base`` (default FLUX.1-dev).
-        ``compile=True``: the full fast mode for this device (``fast.choose_fast_plan``: fused QKV, the best attention
-        backend, regional torch.compile, fp8 on sm89+ with torchao); ``fast``: explicit switches (``{"fp8": False}``,
-        ``{"fuse_qkv": True}``, ...) on top of that, or alone (the rest off) without ``compile``.
+        ``fast=True``: the whole fast mode for this device (``fast.choose_fast_plan``: fused QKV, the best attention
+        backend, regional torch.compile, fp8 on sm89+ with torchao); ``fast={...}``: only the switches named
+        (``{"fuse_qkv": True}``; ``{**fast.FULL, "fp8": False}`` is the whole mode without fp8). ``compile=True`` is
+        the old name of ``fast=True`` (deprecated: it never meant only torch.compile).
         """
         from diffusers import AutoencoderKL, FluxTransformer2DModel
         from transformers import CLIPTextModel, CLIPTokenizer, T5EncoderModel, T5TokenizerFast
@@ -200,8 +202,9 @@ class FluxVectorPipeline:
             text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2, device=device, dtype=dtype, offload=choice,
             lora=handle, model_name=model,
         )  # fmt: skip
-        if compile or fast:
-            pipe.enable_fast(fast, full=compile, log=log)
+        fast = _fast_from_deprecated_compile(fast, compile)
+        if fast:
+            pipe.enable_fast(None if fast is True else fast, full=fast is True, log=log)
         pipe.load_seconds = time.perf_counter() - started
         return pipe
 
@@ -399,6 +402,37 @@ def unpack_latents_float(out: torch.Tensor, h: int, w: int) -> torch.Tensor:
     x = torch.empty((b, channels // 4, h // 2, 2, w // 2, 2), device=out.device, dtype=torch.float32)
     x.copy_(out.view(b, h // 2, w // 2, channels // 4, 2, 2).permute(0, 3, 1, 4, 2, 5))
     return x.view(b, channels // 4, h, w)
+
+
+def load_pipeline(model: str | None = None, *, lora: str | os.PathLike | None = None, log=print, **options):
+    """``FluxVectorPipeline.from_pretrained`` with the defaults filled in, as every entry point loads it: ``model``
+    None is ``models.default_model()``, ``lora`` None is the Simple Vector LoRA ("none": no LoRA). The plugin point
+    ``$FLUX_VECTOR_PIPELINE_FACTORY`` (``pipeline_factory.py``) replaces ``from_pretrained`` when set."""
+    from .pipeline_factory import factory_from_env
+
+    factory = factory_from_env() or FluxVectorPipeline.from_pretrained
+    return factory(model or default_model(log=log), lora=DEFAULT_LORA if lora is None else lora, log=log, **options)
+
+
+def _fast_from_deprecated_compile(fast, compile: bool | None):
+    """``compile=True`` (the old name of the whole fast mode) as ``fast``, with a DeprecationWarning."""
+    if compile is None:
+        return fast
+    import warnings
+
+    warnings.warn(
+        "from_pretrained(compile=...) is deprecated: it switched on the whole fast mode (fused QKV, attention backend, "
+        "fp8), not only torch.compile; use fast=True",
+        DeprecationWarning,
+        stacklevel=3,
+    )
+    if not compile:
+        return fast
+    if isinstance(fast, Mapping):  # compile=True with switches: overrides on the whole mode, as before
+        from .fast import FULL
+
+        return {**FULL, **fast}
+    return True
 
 
 def _sync(device: torch.device) -> None:

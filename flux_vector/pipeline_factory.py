@@ -1,7 +1,7 @@
 """The pipeline plugin point: ``FLUX_VECTOR_PIPELINE_FACTORY=package.module:callable``.
 
 Everything that loads a pipeline (``flux-vector serve``'s embedded worker, ``flux-vector worker``, the in-process
-facade, ``flux-vector generate``) goes through ``models.load_pipeline``. With this environment variable set, that
+facade, ``flux-vector generate``) goes through ``pipeline.load_pipeline``. With this environment variable set, that
 imports the callable and serves ``callable(model, **options)`` instead of ``FluxVectorPipeline.from_pretrained(model,
 **options)``, with the same arguments (defaults filled in). What it returns must have ``generate(request, *,
 progress, on_step)`` as ``FluxVectorPipeline`` has (``flux_vector.jobs.worker.GeneratingPipeline``); ``lora``,

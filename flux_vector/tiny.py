@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from .models import default_cache_dir
+from .cache import default_cache_dir
 
 TINY_VERSION = 1
 KOHYA_LORA = "tiny_lora_kohya.safetensors"

@@ -24,7 +24,7 @@ def engine(tmp_path):
 
     def setup(**kwargs):
         flux_vector.configure(store_dir=tmp_path / "store", **kwargs)
-        return facade._local_engine()
+        return facade.local.local_engine()
 
     yield setup
     flux_vector.configure()

@@ -350,8 +350,8 @@ def test_cli_fast_flag_asks_for_the_fast_mode(monkeypatch, tmp_path):
 
     monkeypatch.setattr(FluxVectorPipeline, "from_pretrained", staticmethod(fake_from_pretrained))
     args = ["generate", "--prompt", "a cat", "--model", "tiny", "--out", str(tmp_path / "x.png")]
-    assert cli.main([*args, "--fast"]) == 2 and seen["compile"] is True
-    assert cli.main(args) == 2 and seen["compile"] is False
+    assert cli.main([*args, "--fast"]) == 2 and seen["fast"] is True
+    assert cli.main(args) == 2 and seen["fast"] is False
 
 
 def test_bench_gpu_smoke_on_cpu(tmp_path):
@@ -380,3 +380,16 @@ def test_bench_gpu_smoke_on_cpu(tmp_path):
     from PIL import Image
 
     assert Image.open(out / "bench_gpu.png").size[0] > 100
+
+
+def test_compile_is_the_deprecated_name_of_the_whole_fast_mode():
+    from flux_vector.fast import FULL
+    from flux_vector.pipeline import _fast_from_deprecated_compile
+
+    assert _fast_from_deprecated_compile({"fuse_qkv": True}, None) == {"fuse_qkv": True}
+    with pytest.warns(DeprecationWarning, match="use fast=True"):
+        assert _fast_from_deprecated_compile(None, True) is True
+    with pytest.warns(DeprecationWarning):
+        assert _fast_from_deprecated_compile({"fp8": False}, True) == {**FULL, "fp8": False}
+    with pytest.warns(DeprecationWarning):
+        assert _fast_from_deprecated_compile(None, False) is None

@@ -218,7 +218,7 @@ def test_facade_returns_a_file_url_of_the_svg(tmp_path):
         assert_only_shapes(__import__("base64").b64decode(inline["image"]), 192, 128)
     finally:
         flux_vector.configure()
-    assert facade._engine is None
+    assert facade.local._engine is None
 
 
 @pytest.fixture

@@ -80,7 +80,8 @@ def run_worker(
     warmup: bool = True,
 ) -> int:
     """Run until SIGTERM/SIGINT; 0 on a clean stop. Raises on a bad store URL, an unreachable Redis, missing weights."""
-    from ..models import default_model, load_pipeline
+    from ..models import default_model
+    from ..pipeline import load_pipeline
 
     if not is_redis_url(store):
         raise ValueError(f"--store={store!r} is not allowed: a worker needs a shared store, redis://HOST:PORT/DB "

@@ -22,7 +22,7 @@ DEFAULT_LOG_LEVEL = "info"
 
 
 def default_store_path() -> Path:
-    from ..models import default_cache_dir
+    from ..cache import default_cache_dir
 
     return default_cache_dir() / "server" / "jobs.sqlite3"
 
@@ -56,7 +56,8 @@ def serve(
         return serve_api(url=str(store), host=host, port=port, max_queue=max_queue, retention_s=retention_s,
                          log_level=log_level, api_key=api_key, log=log)  # fmt: skip
 
-    from ..models import default_model, load_pipeline
+    from ..models import default_model
+    from ..pipeline import load_pipeline
 
     path = Path(store) if store is not None else default_store_path()
     jobs = SQLiteJobStore(path, retention_s=retention_s)
