@@ -8,7 +8,8 @@ import pytest
 
 from flux_vector.jobs import QUEUED, SQLiteJobStore, Worker
 from flux_vector.jobs.worker import LoraSwitching
-from flux_vector.models import DEFAULT_LORA, load_pipeline
+from flux_vector.models import DEFAULT_LORA
+from flux_vector.pipeline import load_pipeline
 from flux_vector.pipeline_factory import FACTORY_ENV
 from flux_vector.request import parse_request
 from tests.fake_pipeline import FAULTS_ENV, FakePipeline, FaultInjectingPipeline, with_fault_markers
