@@ -55,9 +55,22 @@ from flux_vector.pipeline import FluxVectorPipeline
 
 PROMPT = "v3ct0r style, simple vector art, a red fox sitting in a meadow, flat colors"
 ALL_MODES = (
-    "diffusers", "ours", "ours-512tok", "qkv", "attention", "compile", "fast", "fast-fp8", "fast-cudagraphs",
-    "step-cache", "8bit", "8bit-offload", "offload-model", "offload-group", "offload-sequential",
-)  # fmt: skip
+    "diffusers",
+    "ours",
+    "ours-512tok",
+    "qkv",
+    "attention",
+    "compile",
+    "fast",
+    "fast-fp8",
+    "fast-cudagraphs",
+    "step-cache",
+    "8bit",
+    "8bit-offload",
+    "offload-model",
+    "offload-group",
+    "offload-sequential",
+)
 SPEED_MODES = ("diffusers", "ours", "qkv", "attention", "compile", "fast", "fast-fp8")
 MEMORY_MODES = ("ours", "8bit", "8bit-offload", "offload-model", "offload-group", "offload-sequential")
 TEXT_TOKENS = {"ours-512tok": 512}  # T5 padding per mode; otherwise the pipeline's (ComfyUI's: at least 256)
@@ -158,9 +171,13 @@ def make_pipe(mode: str, args, device, dtype, env, log) -> tuple[object, dict]:
         from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline
 
         scheduler = FlowMatchEulerDiscreteScheduler(  # FLUX.1-dev's scheduler config
-            shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15, base_image_seq_len=256,
+            shift=3.0,
+            use_dynamic_shifting=True,
+            base_shift=0.5,
+            max_shift=1.15,
+            base_image_seq_len=256,
             max_image_seq_len=4096,
-        )  # fmt: skip
+        )
         pipe = FluxPipeline(scheduler=scheduler, **parts)
         pipe.set_progress_bar_config(disable=True)
         return pipe, {}
@@ -202,23 +219,40 @@ def generate(mode: str, pipe, args, device) -> dict:
             return kwargs
 
         pipe(
-            PROMPT, height=args.size, width=args.size, num_inference_steps=args.steps, guidance_scale=3.5,
-            generator=torch.Generator().manual_seed(1), max_sequence_length=512, callback_on_step_end=on_step,
-        )  # fmt: skip
+            PROMPT,
+            height=args.size,
+            width=args.size,
+            num_inference_steps=args.steps,
+            guidance_scale=3.5,
+            generator=torch.Generator().manual_seed(1),
+            max_sequence_length=512,
+            callback_on_step_end=on_step,
+        )
         sync(device)
         ended = time.perf_counter()
         per_step = (marks[-1] - marks[0]) / (len(marks) - 1) if len(marks) > 1 else 0.0
         # derived from the step-end marks: before the first step ~ encoding (+ latent prep), after the last ~ decode
-        return {"total_s": ended - started, "per_step_s": per_step, "encode_s": max(marks[0] - started - per_step, 0),
-                "decode_s": ended - marks[-1], "latents": None}  # fmt: skip
+        return {
+            "total_s": ended - started,
+            "per_step_s": per_step,
+            "encode_s": max(marks[0] - started - per_step, 0),
+            "decode_s": ended - marks[-1],
+            "latents": None,
+        }
     pipe.prompt_cache.entries.clear()  # end to end: the text encoders run every time
-    result = pipe(PROMPT, width=args.size, height=args.size, steps=args.steps, seed=1, lora_strength=1.0,
-                  progress=False)  # fmt: skip
+    result = pipe(
+        PROMPT, width=args.size, height=args.size, steps=args.steps, seed=1, lora_strength=1.0, progress=False
+    )
     sync(device)
     total = time.perf_counter() - started
     t = result.timings
-    return {"total_s": total, "per_step_s": t["per_step_s"], "encode_s": t["encode_s"], "decode_s": t["decode_s"],
-            "latents": result.latents}  # fmt: skip
+    return {
+        "total_s": total,
+        "per_step_s": t["per_step_s"],
+        "encode_s": t["encode_s"],
+        "decode_s": t["decode_s"],
+        "latents": result.latents,
+    }
 
 
 def strength_switch(pipe, args, device) -> dict:
@@ -233,12 +267,16 @@ def strength_switch(pipe, args, device) -> dict:
         sync(device)
         switches.append(time.perf_counter() - started)
         started = time.perf_counter()
-        pipe(PROMPT, width=args.size, height=args.size, steps=args.steps, seed=1, lora_strength=strength,
-             progress=False)  # fmt: skip
+        pipe(
+            PROMPT, width=args.size, height=args.size, steps=args.steps, seed=1, lora_strength=strength, progress=False
+        )
         sync(device)
         gens.append(time.perf_counter() - started)
-    return {"strength_switch_ms": 1000 * max(switches), "recompiles_on_switch": counters["stats"]["unique_graphs"]
-            - graphs_before, "generation_after_switch_s": max(gens)}  # fmt: skip
+    return {
+        "strength_switch_ms": 1000 * max(switches),
+        "recompiles_on_switch": counters["stats"]["unique_graphs"] - graphs_before,
+        "generation_after_switch_s": max(gens),
+    }
 
 
 @contextlib.contextmanager
@@ -360,8 +398,7 @@ def markdown(result: dict) -> str:
         speedup = f"{base['total_s'] / r['total_s']:.2f}x" if base else "-"
         notes = r.get("plan_summary", "")
         if "recompiles_on_switch" in r:
-            notes += (f"; strength switch {r['strength_switch_ms']:.1f} ms, "
-                      f"{r['recompiles_on_switch']} recompiles")  # fmt: skip
+            notes += f"; strength switch {r['strength_switch_ms']:.1f} ms, {r['recompiles_on_switch']} recompiles"
         if r["mode"] == "step-cache":
             notes = "APPROXIMATE (skips work on steps); " + notes
         if r.get("text_tokens", 256) != 256:
@@ -388,8 +425,12 @@ def chart(result: dict, path: Path) -> None:
     image = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(image)
     meta = result["meta"]
-    draw.text((10, 10), f"seconds per image ({meta['what']}, {meta['size']}x{meta['size']}, {meta['steps']} steps, "
-              f"{meta['device_name']})", fill="black")  # fmt: skip
+    draw.text(
+        (10, 10),
+        f"seconds per image ({meta['what']}, {meta['size']}x{meta['size']}, {meta['steps']} steps, "
+        f"{meta['device_name']})",
+        fill="black",
+    )
     longest = max((r["total_s"] for r in rows), default=1.0) or 1.0
     scale = (width - left - 170) / longest
     for i, r in enumerate(rows):
@@ -403,8 +444,9 @@ def chart(result: dict, path: Path) -> None:
         draw.rectangle([left, y + 4, left + max(1, int(r["total_s"] * scale)), y + bar_h - 4], fill=color)
         label = f"{r['total_s']:.3f} s" + (f"  ({base['total_s'] / r['total_s']:.2f}x)" if base else "")
         draw.text((left + int(r["total_s"] * scale) + 6, y + 8), label, fill="black")
-    draw.text((10, height - 25), "grey: plain diffusers; blue: flux_vector; orange: approximate step cache",
-              fill="black")  # fmt: skip
+    draw.text(
+        (10, height - 25), "grey: plain diffusers; blue: flux_vector; orange: approximate step cache", fill="black"
+    )
     image.save(path)
 
 
@@ -458,16 +500,26 @@ def main(argv: list[str] | None = None) -> int:
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "CPU"
     result = {
         "meta": {
-            "what": what, "device": str(device), "dtype": str(dtype).removeprefix("torch."),
-            "device_name": device_name, "capability": env.capability, "available": sorted(env.available),
-            "torch": torch.__version__, "diffusers": diffusers.__version__, "threads": torch.get_num_threads(),
-            "size": args.size, "steps": args.steps, "repeats": args.repeats, "lora": lora,
-            "vram_limit_gib": args.vram_limit_gib, "compile_cache": cache,
+            "what": what,
+            "device": str(device),
+            "dtype": str(dtype).removeprefix("torch."),
+            "device_name": device_name,
+            "capability": env.capability,
+            "available": sorted(env.available),
+            "torch": torch.__version__,
+            "diffusers": diffusers.__version__,
+            "threads": torch.get_num_threads(),
+            "size": args.size,
+            "steps": args.steps,
+            "repeats": args.repeats,
+            "lora": lora,
+            "vram_limit_gib": args.vram_limit_gib,
+            "compile_cache": cache,
             "compile_cache_was_empty": not (Path(cache).exists() and any(Path(cache).iterdir())),
             "command": "python " + " ".join([sys.argv[0], *(argv if argv is not None else sys.argv[1:])]),
         },
         "rows": [],
-    }  # fmt: skip
+    }
     reference: dict = {}
     for mode in modes:
         reason = skip_reason(mode, device, env, args)

@@ -47,8 +47,10 @@ ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 def compute_totals(procs: list[WorkerProcess]) -> tuple[float, float]:
     """Seconds of model compute and jobs, summed over the workers' /metrics."""
     texts = [proc.metrics() for proc in procs]
-    return (sum(metric(t, "flux_vector_inference_seconds_sum") for t in texts),
-            sum(metric(t, "flux_vector_inference_seconds_count") for t in texts))  # fmt: skip
+    return (
+        sum(metric(t, "flux_vector_inference_seconds_sum") for t in texts),
+        sum(metric(t, "flux_vector_inference_seconds_count") for t in texts),
+    )
 
 
 def throughput(redis: RedisServer, folder: Path, workers: int, jobs: int, clients: int, params: dict, db: int) -> dict:
@@ -69,8 +71,10 @@ def throughput(redis: RedisServer, folder: Path, workers: int, jobs: int, client
         def loop(index: int) -> None:
             c = segmind.SegmindClient(base_url=api.base_url)
             try:
-                handles = [c.submit_async(SLUG, prompt=f"v3ct0r style, job {n}", seed=n, **params)
-                           for n in range(index, jobs, clients)]  # fmt: skip
+                handles = [
+                    c.submit_async(SLUG, prompt=f"v3ct0r style, job {n}", seed=n, **params)
+                    for n in range(index, jobs, clients)
+                ]
                 for handle in handles:
                     if handle.wait(timeout=600, interval=0.02)["status"] != "COMPLETED":
                         errors.append(handle.request_id)
@@ -87,8 +91,14 @@ def throughput(redis: RedisServer, folder: Path, workers: int, jobs: int, client
         seconds = max(walls) - started
         after = compute_totals(procs)
         per_job = (after[0] - before[0]) / max(1.0, after[1] - before[1])
-        return {"workers": workers, "jobs": jobs, "seconds": seconds, "jobs_per_s": jobs / seconds,
-                "mean_inference_s": per_job, "errors": errors}  # fmt: skip
+        return {
+            "workers": workers,
+            "jobs": jobs,
+            "seconds": seconds,
+            "jobs_per_s": jobs / seconds,
+            "mean_inference_s": per_job,
+            "errors": errors,
+        }
     finally:
         api.stop()
         for proc in procs:
@@ -111,8 +121,12 @@ def time_jobs(base_url: str, params: dict, repeats: int) -> dict[str, float]:
         v2.append(time.perf_counter() - t)
         v2_over.append(v2[-1] - result["metrics"]["inference_time"])
     med = statistics.median
-    return {"v1_run_sync": med(v1), "v2_submit_poll": med(v2), "v1_run_sync_overhead": med(v1_over),
-            "v2_submit_poll_overhead": med(v2_over)}  # fmt: skip
+    return {
+        "v1_run_sync": med(v1),
+        "v2_submit_poll": med(v2),
+        "v1_run_sync_overhead": med(v1_over),
+        "v2_submit_poll_overhead": med(v2_over),
+    }
 
 
 def http_latency(redis: RedisServer, folder: Path, params: dict, repeats: int) -> dict:
@@ -132,8 +146,7 @@ def http_latency(redis: RedisServer, folder: Path, params: dict, repeats: int) -
     finally:
         api.stop()
         worker.stop()
-    return {"sqlite": sqlite, "redis": over_redis,
-            "added_ms": {k: (over_redis[k] - sqlite[k]) * 1e3 for k in sqlite}}  # fmt: skip
+    return {"sqlite": sqlite, "redis": over_redis, "added_ms": {k: (over_redis[k] - sqlite[k]) * 1e3 for k in sqlite}}
 
 
 def store_round_trip(redis: RedisServer, folder: Path, repeats: int) -> dict:
@@ -155,8 +168,10 @@ def store_round_trip(redis: RedisServer, folder: Path, repeats: int) -> dict:
         return time.perf_counter() - t
 
     out = {}
-    for name, store in (("sqlite", SQLiteJobStore(folder / "rt" / "jobs.sqlite3")),
-                        ("redis", RedisJobStore.from_url(redis.url(15), claim_block_s=0.0))):  # fmt: skip
+    for name, store in (
+        ("sqlite", SQLiteJobStore(folder / "rt" / "jobs.sqlite3")),
+        ("redis", RedisJobStore.from_url(redis.url(15), claim_block_s=0.0)),
+    ):
         try:
             for _ in range(5):
                 one(store)
@@ -186,8 +201,12 @@ def lora_switch(repeats: int) -> dict:
     t = time.perf_counter()
     FluxVectorPipeline.from_pretrained("tiny", log=lambda *_: None)
     reload_ms = (time.perf_counter() - t) * 1e3
-    return {"fused_ms": fused_ms, "runtime_adapter_ms": adapter_ms, "reload_ms": reload_ms,
-            "layers": len(pipe.lora.modules)}  # fmt: skip
+    return {
+        "fused_ms": fused_ms,
+        "runtime_adapter_ms": adapter_ms,
+        "reload_ms": reload_ms,
+        "layers": len(pipe.lora.modules),
+    }
 
 
 def main() -> None:
@@ -218,28 +237,44 @@ def main() -> None:
             redis.stop()
     switch = lora_switch(max(args.repeats, 20))
 
-    print(f"throughput ({args.size}x{args.size}, {args.steps} steps, tiny model, {args.jobs} jobs from {args.clients} "
-          f"segmind clients, 1 API process, workers at 1 torch thread each, {os.cpu_count()} cores):")
+    print(
+        f"throughput ({args.size}x{args.size}, {args.steps} steps, tiny model, {args.jobs} jobs from {args.clients} "
+        f"segmind clients, 1 API process, workers at 1 torch thread each, {os.cpu_count()} cores):"
+    )
     base = runs[0]["jobs_per_s"] / runs[0]["workers"]
     for run in runs:
-        print(f"  {run['workers']} worker(s): {run['jobs_per_s']:6.2f} jobs/s  ({run['seconds']:.1f} s; "
-              f"{run['jobs_per_s'] / base:.2f}x one worker; mean compute {run['mean_inference_s'] * 1e3:.0f} ms/job; "
-              f"{len(run['errors'])} errors)")
+        print(
+            f"  {run['workers']} worker(s): {run['jobs_per_s']:6.2f} jobs/s  ({run['seconds']:.1f} s; "
+            f"{run['jobs_per_s'] / base:.2f}x one worker; mean compute {run['mean_inference_s'] * 1e3:.0f} ms/job; "
+            f"{len(run['errors'])} errors)"
+        )
     m = latency
-    print(f"added latency per job, idle, one at a time ({small['width']}x{small['height']}, {small['steps']} steps; "
-          f"median of {args.repeats}):")
+    print(
+        f"added latency per job, idle, one at a time ({small['width']}x{small['height']}, {small['steps']} steps; "
+        f"median of {args.repeats}):"
+    )
     for key, label in (("v1_run_sync", "v1 run_sync          "), ("v2_submit_poll", "v2 submit+poll 10 ms ")):
         over = key + "_overhead"
-        print(f"  {label} wall: embedded {m['sqlite'][key] * 1e3:6.1f} ms, redis {m['redis'][key] * 1e3:6.1f} ms "
-              f"({m['added_ms'][key]:+5.1f} ms); minus the job's compute: embedded {m['sqlite'][over] * 1e3:5.1f} ms, "
-              f"redis {m['redis'][over] * 1e3:5.1f} ms ({m['added_ms'][over]:+5.1f} ms)")
-    print(f"  store round trip (submit, claim, progress, complete 10 kB, get, image; in-process): "
-          f"sqlite {store['sqlite']:.2f} ms, redis {store['redis']:.2f} ms ({store['added_ms']:+.2f} ms)")
-    print(f"lora strength switch, tiny model ({switch['layers']} layers): fused {switch['fused_ms']:.2f} ms, runtime "
-          f"adapter {switch['runtime_adapter_ms']:.3f} ms, full reload {switch['reload_ms']:.0f} ms")
+        print(
+            f"  {label} wall: embedded {m['sqlite'][key] * 1e3:6.1f} ms, redis {m['redis'][key] * 1e3:6.1f} ms "
+            f"({m['added_ms'][key]:+5.1f} ms); minus the job's compute: embedded {m['sqlite'][over] * 1e3:5.1f} ms, "
+            f"redis {m['redis'][over] * 1e3:5.1f} ms ({m['added_ms'][over]:+5.1f} ms)"
+        )
+    print(
+        f"  store round trip (submit, claim, progress, complete 10 kB, get, image; in-process): "
+        f"sqlite {store['sqlite']:.2f} ms, redis {store['redis']:.2f} ms ({store['added_ms']:+.2f} ms)"
+    )
+    print(
+        f"lora strength switch, tiny model ({switch['layers']} layers): fused {switch['fused_ms']:.2f} ms, runtime "
+        f"adapter {switch['runtime_adapter_ms']:.3f} ms, full reload {switch['reload_ms']:.0f} ms"
+    )
     if args.json:
-        Path(args.json).write_text(json.dumps({"args": vars(args), "throughput": runs, "latency": latency,
-                                               "store": store, "lora_switch": switch}, indent=2))  # fmt: skip
+        Path(args.json).write_text(
+            json.dumps(
+                {"args": vars(args), "throughput": runs, "latency": latency, "store": store, "lora_switch": switch},
+                indent=2,
+            )
+        )
 
 
 if __name__ == "__main__":

@@ -66,8 +66,9 @@ def time_sampler(name: str, model, evals: list[int], args, latent: torch.Tensor)
         evals[0] = 0
         synchronize(latent.device)
         started = time.perf_counter()
-        ksampler(model, model, sampler_name=name, scheduler=args.scheduler, steps=args.steps, seed=6652105,
-                 latent=latent)  # fmt: skip
+        ksampler(
+            model, model, sampler_name=name, scheduler=args.scheduler, steps=args.steps, seed=6652105, latent=latent
+        )
         synchronize(latent.device)
         elapsed = time.perf_counter() - started
         if elapsed < best:
@@ -99,10 +100,12 @@ def main() -> None:
         ksampler(warm, warm, sampler_name=name, scheduler=args.scheduler, steps=args.steps, seed=1, latent=latent)
     model = make_model(latent, args.model_ms, evals)
     rows = [time_sampler(name, model, evals, args, latent) for name in names]
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads (OMP_NUM_THREADS="
-          f"{os.environ.get('OMP_NUM_THREADS', 'unset')}), latent {list(latent.shape)} on {latent.device}, "
-          f"{args.steps} steps "
-          f"{args.scheduler}, model {args.model_ms:g} ms/eval, best of {args.repeats}")  # fmt: skip
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads (OMP_NUM_THREADS="
+        f"{os.environ.get('OMP_NUM_THREADS', 'unset')}), latent {list(latent.shape)} on {latent.device}, "
+        f"{args.steps} steps "
+        f"{args.scheduler}, model {args.model_ms:g} ms/eval, best of {args.repeats}"
+    )
     if args.model_ms > 0:
         print(f"{'sampler':24s} {'ms/step':>9s} {'evals':>6s} {'wall/model':>10s}")
         for row in rows:
@@ -116,8 +119,17 @@ def main() -> None:
             print(f"{row['sampler']:24s} {row['ms_per_step']:9.2f} {row['ratio_to_euler']:8.2f} {row['evals']:6d}")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"steps": args.steps, "scheduler": args.scheduler, "model_ms": args.model_ms,
-                       "device": str(latent.device), "rows": rows}, f, indent=1)  # fmt: skip
+            json.dump(
+                {
+                    "steps": args.steps,
+                    "scheduler": args.scheduler,
+                    "model_ms": args.model_ms,
+                    "device": str(latent.device),
+                    "rows": rows,
+                },
+                f,
+                indent=1,
+            )
 
 
 if __name__ == "__main__":

@@ -47,8 +47,12 @@ def pct(values: list[float], q: float) -> float:
 
 
 def summary(values: list[float]) -> dict[str, float]:
-    return {"n": len(values), "p50_ms": pct(values, 50) * 1e3, "p99_ms": pct(values, 99) * 1e3,
-            "max_ms": max(values) * 1e3 if values else float("nan")}  # fmt: skip
+    return {
+        "n": len(values),
+        "p50_ms": pct(values, 50) * 1e3,
+        "p99_ms": pct(values, 99) * 1e3,
+        "max_ms": max(values) * 1e3 if values else float("nan"),
+    }
 
 
 def load_phase(server: ServerProcess, clients: int, jobs_per_client: int, params: dict, poll: float) -> dict:
@@ -94,10 +98,16 @@ def load_phase(server: ServerProcess, clients: int, jobs_per_client: int, params
     elapsed = time.perf_counter() - started
     stop.set()
     watcher.join()
-    return {"clients": clients, "jobs": clients * jobs_per_client, "seconds": elapsed,
-            "jobs_per_s": clients * jobs_per_client / elapsed, "submit": summary(submits),
-            "status": summary(statuses), "worker_busy_fraction": sum(busy_samples) / max(1, len(busy_samples)),
-            "errors": errors}  # fmt: skip
+    return {
+        "clients": clients,
+        "jobs": clients * jobs_per_client,
+        "seconds": elapsed,
+        "jobs_per_s": clients * jobs_per_client / elapsed,
+        "submit": summary(submits),
+        "status": summary(statuses),
+        "worker_busy_fraction": sum(busy_samples) / max(1, len(busy_samples)),
+        "errors": errors,
+    }
 
 
 def overhead_phase(server: ServerProcess, repeats: int, params: dict, model: str) -> dict:
@@ -166,23 +176,35 @@ def main() -> None:
 
     s, st = load["submit"], load["status"]
     print(f"server: model {args.model}, loopback")
-    print(f"load ({args.load_size}x{args.load_size}, {args.load_steps} steps): {load['clients']} clients x "
-          f"{args.jobs_per_client} jobs = {load['jobs']} jobs in {load['seconds']:.1f} s "
-          f"({load['jobs_per_s']:.2f} jobs/s), worker busy "
-          f"{load['worker_busy_fraction']:.0%} of the phase, {len(load['errors'])} errors")
-    print(f"  submit  (POST /v2)          n={s['n']:4d}  p50 {s['p50_ms']:7.1f} ms  p99 {s['p99_ms']:7.1f} ms  "
-          f"max {s['max_ms']:7.1f} ms")
-    print(f"  status  (GET  .../status)   n={st['n']:4d}  p50 {st['p50_ms']:7.1f} ms  p99 {st['p99_ms']:7.1f} ms  "
-          f"max {st['max_ms']:7.1f} ms")
+    print(
+        f"load ({args.load_size}x{args.load_size}, {args.load_steps} steps): {load['clients']} clients x "
+        f"{args.jobs_per_client} jobs = {load['jobs']} jobs in {load['seconds']:.1f} s "
+        f"({load['jobs_per_s']:.2f} jobs/s), worker busy "
+        f"{load['worker_busy_fraction']:.0%} of the phase, {len(load['errors'])} errors"
+    )
+    print(
+        f"  submit  (POST /v2)          n={s['n']:4d}  p50 {s['p50_ms']:7.1f} ms  p99 {s['p99_ms']:7.1f} ms  "
+        f"max {s['max_ms']:7.1f} ms"
+    )
+    print(
+        f"  status  (GET  .../status)   n={st['n']:4d}  p50 {st['p50_ms']:7.1f} ms  p99 {st['p99_ms']:7.1f} ms  "
+        f"max {st['max_ms']:7.1f} ms"
+    )
     m = overhead["median_wall_s"]
-    print(f"overhead per job ({args.size}x{args.size}, {args.steps} steps; median of {overhead['repeats']}, "
-          f"idle server; inference {overhead['median_inference_s']['http_v2'] * 1e3:.0f} ms server / "
-          f"{overhead['median_inference_s']['in_process'] * 1e3:.0f} ms in-process):")
+    print(
+        f"overhead per job ({args.size}x{args.size}, {args.steps} steps; median of {overhead['repeats']}, "
+        f"idle server; inference {overhead['median_inference_s']['http_v2'] * 1e3:.0f} ms server / "
+        f"{overhead['median_inference_s']['in_process'] * 1e3:.0f} ms in-process):"
+    )
     print(f"  in-process flux_vector.run  {m['in_process'] * 1e3:8.1f} ms  1.000x")
-    print(f"  HTTP v2 submit+poll(10 ms)  {m['http_v2'] * 1e3:8.1f} ms  {overhead['ratio_v2_to_in_process']:.3f}x  "
-          f"({overhead['overhead_v2_ms']:+.1f} ms)")
-    print(f"  HTTP v1 run_sync            {m['http_v1'] * 1e3:8.1f} ms  {overhead['ratio_v1_to_in_process']:.3f}x  "
-          f"({overhead['overhead_v1_ms']:+.1f} ms)")
+    print(
+        f"  HTTP v2 submit+poll(10 ms)  {m['http_v2'] * 1e3:8.1f} ms  {overhead['ratio_v2_to_in_process']:.3f}x  "
+        f"({overhead['overhead_v2_ms']:+.1f} ms)"
+    )
+    print(
+        f"  HTTP v1 run_sync            {m['http_v1'] * 1e3:8.1f} ms  {overhead['ratio_v1_to_in_process']:.3f}x  "
+        f"({overhead['overhead_v1_ms']:+.1f} ms)"
+    )
     if load["errors"]:
         print("errors:", *load["errors"][:5], sep="\n  ")
     if args.json:

@@ -43,8 +43,9 @@ def icon_folder() -> Path:
         CACHE.mkdir(parents=True, exist_ok=True)
         if shutil.which("npm") is None:
             sys.exit("npm is needed to fetch the icon set (apt-get install npm)")
-        out = subprocess.run(["npm", "pack", PACKAGE, "--silent"], cwd=CACHE, check=True, capture_output=True,
-                             text=True).stdout.split()[-1]  # fmt: skip
+        out = subprocess.run(
+            ["npm", "pack", PACKAGE, "--silent"], cwd=CACHE, check=True, capture_output=True, text=True
+        ).stdout.split()[-1]
         with tarfile.open(CACHE / out) as archive:
             archive.extractall(CACHE / "unpacked", filter="data")
         (CACHE / "unpacked" / "package").rename(folder)
@@ -107,15 +108,23 @@ def measure(tracer, pixels: np.ndarray, clean: np.ndarray) -> tuple[dict, str]:
     svg = tracer(pixels)
     cpu, wall = time.thread_time() - cpu, time.perf_counter() - wall
     back = render(svg.encode())
-    row = {"psnr": psnr(back, clean), "ssim": ssim(back, clean), "bytes": len(svg.encode()),
-           "paths": svg.count("<path"), "cpu_s": cpu, "wall_s": wall}  # fmt: skip
+    row = {
+        "psnr": psnr(back, clean),
+        "ssim": ssim(back, clean),
+        "bytes": len(svg.encode()),
+        "paths": svg.count("<path"),
+        "cpu_s": cpu,
+        "wall_s": wall,
+    }
     return row, svg
 
 
 def table(rows: dict) -> str:
-    lines = ["| set | tracer | PSNR dB median (worst) | SSIM median (worst) | SVG KB median (worst) | paths median "
-             "(worst) | CPU s median (worst) | wall s median |",
-             "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines = [
+        "| set | tracer | PSNR dB median (worst) | SSIM median (worst) | SVG KB median (worst) | paths median "
+        "(worst) | CPU s median (worst) | wall s median |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for kind in ("generated", "clean"):
         for name in TRACERS:
             r = rows[kind][name]
@@ -135,16 +144,24 @@ def targets(rows: dict) -> list[str]:
         return float(np.median([x[key] for x in rows[kind][name]]))
 
     checks = [
-        ("generated: median size <= 1/10 of vtracer's", med("generated", "ours", "bytes"),
-         med("generated", "vtracer", "bytes") / 10),
-        ("generated: median PSNR >= vtracer's", -med("generated", "ours", "psnr"),
-         -med("generated", "vtracer", "psnr")),
+        (
+            "generated: median size <= 1/10 of vtracer's",
+            med("generated", "ours", "bytes"),
+            med("generated", "vtracer", "bytes") / 10,
+        ),
+        (
+            "generated: median PSNR >= vtracer's",
+            -med("generated", "ours", "psnr"),
+            -med("generated", "vtracer", "psnr"),
+        ),
         ("generated: median CPU time <= 0.5 s", med("generated", "ours", "cpu_s"), 0.5),
         ("clean: median PSNR >= 32 dB", -med("clean", "ours", "psnr"), -32.0),
         ("clean: median size <= vtracer's", med("clean", "ours", "bytes"), med("clean", "vtracer", "bytes")),
-    ]  # fmt: skip
-    return [f"{'PASS' if value <= limit else 'FAIL'}  {text}: {abs(value):.4g} vs {abs(limit):.4g}"
-            for text, value, limit in checks]  # fmt: skip
+    ]
+    return [
+        f"{'PASS' if value <= limit else 'FAIL'}  {text}: {abs(value):.4g} vs {abs(limit):.4g}"
+        for text, value, limit in checks
+    ]
 
 
 def side_by_side(raster: np.ndarray, svg: str, path: Path, size: int = 384) -> None:
@@ -175,8 +192,13 @@ def run_icon(task: tuple[int, str, Path | None]) -> list[dict]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--count", type=int, default=48, help="icons (default 48)")
-    parser.add_argument("--jobs", type=int, default=1, help="icons measured in parallel processes (default 1; each "
-                        "image is still traced on one thread, its CPU time is its own)")  # fmt: skip
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="icons measured in parallel processes (default 1; each "
+        "image is still traced on one thread, its CPU time is its own)",
+    )
     parser.add_argument("--out", type=Path, default=Path("bench_out/vectorize"))
     parser.add_argument("--picture", type=Path, help="also write the README picture (raster | SVG) here")
     parser.add_argument("--picture-index", type=int, default=7)
@@ -186,10 +208,14 @@ def main() -> int:
     done_file = args.out / "rows.jsonl"  # one line per measurement, so an interrupted run resumes where it stopped
     done = [json.loads(line) for line in done_file.read_text().splitlines()] if done_file.exists() else []
     seen = {row["index"] for row in done}
-    tasks = [(i, str(f), args.picture if i == args.picture_index else None) for i, f in enumerate(files)
-             if i not in seen]  # fmt: skip
-    print(f"{len(files)} icons at {SIZE}x{SIZE} ({len(seen)} already measured); OMP_NUM_THREADS="
-          f"{os.environ.get('OMP_NUM_THREADS')}, {os.cpu_count()} CPUs visible, {args.jobs} process(es)", flush=True)
+    tasks = [
+        (i, str(f), args.picture if i == args.picture_index else None) for i, f in enumerate(files) if i not in seen
+    ]
+    print(
+        f"{len(files)} icons at {SIZE}x{SIZE} ({len(seen)} already measured); OMP_NUM_THREADS="
+        f"{os.environ.get('OMP_NUM_THREADS')}, {os.cpu_count()} CPUs visible, {args.jobs} process(es)",
+        flush=True,
+    )
     with multiprocessing.get_context("spawn").Pool(args.jobs) as pool, done_file.open("a") as sink:
         for rows in pool.imap_unordered(run_icon, tasks):
             for row in rows:
@@ -199,11 +225,16 @@ def main() -> int:
             by = {(r["set"], r["tracer"]): r for r in rows}
             g, v = by[("generated", "ours")], by[("generated", "vtracer")]
             count = len({r["index"] for r in done})
-            print(f"{count:2d}/{len(files)} {g['icon']:>6}: generated ours {g['psnr']:.2f} dB "
-                  f"{g['bytes'] / 1000:.1f} KB {g['cpu_s']:.3f} s | vtracer {v['psnr']:.2f} dB "
-                  f"{v['bytes'] / 1000:.1f} KB {v['cpu_s']:.3f} s", flush=True)  # fmt: skip
-    rows: dict = {kind: {name: [r for r in done if r["set"] == kind and r["tracer"] == name] for name in TRACERS}
-                  for kind in ("generated", "clean")}  # fmt: skip
+            print(
+                f"{count:2d}/{len(files)} {g['icon']:>6}: generated ours {g['psnr']:.2f} dB "
+                f"{g['bytes'] / 1000:.1f} KB {g['cpu_s']:.3f} s | vtracer {v['psnr']:.2f} dB "
+                f"{v['bytes'] / 1000:.1f} KB {v['cpu_s']:.3f} s",
+                flush=True,
+            )
+    rows: dict = {
+        kind: {name: [r for r in done if r["set"] == kind and r["tracer"] == name] for name in TRACERS}
+        for kind in ("generated", "clean")
+    }
     report = f"{len(seen | {r['index'] for r in done})} icons\n\n" + table(rows) + "\n\n" + "\n".join(targets(rows))
     print("\n" + report)
     (args.out / "bench_vectorize.md").write_text(report + "\n")

@@ -33,8 +33,11 @@ def _model_options() -> argparse.ArgumentParser:
 
     p = argparse.ArgumentParser(add_help=False)
     g = p.add_argument_group("model")
-    g.add_argument("--model", help=f"tiny | a diffusers folder | a hub id in the local cache | a BFL .safetensors "
-                   f"(default: ${MODEL_ENV}, else FLUX.1-dev if cached, else tiny)")  # fmt: skip
+    g.add_argument(
+        "--model",
+        help=f"tiny | a diffusers folder | a hub id in the local cache | a BFL .safetensors "
+        f"(default: ${MODEL_ENV}, else FLUX.1-dev if cached, else tiny)",
+    )
     g.add_argument("--lora", help=f"LoRA file or hub id, or 'none' (default: {DEFAULT_LORA})")
     g.add_argument("--quantize", choices=["8bit"], help="bitsandbytes int8 transformer (default: none)")
     g.add_argument("--offload", default="auto", choices=OFFLOAD_MODES, help="default: auto (chosen from free VRAM)")
@@ -61,11 +64,19 @@ def _request_flag(p, field: str, **kwargs: Any) -> None:
 
 
 def _add_generate(sub, parents) -> None:
-    p = sub.add_parser("generate", parents=parents, help="generate an image",
-                       description="Generate one image (or a batch) with the hosted API's parameters.")  # fmt: skip
+    p = sub.add_parser(
+        "generate",
+        parents=parents,
+        help="generate an image",
+        description="Generate one image (or a batch) with the hosted API's parameters.",
+    )
     p.add_argument("--prompt", required=True, help=allowed("prompt"))
-    p.add_argument("--out", required=True, type=Path,
-                   help="output image: .png, .jpg, .webp, or .svg (the image traced to vector shapes)")  # fmt: skip
+    p.add_argument(
+        "--out",
+        required=True,
+        type=Path,
+        help="output image: .png, .jpg, .webp, or .svg (the image traced to vector shapes)",
+    )
     g = p.add_argument_group("request (the hosted API's parameters and the local extensions)")
     for field in GENERATE_FIELDS:
         annotation = GenerationRequest.model_fields[field].annotation
@@ -79,16 +90,22 @@ def _add_generate(sub, parents) -> None:
             _request_flag(g, field, type=float)
         else:
             _request_flag(g, field)
-    p.add_argument("--fast", action="store_true",
-                   help="fast mode: fused QKV, best attention backend, regional torch.compile (cached on disk), fp8 "
-                        "on Ada/Hopper with torchao; the first run at a size compiles")  # fmt: skip
+    p.add_argument(
+        "--fast",
+        action="store_true",
+        help="fast mode: fused QKV, best attention backend, regional torch.compile (cached on disk), fp8 "
+        "on Ada/Hopper with torchao; the first run at a size compiles",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def _add_vectorize(sub) -> None:
-    p = sub.add_parser("vectorize", help="trace an existing image to SVG",
-                       description="Trace an image (PNG, JPEG, WebP...) to an SVG of flat shapes, as output_format "
-                       "svg does for generated images.")  # fmt: skip
+    p = sub.add_parser(
+        "vectorize",
+        help="trace an existing image to SVG",
+        description="Trace an image (PNG, JPEG, WebP...) to an SVG of flat shapes, as output_format "
+        "svg does for generated images.",
+    )
     p.add_argument("image", type=Path, help="input image")
     p.add_argument("--out", required=True, type=Path, help="output .svg")
     _request_flag(p, "detail")
@@ -100,21 +117,39 @@ def _add_serve(sub, parents) -> None:
     from .serving import API_KEY_ENV
 
     p = sub.add_parser(
-        "serve", parents=parents, help="serve the Segmind-compatible HTTP API",
+        "serve",
+        parents=parents,
+        help="serve the Segmind-compatible HTTP API",
         description="Serve POST /v1/Simple_Vector_Flux, the /v2 queue, the playground at /, /healthz, /metrics and "
         "/docs. Point the segmind SDK at it with SegmindClient(base_url='http://HOST:PORT/v1'). Set "
         f"{API_KEY_ENV} to require x-api-key.",
-    )  # fmt: skip
+    )
     p.add_argument("--host", default=DEFAULT_HOST, help=f"default {DEFAULT_HOST} (loopback only)")
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"default {DEFAULT_PORT}")
-    p.add_argument("--store", help=f"job store: a SQLite file (default: {default_store_path()}), or "
-                   "redis://HOST:PORT/DB for an API-only process whose jobs run on flux-vector worker processes")
-    p.add_argument("--max-queue", type=int, default=DEFAULT_MAX_QUEUE,
-                   help=f"jobs waiting before submits get 429 (default {DEFAULT_MAX_QUEUE})")  # fmt: skip
-    p.add_argument("--retention", type=float, default=DEFAULT_RETENTION_S, metavar="SECONDS",
-                   help=f"how long finished results and images are kept (default {DEFAULT_RETENTION_S:g})")  # fmt: skip
-    p.add_argument("--log-level", default=DEFAULT_LOG_LEVEL, choices=["critical", "error", "warning", "info", "debug"],
-                   help=f"default {DEFAULT_LOG_LEVEL}")  # fmt: skip
+    p.add_argument(
+        "--store",
+        help=f"job store: a SQLite file (default: {default_store_path()}), or "
+        "redis://HOST:PORT/DB for an API-only process whose jobs run on flux-vector worker processes",
+    )
+    p.add_argument(
+        "--max-queue",
+        type=int,
+        default=DEFAULT_MAX_QUEUE,
+        help=f"jobs waiting before submits get 429 (default {DEFAULT_MAX_QUEUE})",
+    )
+    p.add_argument(
+        "--retention",
+        type=float,
+        default=DEFAULT_RETENTION_S,
+        metavar="SECONDS",
+        help=f"how long finished results and images are kept (default {DEFAULT_RETENTION_S:g})",
+    )
+    p.add_argument(
+        "--log-level",
+        default=DEFAULT_LOG_LEVEL,
+        choices=["critical", "error", "warning", "info", "debug"],
+        help=f"default {DEFAULT_LOG_LEVEL}",
+    )
 
 
 def _add_worker(sub, parents) -> None:
@@ -122,25 +157,41 @@ def _add_worker(sub, parents) -> None:
     from .jobs.worker_process import DEFAULT_METRICS_HOST, DEFAULT_METRICS_PORT
 
     p = sub.add_parser(
-        "worker", parents=parents, help="run one GPU worker on a Redis job store",
+        "worker",
+        parents=parents,
+        help="run one GPU worker on a Redis job store",
         description="Run jobs queued by flux-vector serve --store redis://... API processes: one worker per GPU, on "
         "any machine that reaches Redis. Loads the model once, fuses the LoRA once, warms up, then runs jobs until "
         "SIGTERM (the running job goes back to the queue). A worker killed mid-job has its job re-run by another "
         "after --lease seconds, at most --max-attempts runs in all.",
-    )  # fmt: skip
+    )
     p.add_argument("--store", required=True, help="redis://HOST:PORT/DB (the same as the API processes')")
     p.add_argument("--name", help="this worker's name in Redis and the logs (default: HOST-PID-xxxx)")
-    p.add_argument("--lease", type=float, default=DEFAULT_LEASE_S, metavar="SECONDS",
-                   help="a job whose worker stops renewing it for this long runs again elsewhere; give every worker "
-                        f"the same value (default {DEFAULT_LEASE_S:g})")  # fmt: skip
-    p.add_argument("--max-attempts", type=int, default=DEFAULT_REDIS_MAX_ATTEMPTS,
-                   help="runs of a job whose workers keep dying before it is FAILED "
-                        f"(default {DEFAULT_REDIS_MAX_ATTEMPTS})")  # fmt: skip
-    p.add_argument("--metrics-host", default=DEFAULT_METRICS_HOST,
-                   help=f"address of /metrics and /healthz (default {DEFAULT_METRICS_HOST})")  # fmt: skip
-    p.add_argument("--metrics-port", type=int, default=DEFAULT_METRICS_PORT,
-                   help=f"port of /metrics and /healthz (default {DEFAULT_METRICS_PORT}; 0: any free port, logged; "
-                        "-1: none)")  # fmt: skip
+    p.add_argument(
+        "--lease",
+        type=float,
+        default=DEFAULT_LEASE_S,
+        metavar="SECONDS",
+        help="a job whose worker stops renewing it for this long runs again elsewhere; give every worker "
+        f"the same value (default {DEFAULT_LEASE_S:g})",
+    )
+    p.add_argument(
+        "--max-attempts",
+        type=int,
+        default=DEFAULT_REDIS_MAX_ATTEMPTS,
+        help=f"runs of a job whose workers keep dying before it is FAILED (default {DEFAULT_REDIS_MAX_ATTEMPTS})",
+    )
+    p.add_argument(
+        "--metrics-host",
+        default=DEFAULT_METRICS_HOST,
+        help=f"address of /metrics and /healthz (default {DEFAULT_METRICS_HOST})",
+    )
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        default=DEFAULT_METRICS_PORT,
+        help=f"port of /metrics and /healthz (default {DEFAULT_METRICS_PORT}; 0: any free port, logged; -1: none)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -161,11 +212,20 @@ def run_worker_command(args: argparse.Namespace) -> int:
     from .jobs.worker_process import run_worker
 
     return run_worker(
-        store=args.store, model=args.model, lora=args.lora, quantize=args.quantize, offload=args.offload,
-        device=args.device, name=args.name, lease_s=args.lease, max_attempts=args.max_attempts,
-        metrics_host=args.metrics_host, metrics_port=args.metrics_port, fuse=not args.no_fuse,
+        store=args.store,
+        model=args.model,
+        lora=args.lora,
+        quantize=args.quantize,
+        offload=args.offload,
+        device=args.device,
+        name=args.name,
+        lease_s=args.lease,
+        max_attempts=args.max_attempts,
+        metrics_host=args.metrics_host,
+        metrics_port=args.metrics_port,
+        fuse=not args.no_fuse,
         warmup=not args.no_warmup,
-    )  # fmt: skip
+    )
 
 
 def run_serve_command(args: argparse.Namespace) -> int:
@@ -175,13 +235,26 @@ def run_serve_command(args: argparse.Namespace) -> int:
     if args.store is not None and is_redis_url(args.store):
         ignored = [f"--{name}" for name in ("model", "lora", "quantize", "device") if getattr(args, name)]
         if ignored:
-            print(f"flux-vector serve: {', '.join(ignored)} ignored: with a Redis store this process only serves the "
-                  "API; give them to flux-vector worker", file=sys.stderr)  # fmt: skip
+            print(
+                f"flux-vector serve: {', '.join(ignored)} ignored: with a Redis store this process only serves the "
+                "API; give them to flux-vector worker",
+                file=sys.stderr,
+            )
     return serve(
-        model=args.model, lora=args.lora, quantize=args.quantize, offload=args.offload, device=args.device,
-        host=args.host, port=args.port, store=args.store, max_queue=args.max_queue, retention_s=args.retention,
-        log_level=args.log_level, fuse=not args.no_fuse, warmup=not args.no_warmup,
-    )  # fmt: skip
+        model=args.model,
+        lora=args.lora,
+        quantize=args.quantize,
+        offload=args.offload,
+        device=args.device,
+        host=args.host,
+        port=args.port,
+        store=args.store,
+        max_queue=args.max_queue,
+        retention_s=args.retention,
+        log_level=args.log_level,
+        fuse=not args.no_fuse,
+        warmup=not args.no_warmup,
+    )
 
 
 def _output_format(out: Path) -> str:
@@ -209,8 +282,10 @@ def run_vectorize_command(args: argparse.Namespace) -> int:
         raise ValueError(f"{args.image} is not an image this program can read") from None
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(svg, encoding="utf-8")
-    print(f"saved {args.out}: {image.width}x{image.height}, {svg.count('<path')} paths, "
-          f"{len(svg.encode()) / 1000:.1f} KB, {time.perf_counter() - started:.2f} s")  # fmt: skip
+    print(
+        f"saved {args.out}: {image.width}x{image.height}, {svg.count('<path')} paths, "
+        f"{len(svg.encode()) / 1000:.1f} KB, {time.perf_counter() - started:.2f} s"
+    )
     return 0
 
 
@@ -222,9 +297,14 @@ def run_generate_command(args: argparse.Namespace) -> int:
     params["output_format"] = _output_format(args.out)
     request = parse_request(params)  # fail fast, before loading any weights
     pipe = load_pipeline(
-        args.model, lora=args.lora, lora_strength=request.lora_strength, quantize=args.quantize, offload=args.offload,
-        device=args.device, fast=args.fast,
-    )  # fmt: skip
+        args.model,
+        lora=args.lora,
+        lora_strength=request.lora_strength,
+        quantize=args.quantize,
+        offload=args.offload,
+        device=args.device,
+        fast=args.fast,
+    )
     started = time.perf_counter()
     result = pipe.generate(request, progress=not args.no_progress)
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -237,9 +317,11 @@ def run_generate_command(args: argparse.Namespace) -> int:
             image.save(path)
         paths.append(str(path))
     elapsed = time.perf_counter() - started
-    print(f"saved {', '.join(paths)}: {result.width}x{result.height}, seed {request.seed}, {request.steps} steps "
-          f"{request.sampler_name}/{request.scheduler}, {elapsed:.2f} s "
-          f"({result.timings['per_step_s'] * 1000:.0f} ms/step)")  # fmt: skip
+    print(
+        f"saved {', '.join(paths)}: {result.width}x{result.height}, seed {request.seed}, {request.steps} steps "
+        f"{request.sampler_name}/{request.scheduler}, {elapsed:.2f} s "
+        f"({result.timings['per_step_s'] * 1000:.0f} ms/step)"
+    )
     return 0
 
 

@@ -80,8 +80,11 @@ def apply_offload(choice: OffloadChoice, diffusers_pipe, modules: dict[str, torc
                 module.to(choice.device)
             elif module is not None:
                 module.enable_group_offload(
-                    onload_device=choice.device, offload_device=torch.device("cpu"),
-                    offload_type="block_level", num_blocks_per_group=1, use_stream=True,
+                    onload_device=choice.device,
+                    offload_device=torch.device("cpu"),
+                    offload_type="block_level",
+                    num_blocks_per_group=1,
+                    use_stream=True,
                 ) if hasattr(module, "enable_group_offload") else _group_offload_plain(module, choice.device)
     else:  # pragma: no cover - choose_offload only returns the modes above
         raise ValueError(choice.mode)
@@ -91,9 +94,13 @@ def _group_offload_plain(module: torch.nn.Module, device: torch.device) -> None:
     from diffusers.hooks import apply_group_offloading
 
     apply_group_offloading(
-        module, onload_device=device, offload_device=torch.device("cpu"), offload_type="block_level",
-        num_blocks_per_group=1, use_stream=True,
-    )  # fmt: skip
+        module,
+        onload_device=device,
+        offload_device=torch.device("cpu"),
+        offload_type="block_level",
+        num_blocks_per_group=1,
+        use_stream=True,
+    )
 
 
 def place(module: torch.nn.Module, device: torch.device) -> None:

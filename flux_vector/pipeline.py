@@ -114,17 +114,26 @@ class FluxVectorPipeline:
         # diffusers' pipeline object is kept for its helpers (prompt encoding, latent packing, offload hooks);
         # its own denoising loop is not used (it rewrites custom sigma lists).
         self._diffusers = FluxPipeline(
-            scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
-            text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2, transformer=transformer,
-        )  # fmt: skip
+            scheduler=FlowMatchEulerDiscreteScheduler(),
+            vae=vae,
+            text_encoder=text_encoder,
+            tokenizer=tokenizer,
+            text_encoder_2=text_encoder_2,
+            tokenizer_2=tokenizer_2,
+            transformer=transformer,
+        )
         apply_offload(offload, self._diffusers, self._components())
         self.prompt_cache = PromptCache()
         self.fast_plan = None  # a fast.FastPlan once enable_fast ran
         self.fast_timings: dict[str, float] = {}
 
     def _components(self) -> dict[str, torch.nn.Module]:
-        return {"text_encoder": self.text_encoder, "text_encoder_2": self.text_encoder_2,
-                "transformer": self.transformer, "vae": self.vae}  # fmt: skip
+        return {
+            "text_encoder": self.text_encoder,
+            "text_encoder_2": self.text_encoder_2,
+            "transformer": self.transformer,
+            "vae": self.vae,
+        }
 
     # ----------------------------------------------------------------------------------------------- loading
     @classmethod
@@ -178,9 +187,15 @@ class FluxVectorPipeline:
         text_encoder_2 = T5EncoderModel.from_pretrained(folder, subfolder="text_encoder_2", dtype=dtype)
         tokenizer_2 = T5TokenizerFast.from_pretrained(folder, subfolder="tokenizer_2")
 
-        sizes = {name: module_bytes(m) for name, m in
-                 (("transformer", transformer), ("text_encoder_2", text_encoder_2), ("vae", vae),
-                  ("text_encoder", text_encoder))}  # fmt: skip
+        sizes = {
+            name: module_bytes(m)
+            for name, m in (
+                ("transformer", transformer),
+                ("text_encoder_2", text_encoder_2),
+                ("vae", vae),
+                ("text_encoder", text_encoder),
+            )
+        }
         if quantize == "8bit":
             from .quantize import quantize_linears_8bit
 
@@ -198,10 +213,18 @@ class FluxVectorPipeline:
             handle = apply_lora(patches, strength=lora_strength)
             log(f"lora: {lora_file.name}, {len(patches)} layers, strength {lora_strength}")
         pipe = cls(
-            transformer=transformer, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
-            text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2, device=device, dtype=dtype, offload=choice,
-            lora=handle, model_name=model,
-        )  # fmt: skip
+            transformer=transformer,
+            vae=vae,
+            text_encoder=text_encoder,
+            tokenizer=tokenizer,
+            text_encoder_2=text_encoder_2,
+            tokenizer_2=tokenizer_2,
+            device=device,
+            dtype=dtype,
+            offload=choice,
+            lora=handle,
+            model_name=model,
+        )
         fast = _fast_from_deprecated_compile(fast, compile)
         if fast:
             pipe.enable_fast(None if fast is True else fast, full=fast is True, log=log)
@@ -217,9 +240,12 @@ class FluxVectorPipeline:
         if self.fast_plan is not None:
             raise RuntimeError(f"the fast mode is already applied ({self.fast_plan.summary()}); load a new pipeline")
         plan = choose_fast_plan(
-            detect_env(self.device), fast, full=full, quantized_8bit=is_quantized(self.transformer),
+            detect_env(self.device),
+            fast,
+            full=full,
+            quantized_8bit=is_quantized(self.transformer),
             offload=self.offload.mode,
-        )  # fmt: skip
+        )
         for line in plan.describe():
             log(f"fast: {line}")
         self.fast_timings = apply_fast(self, plan, log=log)
@@ -361,10 +387,17 @@ class FluxVectorPipeline:
 
         t = time.perf_counter()
         x = ksampler(
-            positive_v, negative_v, sampler_name=request.sampler_name, scheduler=request.scheduler,
-            steps=request.steps, seed=request.seed, cfg=request.cfg, latent=latent, mu=flux_mu(width, height),
+            positive_v,
+            negative_v,
+            sampler_name=request.sampler_name,
+            scheduler=request.scheduler,
+            steps=request.steps,
+            seed=request.seed,
+            cfg=request.cfg,
+            latent=latent,
+            mu=flux_mu(width, height),
             callback=callback,
-        )  # fmt: skip
+        )
         if bar is not None:
             bar.close()
         _sync(x.device)

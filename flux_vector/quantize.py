@@ -25,9 +25,12 @@ def quantize_linears_8bit(model: nn.Module, device: torch.device | str, keep: tu
             if type(child) is not nn.Linear or full in keep:
                 continue
             quantized = bnb.nn.Linear8bitLt(
-                child.in_features, child.out_features, bias=child.bias is not None,
-                has_fp16_weights=False, threshold=6.0,
-            )  # fmt: skip
+                child.in_features,
+                child.out_features,
+                bias=child.bias is not None,
+                has_fp16_weights=False,
+                threshold=6.0,
+            )
             quantized.weight = bnb.nn.Int8Params(child.weight.data, requires_grad=False, has_fp16_weights=False)
             if child.bias is not None:
                 quantized.bias = nn.Parameter(child.bias.data, requires_grad=False)

@@ -64,8 +64,9 @@ class GenerationRequest(BaseModel):
 
     model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
 
-    prompt: str = Field(min_length=1, max_length=4000, description="Text prompt (required, non-empty).",
-                        examples=[EXAMPLE_PROMPT])  # fmt: skip
+    prompt: str = Field(
+        min_length=1, max_length=4000, description="Text prompt (required, non-empty).", examples=[EXAMPLE_PROMPT]
+    )
     aspect_ratio: AspectRatio = Field("2:3", description="Aspect ratio; maps to the 13-entry SDXL size table.")
     lora_strength: float = Field(1.0, ge=-10, le=10, description="Strength of the Simple Vector LoRA.")
     sampler_name: SamplerName = Field("euler", description="ComfyUI sampler name.")
@@ -99,8 +100,9 @@ class GenerationRequest(BaseModel):
         if self.output_format != "svg":
             for name in VECTOR_OPTIONS:
                 if getattr(self, name) != GenerationRequest.model_fields[name].default:
-                    raise ValueError(f"{name} applies to output_format 'svg' only (output_format is "
-                                     f"{self.output_format!r})")  # fmt: skip
+                    raise ValueError(
+                        f"{name} applies to output_format 'svg' only (output_format is {self.output_format!r})"
+                    )
         return self
 
     @property
@@ -175,17 +177,20 @@ def parse_request(params: Any) -> GenerationRequest:
 _VectorOptions = create_model(  # type: ignore[call-overload]
     "VectorOptions",
     __config__=ConfigDict(strict=True, extra="forbid", frozen=True),
-    **{name: (GenerationRequest.model_fields[name].annotation, GenerationRequest.model_fields[name])
-       for name in VECTOR_OPTIONS},
-)  # fmt: skip
+    **{
+        name: (GenerationRequest.model_fields[name].annotation, GenerationRequest.model_fields[name])
+        for name in VECTOR_OPTIONS
+    },
+)
 
 
 def parse_vector_options(options: dict[str, Any]) -> dict[str, Any]:
     """``image_to_svg``'s keyword options with defaults filled in, or ``RequestError`` naming the bad one."""
     for key in options:
         if key not in VECTOR_OPTIONS:
-            raise RequestError(str(key), options[key], "one of the options " + ", ".join(VECTOR_OPTIONS),
-                               "unknown option")  # fmt: skip
+            raise RequestError(
+                str(key), options[key], "one of the options " + ", ".join(VECTOR_OPTIONS), "unknown option"
+            )
     try:
         return _VectorOptions(**options).model_dump()
     except ValidationError as exc:

@@ -45,8 +45,10 @@ def fuse_lora(pipe, log) -> bool:
         except LoraError as exc:
             reason = str(exc).splitlines()[0]
         else:
-            log(f"lora: fused into the weights in {time.perf_counter() - started:.3f} s at strength {lora.strength:g} "
-                "(another lora_strength recomputes them from the kept originals: no reload)")  # fmt: skip
+            log(
+                f"lora: fused into the weights in {time.perf_counter() - started:.3f} s at strength {lora.strength:g} "
+                "(another lora_strength recomputes them from the kept originals: no reload)"
+            )
             return True
     log(f"lora: kept as a runtime adapter ({reason}); switching strength is one assignment")
     return False
@@ -57,8 +59,14 @@ def warm_up(pipe, log, size: int = 256) -> float:
     from .request import parse_request
 
     strength = getattr(getattr(pipe, "lora", None), "strength", None)
-    params = {"prompt": "warm-up", "width": size, "height": size, "steps": 1, "seed": 0,
-              "lora_strength": 0 if strength is None else strength}  # fmt: skip
+    params = {
+        "prompt": "warm-up",
+        "width": size,
+        "height": size,
+        "steps": 1,
+        "seed": 0,
+        "lora_strength": 0 if strength is None else strength,
+    }
     started = time.perf_counter()
     pipe.generate(parse_request(params), progress=False)
     elapsed = time.perf_counter() - started

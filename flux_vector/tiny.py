@@ -230,4 +230,3 @@ def write_tiny_loras(transformer, outdir: Path, rank: int = LORA_RANK, seed: int
                 torch.randn(module.out_features, rank, generator=generator) * 0.1
             )
     save_file(diffusers_sd, outdir / DIFFUSERS_LORA)
-

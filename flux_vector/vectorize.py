@@ -197,9 +197,16 @@ def _trace(flat: np.ndarray, transparent: np.ndarray | None, settings: _Settings
         Image.fromarray(np.dstack([flat, alpha]), "RGBA").save(buffer, format="PNG", compress_level=1)
         fmt = "png"  # vtracer leaves out the transparent pixels
     return vtracer.convert_raw_image_to_svg(
-        buffer.getvalue(), img_format=fmt, colormode="color", hierarchical="stacked", mode="polygon",
-        filter_speckle=settings.speckle, color_precision=8, layer_difference=1, path_precision=1,
-    )  # fmt: skip
+        buffer.getvalue(),
+        img_format=fmt,
+        colormode="color",
+        hierarchical="stacked",
+        mode="polygon",
+        filter_speckle=settings.speckle,
+        color_precision=8,
+        layer_difference=1,
+        path_precision=1,
+    )
 
 
 # ----------------------------------------------------------------------------------------------- output
@@ -213,8 +220,7 @@ def _build_svg(traced: str, width: int, height: int) -> str:
     paths = _PATH.findall(traced)
     if len(paths) != traced.count("<path"):
         raise VectorizeError("the tracer emitted a path this module does not recognise; refusing to pass it on")
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-           f'viewBox="0 0 {width} {height}">']  # fmt: skip
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" viewBox="0 0 {width} {height}">']
     for outline, fill, dx, dy in paths:
         if not _OUTLINE.fullmatch(outline):
             raise VectorizeError("the tracer emitted a path outline with unexpected characters")

@@ -54,8 +54,12 @@ class FakePipeline:
         width, height = request.size
         colour = (request.seed % 256, 40, 200)
         images = [Image.new("RGB", (width, height), colour) for _ in range(request.batch_size)]
-        return SimpleNamespace(images=images, width=width, height=height,
-                               timings={"total_s": time.perf_counter() - started, "sample_s": 0.0})  # fmt: skip
+        return SimpleNamespace(
+            images=images,
+            width=width,
+            height=height,
+            timings={"total_s": time.perf_counter() - started, "sample_s": 0.0},
+        )
 
 
 class SimulatedOutOfMemory(MemoryError):

@@ -54,10 +54,24 @@ class RedisServer:
         self.folder.mkdir(parents=True, exist_ok=True)
         log = open(self.folder / f"redis-{self.port}.log", "ab")  # noqa: SIM115 - the child writes to it
         self.proc = subprocess.Popen(
-            [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(self.folder), "--daemonize", "no"],
-            stdout=log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+            [
+                REDIS_SERVER,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.folder),
+                "--daemonize",
+                "no",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         log.close()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -87,8 +101,11 @@ class ApiProcess(CliProcess):
 
     def __init__(self, store_url: str, folder: Path, *, args: tuple[str, ...] = (), env: dict | None = None):
         self.port = free_port()
-        super().__init__(["serve", "--store", store_url, "--port", str(self.port), "--log-level", "warning", *args],
-                         Path(folder) / f"api-{self.port}.log", {**ONE_THREAD, **(env or {})})  # fmt: skip
+        super().__init__(
+            ["serve", "--store", store_url, "--port", str(self.port), "--log-level", "warning", *args],
+            Path(folder) / f"api-{self.port}.log",
+            {**ONE_THREAD, **(env or {})},
+        )
 
     def start(self, timeout: float = 60.0) -> ApiProcess:
         return super().start(timeout)
@@ -99,9 +116,22 @@ class WorkerProcess(CliProcess):
 
     def __init__(self, store_url: str, folder: Path, name: str, *, args: tuple[str, ...] = (), env: dict | None = None):
         self.name, self.port = name, free_port()
-        super().__init__(["worker", "--store", store_url, "--model", "tiny", "--name", name, "--metrics-port",
-                          str(self.port), *args], Path(folder) / f"worker-{name}.log",
-                         {**ONE_THREAD, **(env or {})})  # fmt: skip
+        super().__init__(
+            [
+                "worker",
+                "--store",
+                store_url,
+                "--model",
+                "tiny",
+                "--name",
+                name,
+                "--metrics-port",
+                str(self.port),
+                *args,
+            ],
+            Path(folder) / f"worker-{name}.log",
+            {**ONE_THREAD, **(env or {})},
+        )
 
     def start(self, timeout: float = 180.0) -> WorkerProcess:
         """Spawn only: workers load in parallel; ``wait_ready`` waits for each."""

@@ -46,8 +46,9 @@ class CliProcess:
     def spawn(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")  # noqa: SIM115 - the child writes to it
-        self.proc = subprocess.Popen([sys.executable, "-m", "flux_vector.cli", *self.args], env=self.env, stdout=log,
-                                     stderr=subprocess.STDOUT)  # fmt: skip
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "flux_vector.cli", *self.args], env=self.env, stdout=log, stderr=subprocess.STDOUT
+        )
         log.close()
 
     def wait_healthy(self, url: str, timeout: float) -> None:
@@ -89,11 +90,28 @@ class CliProcess:
 class ServerProcess(CliProcess):
     """``python -m flux_vector.cli serve --model tiny ...`` on a loopback port, its output in ``log_path``."""
 
-    def __init__(self, store: Path, *, port: int | None = None, args: tuple[str, ...] = (), env: dict | None = None,
-                 log_path: Path | None = None):  # fmt: skip
+    def __init__(
+        self,
+        store: Path,
+        *,
+        port: int | None = None,
+        args: tuple[str, ...] = (),
+        env: dict | None = None,
+        log_path: Path | None = None,
+    ):
         self.store, self.port = Path(store), port or free_port()
-        cmd = ["serve", "--model", "tiny", "--port", str(self.port), "--store", str(self.store), "--log-level",
-               "warning", *args]  # fmt: skip
+        cmd = [
+            "serve",
+            "--model",
+            "tiny",
+            "--port",
+            str(self.port),
+            "--store",
+            str(self.store),
+            "--log-level",
+            "warning",
+            *args,
+        ]
         super().__init__(cmd, log_path or self.store.with_name(self.store.stem + f"-server-{self.port}.log"), env)
 
     def stop(self) -> bool:

@@ -9,10 +9,23 @@ from safetensors.torch import save_file
 from flux_vector.bfl import from_bfl, layout, to_bfl
 
 INNER, MLP = 3072, 12288
-ROWS = {"img_mod.lin": 6 * INNER, "txt_mod.lin": 6 * INNER, "img_attn.qkv": 3 * INNER, "txt_attn.qkv": 3 * INNER,
-        "img_attn.proj": INNER, "txt_attn.proj": INNER, "img_mlp.0": MLP, "img_mlp.2": INNER, "txt_mlp.0": MLP,
-        "txt_mlp.2": INNER, "linear1": 3 * INNER + MLP, "linear2": INNER, "modulation.lin": 3 * INNER,
-        "final_layer.linear": 64, "final_layer.adaLN_modulation.1": 2 * INNER}  # fmt: skip
+ROWS = {
+    "img_mod.lin": 6 * INNER,
+    "txt_mod.lin": 6 * INNER,
+    "img_attn.qkv": 3 * INNER,
+    "txt_attn.qkv": 3 * INNER,
+    "img_attn.proj": INNER,
+    "txt_attn.proj": INNER,
+    "img_mlp.0": MLP,
+    "img_mlp.2": INNER,
+    "txt_mlp.0": MLP,
+    "txt_mlp.2": INNER,
+    "linear1": 3 * INNER + MLP,
+    "linear2": INNER,
+    "modulation.lin": 3 * INNER,
+    "final_layer.linear": 64,
+    "final_layer.adaLN_modulation.1": 2 * INNER,
+}
 
 
 def test_matches_diffusers_converter_at_real_sizes():

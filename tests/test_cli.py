@@ -10,14 +10,26 @@ from PIL import Image
 def run_cli(*args, env_extra=None):
     env = {**os.environ, **(env_extra or {})}
     env.pop("FLUX_VECTOR_MODEL", None)
-    return subprocess.run([sys.executable, "-m", "flux_vector.cli", *args], capture_output=True, text=True, env=env,
-                          timeout=300)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "flux_vector.cli", *args], capture_output=True, text=True, env=env, timeout=300
+    )
 
 
 def test_generate_with_no_weights_uses_tiny_and_says_so(tmp_path, tiny_dir):
     out = tmp_path / "cat.png"
-    proc = run_cli("generate", "--prompt", "v3ct0r style, a cat", "--aspect-ratio", "16:9", "--steps", "2",
-                   "--seed", "5", "--out", str(out))  # fmt: skip
+    proc = run_cli(
+        "generate",
+        "--prompt",
+        "v3ct0r style, a cat",
+        "--aspect-ratio",
+        "16:9",
+        "--steps",
+        "2",
+        "--seed",
+        "5",
+        "--out",
+        str(out),
+    )
     assert proc.returncode == 0, proc.stderr
     assert "tiny" in proc.stdout and "random-weight" in proc.stdout
     assert Image.open(out).size == (1344, 768)

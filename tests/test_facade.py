@@ -36,8 +36,18 @@ def test_the_segmind_script_in_process(engine, tiny_pipe):
 
 
 def test_same_public_names_and_signatures_as_segmind():
-    for name in ("run", "run_sync", "submit_async", "SegmindClient", "AsyncJob", "SegmindError", "InferenceFailed",
-                 "InferenceTimeout", "DEFAULT_POLL_INTERVAL_S", "DEFAULT_POLL_TIMEOUT_S"):  # fmt: skip
+    for name in (
+        "run",
+        "run_sync",
+        "submit_async",
+        "SegmindClient",
+        "AsyncJob",
+        "SegmindError",
+        "InferenceFailed",
+        "InferenceTimeout",
+        "DEFAULT_POLL_INTERVAL_S",
+        "DEFAULT_POLL_TIMEOUT_S",
+    ):
         assert hasattr(flux_vector, name), name
     assert (flux_vector.DEFAULT_POLL_INTERVAL_S, flux_vector.DEFAULT_POLL_TIMEOUT_S) == (1.0, 600.0)
 
@@ -48,8 +58,10 @@ def test_same_public_names_and_signatures_as_segmind():
         assert params(getattr(flux_vector, name)) == params(getattr(real_segmind, name))
         assert params(getattr(flux_vector.SegmindClient, name)) == params(getattr(real_segmind.SegmindClient, name))
     for name in ("status", "result", "wait"):
-        assert inspect.signature(getattr(flux_vector.AsyncJob, name)).parameters.keys() == \
-            inspect.signature(getattr(real_segmind.AsyncJob, name)).parameters.keys()  # fmt: skip
+        assert (
+            inspect.signature(getattr(flux_vector.AsyncJob, name)).parameters.keys()
+            == inspect.signature(getattr(real_segmind.AsyncJob, name)).parameters.keys()
+        )
     wait = inspect.signature(flux_vector.AsyncJob.wait).parameters
     assert (wait["timeout"].default, wait["interval"].default) == (600.0, 1.0)
     ours = inspect.signature(flux_vector.SegmindClient).parameters

@@ -29,8 +29,13 @@ def cuda(sm: tuple[int, int], *have: str, without: tuple[str, ...] = ()) -> Fast
 def test_cpu_plan_compiles_regionally_without_fp8_or_graphs():
     plan = choose_fast_plan(FastEnv("cpu", None, frozenset({"cxx_compiler", "torchao"})))
     assert (plan.fuse_qkv, plan.attention, plan.compile, plan.fp8, plan.cuda_graphs, plan.step_cache) == (
-        True, "native", True, False, False, None,
-    )  # fmt: skip
+        True,
+        "native",
+        True,
+        False,
+        False,
+        None,
+    )
     assert plan.fullgraph
     assert "CUDA" in plan.why["fp8"] and "cpu" in plan.why["fp8"]
     assert [name for name, _ in plan.reasons] == list(SWITCHES)
@@ -246,14 +251,27 @@ def test_fp8_quantizes_the_block_linears_only(tiny_dir):
     fuse_qkv_projections(model, [load_lora(tiny_dir / "tiny_lora_kohya.safetensors", model)])
     keep = fp8_filter(model)
     chosen = {name for name, m in model.named_modules() if keep(m, name)}
-    for name in ("transformer_blocks.0.attn.to_qkv.base", "transformer_blocks.0.attn.to_added_qkv.base",
-                 "transformer_blocks.0.attn.to_out.0.base", "transformer_blocks.1.ff.net.2.base",
-                 "transformer_blocks.1.ff_context.net.0.proj.base", "single_transformer_blocks.1.proj_mlp.base",
-                 "single_transformer_blocks.0.proj_out.base", "transformer_blocks.0.attn.to_q"):  # fmt: skip
+    for name in (
+        "transformer_blocks.0.attn.to_qkv.base",
+        "transformer_blocks.0.attn.to_added_qkv.base",
+        "transformer_blocks.0.attn.to_out.0.base",
+        "transformer_blocks.1.ff.net.2.base",
+        "transformer_blocks.1.ff_context.net.0.proj.base",
+        "single_transformer_blocks.1.proj_mlp.base",
+        "single_transformer_blocks.0.proj_out.base",
+        "transformer_blocks.0.attn.to_q",
+    ):
         assert name in chosen, name
-    for name in ("transformer_blocks.0.norm1.linear.base", "single_transformer_blocks.0.norm.linear.base",
-                 "proj_out.base", "norm_out.linear.base", "x_embedder.base", "context_embedder.base",
-                 "time_text_embed.timestep_embedder.linear_1.base", "transformer_blocks.0.attn.to_qkv"):  # fmt: skip
+    for name in (
+        "transformer_blocks.0.norm1.linear.base",
+        "single_transformer_blocks.0.norm.linear.base",
+        "proj_out.base",
+        "norm_out.linear.base",
+        "x_embedder.base",
+        "context_embedder.base",
+        "time_text_embed.timestep_embedder.linear_1.base",
+        "transformer_blocks.0.attn.to_qkv",
+    ):
         assert name not in chosen, name
 
 
@@ -357,11 +375,26 @@ def test_cli_fast_flag_asks_for_the_fast_mode(monkeypatch, tmp_path):
 def test_bench_gpu_smoke_on_cpu(tmp_path):
     out = tmp_path / "bench"
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "bench_gpu.py"), "--tiny", "--steps", "2", "--size", "64",
-         "--repeats", "1", "--modes", "diffusers,ours,ours-512tok,fast,fast-fp8,8bit,8bit-offload,offload-model",
-         "--out", str(out)],
-        capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )  # fmt: skip
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "bench_gpu.py"),
+            "--tiny",
+            "--steps",
+            "2",
+            "--size",
+            "64",
+            "--repeats",
+            "1",
+            "--modes",
+            "diffusers,ours,ours-512tok,fast,fast-fp8,8bit,8bit-offload,offload-model",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads((out / "bench_gpu.json").read_text())
     rows = {r["mode"]: r for r in result["rows"]}

@@ -37,8 +37,18 @@ def store(tmp_path):
 
 
 def finish(store, job_id, n=1):
-    return store.complete(job_id, [png()] * n, {"ext": "png", "media_type": "image/png", "echo": {"base64": False},
-                                               "width": 64, "height": 64, "inference_time": 0.5})  # fmt: skip
+    return store.complete(
+        job_id,
+        [png()] * n,
+        {
+            "ext": "png",
+            "media_type": "image/png",
+            "echo": {"base64": False},
+            "width": 64,
+            "height": 64,
+            "inference_time": 0.5,
+        },
+    )
 
 
 # ----------------------------------------------------------------------------------------------- store
@@ -104,8 +114,14 @@ def test_bodies(store):
     store.claim()
     store.progress(job.id, 1, 2)
     assert status_body(store.get(job.id))["progress"] == {"step": 1, "total": 2}
-    meta = {"ext": "png", "media_type": "image/png", "width": 64, "height": 64, "inference_time": 0.25,
-            "echo": {"prompt": "x", "base64": True}}  # fmt: skip
+    meta = {
+        "ext": "png",
+        "media_type": "image/png",
+        "width": 64,
+        "height": 64,
+        "inference_time": 0.25,
+        "echo": {"prompt": "x", "base64": True},
+    }
     done = store.complete(job.id, [png()], meta)
     body = result_body(done, lambda i: f"http://h/{i}.png", lambda i: store.image(job.id, i))
     assert body["status"] == COMPLETED and body["output"] == "http://h/0.png" and body["outputs"] == ["http://h/0.png"]
@@ -122,10 +138,12 @@ def run_worker(store, pipe, **kwargs):
 
 @pytest.mark.parametrize(
     ("error", "expected"),
-    [(MemoryError("CUDA out of memory"), "out of memory generating 64x64"),
-     (FloatingPointError("the sampler produced NaN/inf latents"), "numerical error"),
-     (RuntimeError("weird"), "model error (RuntimeError): weird")],
-)  # fmt: skip
+    [
+        (MemoryError("CUDA out of memory"), "out of memory generating 64x64"),
+        (FloatingPointError("the sampler produced NaN/inf latents"), "numerical error"),
+        (RuntimeError("weird"), "model error (RuntimeError): weird"),
+    ],
+)
 def test_model_error_fails_the_job_and_worker_carries_on(store, error, expected):
     pipe = FakePipeline(error=error)
     worker = run_worker(store, pipe)

@@ -5,8 +5,12 @@ import torch
 
 from flux_vector.offload import GiB, choose_offload
 
-FLUX_DEV = {"transformer": int(23.8 * GiB), "text_encoder_2": int(9.5 * GiB), "vae": int(0.2 * GiB),
-            "text_encoder": int(0.25 * GiB)}  # fmt: skip
+FLUX_DEV = {
+    "transformer": int(23.8 * GiB),
+    "text_encoder_2": int(9.5 * GiB),
+    "vae": int(0.2 * GiB),
+    "text_encoder": int(0.25 * GiB),
+}
 CUDA = torch.device("cuda")
 
 

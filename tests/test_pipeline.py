@@ -72,10 +72,17 @@ def test_models_in_eval_mode(tiny_pipe):
 
 @pytest.mark.parametrize(
     ("params", "field"),
-    [({"steps": 0}, "steps"), ({"steps": True}, "steps"), ({"seed": -1}, "seed"), ({"aspect_ratio": "7:5"},
-     "aspect_ratio"), ({"sampler_name": "euler_a"}, "sampler_name"), ({"lora_strength": 11}, "lora_strength"),
-     ({"width": 100, "height": 64}, "width"), ({"scheduler": "linear"}, "scheduler")],
-)  # fmt: skip
+    [
+        ({"steps": 0}, "steps"),
+        ({"steps": True}, "steps"),
+        ({"seed": -1}, "seed"),
+        ({"aspect_ratio": "7:5"}, "aspect_ratio"),
+        ({"sampler_name": "euler_a"}, "sampler_name"),
+        ({"lora_strength": 11}, "lora_strength"),
+        ({"width": 100, "height": 64}, "width"),
+        ({"scheduler": "linear"}, "scheduler"),
+    ],
+)
 def test_invalid_parameters_name_the_field(tiny_pipe, params, field):
     with pytest.raises(RequestError) as info:
         tiny_pipe("a cat", progress=False, **params)

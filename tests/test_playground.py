@@ -27,8 +27,16 @@ from tests.server_process import ServerProcess
 KEY = "playground-key-0123"
 SLUG = "Simple_Vector_Flux"
 CHROMIUM = os.environ.get("FLUX_VECTOR_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
-LAUNCH_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-               "--disable-background-networking", "--disable-component-update", "--disable-sync"]  # fmt: skip
+LAUNCH_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 OUT = Path(__file__).resolve().parents[1] / "out"
 RATIO = "3:4"  # not the default 2:3: the test must change it
 PROMPT = "v3ct0r style, simple vector art, a lighthouse on a cliff"
@@ -185,15 +193,28 @@ def test_playground_in_headless_chromium(chromium, server, tmp_path):
             # --- copy as Python: the equivalent segmind.run(...) call, which reproduces the image
             page.click("#copy-python")
             code = page.locator("#python-code").inner_text()
-            call = next(n for n in ast.walk(ast.parse(code)) if isinstance(n, ast.Call)
-                        and ast.unparse(n.func) == "segmind.run")  # fmt: skip
+            call = next(
+                n for n in ast.walk(ast.parse(code)) if isinstance(n, ast.Call) and ast.unparse(n.func) == "segmind.run"
+            )
             assert [ast.literal_eval(a) for a in call.args] == [SLUG]
             kwargs = {k.arg: ast.literal_eval(k.value) for k in call.keywords}
-            assert kwargs == {"prompt": PROMPT, "aspect_ratio": RATIO, "lora_strength": 1.0, "sampler_name": "euler",
-                              "scheduler": "simple", "seed": 42, "steps": 3}  # fmt: skip
+            assert kwargs == {
+                "prompt": PROMPT,
+                "aspect_ratio": RATIO,
+                "lora_strength": 1.0,
+                "sampler_name": "euler",
+                "scheduler": "simple",
+                "seed": 42,
+                "steps": 3,
+            }
             assert f'base_url="{server.url}/v1"' in code
-            ran = subprocess.run([sys.executable, "-c", code], env={**os.environ, "SEGMIND_API_KEY": KEY},
-                                 capture_output=True, text=True, timeout=120)  # fmt: skip
+            ran = subprocess.run(
+                [sys.executable, "-c", code],
+                env={**os.environ, "SEGMIND_API_KEY": KEY},
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
             assert ran.returncode == 0, ran.stderr
             assert httpx.get(ran.stdout.strip()).content == httpx.get(image_url).content
 
@@ -224,8 +245,9 @@ def test_playground_in_headless_chromium(chromium, server, tmp_path):
                 page.fill("#f-steps", bad)  # sent as typed: the page does not pre-validate
                 page.get_by_role("button", name="Generate").click()
                 expect(state).to_have_text("FAILED")
-                expect(detail).to_have_text("The server rejected the request (HTTP 400): "
-                                            + server_error(prompt=PROMPT, **params))  # fmt: skip
+                expect(detail).to_have_text(
+                    "The server rejected the request (HTTP 400): " + server_error(prompt=PROMPT, **params)
+                )
             page.fill("#f-steps", "3")
             page.fill("#f-seed", "-1")
             page.click("#generate")

@@ -88,8 +88,16 @@ def test_a_cancel_from_the_step_callback_leaves_no_prefetch_thread():
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        ksampler(lambda x, s: 0.1 * x, None, sampler_name="dpmpp_2m_sde", scheduler="simple", steps=10, seed=3,
-                 latent=LATENT, callback=cancel)  # fmt: skip
+        ksampler(
+            lambda x, s: 0.1 * x,
+            None,
+            sampler_name="dpmpp_2m_sde",
+            scheduler="simple",
+            steps=10,
+            seed=3,
+            latent=LATENT,
+            callback=cancel,
+        )
     assert not prefetch_threads()
 
 

@@ -110,8 +110,11 @@ def test_t5_lora_keys_patch_t5(tiny_pipe):
     q = t5.get_submodule("encoder.block.0.layer.0.SelfAttention.q")
     generator = torch.Generator().manual_seed(0)
     down, up = torch.randn(2, q.in_features, generator=generator), torch.randn(q.out_features, 2, generator=generator)
-    for key in ("lora_te3_encoder_block_0_layer_0_SelfAttention_q", "lora_te2_encoder_block_0_layer_0_SelfAttention_q",
-                "text_encoder_2.encoder.block.0.layer.0.SelfAttention.q"):  # fmt: skip
+    for key in (
+        "lora_te3_encoder_block_0_layer_0_SelfAttention_q",
+        "lora_te2_encoder_block_0_layer_0_SelfAttention_q",
+        "text_encoder_2.encoder.block.0.layer.0.SelfAttention.q",
+    ):
         sd = {f"{key}.lora_down.weight": down, f"{key}.lora_up.weight": up, f"{key}.alpha": torch.tensor(1.0)}
         [patch] = parse_lora(sd, tiny_pipe.transformer, tiny_pipe.text_encoder, t5)
         assert patch.component == "text_encoder_2" and patch.module is q and patch.scale == 0.5

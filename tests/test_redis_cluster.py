@@ -34,10 +34,15 @@ def cluster(tmp_path_factory, tiny_dir):
     folder = tmp_path_factory.mktemp("cluster")
     redis = RedisServer(folder).start()
     url = redis.url(0)
-    workers = [WorkerProcess(url, folder, f"w{i}", args=("--lease", str(LEASE_S)), env=FAULTS).start()
-               for i in range(3)]  # fmt: skip
-    apis = [ApiProcess(url, folder, args=("--max-queue", "400", "--retention", str(RETENTION_S)),
-                       env={"FLUX_VECTOR_API_KEY": KEY}) for _ in range(2)]  # fmt: skip
+    workers = [
+        WorkerProcess(url, folder, f"w{i}", args=("--lease", str(LEASE_S)), env=FAULTS).start() for i in range(3)
+    ]
+    apis = [
+        ApiProcess(
+            url, folder, args=("--max-queue", "400", "--retention", str(RETENTION_S)), env={"FLUX_VECTOR_API_KEY": KEY}
+        )
+        for _ in range(2)
+    ]
     try:
         for api in apis:
             api.start()
@@ -61,14 +66,20 @@ def test_the_segmind_script_on_the_redis_store(cluster, monkeypatch):
 def test_api_key_and_queue_bound_as_with_the_embedded_store(cluster, monkeypatch):
     monkeypatch.delenv("SEGMIND_API_KEY", raising=False)
     for api in cluster.apis:
-        for key, detail in ((None, "missing API key: send it in the x-api-key header"),
-                            ("wrong-key", "invalid API key")):  # fmt: skip
+        for key, detail in (
+            (None, "missing API key: send it in the x-api-key header"),
+            ("wrong-key", "invalid API key"),
+        ):
             with pytest.raises(segmind.SegmindError) as denied:
                 segmind.SegmindClient(api_key=key, base_url=api.base_url).submit_async(SLUG, prompt="a cat", **SMALL)
             assert (denied.value.status, denied.value.detail) == (401, detail)
     # a third API process with a queue bound of 2; the 3 workers held busy
-    small = ApiProcess(cluster.url, cluster.folder, args=("--max-queue", "2", "--retention", str(RETENTION_S)),
-                       env={"FLUX_VECTOR_API_KEY": KEY})  # fmt: skip
+    small = ApiProcess(
+        cluster.url,
+        cluster.folder,
+        args=("--max-queue", "2", "--retention", str(RETENTION_S)),
+        env={"FLUX_VECTOR_API_KEY": KEY},
+    )
     small.start()
     try:
         client = segmind.SegmindClient(api_key=KEY, base_url=small.base_url)
@@ -192,16 +203,19 @@ def test_300_jobs_from_8_clients_survive_a_sigkilled_worker_then_expire(cluster)
         other = httpx.get(final["output"].replace(final["output"].split("/")[2], f"127.0.0.1:{other_port}"))
         assert own.status_code == other.status_code == 200 and own.content == other.content
         assert Image.open(io.BytesIO(own.content)).size == (64, 64)
-    submitted = sum(metric(httpx.get(api.url + "/metrics").text, "flux_vector_jobs_submitted_total")
-                    for api in cluster.apis)  # fmt: skip
+    submitted = sum(
+        metric(httpx.get(api.url + "/metrics").text, "flux_vector_jobs_submitted_total") for api in cluster.apis
+    )
     assert submitted >= JOBS
     # the dead worker drops out of /healthz once its entry's lease runs out
     deadline = time.monotonic() + 3 * LEASE_S
     while len(httpx.get(cluster.apis[0].url + "/healthz").json()["workers"]) != 2:
         assert time.monotonic() < deadline
         time.sleep(0.2)
-    print(f"\n300 jobs, 8 clients, 2 API processes, 3 workers (one SIGKILLed after {killed_at} finished): "
-          f"{elapsed:.1f} s, {JOBS / elapsed:.1f} jobs/s")
+    print(
+        f"\n300 jobs, 8 clients, 2 API processes, 3 workers (one SIGKILLed after {killed_at} finished): "
+        f"{elapsed:.1f} s, {JOBS / elapsed:.1f} jobs/s"
+    )
 
     # results vanish after the retention: bodies, images and the Redis keys themselves
     time.sleep(max(0.0, all_done + RETENTION_S + 0.2 - time.time()))

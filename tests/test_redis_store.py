@@ -19,8 +19,14 @@ from tests.server_process import free_port
 
 pytestmark = pytest.mark.redis
 P = {"prompt": "v3ct0r style, a cat", "width": 64, "height": 64, "steps": 2}
-META = {"ext": "png", "media_type": "image/png", "echo": {"base64": False}, "width": 64, "height": 64,
-        "inference_time": 0.5}  # fmt: skip
+META = {
+    "ext": "png",
+    "media_type": "image/png",
+    "echo": {"base64": False},
+    "width": 64,
+    "height": 64,
+    "inference_time": 0.5,
+}
 
 
 def png(colour=(1, 2, 3)):
@@ -133,8 +139,9 @@ def test_completion_is_owner_checked_and_idempotent(make_store, monkeypatch):
     assert b.image(job.id, 0) == png((7, 7, 7)) and a.stats["leases_lost"] >= 1
     # the same run completing again (a client retry of the script) changes nothing
     keys = [b.key(f"job:{job.id}"), b.key("processing"), b.key("completed"), b.key("queue"), b.key(f"img:{job.id}:0")]
-    reply = b._complete(keys=keys, args=[job.id, b_lease.token, b_lease.entry, "workers", "{}", b.channel,
-                                         png((8, 8, 8))])  # fmt: skip
+    reply = b._complete(
+        keys=keys, args=[job.id, b_lease.token, b_lease.entry, "workers", "{}", b.channel, png((8, 8, 8))]
+    )
     assert reply == [2] and b.image(job.id, 0) == png((7, 7, 7)) and b.get(job.id).result["count"] == 1
     with pytest.raises(KeyError, match="is COMPLETED; it cannot be failed"):
         b.fail(job.id, "too late")
@@ -193,8 +200,9 @@ def test_cli_errors_are_clear(tmp_path):
     require_redis()
 
     def run(*args):
-        return subprocess.run([sys.executable, "-m", "flux_vector.cli", *args], capture_output=True, text=True,
-                              timeout=120)  # fmt: skip
+        return subprocess.run(
+            [sys.executable, "-m", "flux_vector.cli", *args], capture_output=True, text=True, timeout=120
+        )
 
     url = f"redis://127.0.0.1:{free_port()}/0"
     worker = run("worker", "--store", str(tmp_path / "jobs.sqlite3"), "--model", "tiny")

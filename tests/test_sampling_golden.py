@@ -94,9 +94,17 @@ class Recorder:
 def _run(sampler_name: str, scheduler: str, steps: int, cfg: float, callback=None):
     positive, negative = toy_models()
     x = ksampler(
-        positive, negative, sampler_name=sampler_name, scheduler=scheduler, steps=steps, seed=SEED, cfg=cfg,
-        latent=torch.zeros(1, 16, 8, 8), mu=1.15, callback=callback,
-    )  # fmt: skip
+        positive,
+        negative,
+        sampler_name=sampler_name,
+        scheduler=scheduler,
+        steps=steps,
+        seed=SEED,
+        cfg=cfg,
+        latent=torch.zeros(1, 16, 8, 8),
+        mu=1.15,
+        callback=callback,
+    )
     return x, positive.evals + negative.evals
 
 
@@ -123,8 +131,9 @@ def test_pp_names_follow_comfyui_migration(pp_name, migrated, steps):
     """`*_pp` at cfg 1 is the plain sampler at cfg 2, the negative prompt evaluated every step."""
     run = _runs()[f"{migrated}/simple/{steps}/cfg2"]
     x, evals = _run(pp_name, "simple", steps, 1.0)
-    torch.testing.assert_close(x, tensors()[f"{VERSION}/runs/{migrated}/simple/{steps}/cfg2/final_model_space"],
-                               atol=1e-4, rtol=0)  # fmt: skip
+    torch.testing.assert_close(
+        x, tensors()[f"{VERSION}/runs/{migrated}/simple/{steps}/cfg2/final_model_space"], atol=1e-4, rtol=0
+    )
     assert evals == run["model_evals"] == 2 * steps
 
 
@@ -187,10 +196,17 @@ def test_beta_drops_duplicate_indices():
 
 @pytest.mark.parametrize(
     ("kwargs", "message"),
-    [({"sampler_name": "euler_a"}, "sampler_name 'euler_a'"), ({"scheduler": "linear_quadratic"}, "linear_quadratic"),
-     ({"steps": 0}, "steps"), ({"steps": True}, "steps"), ({"seed": -1}, "seed"), ({"seed": 2**64}, "seed"),
-     ({"denoise": 0.0}, "denoise"), ({"cfg": float("nan")}, "cfg")],
-)  # fmt: skip
+    [
+        ({"sampler_name": "euler_a"}, "sampler_name 'euler_a'"),
+        ({"scheduler": "linear_quadratic"}, "linear_quadratic"),
+        ({"steps": 0}, "steps"),
+        ({"steps": True}, "steps"),
+        ({"seed": -1}, "seed"),
+        ({"seed": 2**64}, "seed"),
+        ({"denoise": 0.0}, "denoise"),
+        ({"cfg": float("nan")}, "cfg"),
+    ],
+)
 def test_bad_inputs_name_the_value_and_the_allowed_ones(kwargs, message):
     positive, negative = toy_models()
     args = {"sampler_name": "euler", "scheduler": "simple", "steps": 2, "seed": 1, **kwargs}

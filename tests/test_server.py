@@ -82,9 +82,16 @@ def test_401_without_or_with_a_wrong_key(server, client, monkeypatch):
 def test_400_for_bodies_that_are_not_parameter_objects(server):
     headers = {"x-api-key": KEY, "content-type": "application/json"}
     for path in ("/v1/", "/v2/"):
-        for body, needle in [(b"{bad json", "not valid JSON"), (b"[1, 2]", "JSON object"), (b'"text"', "JSON object"),
-                             (b"", "empty"), (b"\xff\xfe", "not valid JSON"), (b"null", "JSON object"),
-                             (b'{"prompt": "x", "cfg": NaN}', "cfg"), (b'{"prompt": "x", "seed": 1e400}', "seed")]:
+        for body, needle in [
+            (b"{bad json", "not valid JSON"),
+            (b"[1, 2]", "JSON object"),
+            (b'"text"', "JSON object"),
+            (b"", "empty"),
+            (b"\xff\xfe", "not valid JSON"),
+            (b"null", "JSON object"),
+            (b'{"prompt": "x", "cfg": NaN}', "cfg"),
+            (b'{"prompt": "x", "seed": 1e400}', "seed"),
+        ]:
             response = httpx.post(server.url + path + SLUG, content=body, headers=headers)
             assert response.status_code == 400, (path, body, response.text)
             assert needle in response.json()["error"], (body, response.json())
@@ -94,8 +101,12 @@ def test_400_for_bodies_that_are_not_parameter_objects(server):
 
 
 def test_404_for_unknown_or_malformed_request_ids_and_paths(server, client):
-    for path in ("/v2/requests/0123456789abcdef/status", "/v2/requests/nope", "/v2/requests/x/images/0.png",
-                 "/v3/anything"):  # fmt: skip
+    for path in (
+        "/v2/requests/0123456789abcdef/status",
+        "/v2/requests/nope",
+        "/v2/requests/x/images/0.png",
+        "/v3/anything",
+    ):
         response = httpx.get(server.url + path, headers={"x-api-key": KEY})
         assert response.status_code == 404 and response.json()["error"], path
     assert httpx.get(server.url + "/v1/" + SLUG).status_code == 405
@@ -228,8 +239,15 @@ def test_svg_through_v1_and_v2_with_the_real_sdk(client, server):
     assert response.headers["x-content-type-options"] == "nosniff"
     assert "default-src 'none'" in response.headers["content-security-policy"]
     assert_only_shapes(response.content, width, height)
-    result = client.run(SLUG, prompt="v3ct0r style, a fox", output_format="svg", transparent_background=True,
-                        detail="low", base64=True, **SMALL)  # fmt: skip
+    result = client.run(
+        SLUG,
+        prompt="v3ct0r style, a fox",
+        output_format="svg",
+        transparent_background=True,
+        detail="low",
+        base64=True,
+        **SMALL,
+    )
     assert result["output"].endswith("/0.svg") and result["detail"] == "low"
     image = httpx.get(result["output"])
     assert image.headers["content-type"] == "image/svg+xml" and image.headers["x-content-type-options"] == "nosniff"

@@ -31,8 +31,9 @@ def flat_art(width: int = 192, height: int = 128, generated: bool = False, seed:
     draw = ImageDraw.Draw(big)
     draw.ellipse((width * 0.6, height * 0.6, width * 3.2, height * 3.4), fill=(220, 50, 60))
     draw.rectangle((width * 2.2, height * 0.8, width * 3.6, height * 2.0), fill=(40, 90, 200))
-    draw.polygon([(width * 1.2, height * 1.2), (width * 2.0, height * 2.8), (width * 0.9, height * 2.6)],
-                 fill=(250, 200, 40))  # fmt: skip
+    draw.polygon(
+        [(width * 1.2, height * 1.2), (width * 2.0, height * 2.8), (width * 0.9, height * 2.6)], fill=(250, 200, 40)
+    )
     image = big.resize((width, height), Image.Resampling.LANCZOS)
     if generated:
         rng = np.random.default_rng(seed)
@@ -80,8 +81,9 @@ def assert_only_shapes(svg: str | bytes, width: int, height: int) -> None:
 def test_contract_accepts_the_svg_fields_and_keeps_the_hosted_defaults():
     default = parse_request({"prompt": "a cat"})
     assert (default.output_format, default.detail, default.transparent_background) == ("png", "medium", False)
-    request = parse_request({"prompt": "a cat", "output_format": "svg", "detail": "high",
-                             "transparent_background": True})  # fmt: skip
+    request = parse_request(
+        {"prompt": "a cat", "output_format": "svg", "detail": "high", "transparent_background": True}
+    )
     assert request.vector_options() == {"detail": "high", "transparent_background": True}
     assert parse_vector_options({}) == {"detail": "medium", "transparent_background": False}
 
@@ -156,8 +158,9 @@ def test_property_random_images_give_only_shapes():
         elif kind == 1:
             pixels = np.repeat(rng.integers(0, 256, (height, 1, 4), dtype=np.uint8), width, axis=1)
         else:
-            pixels = rng.choice(rng.integers(0, 256, (int(rng.integers(1, 6)), 4), dtype=np.uint8),
-                                size=(height, width))  # fmt: skip
+            pixels = rng.choice(
+                rng.integers(0, 256, (int(rng.integers(1, 6)), 4), dtype=np.uint8), size=(height, width)
+            )
         image = Image.fromarray(pixels, "RGBA").convert(modes[i % len(modes)])
         options = {"detail": ["low", "medium", "high"][i % 3], "transparent_background": bool(i % 2)}
         assert_only_shapes(image_to_svg(image, **options), width, height)
@@ -178,8 +181,22 @@ def test_cli_vectorize(tmp_path, capsys):
 
 def test_cli_generate_svg(tmp_path, tiny_dir):
     out = tmp_path / "cat.svg"
-    args = ["generate", "--model", "tiny", "--prompt", "v3ct0r style, a cat", "--width", "96", "--height", "64",
-            "--steps", "1", "--no-progress", "--out", str(out)]  # fmt: skip
+    args = [
+        "generate",
+        "--model",
+        "tiny",
+        "--prompt",
+        "v3ct0r style, a cat",
+        "--width",
+        "96",
+        "--height",
+        "64",
+        "--steps",
+        "1",
+        "--no-progress",
+        "--out",
+        str(out),
+    ]
     assert main(args) == 0
     assert_only_shapes(out.read_text(), 96, 64)
     assert main([*args[:-1], str(tmp_path / "cat.gif")]) == 2

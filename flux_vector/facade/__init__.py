@@ -44,12 +44,16 @@ def configure(
     keyword arguments, or a ready ``pipeline``; where the store lives; retention; a queue bound. The previous engine
     is shut down: its queued jobs are abandoned and its request ids are no longer known."""
     global _default_client
-    settings = dict(model=model, pipeline=pipeline, store_dir=store_dir, retention_s=retention_s, max_queue=max_queue,
-                    **pipeline_kwargs)  # fmt: skip
+    settings = dict(
+        model=model,
+        pipeline=pipeline,
+        store_dir=store_dir,
+        retention_s=retention_s,
+        max_queue=max_queue,
+        **pipeline_kwargs,
+    )
     _default_client = None
     reset_engine(settings)
-
-
 
 
 def _get_client() -> SegmindClient:

@@ -89,10 +89,14 @@ class SegmindClient:
         body = self._backend.submit(slug, params)
         request_id, status_url, response_url = body.get("request_id"), body.get("status_url"), body.get("response_url")
         if not request_id or (self.base_url and not (status_url and response_url)):
-            raise SegmindError(status=None, detail="v2 submit returned 2xx but is missing request_id / status_url / "
-                                                   f"response_url; got keys={sorted(body.keys())}")  # fmt: skip
-        return AsyncJob(request_id=request_id, status_url=status_url, response_url=response_url,
-                        submit_response=body, _client=self)  # fmt: skip
+            raise SegmindError(
+                status=None,
+                detail="v2 submit returned 2xx but is missing request_id / status_url / "
+                f"response_url; got keys={sorted(body.keys())}",
+            )
+        return AsyncJob(
+            request_id=request_id, status_url=status_url, response_url=response_url, submit_response=body, _client=self
+        )
 
     def __repr__(self) -> str:
         return f"SegmindClient(base_url={self.base_url!r})" if self.base_url else "SegmindClient(in-process)"

@@ -25,8 +25,9 @@ class HttpBackend:
         if client.api_key:
             headers["x-api-key"] = client.api_key
         self.base_url = client.base_url
-        self.http = httpx.Client(headers=headers, timeout=httpx.Timeout(client.timeout, connect=5.0),
-                                 base_url=client.base_url)  # fmt: skip
+        self.http = httpx.Client(
+            headers=headers, timeout=httpx.Timeout(client.timeout, connect=5.0), base_url=client.base_url
+        )
 
     def v2_base(self) -> str:
         base = self.base_url.rstrip("/")

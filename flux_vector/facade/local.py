@@ -77,8 +77,13 @@ class LocalEngine:
 
     def submit(self, slug: str, params: dict[str, Any]) -> dict[str, Any]:
         job = self._enqueue(slug, params)
-        return {"request_id": job.id, "status": QUEUED, "position": job.position, "status_url": None,
-                "response_url": None}  # fmt: skip
+        return {
+            "request_id": job.id,
+            "status": QUEUED,
+            "position": job.position,
+            "status_url": None,
+            "response_url": None,
+        }
 
     def _job(self, request_id: str):
         job = self.store.get(request_id)
@@ -120,9 +125,12 @@ class LocalEngine:
             body = _result_body(job, self._url(job), lambda i: self.store.image(job.id, i))
             return httpx.Response(200, json=body, request=request)
         data = self.store.image(job.id, 0) or b""
-        headers = {"Content-Type": job.result["media_type"], "X-Request-Id": job.id,
-                   "X-Image-Count": str(job.result.get("count", 1)),
-                   "X-Inference-Time": f"{job.result.get('inference_time') or 0:.4f}"}  # fmt: skip
+        headers = {
+            "Content-Type": job.result["media_type"],
+            "X-Request-Id": job.id,
+            "X-Image-Count": str(job.result.get("count", 1)),
+            "X-Inference-Time": f"{job.result.get('inference_time') or 0:.4f}",
+        }
         return httpx.Response(200, content=data, headers=headers, request=request)
 
 

@@ -22,8 +22,6 @@ RECOMPILE_LIMIT = 64  # image sizes and the first single block's input layout ea
 FP8_KEEP = ("x_embedder", "context_embedder", "norm_out", "time_text_embed")
 
 
-
-
 def compile_cache_dir() -> str:
     """Where inductor keeps compiled graphs: $TORCHINDUCTOR_CACHE_DIR when the user set it, else
     ``<flux_vector cache>/inductor``. (torch writes its own default, /tmp/torchinductor_<user>, into that variable

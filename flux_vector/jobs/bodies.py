@@ -82,10 +82,17 @@ def result_body(
         return body
     result = job.result
     urls = [image_url(i) for i in range(result.get("count", 0))]
-    body = {"request_id": job.id, "status": COMPLETED, "output": urls[0] if urls else None, "outputs": urls,
-            "metrics": metrics(job), **result.get("echo", {}),
-            # after the echo: a request that only named an aspect_ratio echoes width/height as None
-            "width": result.get("width"), "height": result.get("height")}  # fmt: skip
+    body = {
+        "request_id": job.id,
+        "status": COMPLETED,
+        "output": urls[0] if urls else None,
+        "outputs": urls,
+        "metrics": metrics(job),
+        **result.get("echo", {}),
+        # after the echo: a request that only named an aspect_ratio echoes width/height as None
+        "width": result.get("width"),
+        "height": result.get("height"),
+    }
     if result.get("echo", {}).get("base64") and image_bytes is not None:
         encoded = [b64.b64encode(image_bytes(i) or b"").decode("ascii") for i in range(len(urls))]
         body["image"] = encoded[0] if encoded else None

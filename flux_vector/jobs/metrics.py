@@ -19,25 +19,37 @@ class JobMetrics:
         from prometheus_client import CollectorRegistry, Counter, Histogram
 
         self.registry = registry = CollectorRegistry()
-        self.finished_total = Counter("flux_vector_jobs_finished", "Jobs finished by this process, by final state",
-                                      ["state"], registry=registry)  # fmt: skip
+        self.finished_total = Counter(
+            "flux_vector_jobs_finished", "Jobs finished by this process, by final state", ["state"], registry=registry
+        )
         self.inference_seconds = Histogram(
-            "flux_vector_inference_seconds", "Model compute seconds per completed job", registry=registry,
+            "flux_vector_inference_seconds",
+            "Model compute seconds per completed job",
+            registry=registry,
             buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 60, 120, 300),
-        )  # fmt: skip
+        )
         self.queue_seconds = Histogram(
-            "flux_vector_queue_seconds", "Seconds a job waited in the queue before it ran", registry=registry,
+            "flux_vector_queue_seconds",
+            "Seconds a job waited in the queue before it ran",
+            registry=registry,
             buckets=(0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900),
-        )  # fmt: skip
+        )
         self.lora_switch_seconds = Histogram(
-            "flux_vector_lora_switch_seconds", "Seconds to switch the loaded LoRA to a job's lora_strength",
-            registry=registry, buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30),
-        )  # fmt: skip
+            "flux_vector_lora_switch_seconds",
+            "Seconds to switch the loaded LoRA to a job's lora_strength",
+            registry=registry,
+            buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30),
+        )
         api_registry = registry if api else None  # a worker process accepts no submits
-        self.submitted_total = Counter("flux_vector_jobs_submitted", "Jobs this API process accepted",
-                                       registry=api_registry)  # fmt: skip
-        self.rejected_total = Counter("flux_vector_jobs_rejected", "Submits this API process refused, by reason",
-                                      ["reason"], registry=api_registry)  # fmt: skip
+        self.submitted_total = Counter(
+            "flux_vector_jobs_submitted", "Jobs this API process accepted", registry=api_registry
+        )
+        self.rejected_total = Counter(
+            "flux_vector_jobs_rejected",
+            "Submits this API process refused, by reason",
+            ["reason"],
+            registry=api_registry,
+        )
         registry.register(_StoreCollector(store, worker, pipeline_info))
 
     def on_finished(self, job: Job) -> None:
@@ -67,18 +79,25 @@ class _StoreCollector:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
         counts = self.store.counts()
-        jobs = GaugeMetricFamily("flux_vector_jobs", "Jobs in the store by state (finished ones until they expire)",
-                                 labels=["state"])  # fmt: skip
+        jobs = GaugeMetricFamily(
+            "flux_vector_jobs", "Jobs in the store by state (finished ones until they expire)", labels=["state"]
+        )
         for state, n in counts.items():
             jobs.add_metric([state], n)
         yield jobs
         yield GaugeMetricFamily("flux_vector_queue_depth", "Jobs waiting to run (QUEUED)", value=counts[QUEUED])
         if self.worker is not None:
-            yield GaugeMetricFamily("flux_vector_worker_busy", "1 while the worker runs a job",
-                                    value=1.0 if self.worker.state == "busy" else 0.0)  # fmt: skip
+            yield GaugeMetricFamily(
+                "flux_vector_worker_busy",
+                "1 while the worker runs a job",
+                value=1.0 if self.worker.state == "busy" else 0.0,
+            )
         if self.store.shared:
-            yield GaugeMetricFamily("flux_vector_workers", "Workers renewing their entry in the shared store",
-                                    value=len(self.store.workers()))  # fmt: skip
+            yield GaugeMetricFamily(
+                "flux_vector_workers",
+                "Workers renewing their entry in the shared store",
+                value=len(self.store.workers()),
+            )
         stats = self.store.stats
         if self.worker is not None and stats:
             for name, help_text in (
@@ -90,8 +109,12 @@ class _StoreCollector:
         if self.pipeline_info is not None:
             info = self.pipeline_info()
             if info.get("lora_strength") is not None:
-                yield GaugeMetricFamily("flux_vector_lora_strength", "The loaded LoRA's current strength",
-                                        value=info["lora_strength"])  # fmt: skip
-                yield GaugeMetricFamily("flux_vector_lora_fused", "1 when the LoRA is fused into the weights",
-                                        value=1.0 if info.get("fused") else 0.0)  # fmt: skip
+                yield GaugeMetricFamily(
+                    "flux_vector_lora_strength", "The loaded LoRA's current strength", value=info["lora_strength"]
+                )
+                yield GaugeMetricFamily(
+                    "flux_vector_lora_fused",
+                    "1 when the LoRA is fused into the weights",
+                    value=1.0 if info.get("fused") else 0.0,
+                )
         yield GaugeMetricFamily("flux_vector_scrape_timestamp_seconds", "Time of this scrape", value=time.time())

@@ -75,7 +75,9 @@ end
 """
 
 # KEYS: seq, job, queued, stream   ARGV: id, slug, params, max_queue (-1: none), retention_ms
-_SUBMIT = _NOW + """
+_SUBMIT = (
+    _NOW
+    + """
 if redis.call('EXISTS', KEYS[2]) == 1 then  -- a client retry of a submit that went through
   local rank = redis.call('ZRANK', KEYS[3], ARGV[1])
   return {rank or 0, redis.call('HGET', KEYS[2], 'created_at')}
@@ -91,9 +93,12 @@ redis.call('ZADD', KEYS[3], seq, ARGV[1])
 redis.call('XADD', KEYS[4], '*', 'id', ARGV[1])
 return {waiting, ts}
 """
+)
 
 # KEYS: job, queued, processing, stream, failed   ARGV: id, entry, token, worker, max_attempts, lease_ms, group, channel
-_START = _NOW + """
+_START = (
+    _NOW
+    + """
 local function drop_entry()
   redis.call('XACK', KEYS[4], ARGV[7], ARGV[2])
   redis.call('XDEL', KEYS[4], ARGV[2])
@@ -130,9 +135,12 @@ redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('ZADD', KEYS[3], ts, ARGV[1])
 return {'ok', state, redis.call('HGETALL', KEYS[1])}
 """
+)
 
 # KEYS: job, stream   ARGV: token, entry, group, consumer
-_HEARTBEAT = _NOW + """
+_HEARTBEAT = (
+    _NOW
+    + """
 if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] or redis.call('HGET', KEYS[1], 'state') ~= 'PROCESSING' then
   return 0
 end
@@ -140,6 +148,7 @@ redis.call('XCLAIM', KEYS[2], ARGV[3], ARGV[4], 0, ARGV[2], 'JUSTID')
 redis.call('HSET', KEYS[1], 'heartbeat_at', now())
 return 1
 """
+)
 
 # KEYS: job   ARGV: token, step, total
 _PROGRESS = """
@@ -151,7 +160,9 @@ return 1
 """
 
 # KEYS: job, processing, completed, stream, image keys...   ARGV: id, token, entry, group, result, channel, images...
-_COMPLETE = _NOW + """
+_COMPLETE = (
+    _NOW
+    + """
 local state = redis.call('HGET', KEYS[1], 'state')
 local owner = redis.call('HGET', KEYS[1], 'owner')
 if state == 'COMPLETED' and owner == ARGV[2] then return {2} end  -- this run already completed it
@@ -169,9 +180,12 @@ redis.call('XDEL', KEYS[4], ARGV[3])
 redis.call('PUBLISH', ARGV[6], ARGV[1])
 return {1, ts}
 """
+)
 
 # KEYS: job, processing, failed, stream, queued   ARGV: id, token ('' = no lease), entry, group, error, channel
-_FAIL = _NOW + """
+_FAIL = (
+    _NOW
+    + """
 local state = redis.call('HGET', KEYS[1], 'state')
 local owner = redis.call('HGET', KEYS[1], 'owner')
 if not state then return {0, 'gone'} end
@@ -195,6 +209,7 @@ end
 redis.call('PUBLISH', ARGV[6], ARGV[1])
 return {1, ts}
 """
+)
 
 # KEYS: job, queued, processing, stream   ARGV: id, token, entry, group, consumer, idle_ms
 _REQUEUE = """
@@ -350,12 +365,20 @@ class RedisJobStore(JobStore):
         g = {_text(key): value for key, value in h.items()}
         result = _text(g.get("result"))
         return Job(
-            id=job_id, slug=_text(g.get("slug")) or "", params=json.loads(_text(g.get("params")) or "{}"),
-            state=_text(g.get("state")) or QUEUED, created_at=_float(g.get("created_at")) or 0.0,
-            started_at=_float(g.get("started_at")), finished_at=_float(g.get("finished_at")),
-            attempts=_int(g.get("attempts")) or 0, step=_int(g.get("step")), total_steps=_int(g.get("total_steps")),
-            error=_text(g.get("error")), result=json.loads(result) if result else {}, position=position,
-        )  # fmt: skip
+            id=job_id,
+            slug=_text(g.get("slug")) or "",
+            params=json.loads(_text(g.get("params")) or "{}"),
+            state=_text(g.get("state")) or QUEUED,
+            created_at=_float(g.get("created_at")) or 0.0,
+            started_at=_float(g.get("started_at")),
+            finished_at=_float(g.get("finished_at")),
+            attempts=_int(g.get("attempts")) or 0,
+            step=_int(g.get("step")),
+            total_steps=_int(g.get("total_steps")),
+            error=_text(g.get("error")),
+            result=json.loads(result) if result else {},
+            position=position,
+        )
 
     def get(self, job_id: str) -> Job | None:
         pipe = self.r.pipeline(transaction=False)
@@ -393,8 +416,14 @@ class RedisJobStore(JobStore):
         )
         if int(waiting) < 0:
             raise QueueFull(int(max_queue or 0))
-        return Job(id=job_id, slug=slug, params=dict(params), state=QUEUED, created_at=float(_text(created)),
-                   position=int(waiting))  # fmt: skip
+        return Job(
+            id=job_id,
+            slug=slug,
+            params=dict(params),
+            state=QUEUED,
+            created_at=float(_text(created)),
+            position=int(waiting),
+        )
 
     # ------------------------------------------------------------------------------------------- worker side
     def claim(self) -> Job | None:
@@ -416,8 +445,9 @@ class RedisJobStore(JobStore):
         import redis
 
         try:
-            stale = self.r.xautoclaim(self._stream, GROUP, self.name, min_idle_time=int(self.lease_s * 1000),
-                                      start_id="0-0", count=1)  # fmt: skip
+            stale = self.r.xautoclaim(
+                self._stream, GROUP, self.name, min_idle_time=int(self.lease_s * 1000), start_id="0-0", count=1
+            )
             if stale[1]:
                 entry_id, fields = stale[1][0]
                 return _text(entry_id), _text(fields.get(b"id"))
@@ -454,8 +484,10 @@ class RedisJobStore(JobStore):
         h = dict(zip(fields[::2], fields[1::2], strict=True))
         if _text(reply[1]) == PROCESSING:
             self.stats["reclaimed"] += 1
-            self.log(f"job {job_id}: its worker stopped renewing its lease; running it again here "
-                     f"(attempt {_int(h.get(b'attempts'))} of {self.max_attempts})")  # fmt: skip
+            self.log(
+                f"job {job_id}: its worker stopped renewing its lease; running it again here "
+                f"(attempt {_int(h.get(b'attempts'))} of {self.max_attempts})"
+            )
         with self._lock:
             self._leases[job_id] = _Lease(job_id, entry, _text(h.get(b"owner")) or token)
             self._lost.discard(job_id)
@@ -476,8 +508,10 @@ class RedisJobStore(JobStore):
         self._drop_lease(job_id)
         job = self.get(job_id)
         where = f"it is {job.state}" if job is not None else "it expired"
-        return LeaseLost(f"job {job_id}: this worker's lease ran out and another worker took the job over ({where}); "
-                         f"{what} discarded")  # fmt: skip
+        return LeaseLost(
+            f"job {job_id}: this worker's lease ran out and another worker took the job over ({where}); "
+            f"{what} discarded"
+        )
 
     def progress(self, job_id: str, step: int, total: int) -> None:
         lease = self._lease(job_id)
@@ -492,10 +526,15 @@ class RedisJobStore(JobStore):
             raise LeaseLost(f"job {job_id}: this worker holds no lease on it; its result was discarded")
         result = {**result, "count": len(images)}
         reply = self._complete(
-            keys=[self._job_key(job_id), self._processing, self._completed, self._stream,
-                  *(self._image_key(job_id, i) for i in range(len(images)))],
+            keys=[
+                self._job_key(job_id),
+                self._processing,
+                self._completed,
+                self._stream,
+                *(self._image_key(job_id, i) for i in range(len(images))),
+            ],
             args=[job_id, lease.token, lease.entry, GROUP, json.dumps(result, allow_nan=False), self.channel, *images],
-        )  # fmt: skip
+        )
         if int(reply[0]) == 0:
             raise self._lease_lost(job_id, "its images were")
         self._drop_lease(job_id)
@@ -505,9 +544,15 @@ class RedisJobStore(JobStore):
         lease = self._lease(job_id)
         reply = self._fail(
             keys=[self._job_key(job_id), self._processing, self._failed, self._stream, self._queued],
-            args=[job_id, lease.token if lease else "", lease.entry if lease else "", GROUP,
-                  str(error) or "the job failed", self.channel],
-        )  # fmt: skip
+            args=[
+                job_id,
+                lease.token if lease else "",
+                lease.entry if lease else "",
+                GROUP,
+                str(error) or "the job failed",
+                self.channel,
+            ],
+        )
         if int(reply[0]) == 0:
             if lease is not None:
                 raise self._lease_lost(job_id, "its failure was")
@@ -522,8 +567,10 @@ class RedisJobStore(JobStore):
         lease = self._lease(job_id)
         if lease is None:
             return
-        self._requeue(keys=[self._job_key(job_id), self._queued, self._processing, self._stream],
-                      args=[job_id, lease.token, lease.entry, GROUP, self.name, _REQUEUED_IDLE_MS])  # fmt: skip
+        self._requeue(
+            keys=[self._job_key(job_id), self._queued, self._processing, self._stream],
+            args=[job_id, lease.token, lease.entry, GROUP, self.name, _REQUEUED_IDLE_MS],
+        )
         self._drop_lease(job_id)
 
     def recover(self, max_attempts: int | None = None) -> Recovery:
@@ -574,8 +621,9 @@ class RedisJobStore(JobStore):
         with self._lock:
             leases = list(self._leases.values())
         for lease in leases:
-            if not self._heartbeat(keys=[self._job_key(lease.job_id), self._stream],
-                                   args=[lease.token, lease.entry, GROUP, self.name]):  # fmt: skip
+            if not self._heartbeat(
+                keys=[self._job_key(lease.job_id), self._stream], args=[lease.token, lease.entry, GROUP, self.name]
+            ):
                 with self._lock:
                     self._lost.add(lease.job_id)
         if self._announce is not None:
@@ -614,8 +662,7 @@ class RedisJobStore(JobStore):
         self._listeners.append(callback)
         with self._lock:
             if self._listen_thread is None and not self._closed.is_set():
-                self._listen_thread = threading.Thread(target=self._listen_loop, name="flux-vector-events",
-                                                       daemon=True)  # fmt: skip
+                self._listen_thread = threading.Thread(target=self._listen_loop, name="flux-vector-events", daemon=True)
                 self._listen_thread.start()
         return True
 

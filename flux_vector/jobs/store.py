@@ -229,8 +229,8 @@ class SQLiteJobStore(JobStore):
             raise ValueError("an in-memory store needs an image_dir")
         if not memory:
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        self.image_dir = Path(image_dir) if image_dir is not None else Path(self.path).with_name(
-            Path(self.path).stem + "-images"
+        self.image_dir = (
+            Path(image_dir) if image_dir is not None else Path(self.path).with_name(Path(self.path).stem + "-images")
         )
         self.image_dir.mkdir(parents=True, exist_ok=True)
         self._lock_file = None
@@ -261,11 +261,20 @@ class SQLiteJobStore(JobStore):
 
     def _row_to_job(self, row: sqlite3.Row, position: int | None = None) -> Job:
         return Job(
-            id=row["id"], slug=row["slug"], params=json.loads(row["params"]), state=row["state"],
-            created_at=row["created_at"], started_at=row["started_at"], finished_at=row["finished_at"],
-            attempts=row["attempts"], step=row["step"], total_steps=row["total_steps"], error=row["error"],
-            result=json.loads(row["result"]) if row["result"] else {}, position=position,
-        )  # fmt: skip
+            id=row["id"],
+            slug=row["slug"],
+            params=json.loads(row["params"]),
+            state=row["state"],
+            created_at=row["created_at"],
+            started_at=row["started_at"],
+            finished_at=row["finished_at"],
+            attempts=row["attempts"],
+            step=row["step"],
+            total_steps=row["total_steps"],
+            error=row["error"],
+            result=json.loads(row["result"]) if row["result"] else {},
+            position=position,
+        )
 
     def _fetch(self, db, job_id: str) -> sqlite3.Row:
         row = db.execute(f"SELECT {_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
@@ -294,9 +303,7 @@ class SQLiteJobStore(JobStore):
 
     def claim(self) -> Job | None:
         with self._tx() as db:
-            row = db.execute(
-                f"SELECT {_COLUMNS} FROM jobs WHERE state = ? ORDER BY seq LIMIT 1", (QUEUED,)
-            ).fetchone()
+            row = db.execute(f"SELECT {_COLUMNS} FROM jobs WHERE state = ? ORDER BY seq LIMIT 1", (QUEUED,)).fetchone()
             if row is None:
                 return None
             db.execute(
@@ -415,9 +422,14 @@ class SQLiteJobStore(JobStore):
             for job_id in report.failed:
                 db.execute(
                     "UPDATE jobs SET state = ?, finished_at = ?, error = ? WHERE id = ?",
-                    (FAILED, now, f"the server stopped (crashed or was killed) while this job was running, "
-                                  f"{max_attempts} times; it was not retried again", job_id),
-                )  # fmt: skip
+                    (
+                        FAILED,
+                        now,
+                        f"the server stopped (crashed or was killed) while this job was running, "
+                        f"{max_attempts} times; it was not retried again",
+                        job_id,
+                    ),
+                )
             for job_id in report.requeued:
                 db.execute(
                     "UPDATE jobs SET state = ?, started_at = NULL, step = NULL, total_steps = NULL WHERE id = ?",

@@ -182,9 +182,8 @@ class Worker:
                 if self._finished_count == seen:
                     self._finished.wait(timeout=5.0 if left is None else min(left, 5.0))
 
-    @property
-    def pipeline(self):
-        """The pipeline, built now if it was given as a factory (normally the worker builds it on its first job)."""
+    def load_pipeline(self):
+        """The pipeline, loading it now if it was given as a factory (the worker does this on its first job)."""
         with self._pipeline_lock:
             if self._pipeline is None:
                 previous, self.state = self.state, "loading"
@@ -298,7 +297,7 @@ class Worker:
     def _run(self, job: Job) -> Job | _Handoff:
         request = parse_request(job.params)
         self._checkpoint()
-        pipe = self.pipeline
+        pipe = self.load_pipeline()
         self.state = "busy"
         request = adapt_to_pipeline(request, job.params, pipe)
         switch_s = switch_lora_strength(pipe, request.lora_strength)
@@ -327,11 +326,14 @@ class Worker:
         def finish() -> Job:
             started = time.perf_counter()
             try:
-                images = [encode_image(image, request.output_format, request.quality, **request.vector_options())
-                          for image in result.images]  # fmt: skip
+                images = [
+                    encode_image(image, request.output_format, request.quality, **request.vector_options())
+                    for image in result.images
+                ]
             except Exception as exc:
-                raise OutputError(f"encoding the image as {request.output_format} failed: "
-                                  f"{type(exc).__name__}: {exc}") from exc  # fmt: skip
+                raise OutputError(
+                    f"encoding the image as {request.output_format} failed: {type(exc).__name__}: {exc}"
+                ) from exc
             if request.output_format == "svg":
                 meta["timings"]["vectorize_s"] = round(time.perf_counter() - started, 4)
             return self.store.complete(job.id, images, meta)

@@ -80,96 +80,127 @@ def run_worker(
     warmup: bool = True,
 ) -> int:
     """Run until SIGTERM/SIGINT; 0 on a clean stop. Raises on a bad store URL, an unreachable Redis, missing weights."""
-    from ..models import default_model
-    from ..pipeline import load_pipeline
-
     if not is_redis_url(store):
-        raise ValueError(f"--store={store!r} is not allowed: a worker needs a shared store, redis://HOST:PORT/DB "
-                         "(the embedded SQLite store is served by flux-vector serve, with its own worker)")
-    started = time.perf_counter()
-    label = [name or "worker"]
-
-    def log(message: str) -> None:
-        print(f"flux-vector worker {label[0]}: {message}", file=sys.stderr, flush=True)
-
-    model = model or default_model(log=log)
-    jobs = RedisJobStore.from_url(store, lease_s=lease_s, max_attempts=max_attempts, name=name, log=log)
-    label[0] = jobs.name
-    status_server = None
-    stop = threading.Event()
+        raise ValueError(
+            f"--store={store!r} is not allowed: a worker needs a shared store, redis://HOST:PORT/DB "
+            "(the embedded SQLite store is served by flux-vector serve, with its own worker)"
+        )
+    process = WorkerProcess(name)
+    process.jobs = RedisJobStore.from_url(store, lease_s=lease_s, max_attempts=max_attempts, name=name, log=process.log)
+    process.name = process.jobs.name
     try:
-        # bind the status port before the (slow) model load, so a port clash fails at once
-        pipe_info: dict[str, Any] = {"lora_strength": None, "fused": False}
-        worker_box: list[Worker] = []
+        process.start_status_server(metrics_host, metrics_port)
+        process.handle_signals()
+        return process.run(
+            model, fuse=fuse, warmup=warmup, lora=lora, quantize=quantize, offload=offload, device=device
+        )
+    finally:
+        process.close()
 
-        def health() -> dict[str, Any]:
-            worker = worker_box[0] if worker_box else None
-            state = worker.state if worker is not None else "loading"
-            alive = worker is not None and worker.running
-            return {"status": "ok" if alive else state if state == "loading" else "unavailable", "role": "worker",
-                    "name": jobs.name, "model": model, "worker": state,
-                    "current_job": worker.current_job if worker else None, **pipe_info_now(),
-                    "jobs": jobs.counts(), "lease_s": jobs.lease_s, "stats": dict(jobs.stats)}  # fmt: skip
 
-        def pipe_info_now() -> dict[str, Any]:
-            lora_handle = getattr(pipe_box[0], "lora", None) if pipe_box else None
-            if lora_handle is not None:
-                pipe_info.update(lora_strength=lora_handle.strength, fused=lora_handle.fused)
-            return dict(pipe_info)
+class WorkerProcess:
+    """One ``flux-vector worker``: the store, the status server, the pipeline and the worker thread, each created in
+    turn (``jobs``/``pipe``/``worker`` are None until then: /healthz and /metrics answer from the start)."""
 
-        pipe_box: list[Any] = []
-        metrics = JobMetrics(jobs, _LazyWorker(worker_box), pipeline_info=pipe_info_now, api=False)
-        if metrics_port >= 0:
-            try:
-                status_server = _StatusServer((metrics_host, metrics_port), metrics, health)
-            except OSError as exc:
-                raise ValueError(f"--metrics-port {metrics_port} on {metrics_host}: {exc} (another worker on this "
-                                 "machine needs its own --metrics-port; 0 picks a free one)") from None  # fmt: skip
-            threading.Thread(target=status_server.serve_forever, name="flux-vector-status", daemon=True).start()
-            log(f"/metrics and /healthz on http://{metrics_host}:{status_server.server_address[1]}")
+    def __init__(self, name: str | None):
+        self.name = name or "worker"
+        self.model: str | None = None
+        self.jobs: RedisJobStore | None = None
+        self.pipe: Any = None
+        self.worker: Worker | None = None
+        self.metrics: JobMetrics | None = None
+        self.status_server: _StatusServer | None = None
+        self.stop = threading.Event()
+        self.started = time.perf_counter()
 
+    def log(self, message: str) -> None:
+        print(f"flux-vector worker {self.name}: {message}", file=sys.stderr, flush=True)
+
+    # what /healthz, /metrics and the store's worker entry report
+    @property
+    def state(self) -> str:
+        return self.worker.state if self.worker is not None else "loading"
+
+    def pipeline_info(self) -> dict[str, Any]:
+        lora = getattr(self.pipe, "lora", None)
+        return {
+            "lora_strength": None if lora is None else lora.strength,
+            "fused": bool(lora is not None and lora.fused),
+        }
+
+    def entry(self) -> dict[str, Any]:
+        current = self.worker.current_job if self.worker is not None else None
+        return {"state": self.state, "model": self.model, "current_job": current, **self.pipeline_info()}
+
+    def health(self) -> dict[str, Any]:
+        alive = self.worker is not None and self.worker.running
+        status = "ok" if alive else "loading" if self.state == "loading" else "unavailable"
+        jobs = self.jobs
+        return {
+            "status": status,
+            "role": "worker",
+            "name": jobs.name,
+            "worker": self.state,
+            **self.entry(),
+            "jobs": jobs.counts(),
+            "lease_s": jobs.lease_s,
+            "stats": dict(jobs.stats),
+        }
+
+    # the steps of a run
+    def start_status_server(self, host: str, port: int) -> None:
+        """/metrics and /healthz, bound before the (slow) model load so that a port clash fails at once."""
+        self.metrics = JobMetrics(self.jobs, self, pipeline_info=self.pipeline_info, api=False)
+        if port < 0:
+            return
+        try:
+            self.status_server = _StatusServer((host, port), self.metrics, self.health)
+        except OSError as exc:
+            raise ValueError(
+                f"--metrics-port {port} on {host}: {exc} (another worker on this machine needs its own "
+                "--metrics-port; 0 picks a free one)"
+            ) from None
+        threading.Thread(target=self.status_server.serve_forever, name="flux-vector-status", daemon=True).start()
+        self.log(f"/metrics and /healthz on http://{host}:{self.status_server.server_address[1]}")
+
+    def handle_signals(self) -> None:
         def on_signal(signum, frame):
-            log(f"{signal.Signals(signum).name}: stopping after the running job's current step")
-            stop.set()
+            self.log(f"{signal.Signals(signum).name}: stopping after the running job's current step")
+            self.stop.set()
 
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
-        jobs.announce(lambda: {"state": worker_box[0].state if worker_box else "loading", "model": model,
-                               "current_job": worker_box[0].current_job if worker_box else None,
-                               **pipe_info_now()})  # fmt: skip
-        pipe = load_pipeline(model, lora=lora, quantize=quantize, offload=offload, device=device, log=log)
-        pipe_box.append(pipe)
-        prepare_for_serving(pipe, fuse=fuse, warmup=warmup, log=log)
-        if stop.is_set():
+
+    def run(self, model: str | None, *, fuse: bool, warmup: bool, **load_options: Any) -> int:
+        from ..models import default_model
+        from ..pipeline import load_pipeline
+
+        self.model = model or default_model(log=self.log)
+        self.jobs.announce(self.entry)
+        self.pipe = load_pipeline(self.model, log=self.log, **load_options)
+        prepare_for_serving(self.pipe, fuse=fuse, warmup=warmup, log=self.log)
+        if self.stop.is_set():
             return 0
-        worker = Worker(jobs, pipe, log=log)
-        worker.add_listener(metrics.on_finished)
-        worker_box.append(worker)
-        worker.start()
-        jobs.beat()  # announce "idle" now rather than a heartbeat later
-        log(f"ready in {time.perf_counter() - started:.1f} s: model {model}, store {jobs.url}, "
-            f"lease {jobs.lease_s:g} s, at most {jobs.max_attempts} attempt(s) per job")
-        while not stop.wait(1.0):
-            if not worker.running:
-                log("the worker thread ended unexpectedly")
+        self.worker = Worker(self.jobs, self.pipe, log=self.log)
+        self.worker.add_listener(self.metrics.on_finished)
+        self.worker.start()
+        self.jobs.beat()  # announce "idle" now rather than a heartbeat later
+        self.log(
+            f"ready in {time.perf_counter() - self.started:.1f} s: model {self.model}, store {self.jobs.url}, "
+            f"lease {self.jobs.lease_s:g} s, at most {self.jobs.max_attempts} attempt(s) per job"
+        )
+        while not self.stop.wait(1.0):
+            if not self.worker.running:
+                self.log("the worker thread ended unexpectedly")
                 return 1
-        stopped = worker.stop()
-        jobs.leave()
-        log(f"shut down {'cleanly' if stopped else 'with the worker still busy'}")
+        stopped = self.worker.stop()
+        self.jobs.leave()
+        self.log(f"shut down {'cleanly' if stopped else 'with the worker still busy'}")
         return 0
-    finally:
-        if status_server is not None:
-            status_server.shutdown()
-            status_server.server_close()
-        jobs.close()
 
-
-class _LazyWorker:
-    """The worker, once it exists (metrics are registered before the model loads)."""
-
-    def __init__(self, box: list):
-        self._box = box
-
-    @property
-    def state(self) -> str:
-        return self._box[0].state if self._box else "loading"
+    def close(self) -> None:
+        if self.status_server is not None:
+            self.status_server.shutdown()
+            self.status_server.server_close()
+        if self.jobs is not None:
+            self.jobs.close()

@@ -61,9 +61,17 @@ class BrownianTreeNoise:
         # cache only memoizes (each node's draw comes from its own seed, so the values do not depend on it); 64
         # keeps both endpoints' paths of a step and needs 29 instead of 44 randn calls per draw.
         self.tree = torchsde.BrownianInterval(
-            t0=t0, t1=t1, size=like.shape, dtype=like.dtype, device="cpu", entropy=seed,
-            tol=1e-6, pool_size=24, halfway_tree=True, cache_size=64,
-        )  # fmt: skip
+            t0=t0,
+            t1=t1,
+            size=like.shape,
+            dtype=like.dtype,
+            device="cpu",
+            entropy=seed,
+            tol=1e-6,
+            pool_size=24,
+            halfway_tree=True,
+            cache_size=64,
+        )
         self.draws = 0
 
     def __call__(self, sigma: torch.Tensor, sigma_next: torch.Tensor) -> torch.Tensor:

@@ -73,8 +73,9 @@ class PrefetchedNoise:
     def __call__(self, sigma: torch.Tensor, sigma_next: torch.Tensor) -> torch.Tensor:
         if self.taken >= len(self.calls) or not _same_call(self.calls[self.taken], (sigma, sigma_next)):
             planned = self.calls[self.taken] if self.taken < len(self.calls) else "no more draws"
-            raise RuntimeError(f"noise asked for ({float(sigma)}, {float(sigma_next)}) at draw {self.taken}, "
-                               f"planned {planned}")  # fmt: skip
+            raise RuntimeError(
+                f"noise asked for ({float(sigma)}, {float(sigma_next)}) at draw {self.taken}, planned {planned}"
+            )
         self.taken += 1
         item = self._ready.get()
         if isinstance(item, _Failed):

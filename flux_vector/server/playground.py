@@ -23,8 +23,10 @@ FORM_FIELDS = (*HOSTED_FIELDS, "output_format", *VECTOR_OPTIONS)
 
 PLACEHOLDER = "/*__CONTRACT__*/null"
 # The page talks to this origin only: no CDN, no fonts, no analytics.
-CSP = ("default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src 'self' data:; "
-       "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")  # fmt: skip
+CSP = (
+    "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src 'self' data:; "
+    "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
 
 
 def _label(name: str) -> str:
@@ -41,8 +43,13 @@ def field_spec(name: str) -> dict[str, Any]:
     info = GenerationRequest.model_fields[name]
     annotation = info.annotation
     bounds = {type(m).__name__: m for m in info.metadata}
-    spec: dict[str, Any] = {"name": name, "label": _label(name), "description": info.description or "",
-                            "allowed": allowed(name), "required": info.is_required()}  # fmt: skip
+    spec: dict[str, Any] = {
+        "name": name,
+        "label": _label(name),
+        "description": info.description or "",
+        "allowed": allowed(name),
+        "required": info.is_required(),
+    }
     if getattr(annotation, "__origin__", None) is Literal:
         spec.update(kind="choice", choices=list(get_args(annotation)))
     elif annotation is int or annotation is float:
@@ -100,8 +107,12 @@ def render(*, slug: str = SLUG, auth: bool = False) -> str:
 def add_playground(app: FastAPI, *, slug: str = SLUG, auth: bool = False) -> None:
     """Serve the page at ``GET /`` (no API key needed to load it; its API calls send the key the user enters)."""
     page = render(slug=slug, auth=auth)
-    headers = {"Cache-Control": "no-cache", "Content-Security-Policy": CSP, "X-Content-Type-Options": "nosniff",
-               "Referrer-Policy": "no-referrer"}  # fmt: skip
+    headers = {
+        "Cache-Control": "no-cache",
+        "Content-Security-Policy": CSP,
+        "X-Content-Type-Options": "nosniff",
+        "Referrer-Policy": "no-referrer",
+    }
 
     @app.get("/", include_in_schema=False)
     def playground() -> HTMLResponse:

@@ -18,17 +18,32 @@ def healthz(state: State):
     settings = {"max_queue": state.max_queue, "auth": bool(state.api_key)}
     if worker is None:  # API process on a shared store: healthy while the store answers
         try:
-            body = {"status": "ok", "role": "api", "store": store.kind, "slug": state.slug, "worker": None,
-                    "workers": store.workers(), "jobs": store.counts(),
-                    "retention_s": store.retention_s, **settings}  # fmt: skip
+            body = {
+                "status": "ok",
+                "role": "api",
+                "store": store.kind,
+                "slug": state.slug,
+                "worker": None,
+                "workers": store.workers(),
+                "jobs": store.counts(),
+                "retention_s": store.retention_s,
+                **settings,
+            }
         except Exception as exc:
             message = f"the job store is unreachable: {type(exc).__name__}: {exc}"
             return error_response(503, message, status="unavailable")
         return JSONResponse(body)
     alive = worker.running
-    body = {"status": "ok" if alive else "unavailable", "model": state.model_name, "slug": state.slug,
-            "worker": worker.state, "current_job": worker.current_job, "jobs": store.counts(),
-            "retention_s": store.retention_s, **settings}  # fmt: skip
+    body = {
+        "status": "ok" if alive else "unavailable",
+        "model": state.model_name,
+        "slug": state.slug,
+        "worker": worker.state,
+        "current_job": worker.current_job,
+        "jobs": store.counts(),
+        "retention_s": store.retention_s,
+        **settings,
+    }
     return JSONResponse(body, status_code=200 if alive else 503)
 
 

@@ -53,8 +53,16 @@ def serve(
         raise ValueError(f"--max-queue={max_queue} is not allowed; it must be at least 1")
     api_key = os.environ.get(API_KEY_ENV) or None
     if store is not None and is_redis_url(store):
-        return serve_api(url=str(store), host=host, port=port, max_queue=max_queue, retention_s=retention_s,
-                         log_level=log_level, api_key=api_key, log=log)  # fmt: skip
+        return serve_api(
+            url=str(store),
+            host=host,
+            port=port,
+            max_queue=max_queue,
+            retention_s=retention_s,
+            log_level=log_level,
+            api_key=api_key,
+            log=log,
+        )
 
     from ..models import default_model
     from ..pipeline import load_pipeline
@@ -63,16 +71,20 @@ def serve(
     jobs = SQLiteJobStore(path, retention_s=retention_s)
     try:
         recovery = jobs.recover()
-        log(f"store {path}: {recovery.queued} queued job(s) to run"
+        log(
+            f"store {path}: {recovery.queued} queued job(s) to run"
             + (f", {len(recovery.requeued)} interrupted job(s) requeued" if recovery.requeued else "")
-            + (f", {len(recovery.failed)} interrupted too often and FAILED" if recovery.failed else ""))  # fmt: skip
+            + (f", {len(recovery.failed)} interrupted too often and FAILED" if recovery.failed else "")
+        )
         model = model or default_model(log=log)
         pipe = load_pipeline(model, lora=lora, quantize=quantize, offload=offload, device=device, log=log)
         prepare_for_serving(pipe, fuse=fuse, warmup=warmup, log=log)
         worker = Worker(jobs, pipe, log=log)
         app = create_app(jobs, worker, slug=SLUG, api_key=api_key, max_queue=max_queue, model_name=model)
-        log(f"model {model} loaded in {getattr(pipe, 'load_seconds', 0):.1f} s; API key {describe_api_key(api_key)}; "
-            f"max queue {max_queue}; results kept {retention_s:g} s; http://{host}:{port}/v1/{SLUG}")  # fmt: skip
+        log(
+            f"model {model} loaded in {getattr(pipe, 'load_seconds', 0):.1f} s; API key {describe_api_key(api_key)}; "
+            f"max queue {max_queue}; results kept {retention_s:g} s; http://{host}:{port}/v1/{SLUG}"
+        )
         warn_if_open(host, api_key, log)
         run_http(app, host=host, port=port, log_level=log_level)
     finally:
@@ -80,8 +92,9 @@ def serve(
     return 0
 
 
-def serve_api(*, url: str, host: str, port: int, max_queue: int, retention_s: float, log_level: str,
-              api_key: str | None, log) -> int:  # fmt: skip
+def serve_api(
+    *, url: str, host: str, port: int, max_queue: int, retention_s: float, log_level: str, api_key: str | None, log
+) -> int:
     """An API-only process on a Redis store: no model, no worker."""
     from ..jobs.redis_store import RedisJobStore
     from .app import create_app
@@ -89,10 +102,12 @@ def serve_api(*, url: str, host: str, port: int, max_queue: int, retention_s: fl
     jobs = RedisJobStore.from_url(url, retention_s=retention_s, log=log)
     try:
         workers = jobs.workers()
-        log(f"store {jobs.url}: {jobs.counts()['QUEUED']} queued job(s), {len(workers)} live worker(s); API only "
+        log(
+            f"store {jobs.url}: {jobs.counts()['QUEUED']} queued job(s), {len(workers)} live worker(s); API only "
             f"(run the model with: flux-vector worker --store {jobs.url} --model ...); API key "
             f"{describe_api_key(api_key)}; max queue {max_queue}; results kept {retention_s:g} s; "
-            f"http://{host}:{port}/v1/{SLUG}")  # fmt: skip
+            f"http://{host}:{port}/v1/{SLUG}"
+        )
         warn_if_open(host, api_key, log)
         app = create_app(jobs, None, slug=SLUG, api_key=api_key, max_queue=max_queue, model_name="", log=log)
         run_http(app, host=host, port=port, log_level=log_level)

@@ -92,9 +92,18 @@ def sample_dpm_fast(model, x, sigmas, *, noise=None, callback=None):
 
 @register("dpm_adaptive")
 def sample_dpm_adaptive(
-    model, x, sigmas, *, noise=None, callback=None,
-    rtol=0.05, atol=0.0078, h_init=0.05, accept_safety=0.81, order=3,
-):  # fmt: skip
+    model,
+    x,
+    sigmas,
+    *,
+    noise=None,
+    callback=None,
+    rtol=0.05,
+    atol=0.0078,
+    h_init=0.05,
+    accept_safety=0.81,
+    order=3,
+):
     """Adaptive DPM-Solver-23 from sigma_max to sigma_min: x_low = 2nd order (r1 = 1/3), x_high = 3rd order
     (sharing its evaluations); error in a mixed abs/rel norm; integral controller h *= 1 + atan(err^(-1/order) - 1),
     the step accepted iff that factor >= accept_safety."""
