@@ -4,6 +4,7 @@ Used by the HTTP server (``flux_vector.server``) and by the in-process facade (`
 """
 
 from .bodies import EXTENSIONS, MEDIA_TYPES, encode_image, result_body, status_body
+from .sqlite_store import SQLiteJobStore
 from .store import (
     COMPLETED,
     DEFAULT_MAX_ATTEMPTS,
@@ -17,7 +18,6 @@ from .store import (
     JobStore,
     QueueFull,
     Recovery,
-    SQLiteJobStore,
     StoreLocked,
 )
 from .worker import ModelCannot, Worker, describe_error

@@ -1,0 +1,181 @@
+"""The Lua scripts of ``RedisJobStore``: every state change of a job runs as one script, atomically in Redis, and
+checks the expected state and the owner's lease token before it writes (so a job has exactly one COMPLETED).
+
+``KEYS``/``ARGV`` of each script are given above it; ``redis_store.py`` registers them once per connection.
+"""
+
+_NOW = """
+local function now()
+  local t = redis.call('TIME')
+  return t[1] .. '.' .. string.format('%06d', tonumber(t[2]))
+end
+"""
+
+# KEYS: seq, job, queued, stream   ARGV: id, slug, params, max_queue (-1: none), retention_ms
+SUBMIT = (
+    _NOW
+    + """
+if redis.call('EXISTS', KEYS[2]) == 1 then  -- a client retry of a submit that went through
+  local rank = redis.call('ZRANK', KEYS[3], ARGV[1])
+  return {rank or 0, redis.call('HGET', KEYS[2], 'created_at')}
+end
+local waiting = redis.call('ZCARD', KEYS[3])
+local max_queue = tonumber(ARGV[4])
+if max_queue >= 0 and waiting >= max_queue then return {-1, tostring(waiting)} end
+local ts = now()
+local seq = redis.call('INCR', KEYS[1])
+redis.call('HSET', KEYS[2], 'slug', ARGV[2], 'params', ARGV[3], 'state', 'QUEUED', 'created_at', ts,
+           'attempts', 0, 'seq', seq, 'retention_ms', ARGV[5])
+redis.call('ZADD', KEYS[3], seq, ARGV[1])
+redis.call('XADD', KEYS[4], '*', 'id', ARGV[1])
+return {waiting, ts}
+"""
+)
+
+# KEYS: job, queued, processing, stream, failed   ARGV: id, entry, token, worker, max_attempts, lease_ms, group, channel
+START = (
+    _NOW
+    + """
+local function drop_entry()
+  redis.call('XACK', KEYS[4], ARGV[7], ARGV[2])
+  redis.call('XDEL', KEYS[4], ARGV[2])
+end
+local state = redis.call('HGET', KEYS[1], 'state')
+if not state then drop_entry() return {'gone'} end
+if state == 'COMPLETED' or state == 'FAILED' then drop_entry() return {'done'} end
+local ts = now()
+if state == 'PROCESSING' then
+  if redis.call('HGET', KEYS[1], 'owner') == ARGV[3] then return {'ok', state, redis.call('HGETALL', KEYS[1])} end
+  local beat = tonumber(redis.call('HGET', KEYS[1], 'heartbeat_at') or '0')
+  if (tonumber(ts) - beat) * 1000 < tonumber(ARGV[6]) then return {'alive'} end  -- its worker still renews it
+end
+local attempts = tonumber(redis.call('HGET', KEYS[1], 'attempts') or '0')
+if state == 'PROCESSING' and attempts >= tonumber(ARGV[5]) then
+  local err = 'a worker stopped (crashed, was killed or lost Redis for longer than its lease) while running this ' ..
+              'job, ' .. attempts .. ' times; it was not retried again'
+  local ttl = redis.call('HGET', KEYS[1], 'retention_ms')
+  redis.call('HSET', KEYS[1], 'state', 'FAILED', 'finished_at', ts, 'error', err)
+  redis.call('HDEL', KEYS[1], 'owner')
+  redis.call('PEXPIRE', KEYS[1], ttl)
+  redis.call('ZREM', KEYS[2], ARGV[1])
+  redis.call('ZREM', KEYS[3], ARGV[1])
+  redis.call('ZADD', KEYS[5], tonumber(ts) + tonumber(ttl) / 1000, ARGV[1])
+  drop_entry()
+  redis.call('PUBLISH', ARGV[8], ARGV[1])
+  return {'failed', err}
+end
+local ran_on = redis.call('HGET', KEYS[1], 'ran_on')
+redis.call('HSET', KEYS[1], 'state', 'PROCESSING', 'started_at', ts, 'heartbeat_at', ts, 'attempts', attempts + 1,
+           'owner', ARGV[3], 'worker', ARGV[4], 'ran_on', ran_on and (ran_on .. ' ' .. ARGV[4]) or ARGV[4], 'step', 0)
+redis.call('HDEL', KEYS[1], 'total_steps')
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('ZADD', KEYS[3], ts, ARGV[1])
+return {'ok', state, redis.call('HGETALL', KEYS[1])}
+"""
+)
+
+# KEYS: job, stream   ARGV: token, entry, group, consumer
+HEARTBEAT = (
+    _NOW
+    + """
+if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] or redis.call('HGET', KEYS[1], 'state') ~= 'PROCESSING' then
+  return 0
+end
+redis.call('XCLAIM', KEYS[2], ARGV[3], ARGV[4], 0, ARGV[2], 'JUSTID')
+redis.call('HSET', KEYS[1], 'heartbeat_at', now())
+return 1
+"""
+)
+
+# KEYS: job   ARGV: token, step, total
+PROGRESS = """
+if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] or redis.call('HGET', KEYS[1], 'state') ~= 'PROCESSING' then
+  return 0
+end
+redis.call('HSET', KEYS[1], 'step', ARGV[2], 'total_steps', ARGV[3])
+return 1
+"""
+
+# KEYS: job, processing, completed, stream, image keys...   ARGV: id, token, entry, group, result, channel, images...
+COMPLETE = (
+    _NOW
+    + """
+local state = redis.call('HGET', KEYS[1], 'state')
+local owner = redis.call('HGET', KEYS[1], 'owner')
+if state == 'COMPLETED' and owner == ARGV[2] then return {2} end  -- this run already completed it
+if state ~= 'PROCESSING' or owner ~= ARGV[2] then return {0, state or 'gone'} end
+local ttl = redis.call('HGET', KEYS[1], 'retention_ms')
+local ts = now()
+for i = 5, #KEYS do redis.call('SET', KEYS[i], ARGV[i + 2], 'PX', ttl) end
+redis.call('HSET', KEYS[1], 'state', 'COMPLETED', 'finished_at', ts, 'result', ARGV[5])
+redis.call('HDEL', KEYS[1], 'error')
+redis.call('PEXPIRE', KEYS[1], ttl)
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('ZADD', KEYS[3], tonumber(ts) + tonumber(ttl) / 1000, ARGV[1])
+redis.call('XACK', KEYS[4], ARGV[4], ARGV[3])
+redis.call('XDEL', KEYS[4], ARGV[3])
+redis.call('PUBLISH', ARGV[6], ARGV[1])
+return {1, ts}
+"""
+)
+
+# KEYS: job, processing, failed, stream, queued   ARGV: id, token ('' = no lease), entry, group, error, channel
+FAIL = (
+    _NOW
+    + """
+local state = redis.call('HGET', KEYS[1], 'state')
+local owner = redis.call('HGET', KEYS[1], 'owner')
+if not state then return {0, 'gone'} end
+if ARGV[2] ~= '' then
+  if state == 'FAILED' and owner == ARGV[2] then return {2} end
+  if state ~= 'PROCESSING' or owner ~= ARGV[2] then return {0, state} end
+elseif state == 'COMPLETED' or state == 'FAILED' then
+  return {0, state}
+end
+local ttl = redis.call('HGET', KEYS[1], 'retention_ms')
+local ts = now()
+redis.call('HSET', KEYS[1], 'state', 'FAILED', 'finished_at', ts, 'error', ARGV[5])
+redis.call('PEXPIRE', KEYS[1], ttl)
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('ZREM', KEYS[5], ARGV[1])
+redis.call('ZADD', KEYS[3], tonumber(ts) + tonumber(ttl) / 1000, ARGV[1])
+if ARGV[3] ~= '' then
+  redis.call('XACK', KEYS[4], ARGV[4], ARGV[3])
+  redis.call('XDEL', KEYS[4], ARGV[3])
+end
+redis.call('PUBLISH', ARGV[6], ARGV[1])
+return {1, ts}
+"""
+)
+
+# KEYS: job, queued, processing, stream   ARGV: id, token, entry, group, consumer, idle_ms
+REQUEUE = """
+if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[2] or redis.call('HGET', KEYS[1], 'state') ~= 'PROCESSING' then
+  return 0
+end
+local attempts = tonumber(redis.call('HGET', KEYS[1], 'attempts') or '1')
+redis.call('HSET', KEYS[1], 'state', 'QUEUED', 'attempts', math.max(attempts - 1, 0))
+redis.call('HDEL', KEYS[1], 'owner', 'started_at', 'step', 'total_steps', 'heartbeat_at')
+redis.call('ZADD', KEYS[2], redis.call('HGET', KEYS[1], 'seq'), ARGV[1])
+redis.call('ZREM', KEYS[3], ARGV[1])
+redis.call('XCLAIM', KEYS[4], ARGV[4], ARGV[5], 0, ARGV[3], 'IDLE', ARGV[6], 'JUSTID')
+return 1
+"""
+
+# KEYS: queued, processing, completed, failed
+COUNTS = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+return {redis.call('ZCARD', KEYS[1]), redis.call('ZCARD', KEYS[2]),
+        redis.call('ZCOUNT', KEYS[3], '(' .. now, '+inf'), redis.call('ZCOUNT', KEYS[4], '(' .. now, '+inf')}
+"""
+
+# KEYS: completed, failed   ARGV: now (or '' for Redis's clock)
+EXPIRE = """
+local now = ARGV[1]
+if now == '' then
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+end
+return redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now) + redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+"""

@@ -1,0 +1,352 @@
+"""``SQLiteJobStore``: the embedded default store, one SQLite file with the images as files beside it.
+
+The rows live in one SQLite file (WAL journal, ``synchronous=FULL``: a committed transition survives a SIGKILL and a
+power cut) and the encoded images as files in a folder beside it, each written to a temporary name, fsynced and
+renamed before the row that points at it is committed. One server process owns a store at a time (an advisory lock
+on ``<file>.lock`` enforces it), which is what makes its crash recovery sound: at start, every job still marked
+PROCESSING was orphaned by the previous process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from .store import (
+    COMPLETED,
+    DEFAULT_MAX_ATTEMPTS,
+    DEFAULT_RETENTION_S,
+    FAILED,
+    PROCESSING,
+    QUEUED,
+    STATES,
+    Job,
+    JobStore,
+    QueueFull,
+    Recovery,
+    StoreLocked,
+    new_job_id,
+)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    slug TEXT NOT NULL,
+    params TEXT NOT NULL,
+    state TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    started_at REAL,
+    finished_at REAL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    step INTEGER,
+    total_steps INTEGER,
+    error TEXT,
+    result TEXT
+);
+CREATE INDEX IF NOT EXISTS jobs_state_seq ON jobs (state, seq);
+CREATE INDEX IF NOT EXISTS jobs_finished ON jobs (finished_at) WHERE finished_at IS NOT NULL;
+"""
+_COLUMNS = (
+    "seq, id, slug, params, state, created_at, started_at, finished_at, attempts, step, total_steps, error, result"
+)
+
+
+class SQLiteJobStore(JobStore):
+    """The embedded store: one SQLite file plus an image folder ``<file stem>-images`` beside it.
+
+    ``path=":memory:"`` keeps rows in memory (the images still go to ``image_dir``, which is then required); the
+    in-process facade uses a private file instead so that it behaves exactly like the server.
+    """
+
+    kind = "sqlite"
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        retention_s: float = DEFAULT_RETENTION_S,
+        image_dir: str | os.PathLike | None = None,
+        synchronous: str = "FULL",
+        exclusive: bool = True,
+    ):
+        if retention_s <= 0:
+            raise ValueError(f"retention_s={retention_s!r} is not allowed; it must be a positive number of seconds")
+        if synchronous not in ("OFF", "NORMAL", "FULL", "EXTRA"):
+            raise ValueError(f"synchronous={synchronous!r} is not allowed; one of OFF, NORMAL, FULL, EXTRA")
+        self.retention_s = float(retention_s)
+        self.path = str(path)
+        memory = self.path == ":memory:"
+        if memory and image_dir is None:
+            raise ValueError("an in-memory store needs an image_dir")
+        if not memory:
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        self.image_dir = (
+            Path(image_dir) if image_dir is not None else Path(self.path).with_name(Path(self.path).stem + "-images")
+        )
+        self.image_dir.mkdir(parents=True, exist_ok=True)
+        self._lock_file = None
+        if exclusive and not memory:
+            self._lock_file = _lock_exclusively(Path(self.path + ".lock"))
+        self._lock = threading.RLock()
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute(f"PRAGMA synchronous={synchronous}")
+        self._db.execute("PRAGMA foreign_keys=ON")
+        self._db.executescript(_SCHEMA)
+
+    # ------------------------------------------------------------------------------------------- helpers
+    @contextlib.contextmanager
+    def _tx(self):
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def _cutoff(self, now: float | None = None) -> float:
+        return (time.time() if now is None else now) - self.retention_s
+
+    def _row_to_job(self, row: sqlite3.Row, position: int | None = None) -> Job:
+        return Job(
+            id=row["id"],
+            slug=row["slug"],
+            params=json.loads(row["params"]),
+            state=row["state"],
+            created_at=row["created_at"],
+            started_at=row["started_at"],
+            finished_at=row["finished_at"],
+            attempts=row["attempts"],
+            step=row["step"],
+            total_steps=row["total_steps"],
+            error=row["error"],
+            result=json.loads(row["result"]) if row["result"] else {},
+            position=position,
+        )
+
+    def _fetch(self, db, job_id: str) -> sqlite3.Row:
+        row = db.execute(f"SELECT {_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        if row is None:
+            raise KeyError(f"no job {job_id!r}")
+        return row
+
+    def _image_path(self, job_id: str, index: int, ext: str) -> Path:
+        """Where image ``index`` of a job lives (whether or not it exists yet)."""
+        return self.image_dir / f"{job_id}-{index}.{ext}"
+
+    # ------------------------------------------------------------------------------------------- interface
+    def submit(self, slug: str, params: dict[str, Any], *, max_queue: int | None = None) -> Job:
+        job = Job(id=new_job_id(), slug=slug, params=dict(params), state=QUEUED, created_at=time.time())
+        encoded = json.dumps(job.params, allow_nan=False)
+        with self._tx() as db:
+            waiting = db.execute("SELECT COUNT(*) FROM jobs WHERE state = ?", (QUEUED,)).fetchone()[0]
+            if max_queue is not None and waiting >= max_queue:
+                raise QueueFull(max_queue)
+            db.execute(
+                "INSERT INTO jobs (id, slug, params, state, created_at) VALUES (?, ?, ?, ?, ?)",
+                (job.id, slug, encoded, QUEUED, job.created_at),
+            )
+        job.position = waiting
+        return job
+
+    def claim(self) -> Job | None:
+        with self._tx() as db:
+            row = db.execute(f"SELECT {_COLUMNS} FROM jobs WHERE state = ? ORDER BY seq LIMIT 1", (QUEUED,)).fetchone()
+            if row is None:
+                return None
+            db.execute(
+                "UPDATE jobs SET state = ?, started_at = ?, attempts = attempts + 1, step = 0, total_steps = NULL "
+                "WHERE seq = ?",
+                (PROCESSING, time.time(), row["seq"]),
+            )
+            return self._row_to_job(self._fetch(db, row["id"]))
+
+    def progress(self, job_id: str, step: int, total: int) -> None:
+        with self._lock:
+            self._db.execute(
+                "UPDATE jobs SET step = ?, total_steps = ? WHERE id = ? AND state = ?",
+                (step, total, job_id, PROCESSING),
+            )
+
+    def complete(self, job_id: str, images: list[bytes], result: dict[str, Any]) -> Job:
+        ext = result["ext"]
+        result = {**result, "count": len(images)}
+        paths = [self._image_path(job_id, i, ext) for i in range(len(images))]
+        for path, data in zip(paths, images, strict=True):
+            _write_durably(path, data)
+        _fsync_dir(self.image_dir)
+        try:
+            with self._tx() as db:
+                self._fetch(db, job_id)
+                db.execute(
+                    "UPDATE jobs SET state = ?, finished_at = ?, result = ?, error = NULL WHERE id = ?",
+                    (COMPLETED, time.time(), json.dumps(result, allow_nan=False), job_id),
+                )
+                return self._row_to_job(self._fetch(db, job_id))
+        except BaseException:
+            for path in paths:
+                path.unlink(missing_ok=True)
+            raise
+
+    def fail(self, job_id: str, error: str) -> Job:
+        with self._tx() as db:
+            self._fetch(db, job_id)
+            db.execute(
+                "UPDATE jobs SET state = ?, finished_at = ?, error = ? WHERE id = ?",
+                (FAILED, time.time(), str(error) or "the job failed", job_id),
+            )
+            return self._row_to_job(self._fetch(db, job_id))
+
+    def requeue(self, job_id: str) -> None:
+        with self._tx() as db:
+            db.execute(
+                "UPDATE jobs SET state = ?, started_at = NULL, attempts = MAX(attempts - 1, 0), step = NULL, "
+                "total_steps = NULL WHERE id = ? AND state = ?",
+                (QUEUED, job_id, PROCESSING),
+            )
+
+    def get(self, job_id: str) -> Job | None:
+        with self._lock:
+            row = self._db.execute(
+                f"SELECT {_COLUMNS} FROM jobs WHERE id = ? AND (finished_at IS NULL OR finished_at >= ?)",
+                (job_id, self._cutoff()),
+            ).fetchone()
+            if row is None:
+                return None
+            position = None
+            if row["state"] == QUEUED:
+                position = self._db.execute(
+                    "SELECT COUNT(*) FROM jobs WHERE state = ? AND seq < ?", (QUEUED, row["seq"])
+                ).fetchone()[0]
+            return self._row_to_job(row, position)
+
+    def image(self, job_id: str, index: int) -> bytes | None:
+        path = self.image_file(job_id, index)
+        if path is None:
+            return None
+        try:
+            return path.read_bytes()
+        except FileNotFoundError:  # expired between the check and the read
+            return None
+
+    def image_file(self, job_id: str, index: int) -> Path | None:
+        job = self.get(job_id)
+        if job is None or job.state != COMPLETED or not 0 <= index < job.result.get("count", 0):
+            return None
+        path = self._image_path(job_id, index, job.result["ext"])
+        return path if path.exists() else None
+
+    def expire(self, now: float | None = None) -> int:
+        with self._tx() as db:
+            rows = db.execute(
+                "SELECT id, result FROM jobs WHERE finished_at IS NOT NULL AND finished_at < ?", (self._cutoff(now),)
+            ).fetchall()
+            db.execute("DELETE FROM jobs WHERE finished_at IS NOT NULL AND finished_at < ?", (self._cutoff(now),))
+        for row in rows:
+            result = json.loads(row["result"]) if row["result"] else {}
+            for i in range(result.get("count", 0)):
+                self._image_path(row["id"], i, result["ext"]).unlink(missing_ok=True)
+        return len(rows)
+
+    def counts(self) -> dict[str, int]:
+        out = dict.fromkeys(STATES, 0)
+        with self._lock:
+            for state, n in self._db.execute(
+                "SELECT state, COUNT(*) FROM jobs WHERE finished_at IS NULL OR finished_at >= ? GROUP BY state",
+                (self._cutoff(),),
+            ):
+                out[state] = n
+        return out
+
+    def recover(self, max_attempts: int = DEFAULT_MAX_ATTEMPTS) -> Recovery:
+        report = Recovery()
+        with self._tx() as db:
+            for row in db.execute("SELECT id, attempts FROM jobs WHERE state = ? ORDER BY seq", (PROCESSING,)):
+                if row["attempts"] >= max_attempts:
+                    report.failed.append(row["id"])
+                else:
+                    report.requeued.append(row["id"])
+            now = time.time()
+            for job_id in report.failed:
+                db.execute(
+                    "UPDATE jobs SET state = ?, finished_at = ?, error = ? WHERE id = ?",
+                    (
+                        FAILED,
+                        now,
+                        f"the server stopped (crashed or was killed) while this job was running, "
+                        f"{max_attempts} times; it was not retried again",
+                        job_id,
+                    ),
+                )
+            for job_id in report.requeued:
+                db.execute(
+                    "UPDATE jobs SET state = ?, started_at = NULL, step = NULL, total_steps = NULL WHERE id = ?",
+                    (QUEUED, job_id),
+                )
+            report.queued = db.execute("SELECT COUNT(*) FROM jobs WHERE state = ?", (QUEUED,)).fetchone()[0]
+        self._remove_orphan_images()
+        return report
+
+    def _remove_orphan_images(self) -> None:
+        """Image files no COMPLETED row points at (a crash between writing them and committing)."""
+        with self._lock:
+            live = {row[0] for row in self._db.execute("SELECT id FROM jobs WHERE state = ?", (COMPLETED,))}
+        for path in self.image_dir.iterdir():
+            job_id = path.name.split("-", 1)[0].split(".", 1)[0]
+            if job_id not in live:
+                path.unlink(missing_ok=True)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+        if self._lock_file is not None:
+            self._lock_file.close()
+            self._lock_file = None
+
+
+def _write_durably(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # not supported on this platform
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _lock_exclusively(path: Path):
+    handle = open(path, "a+")  # noqa: SIM115 - held open for the store's lifetime
+    try:
+        import fcntl
+
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except ImportError:  # Windows: no advisory lock, one server per store is on the user
+        return handle
+    except OSError:
+        handle.close()
+        raise StoreLocked(
+            f"{path.with_suffix('')} is in use by another flux-vector server; give this one its own --store"
+        ) from None
+    return handle
