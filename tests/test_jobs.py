@@ -16,17 +16,11 @@ from flux_vector.jobs import (
     SQLiteJobStore,
     StoreLocked,
     Worker,
-    encode_image,
     result_body,
     status_body,
 )
 from tests.fake_pipeline import FakePipeline
-
-P = {"prompt": "v3ct0r style, a cat", "width": 64, "height": 64, "steps": 2}
-
-
-def png(size=(64, 64)):
-    return encode_image(Image.new("RGB", size, (1, 2, 3)), "png", 95)
+from tests.job_data import META, P, png
 
 
 @pytest.fixture
@@ -37,18 +31,7 @@ def store(tmp_path):
 
 
 def finish(store, job_id, n=1):
-    return store.complete(
-        job_id,
-        [png()] * n,
-        {
-            "ext": "png",
-            "media_type": "image/png",
-            "echo": {"base64": False},
-            "width": 64,
-            "height": 64,
-            "inference_time": 0.5,
-        },
-    )
+    return store.complete(job_id, [png()] * n, META)
 
 
 # ----------------------------------------------------------------------------------------------- store

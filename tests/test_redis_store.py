@@ -11,26 +11,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from flux_vector.jobs import COMPLETED, FAILED, QUEUED, Worker, encode_image
+from flux_vector.jobs import COMPLETED, FAILED, QUEUED, Worker
 from flux_vector.jobs.redis_store import RedisJobStore
 from flux_vector.jobs.store import LeaseLost, StoreUnavailable
+from tests.job_data import META, P, png
 from tests.redis_cluster import require_redis
 from tests.server_process import free_port
 
 pytestmark = pytest.mark.redis
-P = {"prompt": "v3ct0r style, a cat", "width": 64, "height": 64, "steps": 2}
-META = {
-    "ext": "png",
-    "media_type": "image/png",
-    "echo": {"base64": False},
-    "width": 64,
-    "height": 64,
-    "inference_time": 0.5,
-}
-
-
-def png(colour=(1, 2, 3)):
-    return encode_image(Image.new("RGB", (64, 64), colour), "png", 95)
 
 
 @pytest.fixture

@@ -20,23 +20,10 @@ import pytest
 from PIL import Image
 
 from flux_vector.jobs import COMPLETED, FAILED, PROCESSING, QUEUED, JobStore, QueueFull, SQLiteJobStore, Worker
-from flux_vector.jobs.bodies import encode_image
 from tests.fake_pipeline import FakePipeline
+from tests.job_data import META, P, png
 
-P = {"prompt": "v3ct0r style, a cat", "width": 64, "height": 64, "steps": 2}
-META = {
-    "ext": "png",
-    "media_type": "image/png",
-    "echo": {"base64": False},
-    "width": 64,
-    "height": 64,
-    "inference_time": 0.5,
-}
 REDIS_DB = 4  # test_redis_store.py uses 3
-
-
-def png(colour=(1, 2, 3)):
-    return encode_image(Image.new("RGB", (64, 64), colour), "png", 95)
 
 
 @dataclass

@@ -1,0 +1,21 @@
+"""What the job-store tests complete jobs with: a small request, its result metadata and a tiny PNG."""
+
+from __future__ import annotations
+
+from PIL import Image
+
+from flux_vector.jobs import encode_image
+
+P = {"prompt": "v3ct0r style, a cat", "width": 64, "height": 64, "steps": 2}
+META = {
+    "ext": "png",
+    "media_type": "image/png",
+    "echo": {"base64": False},
+    "width": 64,
+    "height": 64,
+    "inference_time": 0.5,
+}
+
+
+def png(colour=(1, 2, 3), size=(64, 64)) -> bytes:
+    return encode_image(Image.new("RGB", size, colour), "png", 95)
