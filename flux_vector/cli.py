@@ -69,8 +69,14 @@ def _serving_options() -> argparse.ArgumentParser:
     """--no-fuse/--no-warmup: how a long-running process prepares its pipeline (``serving.prepare_for_serving``)."""
     p = argparse.ArgumentParser(add_help=False)
     g = p.add_argument_group("serving")
-    g.add_argument("--no-fuse", action="store_true", help="keep the LoRA as a runtime adapter instead of fusing it")
-    g.add_argument("--no-warmup", action="store_true", help="skip the warm-up generation")
+    g.add_argument(
+        "--no-fuse",
+        action="store_true",
+        help="keep the LoRA as a runtime adapter instead of fusing it (default: fused)",
+    )
+    g.add_argument(
+        "--no-warmup", action="store_true", help="skip the warm-up generation (default: one 256x256 1-step run)"
+    )
     return p
 
 
@@ -78,7 +84,7 @@ def _request_flag(p, field: str, **kwargs: Any) -> None:
     """``--field-name`` for a contract field: help and default read from the contract (argparse's default stays
     None, so a flag left out is left out of the request)."""
     info = GenerationRequest.model_fields[field]
-    default = "" if info.default is None else f" (default: {info.default!r})"
+    default = " (default: not set)" if info.default is None else f" (default: {info.default!r})"
     kwargs.setdefault("help", f"{info.description} Allowed: {allowed(field)}{default}.")
     p.add_argument("--" + field.replace("_", "-"), **kwargs)
 
@@ -114,7 +120,7 @@ def _add_generate(sub, parents) -> None:
         "--fast",
         action="store_true",
         help="fast mode: fused QKV, best attention backend, regional torch.compile (cached on disk), fp8 "
-        "on Ada/Hopper with torchao; the first run at a size compiles",
+        "on Ada/Hopper with torchao; the first run at a size compiles (default: off)",
     )
     p.add_argument("--no-progress", action="store_true", help="no sampling progress bar (default: shown)")
 
