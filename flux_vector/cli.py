@@ -265,7 +265,8 @@ def _check_store(store: str | None) -> None:
     from .server.serve import default_store_path
 
     if store is None or not is_redis_url(store):
-        check_writable_file(Path(store) if store is not None else default_store_path(), option="--store")
+        path = Path(store) if store is not None else default_store_path()
+        check_writable_file(path, option="--store", example="jobs.sqlite3")
 
 
 # ----------------------------------------------------------------------------------------------- commands

@@ -26,14 +26,14 @@ def check_output_file(path: Path, suffixes: Iterable[str], *, option: str = "--o
             f"{option} {path}: unknown file type {path.suffix or '(none)'!r}; give a name ending in "
             + ", ".join(suffixes)
         )
-    check_writable_file(path, option=option)
+    check_writable_file(path, option=option, example="out" + suffixes[0])
     return path
 
 
-def check_writable_file(path: Path, *, option: str) -> Path:
+def check_writable_file(path: Path, *, option: str, example: str = "out.png") -> Path:
     """``path`` is not a folder, and it, or the folder it will be created in, can be written."""
     if path.is_dir():
-        raise PathProblem(f"{option} {path}: is a folder; give a file name inside it, e.g. {path / 'out.png'}")
+        raise PathProblem(f"{option} {path}: is a folder; give a file name inside it, e.g. {path / example}")
     if path.exists():
         if not os.access(path, os.W_OK):
             raise PathProblem(f"{option} {path}: the file exists and is not writable; choose another name")
