@@ -26,22 +26,42 @@ GENERATE_FIELDS = tuple(f for f in FIELDS if f not in ("prompt", "output_format"
 # ----------------------------------------------------------------------------------------------- parsers
 
 
-def _model_options() -> argparse.ArgumentParser:
-    """--model/--lora/--quantize/--offload/--device: what every command that loads the model takes."""
+def _model_options(*, falls_back_to_tiny: bool) -> argparse.ArgumentParser:
+    """--model/--lora/--quantize/--offload/--device: what every command that loads the model takes.
+    ``falls_back_to_tiny``: without --model and $FLUX_VECTOR_MODEL, a missing FLUX.1-dev means the tiny demo (serve,
+    worker: they say so in the banner and the playground) instead of an error (generate)."""
     from .models import DEFAULT_LORA, MODEL_ENV
     from .offload import OFFLOAD_MODES
 
+    otherwise = "else FLUX.1-dev if downloaded, else tiny" if falls_back_to_tiny else "else FLUX.1-dev"
     p = argparse.ArgumentParser(add_help=False)
     g = p.add_argument_group("model")
     g.add_argument(
         "--model",
-        help=f"tiny | a diffusers folder | a hub id in the local cache | a BFL .safetensors "
-        f"(default: ${MODEL_ENV}, else FLUX.1-dev if cached, else tiny)",
+        help=f"tiny (the random-weight demo: noise images) | a diffusers folder | a hub id in the local cache | "
+        f"a BFL .safetensors (default: ${MODEL_ENV}, {otherwise})",
     )
     g.add_argument("--lora", help=f"LoRA file or hub id, or 'none' (default: {DEFAULT_LORA})")
     g.add_argument("--quantize", choices=["8bit"], help="bitsandbytes int8 transformer (default: none)")
-    g.add_argument("--offload", default="auto", choices=OFFLOAD_MODES, help="default: auto (chosen from free VRAM)")
+    g.add_argument(
+        "--offload",
+        default="auto",
+        choices=OFFLOAD_MODES,
+        help="move weights between GPU and CPU to save VRAM (default: auto, chosen from free VRAM; "
+        "`flux-vector doctor` shows the choice)",
+    )
     g.add_argument("--device", help="cuda, cuda:1, cpu (default: cuda when available)")
+    return p
+
+
+def _output_options() -> argparse.ArgumentParser:
+    """--verbose/--debug: what every command takes."""
+    p = argparse.ArgumentParser(add_help=False)
+    g = p.add_argument_group("output")
+    g.add_argument(
+        "--verbose", action="store_true", help="show the libraries' own warnings and progress bars (default: hidden)"
+    )
+    g.add_argument("--debug", action="store_true", help="a full traceback on any error (default: one line)")
     return p
 
 
@@ -49,8 +69,14 @@ def _serving_options() -> argparse.ArgumentParser:
     """--no-fuse/--no-warmup: how a long-running process prepares its pipeline (``serving.prepare_for_serving``)."""
     p = argparse.ArgumentParser(add_help=False)
     g = p.add_argument_group("serving")
-    g.add_argument("--no-fuse", action="store_true", help="keep the LoRA as a runtime adapter instead of fusing it")
-    g.add_argument("--no-warmup", action="store_true", help="skip the warm-up generation")
+    g.add_argument(
+        "--no-fuse",
+        action="store_true",
+        help="keep the LoRA as a runtime adapter instead of fusing it (default: fused)",
+    )
+    g.add_argument(
+        "--no-warmup", action="store_true", help="skip the warm-up generation (default: one 256x256 1-step run)"
+    )
     return p
 
 
@@ -58,7 +84,7 @@ def _request_flag(p, field: str, **kwargs: Any) -> None:
     """``--field-name`` for a contract field: help and default read from the contract (argparse's default stays
     None, so a flag left out is left out of the request)."""
     info = GenerationRequest.model_fields[field]
-    default = "" if info.default is None else f" (default: {info.default!r})"
+    default = " (default: not set)" if info.default is None else f" (default: {info.default!r})"
     kwargs.setdefault("help", f"{info.description} Allowed: {allowed(field)}{default}.")
     p.add_argument("--" + field.replace("_", "-"), **kwargs)
 
@@ -94,19 +120,20 @@ def _add_generate(sub, parents) -> None:
         "--fast",
         action="store_true",
         help="fast mode: fused QKV, best attention backend, regional torch.compile (cached on disk), fp8 "
-        "on Ada/Hopper with torchao; the first run at a size compiles",
+        "on Ada/Hopper with torchao; the first run at a size compiles (default: off)",
     )
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-progress", action="store_true", help="no sampling progress bar (default: shown)")
 
 
-def _add_vectorize(sub) -> None:
+def _add_vectorize(sub, parents) -> None:
     p = sub.add_parser(
         "vectorize",
+        parents=parents,
         help="trace an existing image to SVG",
         description="Trace an image (PNG, JPEG, WebP...) to an SVG of flat shapes, as output_format "
         "svg does for generated images.",
     )
-    p.add_argument("image", type=Path, help="input image")
+    p.add_argument("image", type=Path, help="input image (PNG, JPEG, WebP...)")
     p.add_argument("--out", required=True, type=Path, help="output .svg")
     _request_flag(p, "detail")
     _request_flag(p, "transparent_background", action="store_true", default=None)
@@ -194,23 +221,67 @@ def _add_worker(sub, parents) -> None:
     )
 
 
+def _add_doctor(sub, parents) -> None:
+    sub.add_parser(
+        "doctor",
+        parents=parents,
+        help="check this machine before a real run",
+        description="Report torch and CUDA, the GPU and its free memory, the offload/quantization --offload auto "
+        "would choose for FLUX.1-dev here, whether FLUX.1-dev and the LoRA are downloaded (and the hf download "
+        "commands if not), bitsandbytes/torchao, and the job store's free space. Downloads and loads nothing.",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="flux-vector", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    model, serving = _model_options(), _serving_options()
-    _add_generate(sub, [model])
-    _add_serve(sub, [model, serving])
-    _add_worker(sub, [model, serving])
-    _add_vectorize(sub)
+    output, serving = _output_options(), _serving_options()
+    strict, falling_back = _model_options(falls_back_to_tiny=False), _model_options(falls_back_to_tiny=True)
+    _add_generate(sub, [output, strict])
+    _add_serve(sub, [output, falling_back, serving])
+    _add_worker(sub, [output, falling_back, serving])
+    _add_vectorize(sub, [output])
+    _add_doctor(sub, [output])
     return parser
+
+
+# ----------------------------------------------------------------------------------------------- checks
+
+
+def _check_weights(model: str | None, lora: str | None) -> None:
+    """The model and the LoRA exist locally, checked before anything loads (a --model of a plugin factory,
+    ``$FLUX_VECTOR_PIPELINE_FACTORY``, means what the factory says, so it is not checked here)."""
+    from .models import DEFAULT_LORA, check_weights
+    from .pipeline_factory import factory_from_env
+
+    if model is not None and factory_from_env() is None:
+        check_weights(model, DEFAULT_LORA if lora is None else lora)
+
+
+def _check_store(store: str | None) -> None:
+    """serve's --store: a Redis URL, or a SQLite file that can be created or written (the default's too)."""
+    from .jobs.redis_store import is_redis_url
+    from .paths import check_writable_file
+    from .server.serve import default_store_path
+
+    if store is None or not is_redis_url(store):
+        path = Path(store) if store is not None else default_store_path()
+        check_writable_file(path, option="--store", example="jobs.sqlite3")
 
 
 # ----------------------------------------------------------------------------------------------- commands
 
 
 def run_worker_command(args: argparse.Namespace) -> int:
+    from .jobs.redis_store import is_redis_url
     from .jobs.worker_process import run_worker
 
+    if not is_redis_url(args.store):
+        raise ValueError(
+            f"--store {args.store}: a worker needs a shared store, redis://HOST:PORT/DB (the embedded SQLite store is "
+            "served by flux-vector serve, with its own worker)"
+        )
+    _check_weights(args.model, args.lora)
     return run_worker(
         store=args.store,
         model=args.model,
@@ -240,6 +311,9 @@ def run_serve_command(args: argparse.Namespace) -> int:
                 "API; give them to flux-vector worker",
                 file=sys.stderr,
             )
+    else:
+        _check_store(args.store)
+        _check_weights(args.model, args.lora)
     return serve(
         model=args.model,
         lora=args.lora,
@@ -258,28 +332,29 @@ def run_serve_command(args: argparse.Namespace) -> int:
 
 
 def _output_format(out: Path) -> str:
-    suffix = out.suffix.lower()
-    if suffix not in OUTPUT_SUFFIXES:
-        raise RequestError("out", str(out), "a file name ending in " + ", ".join(OUTPUT_SUFFIXES), "unknown suffix")
-    return OUTPUT_SUFFIXES[suffix]
+    from .paths import check_output_file
+
+    check_output_file(out, OUTPUT_SUFFIXES)
+    return OUTPUT_SUFFIXES[out.suffix.lower()]
 
 
 def run_vectorize_command(args: argparse.Namespace) -> int:
     from PIL import Image, UnidentifiedImageError
 
+    from .paths import check_input_file, check_output_file
     from .request import VECTOR_OPTIONS
     from .vectorize import image_to_svg
 
     options = {name: getattr(args, name) for name in VECTOR_OPTIONS if getattr(args, name) is not None}
-    if args.out.suffix.lower() != ".svg":
-        raise RequestError("out", str(args.out), "a file name ending in .svg", "unknown suffix")
+    check_input_file(args.image, what="image")
+    check_output_file(args.out, (".svg",))
     started = time.perf_counter()
     try:
         with Image.open(args.image) as image:
             image.load()
             svg = image_to_svg(image, **options)
     except UnidentifiedImageError:
-        raise ValueError(f"{args.image} is not an image this program can read") from None
+        raise ValueError(f"{args.image} is not an image this program can read (give a PNG, JPEG or WebP)") from None
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(svg, encoding="utf-8")
     print(
@@ -289,15 +364,27 @@ def run_vectorize_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def generate_model(model: str | None) -> str:
+    """generate's model: --model, else $FLUX_VECTOR_MODEL, else FLUX.1-dev, which must then be downloaded (no silent
+    fall-back to the tiny demo: a one-shot command whose only product is the image must not hand back noise)."""
+    import os
+
+    from .models import DEFAULT_MODEL, MODEL_ENV
+
+    return model or os.environ.get(MODEL_ENV) or DEFAULT_MODEL
+
+
 def run_generate_command(args: argparse.Namespace) -> int:
-    from .jobs.bodies import encode_image
+    params = {name: getattr(args, name) for name in FIELDS if getattr(args, name, None) is not None}
+    params["output_format"] = _output_format(args.out)  # the path is checked here, before any model work
+    request = parse_request(params)  # fail fast, before loading any weights
+    model = generate_model(args.model)
+    _check_weights(model, args.lora)
+    from .jobs.bodies import encode_image  # torch and the model libraries: only once everything checked out
     from .pipeline import load_pipeline
 
-    params = {name: getattr(args, name) for name in FIELDS if getattr(args, name, None) is not None}
-    params["output_format"] = _output_format(args.out)
-    request = parse_request(params)  # fail fast, before loading any weights
     pipe = load_pipeline(
-        args.model,
+        model,
         lora=args.lora,
         lora_strength=request.lora_strength,
         quantize=args.quantize,
@@ -317,11 +404,20 @@ def run_generate_command(args: argparse.Namespace) -> int:
             image.save(path)
         paths.append(str(path))
     elapsed = time.perf_counter() - started
+    demo = " (the random-weight demo: noise, not a real image)" if model == "tiny" else ""
     print(
         f"saved {', '.join(paths)}: {result.width}x{result.height}, seed {request.seed}, {request.steps} steps "
         f"{request.sampler_name}/{request.scheduler}, {elapsed:.2f} s "
-        f"({result.timings['per_step_s'] * 1000:.0f} ms/step)"
+        f"({result.timings['per_step_s'] * 1000:.0f} ms/step), model {model}{demo}"
     )
+    return 0
+
+
+def run_doctor_command(args: argparse.Namespace) -> int:
+    from .doctor import diagnose
+
+    report = diagnose()
+    print(report.text())
     return 0
 
 
@@ -330,16 +426,45 @@ COMMANDS = {
     "serve": run_serve_command,
     "worker": run_worker_command,
     "vectorize": run_vectorize_command,
+    "doctor": run_doctor_command,
 }
+# errors a user causes (a value, a path, missing weights, a store in use): exit 2 with one line saying what to do
+USER_ERRORS = (RequestError, ValueError, OSError, StoreLocked, StoreUnavailable)
+
+
+def error_line(exc: BaseException) -> str:
+    """One line for the terminal: what went wrong and what to do."""
+    torch = sys.modules.get("torch")  # an out-of-memory error can only come from an imported torch
+    if torch is not None and isinstance(exc, torch.OutOfMemoryError):
+        text = (
+            "out of GPU memory: try --quantize 8bit, --offload model (or sequential), or a smaller size; "
+            "`flux-vector doctor` shows the free memory"
+        )
+    elif isinstance(exc, USER_ERRORS):
+        text = getattr(exc, "cli_message", None) or str(exc) or type(exc).__name__
+    else:
+        text = f"{type(exc).__name__}: {exc} (unexpected: run again with --debug for the traceback)"
+    return " ".join(text.split())
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if not args.verbose:
+        from .quiet import quiet_third_party
+
+        quiet_third_party()
     try:
         return COMMANDS[args.command](args)
-    except (RequestError, ValueError, FileNotFoundError, StoreLocked, StoreUnavailable) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if args.debug:
+            raise
+        print(f"error: {error_line(exc)}", file=sys.stderr)
+        return 2 if isinstance(exc, USER_ERRORS) else 1
 
 
 if __name__ == "__main__":

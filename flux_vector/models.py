@@ -17,8 +17,23 @@ DEFAULT_LORA_FILE = "Simple_Vector_Flux_v2_renderartist.safetensors"
 MODEL_ENV = "FLUX_VECTOR_MODEL"
 
 
+GATED_MODEL_HINT = f"accept the license at https://huggingface.co/{DEFAULT_MODEL} and run `hf auth login` first"
+
+
 class WeightsNotFound(FileNotFoundError):
-    """Model or LoRA weights are neither a local path nor in the local Hugging Face cache."""
+    """Model or LoRA weights are neither a local path nor in the local Hugging Face cache. ``str()`` is worded for
+    Python callers (``model='tiny'``); ``cli_message`` says it with the command line's flags (``--model tiny``)."""
+
+    def __init__(self, message: str, *, cli_message: str | None = None):
+        super().__init__(message)
+        self.cli_message = cli_message or message
+
+
+def download_command(repo_id: str) -> str:
+    """The ``hf download`` command (huggingface_hub's CLI) that puts ``repo_id`` in the local cache."""
+    if repo_id == DEFAULT_LORA:
+        return f"hf download {DEFAULT_LORA} {DEFAULT_LORA_FILE}"
+    return f"hf download {repo_id}"
 
 
 def default_model(log=print) -> str:
@@ -31,7 +46,8 @@ def default_model(log=print) -> str:
     except WeightsNotFound:
         log(
             f"no real weights configured ({DEFAULT_MODEL} is not in the local Hugging Face cache and "
-            f"${MODEL_ENV} is unset): using the tiny built-in random-weight checkpoint"
+            f"${MODEL_ENV} is unset): using the tiny built-in random-weight checkpoint, A DEMO WHOSE IMAGES ARE "
+            f"NOISE (`flux-vector doctor` says how to get the real weights)"
         )
         return "tiny"
 
@@ -56,17 +72,39 @@ def is_single_file(model: str) -> bool:
     return Path(model).expanduser().is_file() and Path(model).suffix in (".safetensors", ".sft")
 
 
-def _hub_snapshot(repo_id: str, allow_patterns: list[str] | None = None) -> str:
+def _hub_snapshot(repo_id: str, allow_patterns: list[str] | None = None, *, kind: str = "model") -> str:
     from huggingface_hub import snapshot_download
 
     try:
         return snapshot_download(repo_id, local_files_only=True, allow_patterns=allow_patterns)
     except Exception as exc:  # LocalEntryNotFoundError, RepositoryNotFoundError, HFValidationError, ...
-        raise WeightsNotFound(
-            f"{repo_id!r} is not a local folder and is not in the local Hugging Face cache. Download it once with "
-            f"`hf download {repo_id}` (FLUX.1-dev needs its license accepted on the hub and HF_TOKEN set), or "
-            f"give a local diffusers folder, or the model name 'tiny' for the random-weight demo checkpoint."
-        ) from exc
+        raise not_downloaded(repo_id, kind) from exc
+
+
+def not_downloaded(repo_id: str, kind: str = "model") -> WeightsNotFound:
+    """The error for a hub id that is not in the local cache: the download command, and the alternatives."""
+    download = f"`{download_command(repo_id)}`"
+    if repo_id == DEFAULT_MODEL:  # the usual first run: both downloads, and the license
+        download = f"{download} and the LoRA with `{download_command(DEFAULT_LORA)}` ({GATED_MODEL_HINT})"
+    head = (
+        f"{repo_id} is not a local {'folder' if kind == 'model' else 'file'} and is not in the local Hugging Face "
+        f"cache: download it once with {download}"
+    )
+    if kind == "model":
+        python = "or pass a local diffusers folder, or model='tiny' for the random-weight demo (noise images)"
+        cli = "or --model PATH to a local diffusers folder, or --model tiny for the random-weight demo (noise images)"
+    else:
+        python = "or pass the LoRA file's path, or lora='none'"
+        cli = "or --lora PATH to the LoRA file, or --lora none"
+    return WeightsNotFound(f"{head}, {python}", cli_message=f"{head}, {cli}")
+
+
+def check_weights(model: str, lora: str | os.PathLike | None, *, base: str = DEFAULT_MODEL) -> None:
+    """Raise ``WeightsNotFound`` now, before anything loads, when the model (for a single-file transformer: its
+    ``base``) or the LoRA cannot be found locally. Reads only the file system and the cache index."""
+    single_file = is_single_file(model)
+    resolve_model(base if single_file else model)
+    resolve_lora(lora, base if single_file and base == "tiny" else model)
 
 
 def resolve_lora(lora: str | os.PathLike | None, model: str) -> Path | None:
@@ -82,7 +120,7 @@ def resolve_lora(lora: str | os.PathLike | None, model: str) -> Path | None:
         return path
     if path.suffix == ".safetensors" or path.exists():
         raise WeightsNotFound(f"LoRA file {path} not found")
-    folder = Path(_hub_snapshot(str(lora), allow_patterns=["*.safetensors"]))
+    folder = Path(_hub_snapshot(str(lora), allow_patterns=["*.safetensors"], kind="lora"))
     preferred = folder / DEFAULT_LORA_FILE
     if preferred.is_file():
         return preferred

@@ -7,8 +7,10 @@ group offload CPU->CPU does nothing, so without an accelerator everything runs o
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # torch is imported where it is used, so the CLI's parsers (OFFLOAD_MODES) start without it
+    import torch
 
 OFFLOAD_MODES = ("auto", "none", "model", "sequential", "group")
 GiB = 1024**3
@@ -59,6 +61,8 @@ def choose_offload(
 
 def accelerator_free_bytes(device: torch.device) -> int | None:
     if device.type == "cuda":
+        import torch
+
         free, _total = torch.cuda.mem_get_info(device)
         return int(free)
     return None
@@ -66,6 +70,8 @@ def accelerator_free_bytes(device: torch.device) -> int | None:
 
 def apply_offload(choice: OffloadChoice, diffusers_pipe, modules: dict[str, torch.nn.Module]) -> None:
     """Place the components for ``choice`` (``diffusers_pipe`` is a FluxPipeline holding the same modules)."""
+    import torch
+
     if choice.mode == "none":
         for module in modules.values():
             if module is not None:
@@ -91,6 +97,7 @@ def apply_offload(choice: OffloadChoice, diffusers_pipe, modules: dict[str, torc
 
 
 def _group_offload_plain(module: torch.nn.Module, device: torch.device) -> None:
+    import torch
     from diffusers.hooks import apply_group_offloading
 
     apply_group_offloading(

@@ -78,6 +78,20 @@ def describe_api_key(api_key: str | None) -> str:
     return "required (x-api-key)" if api_key else f"not required (set {API_KEY_ENV} to require one)"
 
 
+def describe_urls(host: str, port: int, slug: str) -> str:
+    """The addresses a user opens: the API, the playground and the API docs."""
+    base = f"http://{'[' + host + ']' if ':' in host else host}:{port}"
+    return f"API {base}/v1/{slug} · playground {base}/ · API docs {base}/docs"
+
+
+def warn_if_demo_model(model: str, log) -> None:
+    if model == "tiny":
+        log(
+            "model tiny is the random-weight demo: every image is noise by design (the playground says so); "
+            "`flux-vector doctor` says how to get FLUX.1-dev"
+        )
+
+
 def warn_if_open(host: str, api_key: str | None, log) -> None:
     if not api_key and host not in LOOPBACK_HOSTS:
         log(

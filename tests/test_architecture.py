@@ -14,13 +14,25 @@ DOC = ROOT / "docs" / "ARCHITECTURE.md"
 
 # Lowest first; a module may import its own layer and the layers below (docs/ARCHITECTURE.md, "Layers").
 LAYERS = [
-    {"request", "sampling", "vectorize", "bfl", "offload", "quantize", "cache", "tiny", "pipeline_factory"},
+    {
+        "request",
+        "sampling",
+        "vectorize",
+        "bfl",
+        "offload",
+        "quantize",
+        "cache",
+        "tiny",
+        "pipeline_factory",
+        "paths",
+        "quiet",
+    },
     {"models"},
     {"prompt", "lora", "fast"},
     {"pipeline"},
     {"jobs", "serving"},
     {"server", "facade"},
-    {"cli"},
+    {"cli", "doctor"},
 ]
 LAYER_OF = {name: i for i, names in enumerate(LAYERS) for name in names}
 

@@ -112,6 +112,15 @@ def test_page_is_served_self_contained_with_the_contract(server):
             assert f["choices"] == list(get_args(info.annotation))
     assert spec["sizes"] == {ratio: list(size) for ratio, size in ASPECT_RATIOS.items()}
     assert "/" not in httpx.get(server.url + "/openapi.json").json()["paths"]
+    assert '"model": "tiny"' in page and '"demo_model": true' in page  # the header shows the demo notice
+    assert contract(model_name="black-forest-labs/FLUX.1-dev")["demo_model"] is False
+
+
+def test_serve_prints_the_playground_and_docs_urls_and_the_demo_warning(server):
+    log = server.log()
+    assert f"playground {server.url}/ " in log and f"API docs {server.url}/docs" in log
+    assert f"API {server.url}/v1/{SLUG}" in log
+    assert "model tiny is the random-weight demo" in log
 
 
 def server_error(**params) -> str:
@@ -137,6 +146,9 @@ def test_playground_in_headless_chromium(chromium, server, tmp_path):
             page.on("console", lambda m: console.append(m.text) if m.type == "error" else None)
             page.goto(server.url + "/")
             expect(page.locator("html[data-ready='1']")).to_have_count(1)
+            expect(page.locator("#model-name")).to_have_text("model: tiny")
+            expect(page.locator("#demo-notice")).to_be_visible()
+            expect(page.locator("#demo-notice")).to_contain_text("random-weight demo")
             state, detail = page.locator("#state"), page.locator("#detail")
 
             # --- the form comes from the contract: every hosted field, its choices and its default

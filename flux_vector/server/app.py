@@ -87,6 +87,6 @@ def create_app(
     app.state.store, app.state.worker = store, worker
     install_error_handlers(app)
     app.include_router(routes_api.router)
-    add_playground(app, slug=slug, auth=bool(api_key))  # GET /: the playground page
+    add_playground(app, slug=slug, auth=bool(api_key), model_name=model_name)  # GET /: the playground page
     app.include_router(routes_ops.router)
     return app

@@ -79,11 +79,15 @@ def field_spec(name: str) -> dict[str, Any]:
     return spec
 
 
-def contract(*, slug: str = SLUG, auth: bool = False) -> dict[str, Any]:
-    """What the page's JS builds its form from: the hosted fields, the size table, the slug, whether a key is due."""
+def contract(*, slug: str = SLUG, auth: bool = False, model_name: str = "") -> dict[str, Any]:
+    """What the page's JS builds its form from: the hosted fields, the size table, the slug, whether a key is due,
+    and the model the server runs ("" on an API-only process: the workers elsewhere decide; "tiny": the page shows
+    that its images are noise from the random-weight demo, not a bug)."""
     return {
         "slug": slug,
         "auth": auth,
+        "model": model_name,
+        "demo_model": model_name == "tiny",
         "fields": [field_spec(name) for name in FORM_FIELDS],
         "sizes": {ratio: list(size) for ratio, size in ASPECT_RATIOS.items()},
         "example_prompt": EXAMPLE_PROMPT,
@@ -98,15 +102,15 @@ def _template() -> str:
     return text
 
 
-def render(*, slug: str = SLUG, auth: bool = False) -> str:
+def render(*, slug: str = SLUG, auth: bool = False, model_name: str = "") -> str:
     """The page with the contract embedded (``<`` escaped, so no value can close the script element)."""
-    data = json.dumps(contract(slug=slug, auth=auth), ensure_ascii=False).replace("<", "\\u003c")
+    data = json.dumps(contract(slug=slug, auth=auth, model_name=model_name), ensure_ascii=False).replace("<", "\\u003c")
     return _template().replace(PLACEHOLDER, data, 1)
 
 
-def add_playground(app: FastAPI, *, slug: str = SLUG, auth: bool = False) -> None:
+def add_playground(app: FastAPI, *, slug: str = SLUG, auth: bool = False, model_name: str = "") -> None:
     """Serve the page at ``GET /`` (no API key needed to load it; its API calls send the key the user enters)."""
-    page = render(slug=slug, auth=auth)
+    page = render(slug=slug, auth=auth, model_name=model_name)
     headers = {
         "Cache-Control": "no-cache",
         "Content-Security-Policy": CSP,

@@ -13,7 +13,15 @@ from pathlib import Path
 from ..jobs import DEFAULT_RETENTION_S, SQLiteJobStore, Worker
 from ..jobs.redis_store import is_redis_url
 from ..request import SLUG
-from ..serving import API_KEY_ENV, describe_api_key, prepare_for_serving, run_http, warn_if_open
+from ..serving import (
+    API_KEY_ENV,
+    describe_api_key,
+    describe_urls,
+    prepare_for_serving,
+    run_http,
+    warn_if_demo_model,
+    warn_if_open,
+)
 
 DEFAULT_PORT = 8000
 DEFAULT_MAX_QUEUE = 100
@@ -83,8 +91,10 @@ def serve(
         app = create_app(jobs, worker, slug=SLUG, api_key=api_key, max_queue=max_queue, model_name=model)
         log(
             f"model {model} loaded in {getattr(pipe, 'load_seconds', 0):.1f} s; API key {describe_api_key(api_key)}; "
-            f"max queue {max_queue}; results kept {retention_s:g} s; http://{host}:{port}/v1/{SLUG}"
+            f"max queue {max_queue}; results kept {retention_s:g} s"
         )
+        log(describe_urls(host, port, SLUG))
+        warn_if_demo_model(model, log)
         warn_if_open(host, api_key, log)
         run_http(app, host=host, port=port, log_level=log_level)
     finally:
@@ -105,9 +115,9 @@ def serve_api(
         log(
             f"store {jobs.url}: {jobs.counts()['QUEUED']} queued job(s), {len(workers)} live worker(s); API only "
             f"(run the model with: flux-vector worker --store {jobs.url} --model ...); API key "
-            f"{describe_api_key(api_key)}; max queue {max_queue}; results kept {retention_s:g} s; "
-            f"http://{host}:{port}/v1/{SLUG}"
+            f"{describe_api_key(api_key)}; max queue {max_queue}; results kept {retention_s:g} s"
         )
+        log(describe_urls(host, port, SLUG))
         warn_if_open(host, api_key, log)
         app = create_app(jobs, None, slug=SLUG, api_key=api_key, max_queue=max_queue, model_name="", log=log)
         run_http(app, host=host, port=port, log_level=log_level)

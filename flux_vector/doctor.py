@@ -1,0 +1,180 @@
+"""``flux-vector doctor``: what a user needs to know before a real run, read from this machine without downloading or
+loading anything: torch and CUDA, the GPU and its free memory, the offload/quantization ``--offload auto`` would
+choose for FLUX.1-dev here (``offload.choose_offload`` with FLUX.1-dev's component sizes), whether FLUX.1-dev and the
+LoRA are in the local Hugging Face cache (with the ``hf download`` commands if not), bitsandbytes and torchao, and
+the job store's folder with its free space.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import platform
+import shutil
+import sys
+from dataclasses import dataclass, field
+
+import torch
+
+from .models import (
+    DEFAULT_LORA,
+    DEFAULT_MODEL,
+    GATED_MODEL_HINT,
+    MODEL_ENV,
+    WeightsNotFound,
+    download_command,
+    resolve_lora,
+    resolve_model,
+)
+from .offload import GiB, OffloadChoice, choose_offload
+
+# FLUX.1-dev's components in bf16, bytes (parameter counts x 2): what `auto` weighs against the free memory.
+FLUX_DEV_BYTES = {
+    "transformer": 11_901_408_320 * 2,
+    "text_encoder_2": 4_762_310_656 * 2,
+    "text_encoder": 123_060_480 * 2,
+    "vae": 83_819_683 * 2,
+}
+# --quantize 8bit: the transformer's linears in int8 (one byte per weight; norms and embeddings stay bf16), about half
+FLUX_DEV_BYTES_8BIT = {**FLUX_DEV_BYTES, "transformer": FLUX_DEV_BYTES["transformer"] // 2}
+
+
+@dataclass(frozen=True)
+class Gpu:
+    name: str
+    free_bytes: int
+    total_bytes: int
+    capability: tuple[int, int]
+
+
+@dataclass
+class Report:
+    lines: list[tuple[str, str]] = field(default_factory=list)
+    todo: list[str] = field(default_factory=list)
+
+    def add(self, label: str, value: str) -> None:
+        self.lines.append((label, value))
+
+    def text(self) -> str:
+        width = max(len(label) for label, _ in self.lines)
+        out = [f"{label.ljust(width)}  {value}" for label, value in self.lines]
+        if self.todo:
+            out += ["", "to do before a real run:", *(f"  - {step}" for step in self.todo)]
+        else:
+            out += ["", f"ready: flux-vector generate --prompt '...' --out image.png runs {DEFAULT_MODEL} here"]
+        return "\n".join(out)
+
+
+def cuda_gpu(index: int = 0) -> Gpu | None:
+    """The CUDA GPU ``index`` as torch sees it (None without one)."""
+    if not torch.cuda.is_available():
+        return None
+    free, total = torch.cuda.mem_get_info(index)
+    return Gpu(torch.cuda.get_device_name(index), int(free), int(total), tuple(torch.cuda.get_device_capability(index)))
+
+
+def package_version(name: str) -> str | None:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def offload_choices(gpu: Gpu | None) -> dict[str, OffloadChoice]:
+    """What ``--offload auto`` picks for FLUX.1-dev in bf16 and with ``--quantize 8bit``."""
+    device = torch.device("cuda" if gpu else "cpu")
+    free = gpu.free_bytes if gpu else None
+    return {
+        "bf16": choose_offload("auto", device, free, FLUX_DEV_BYTES),
+        "8bit": choose_offload("auto", device, free, FLUX_DEV_BYTES_8BIT),
+    }
+
+
+def describe_gpu(report: Report, gpu: Gpu | None) -> None:
+    report.add("torch", f"{torch.__version__} (CUDA build: {torch.version.cuda or 'none, a CPU-only wheel'})")
+    if gpu is None:
+        report.add("GPU", "none visible to torch")
+        report.todo.append(
+            "a CUDA GPU: FLUX.1-dev on the CPU takes minutes per step (install the CUDA build of torch on a GPU "
+            "machine: https://pytorch.org/get-started/locally/); --model tiny runs anywhere"
+        )
+        return
+    report.add(
+        "GPU",
+        f"{gpu.name} (compute {gpu.capability[0]}.{gpu.capability[1]}), {gpu.free_bytes / GiB:.1f} GiB free of "
+        f"{gpu.total_bytes / GiB:.1f} GiB",
+    )
+
+
+def describe_offload(report: Report, gpu: Gpu | None) -> None:
+    choices = offload_choices(gpu)
+    bf16, int8 = choices["bf16"], choices["8bit"]
+    report.add(
+        "--offload auto",
+        f"{bf16.mode}: {bf16.reason} (FLUX.1-dev in bf16, {sum(FLUX_DEV_BYTES.values()) / GiB:.1f} GiB)",
+    )
+    if gpu is not None:
+        report.add("with --quantize 8bit", f"{int8.mode}: {int8.reason}")
+        if bf16.mode != "none" and int8.mode == "none":
+            report.todo.append("add --quantize 8bit: the whole model then fits on this GPU (no offload)")
+
+
+def describe_weights(report: Report) -> None:
+    from huggingface_hub import constants
+
+    report.add("Hugging Face cache", str(constants.HF_HUB_CACHE))
+    configured = os.environ.get(MODEL_ENV)
+    if configured:
+        report.add(f"${MODEL_ENV}", configured)
+    for label, repo_id, find in (
+        ("model", configured or DEFAULT_MODEL, lambda: resolve_model(configured or DEFAULT_MODEL)),
+        ("LoRA", DEFAULT_LORA, lambda: resolve_lora(DEFAULT_LORA, DEFAULT_MODEL)),
+    ):
+        try:
+            report.add(label, f"{repo_id}: found at {find()}")
+        except WeightsNotFound:
+            report.add(label, f"{repo_id}: not downloaded")
+            gated = f" ({GATED_MODEL_HINT})" if repo_id == DEFAULT_MODEL else ""
+            report.todo.append(f"{download_command(repo_id)}{gated}")
+
+
+def describe_packages(report: Report, gpu: Gpu | None) -> None:
+    bnb = package_version("bitsandbytes")
+    report.add(
+        "bitsandbytes",
+        f"{bnb} (--quantize 8bit{' needs a CUDA GPU' if gpu is None else ' available'})"
+        if bnb
+        else "not installed (--quantize 8bit needs it: pip install bitsandbytes)",
+    )
+    torchao = package_version("torchao")
+    fp8 = gpu is not None and gpu.capability >= (8, 9)
+    report.add(
+        "torchao",
+        f"{torchao} (fp8 in --fast: {'yes' if fp8 else 'no, it needs an Ada/Hopper GPU'})"
+        if torchao
+        else "not installed (only --fast's fp8 on Ada/Hopper uses it: pip install -e '.[fast]')",
+    )
+
+
+def describe_store(report: Report) -> None:
+    from .paths import nearest_existing
+    from .server.serve import default_store_path
+
+    store = default_store_path()
+    free = shutil.disk_usage(nearest_existing(store.parent)).free
+    report.add("job store (serve)", f"{store}, {free / GiB:.1f} GiB free on its disk")
+    if free < GiB:
+        report.todo.append(f"free some space under {nearest_existing(store.parent)} (images are kept there)")
+
+
+def diagnose(gpu: Gpu | str | None = "detect") -> Report:
+    """The whole report; ``gpu`` is read from torch unless given."""
+    gpu = cuda_gpu() if gpu == "detect" else gpu
+    report = Report()
+    report.add("python", f"{platform.python_version()} ({sys.executable})")
+    describe_gpu(report, gpu)
+    describe_offload(report, gpu)
+    describe_weights(report)
+    describe_packages(report, gpu)
+    describe_store(report)
+    return report
