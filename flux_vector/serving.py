@@ -6,6 +6,7 @@ the startup banner and the HTTP runner. Used by ``flux-vector serve`` (embedded 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 API_KEY_ENV = "FLUX_VECTOR_API_KEY"
@@ -93,4 +94,18 @@ def run_http(app, *, host: str, port: int, log_level: str) -> None:
     config = uvicorn.Config(
         app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S
     )
-    uvicorn.Server(config).run()
+    _uvicorn_server(config, getattr(app.state, "on_exit_signal", None)).run()
+
+
+def _uvicorn_server(config, on_exit_signal: Callable[[], None] | None):
+    """uvicorn's server, also telling the app the moment SIGTERM/SIGINT arrives (``app.state.on_exit_signal``): the
+    requests waiting for a job are answered then, not cancelled when the graceful-shutdown timeout runs out."""
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig, frame) -> None:
+            if on_exit_signal is not None and not self.should_exit:
+                on_exit_signal()
+            super().handle_exit(sig, frame)
+
+    return Server(config)

@@ -95,6 +95,9 @@ class JobStore(ABC):
     # Counters of what this process's worker side did that only a shared store can tell (jobs taken over from dead
     # workers, leases lost, ...); empty for a store that keeps none
     stats: Mapping[str, int] = MappingProxyType({})
+    # The exceptions that mean "the store cannot be reached now, try again" (the server answers them 503 with
+    # Retry-After): a network store's connection errors; StoreUnavailable on every store
+    unavailable_errors: tuple[type[BaseException], ...] = (StoreUnavailable,)
 
     @abstractmethod
     def submit(self, slug: str, params: dict[str, Any], *, max_queue: int | None = None) -> Job:
@@ -155,6 +158,10 @@ class JobStore(ABC):
         """Have ``callback(job_id)`` called (in a store thread) whenever any process finishes a job. False when the
         store cannot tell (an embedded store: only the local worker finishes jobs, and it has its own listeners)."""
         return False
+
+    def redact(self, text: str) -> str:
+        """``text`` (an error message, a log line) without the store's secrets (a password)."""
+        return text
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release resources."""

@@ -85,7 +85,8 @@ def create_app(
     )
     app.state.flux = state
     app.state.store, app.state.worker = store, worker
-    install_error_handlers(app)
+    install_error_handlers(app, tuple(store.unavailable_errors))
+    app.state.on_exit_signal = state.waiters.shut_down  # serving.run_http: answer /v1 waiters at SIGTERM
     app.include_router(routes_api.router)
     add_playground(app, slug=slug, auth=bool(api_key))  # GET /: the playground page
     app.include_router(routes_ops.router)

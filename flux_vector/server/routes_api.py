@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import re
+
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
@@ -32,6 +34,8 @@ _ERRORS = {
         (429, "The queue is full"),
     )
 }
+
+_IMAGE_INDEX = re.compile(r"[0-9]{1,6}")  # ASCII digits only: "²".isdigit() is True and int("²") raises
 
 router = APIRouter()
 auth = [Depends(require_key)]
@@ -102,7 +106,7 @@ def job_image(request_id: str, name: str, state: State):
     job = state.get_job(request_id)
     if job.state != COMPLETED:
         raise ApiError(404, f"request {request_id!r} has no image: it is {job.state}")
-    if not index_text.isdigit() or ext != job.result.get("ext"):
+    if not _IMAGE_INDEX.fullmatch(index_text) or ext != job.result.get("ext"):
         raise ApiError(
             404,
             f"no image {name!r} for request {request_id!r}: images are "

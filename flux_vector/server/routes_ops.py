@@ -30,8 +30,8 @@ def healthz(state: State):
                 **settings,
             }
         except Exception as exc:
-            message = f"the job store is unreachable: {type(exc).__name__}: {exc}"
-            return error_response(503, message, status="unavailable")
+            message = f"the job store is unreachable: {store.redact(f'{type(exc).__name__}: {exc}')}"
+            return error_response(503, message, headers={"Retry-After": "5"}, status="unavailable")
         return JSONResponse(body)
     alive = worker.running
     body = {

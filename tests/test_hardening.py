@@ -1,0 +1,230 @@
+"""Issue 13: what an attacker or an unlucky operator did to the server, each now a clean 4xx/503 JSON answer.
+
+Most tests drive the app in-process (``create_app`` over a SQLite store and a fake pipeline); the ones about
+connections, signals and memory run ``flux-vector serve --model tiny`` as a subprocess."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import signal
+import threading
+import time
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+
+import flux_vector
+from flux_vector import facade
+from flux_vector.facade.client import MIN_POLL_INTERVAL_S
+from flux_vector.jobs import SQLiteJobStore, Worker
+from flux_vector.jobs.redis_store import RedisJobStore, split_redis_url
+from flux_vector.request import SLUG
+from flux_vector.server.app import create_app
+from tests.fake_pipeline import FAULTS_ENV, FakePipeline
+from tests.server_process import ServerProcess
+
+SMALL = {"width": 64, "height": 64, "steps": 2}
+
+
+@pytest.fixture
+def app_client(tmp_path):
+    store = SQLiteJobStore(tmp_path / "jobs.sqlite3")
+    store.recover()
+    worker = Worker(store, FakePipeline(), log=lambda message: None)
+    with TestClient(create_app(store, worker, log=lambda message: None)) as client:
+        yield client
+    store.close()
+
+
+def post(client, body: str | bytes, path: str = f"/v2/{SLUG}", **headers):
+    return client.post(path, content=body, headers={"content-type": "application/json", **headers})
+
+
+def finished_job(client) -> str:
+    request_id = post(client, json.dumps({"prompt": "a cat", **SMALL})).json()["request_id"]
+    for _ in range(2000):
+        if client.get(f"/v2/requests/{request_id}/status").json()["status"] == "COMPLETED":
+            return request_id
+        time.sleep(0.01)
+    raise AssertionError("the job did not complete")
+
+
+# ------------------------------------------------------------------------------------------ problem 6: small 500s
+def test_image_name_with_a_unicode_digit_is_a_404(app_client):
+    request_id = finished_job(app_client)
+    assert app_client.get(f"/v2/requests/{request_id}/images/0.png").status_code == 200
+    for name in ("².png", "٣.png", "0x1.png", "9999999.png"):
+        answer = app_client.get(f"/v2/requests/{request_id}/images/{name}")
+        assert answer.status_code == 404 and "images are 0..0.png" in answer.json()["error"], name
+
+
+@pytest.mark.parametrize("field", ["prompt", "sampler_name", "negative_prompt"])
+def test_a_lone_surrogate_is_a_400_naming_the_field(app_client, field):
+    body = json.dumps({"prompt": "a cat", field: "x\ud800y"})  # ensure_ascii writes the surrogate as \ud800
+    answer = post(app_client, body)
+    assert answer.status_code == 400 and answer.json()["field"] == field
+    assert "surrogate" in answer.json()["error"]
+    key = post(app_client, '{"prompt": "a cat", "\\udc00": 1}')
+    assert key.status_code == 400 and "surrogate" in key.json()["error"]
+
+
+def test_deep_json_is_a_400(app_client):
+    for body in ("[" * 100_000 + "]" * 100_000, '{"prompt":' * 50_000 + '"x"' + "}" * 50_000, "[" * 40 + "]" * 40):
+        answer = post(app_client, body)
+        assert answer.status_code == 400 and answer.json()["field"] == "body", answer.text[:200]
+
+
+def test_duplicate_json_keys_are_rejected(app_client):
+    answer = post(app_client, '{"prompt": "a cat", "steps": 1, "steps": 100}')
+    assert answer.status_code == 400 and answer.json()["field"] == "steps"
+    assert "more than once" in answer.json()["error"]
+
+
+def test_malformed_bodies_keep_the_connection_alive(tmp_path, tiny_dir):
+    """A 100,000-deep body is a 400 on a kept-alive connection: the client's next request on it succeeds."""
+    server = ServerProcess(tmp_path / "jobs.sqlite3").start()
+    try:
+        connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+        for body in ("[" * 100_000, '{"prompt": "a", "prompt": "b"}', '{"prompt": "\\ud800"}'):
+            connection.request("POST", f"/v2/{SLUG}", body=body, headers={"Content-Type": "application/json"})
+            answer = connection.getresponse()
+            assert answer.status == 400 and "error" in json.loads(answer.read())
+            assert answer.getheader("connection") != "close"
+        connection.request("GET", "/healthz")
+        assert connection.getresponse().status == 200
+        connection.close()
+    finally:
+        assert server.stop(), server.log()
+
+
+PASSWORD = "p@ss/w:rd#?1"  # unencoded in the URL: '@', '/', ':', '#' and '?' all inside the password
+
+
+@pytest.mark.redis
+def test_redis_down_is_a_503_with_retry_after_and_never_shows_the_password(tmp_path):
+    from tests.redis_cluster import RedisServer, require_redis
+
+    require_redis()
+    redis_server = RedisServer(tmp_path / "redis", password=PASSWORD).start()
+    logged: list[str] = []
+    try:
+        url = f"redis://:{PASSWORD}@127.0.0.1:{redis_server.port}/0"
+        assert split_redis_url(url) == (f"redis://127.0.0.1:{redis_server.port}/0", None, PASSWORD)
+        store = RedisJobStore.from_url(url, log=logged.append)
+        assert PASSWORD not in store.url and any("visible in ps" in line for line in logged)
+        app = create_app(store, None, log=logged.append)
+        with TestClient(app) as client:
+            assert post(client, json.dumps({"prompt": "a cat", **SMALL})).status_code == 200
+            redis_server.stop()
+            for answer in (
+                post(client, json.dumps({"prompt": "a cat", **SMALL})),
+                client.get("/v2/requests/0123456789abcdef0123456789abcdef/status"),
+                client.get("/healthz"),
+            ):
+                assert answer.status_code == 503 and answer.headers["retry-after"].isdigit(), answer.text
+                assert "error" in answer.json()
+                for fragment in (PASSWORD, "p@ss", "w:rd", "rd#"):
+                    assert fragment not in answer.text
+        store.close()
+    finally:
+        redis_server.stop()
+    for fragment in (PASSWORD, "w:rd"):
+        assert not any(fragment in line for line in logged)
+
+
+@pytest.mark.redis
+def test_redis_password_from_a_file_and_a_wrong_one_is_not_shown(tmp_path, monkeypatch):
+    from flux_vector.jobs.store import StoreUnavailable
+    from tests.redis_cluster import RedisServer, require_redis
+
+    require_redis()
+    redis_server = RedisServer(tmp_path / "redis", password=PASSWORD).start()
+    try:
+        secret = tmp_path / "redis-password"
+        secret.write_text(PASSWORD + "\n")
+        monkeypatch.setenv("FLUX_VECTOR_REDIS_PASSWORD_FILE", str(secret))
+        store = RedisJobStore.from_url(redis_server.url())
+        assert store.counts()["QUEUED"] == 0
+        store.close()
+        with pytest.raises(StoreUnavailable) as denied:
+            RedisJobStore.from_url(f"redis://:wrong-{PASSWORD}@127.0.0.1:{redis_server.port}/0")
+        assert PASSWORD not in str(denied.value) and "wrong-" not in str(denied.value)
+    finally:
+        redis_server.stop()
+
+
+def test_sigterm_answers_a_waiting_v1_caller_with_a_json_503(tmp_path, tiny_dir):
+    server = ServerProcess(tmp_path / "jobs.sqlite3", env=FAULTS_ENV).start()
+    answers: list[httpx.Response] = []
+
+    def call() -> None:
+        body = {"prompt": "a cat [[fault:sleep=60]]", **SMALL}
+        answers.append(httpx.post(f"{server.url}/v1/{SLUG}", json=body, timeout=120))
+
+    caller = threading.Thread(target=call)
+    try:
+        caller.start()
+        for _ in range(3000):
+            if httpx.get(f"{server.url}/healthz").json()["current_job"]:
+                break
+            time.sleep(0.02)
+        server.proc.send_signal(signal.SIGTERM)
+        caller.join(120)
+    finally:
+        assert server.stop(), server.log()
+    (answer,) = answers
+    assert answer.status_code == 503 and answer.headers["content-type"] == "application/json"
+    assert answer.headers["retry-after"].isdigit() and "shutting down" in answer.json()["error"]
+    assert answer.json()["request_id"]
+
+
+@pytest.fixture
+def engine(tmp_path):
+    def setup(**kwargs):
+        flux_vector.configure(store_dir=tmp_path / f"store-{time.monotonic_ns()}", **kwargs)
+        return facade.local.local_engine()
+
+    yield setup
+    flux_vector.configure()
+
+
+def test_wait_with_interval_zero_does_not_spin(engine, monkeypatch):
+    local = engine(pipeline=FakePipeline(step_s=0.01))
+    pauses: list[float] = []
+    original = type(local).pause
+    monkeypatch.setattr(
+        type(local), "pause", lambda self, job, seconds: (pauses.append(seconds), original(self, job, seconds))
+    )
+    job = flux_vector.submit_async(SLUG, prompt="a cat", width=64, height=64, steps=30)
+    assert job.wait(timeout=60, interval=0)["status"] == "COMPLETED"
+    assert pauses and min(pauses) >= MIN_POLL_INTERVAL_S
+
+
+def test_configure_while_another_thread_waits_is_a_segmind_error(engine, monkeypatch):
+    local = engine(pipeline=FakePipeline(step_s=0.02))
+    pausing = threading.Event()
+    original = type(local).pause
+
+    def pause(self, job, seconds):
+        pausing.set()
+        original(self, job, seconds)
+
+    monkeypatch.setattr(type(local), "pause", pause)
+    job = flux_vector.submit_async(SLUG, prompt="a cat", width=64, height=64, steps=100)
+    raised: list[BaseException] = []
+
+    def wait() -> None:
+        try:
+            job.wait(timeout=60, interval=2.0)
+        except BaseException as exc:
+            raised.append(exc)
+
+    waiter = threading.Thread(target=wait)
+    waiter.start()
+    assert pausing.wait(30)
+    engine(pipeline=FakePipeline())
+    waiter.join(60)
+    (error,) = raised
+    assert isinstance(error, flux_vector.SegmindError) and error.status == 404, repr(error)
