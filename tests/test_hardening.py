@@ -8,8 +8,10 @@ from __future__ import annotations
 import http.client
 import json
 import signal
+import socket
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
@@ -228,3 +230,70 @@ def test_configure_while_another_thread_waits_is_a_segmind_error(engine, monkeyp
     waiter.join(60)
     (error,) = raised
     assert isinstance(error, flux_vector.SegmindError) and error.status == 404, repr(error)
+
+
+# ------------------------------------------------------------------------------------------ problem 4: memory
+MIB = 1 << 20
+
+
+def stream_body(port: int, total: int, *, chunked: bool) -> tuple[int, bytes]:
+    """POST ``total`` bytes of JSON whitespace in 1 MiB pieces; (bytes sent before the server stopped taking them,
+    the start of the answer)."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=120)
+    framing = "Transfer-Encoding: chunked" if chunked else f"Content-Length: {total}"
+    head = f"POST /v2/{SLUG} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n{framing}\r\n\r\n"
+    piece = b" " * MIB
+    frame = (f"{MIB:x}\r\n".encode() + piece + b"\r\n") if chunked else piece
+    sent = 0
+    try:
+        sock.sendall(head.encode())
+        while sent < total:
+            sock.sendall(frame)
+            sent += MIB
+        if chunked:
+            sock.sendall(b"0\r\n\r\n")
+    except OSError:
+        pass  # the server answered and closed the connection: what a limit enforced while streaming does
+    try:
+        answer = sock.recv(65536)
+    except OSError:
+        answer = b""
+    sock.close()
+    return sent, answer
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+def test_a_1_gib_body_is_refused_while_it_streams(tmp_path, tiny_dir, chunked):
+    psutil = pytest.importorskip("psutil")
+    server = ServerProcess(tmp_path / "jobs.sqlite3").start()
+    try:
+        process = psutil.Process(server.proc.pid)
+        before = process.memory_info().rss
+        sent, answer = stream_body(server.port, 1 << 30, chunked=chunked)
+        after = process.memory_info().rss
+        print(
+            f"server RSS {before / MIB:.0f} MiB -> {after / MIB:.0f} MiB after a 1 GiB body ({sent / MIB:.0f} MiB sent)"
+        )
+        assert answer.startswith(b"HTTP/1.1 413") or (answer == b"" and sent < 1 << 30), answer[:200]
+        assert after - before < 64 * MIB
+        assert httpx.get(server.url + "/healthz").status_code == 200
+    finally:
+        assert server.stop(), server.log()
+
+
+def test_base64_results_are_encoded_once(app_client):
+    store = app_client.app.state.flux.store
+    body = {"prompt": "a cat", "base64": True, "batch_size": 3, **SMALL}
+    request_id = post(app_client, json.dumps(body)).json()["request_id"]
+    for _ in range(2000):
+        if app_client.get(f"/v2/requests/{request_id}/status").json()["status"] == "COMPLETED":
+            break
+        time.sleep(0.01)
+    reads: list[int] = []
+    original = store.image
+    store.image = lambda job_id, index: (reads.append(index), original(job_id, index))[1]
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda _: app_client.get(f"/v2/requests/{request_id}"), range(16)))
+    assert {len(answer.json()["images"]) for answer in answers} == {3}
+    assert len({answer.text for answer in answers}) == 1
+    assert sorted(reads) == [0, 1, 2]

@@ -15,6 +15,7 @@ from fastapi import Depends, Request
 from starlette.concurrency import run_in_threadpool
 
 from ..jobs import Job, JobStore, QueueFull, Worker, result_body
+from ..jobs.bodies import Base64Images
 from ..jobs.metrics import JobMetrics
 from ..request import RequestError, parse_request
 from .body import parse_json_body, read_body_limited
@@ -104,6 +105,7 @@ class ServerState:
     log: Callable[[str], None]
     metrics: JobMetrics = field(init=False)
     waiters: FinishedWaiters = field(init=False)
+    base64_images: Base64Images = field(init=False, default_factory=Base64Images)
 
     def __post_init__(self) -> None:
         self.metrics = JobMetrics(self.store, self.worker)
@@ -176,7 +178,7 @@ class ServerState:
         def image_url(i: int) -> str:
             return str(request.url_for("job_image", request_id=job.id, name=f"{i}.{ext}"))
 
-        return result_body(job, image_url, lambda i: self.store.image(job.id, i))
+        return result_body(job, image_url, lambda i: self.store.image(job.id, i), encoded=self.base64_images)
 
 
 def get_state(request: Request) -> ServerState:
