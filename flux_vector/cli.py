@@ -150,6 +150,21 @@ def _add_serve(sub, parents) -> None:
         choices=["critical", "error", "warning", "info", "debug"],
         help=f"default {DEFAULT_LOG_LEVEL}",
     )
+    p.add_argument(
+        "--public-url",
+        default="",
+        metavar="URL",
+        help="the URL clients reach this server by (behind a proxy or a DNS name): its host is accepted in Host "
+        "and it is the base of status_url and image URLs",
+    )
+    p.add_argument(
+        "--allow-origin",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="a web origin (https://app.example) whose pages may call this API from a browser; repeatable "
+        "(other origins get 403)",
+    )
 
 
 def _add_worker(sub, parents) -> None:
@@ -254,6 +269,8 @@ def run_serve_command(args: argparse.Namespace) -> int:
         log_level=args.log_level,
         fuse=not args.no_fuse,
         warmup=not args.no_warmup,
+        public_url=args.public_url,
+        allow_origins=tuple(args.allow_origin),
     )
 
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
@@ -35,6 +35,7 @@ from .. import __version__
 from ..jobs import QUEUED, JobStore, Worker
 from ..request import SLUG
 from . import routes_api, routes_ops
+from .browser import add_browser_safety
 from .errors import ApiError, install_error_handlers
 from .playground import add_playground
 from .routes_api import IMAGE_HEADERS
@@ -53,11 +54,16 @@ def create_app(
     model_name: str = "",
     manage_worker: bool = True,
     log: Callable[[str], None] | None = None,
+    host: str = "127.0.0.1",
+    public_url: str = "",
+    allow_origins: Sequence[str] = (),
 ) -> FastAPI:
     """The app. ``manage_worker``: start the worker at startup and stop it (requeueing its job) at shutdown.
-    ``worker=None``: an API-only process on a shared store (the workers run elsewhere)."""
+    ``worker=None``: an API-only process on a shared store (the workers run elsewhere). ``host`` (the address it
+    listens on) and ``public_url`` (the URL clients reach it by; it also makes ``status_url`` and the image URLs)
+    are the ``Host`` names it answers; ``allow_origins``: web origins besides its own that may call it."""
     say = log or getattr(worker, "log", None) or (lambda message: print(message, file=sys.stderr, flush=True))
-    state = ServerState(store, worker, slug, api_key, max_queue, model_name, say)
+    state = ServerState(store, worker, slug, api_key, max_queue, model_name, say, public_url.rstrip("/"))
     manage_worker = manage_worker and worker is not None
 
     @contextlib.asynccontextmanager
@@ -82,6 +88,8 @@ def create_app(
         version=__version__,
         description=f"FLUX.1-dev + the Simple Vector LoRA, serving Segmind's {slug!r} API locally.",
         lifespan=lifespan,
+        docs_url=None,  # served from local files by add_browser_safety, never from a CDN
+        redoc_url=None,
     )
     app.state.flux = state
     app.state.store, app.state.worker = store, worker
@@ -90,4 +98,5 @@ def create_app(
     app.include_router(routes_api.router)
     add_playground(app, slug=slug, auth=bool(api_key))  # GET /: the playground page
     app.include_router(routes_ops.router)
+    add_browser_safety(app, bind_host=host, public_url=public_url, allow_origins=list(allow_origins))
     return app

@@ -31,6 +31,8 @@ _ERRORS = {
         (400, "Invalid parameter"),
         (401, "Missing or invalid x-api-key"),
         (404, "Unknown model slug"),
+        (413, "The body is over 1 MiB"),
+        (415, "The body is not application/json"),
         (429, "The queue is full"),
     )
 }
@@ -82,8 +84,8 @@ async def submit_async(model_slug: str, request: Request, state: State):
         "request_id": job.id,
         "status": QUEUED,
         "position": job.position,
-        "status_url": str(request.url_for("job_status", request_id=job.id)),
-        "response_url": str(request.url_for("job_result", request_id=job.id)),
+        "status_url": state.url_for(request, "job_status", request_id=job.id),
+        "response_url": state.url_for(request, "job_result", request_id=job.id),
     }
 
 

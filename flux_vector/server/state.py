@@ -103,6 +103,7 @@ class ServerState:
     max_queue: int | None
     model_name: str
     log: Callable[[str], None]
+    public_url: str = ""  # the base of the URLs handed out; "" builds them from the request
     metrics: JobMetrics = field(init=False)
     waiters: FinishedWaiters = field(init=False)
     base64_images: Base64Images = field(init=False, default_factory=Base64Images)
@@ -135,6 +136,13 @@ class ServerState:
 
     async def read_request(self, request: Request) -> dict[str, Any]:
         """The body's parameters, validated by the contract (400 naming the field), or an ApiError."""
+        media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+        if media_type != "application/json":
+            raise ApiError(
+                415,
+                f"the request body is {media_type or 'untyped'}; send it as Content-Type: application/json",
+                field="Content-Type",
+            )
         raw = await read_body_limited(request, MAX_BODY_BYTES)
         if not raw.strip():
             raise ApiError(
@@ -172,11 +180,17 @@ class ServerState:
     async def wait_finished(self, job_id: str) -> Job:
         return await self.waiters.wait(self.store, job_id)
 
+    def url_for(self, request: Request, route: str, /, **params: str) -> str:
+        """The absolute URL of a route: on ``public_url`` when set, else on the request's own (checked) host."""
+        if self.public_url:
+            return self.public_url + str(request.app.url_path_for(route, **params))
+        return str(request.url_for(route, **params))
+
     def final_body(self, request: Request, job: Job) -> dict[str, Any]:
         ext = job.result.get("ext", "png")
 
         def image_url(i: int) -> str:
-            return str(request.url_for("job_image", request_id=job.id, name=f"{i}.{ext}"))
+            return self.url_for(request, "job_image", request_id=job.id, name=f"{i}.{ext}")
 
         return result_body(job, image_url, lambda i: self.store.image(job.id, i), encoded=self.base64_images)
 
