@@ -5,6 +5,8 @@ the startup banner and the HTTP runner. Used by ``flux-vector serve`` (embedded 
 
 from __future__ import annotations
 
+import contextlib
+import os
 import time
 from collections.abc import Callable
 
@@ -109,3 +111,25 @@ def _uvicorn_server(config, on_exit_signal: Callable[[], None] | None):
             super().handle_exit(sig, frame)
 
     return Server(config)
+
+
+def device_memory_bytes(pipe) -> int:
+    """The memory of the device ``pipe`` runs on: the GPU's, else this machine's RAM (the work budget's base)."""
+    import torch
+
+    device = torch.device("cpu")
+    with contextlib.suppress(Exception):
+        device = torch.device(pipe._execution_device())
+    if device.type == "cuda":
+        return int(torch.cuda.get_device_properties(device).total_memory)
+    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+
+
+def work_budget(base, **overrides: int | None):
+    """``base`` (a ``WorkBudget``) with the settings given on the command line."""
+    import dataclasses
+
+    for name, value in overrides.items():
+        if value is not None and value < 1:
+            raise ValueError(f"--{name.replace('_', '-')}={value} is not allowed; it must be a positive integer")
+    return dataclasses.replace(base, **{name: value for name, value in overrides.items() if value is not None})

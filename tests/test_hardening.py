@@ -9,11 +9,14 @@ import http.client
 import json
 import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
@@ -22,7 +25,7 @@ from flux_vector import facade
 from flux_vector.facade.client import MIN_POLL_INTERVAL_S
 from flux_vector.jobs import SQLiteJobStore, Worker
 from flux_vector.jobs.redis_store import RedisJobStore, split_redis_url
-from flux_vector.request import SLUG
+from flux_vector.request import SLUG, WorkBudget
 from flux_vector.server.app import create_app
 from tests.fake_pipeline import FAULTS_ENV, FakePipeline
 from tests.server_process import ServerProcess
@@ -370,3 +373,76 @@ def test_docs_are_served_from_local_files_under_a_strict_csp(app_client):
     assert app_client.get("/openapi.json").status_code == 200
     playground_csp = app_client.get("/").headers["content-security-policy"]
     assert "connect-src 'self'" in playground_csp and "form-action 'none'" in playground_csp  # the key stays here
+
+
+# ------------------------------------------------------------------------------------------ problem 1: work
+def test_the_issue_request_is_over_the_budget_of_an_8_gib_device(tmp_path):
+    budget = WorkBudget.for_memory(8 << 30)
+    assert budget.max_image_pixels == 8 << 20 and WorkBudget.for_memory(80 << 30).max_image_pixels == 4096 * 4096
+    store, app = browser_app(tmp_path, budget=budget)
+    with TestClient(app, base_url="http://localhost") as client:
+        body = {"prompt": "a cat", "width": 4096, "height": 4096, "batch_size": 8, "steps": 1}
+        answer = post(client, json.dumps(body)).json()
+        assert (answer["fields"], answer["limit"], answer["setting"]) == (
+            ["width", "height"],
+            8 << 20,
+            "max_image_pixels",
+        )
+        body.update(width=2048, height=2048)
+        answer = post(client, json.dumps(body)).json()
+        assert answer["fields"] == ["width", "height", "batch_size"] and answer["setting"] == "max_batch_pixels"
+        body.update(batch_size=3, steps=100)
+        answer = post(client, json.dumps(body)).json()
+        assert answer["fields"] == ["width", "height", "batch_size", "steps"] and "pixel-steps" in answer["error"]
+        body.update(steps=20, width=64, height=64)
+        assert post(client, json.dumps(body)).status_code == 200
+    store.close()
+
+
+_DECODE_PEAK = """
+import resource, sys, torch
+from flux_vector import FluxVectorPipeline
+pipe = FluxVectorPipeline.from_pretrained("tiny", log=lambda *_: None)
+scale = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
+size, batch = int(sys.argv[1]), int(sys.argv[2])
+x = torch.randn(batch, pipe.vae.config.latent_channels, size // scale, size // scale)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+assert len(pipe.decode(x)) == batch
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)
+"""
+
+
+def test_vae_decode_peak_memory_grows_with_one_image_not_the_batch(tiny_dir):
+    def growth_kib(batch: int) -> int:
+        done = subprocess.run(
+            [sys.executable, "-c", _DECODE_PEAK, "1024", str(batch)], capture_output=True, text=True, timeout=600
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+        return int(done.stdout.strip().splitlines()[-1])
+
+    one, four = growth_kib(1), growth_kib(4)
+    assert four < 1.5 * one, (one, four)  # a whole-batch decode needs about 4x
+
+
+def test_large_images_are_decoded_in_tiles_and_small_ones_exactly(tiny_pipe, monkeypatch):
+    import torch
+
+    import flux_vector.pipeline as pipeline_module
+
+    x = torch.randn(2, tiny_pipe.vae.config.latent_channels, 16, 16)
+    reference = tiny_pipe.vae.decode(pipeline_module.to_latent(x).to(tiny_pipe.vae.dtype), return_dict=False)[0]
+    expected = (255.0 * ((reference.float() + 1) / 2).clamp(0, 1).permute(0, 2, 3, 1).numpy()).astype("uint8")
+    images = tiny_pipe.decode(x)
+    assert [image.size for image in images] == [(expected.shape[2], expected.shape[1])] * 2
+    assert (
+        max(
+            int(abs(np.asarray(image).astype(int) - e.astype(int)).max())
+            for image, e in zip(images, expected, strict=True)
+        )
+        <= 1
+    )
+    tilings: list[bool] = []
+    monkeypatch.setattr(pipeline_module, "TILED_DECODE_PIXELS", 16)
+    monkeypatch.setattr(type(tiny_pipe.vae), "enable_tiling", lambda self, *a, **k: tilings.append(True))
+    tiled = tiny_pipe.decode(x[:1])
+    assert tilings == [True] and tiled[0].size == images[0].size

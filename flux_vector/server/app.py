@@ -33,7 +33,7 @@ from starlette.concurrency import run_in_threadpool
 
 from .. import __version__
 from ..jobs import QUEUED, JobStore, Worker
-from ..request import SLUG
+from ..request import SLUG, WorkBudget
 from . import routes_api, routes_ops
 from .browser import add_browser_safety
 from .errors import ApiError, install_error_handlers
@@ -57,13 +57,16 @@ def create_app(
     host: str = "127.0.0.1",
     public_url: str = "",
     allow_origins: Sequence[str] = (),
+    budget: WorkBudget | None = None,
 ) -> FastAPI:
     """The app. ``manage_worker``: start the worker at startup and stop it (requeueing its job) at shutdown.
     ``worker=None``: an API-only process on a shared store (the workers run elsewhere). ``host`` (the address it
     listens on) and ``public_url`` (the URL clients reach it by; it also makes ``status_url`` and the image URLs)
     are the ``Host`` names it answers; ``allow_origins``: web origins besides its own that may call it."""
     say = log or getattr(worker, "log", None) or (lambda message: print(message, file=sys.stderr, flush=True))
-    state = ServerState(store, worker, slug, api_key, max_queue, model_name, say, public_url.rstrip("/"))
+    state = ServerState(
+        store, worker, slug, api_key, max_queue, model_name, say, public_url.rstrip("/"), budget or WorkBudget()
+    )
     manage_worker = manage_worker and worker is not None
 
     @contextlib.asynccontextmanager

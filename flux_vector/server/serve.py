@@ -12,8 +12,16 @@ from pathlib import Path
 
 from ..jobs import DEFAULT_RETENTION_S, SQLiteJobStore, Worker
 from ..jobs.redis_store import is_redis_url
-from ..request import SLUG
-from ..serving import API_KEY_ENV, describe_api_key, prepare_for_serving, run_http, warn_if_open
+from ..request import SLUG, WorkBudget
+from ..serving import (
+    API_KEY_ENV,
+    describe_api_key,
+    device_memory_bytes,
+    prepare_for_serving,
+    run_http,
+    warn_if_open,
+    work_budget,
+)
 
 DEFAULT_PORT = 8000
 DEFAULT_MAX_QUEUE = 100
@@ -44,7 +52,9 @@ def serve(
     warmup: bool = True,
     public_url: str = "",
     allow_origins: tuple[str, ...] = (),
+    budget: dict[str, int | None] | None = None,
 ) -> int:
+    """``budget``: ``WorkBudget`` settings overriding the defaults derived from the device's memory."""
     """Run the server until interrupted; 0 on a clean stop. Raises on a bad store or missing weights."""
     from .app import create_app
 
@@ -66,7 +76,12 @@ def serve(
             log_level=log_level,
             api_key=api_key,
             log=log,
-            browser={"host": host, "public_url": public_url, "allow_origins": allow_origins},
+            browser={
+                "host": host,
+                "public_url": public_url,
+                "allow_origins": allow_origins,
+                "budget": work_budget(WorkBudget(), **(budget or {})),
+            },
         )
 
     from ..models import default_model
@@ -85,6 +100,11 @@ def serve(
         pipe = load_pipeline(model, lora=lora, quantize=quantize, offload=offload, device=device, log=log)
         prepare_for_serving(pipe, fuse=fuse, warmup=warmup, log=log)
         worker = Worker(jobs, pipe, log=log)
+        limits = work_budget(WorkBudget.for_memory(device_memory_bytes(pipe)), **(budget or {}))
+        log(
+            f"work budget: {limits.max_image_pixels:,} pixels per image, {limits.max_batch_pixels:,} per batch, "
+            f"{limits.max_step_pixels:,} pixel-steps per request"
+        )
         app = create_app(
             jobs,
             worker,
@@ -95,6 +115,7 @@ def serve(
             host=host,
             public_url=public_url,
             allow_origins=allow_origins,
+            budget=limits,
         )
         log(
             f"model {model} loaded in {getattr(pipe, 'load_seconds', 0):.1f} s; API key {describe_api_key(api_key)}; "

@@ -17,7 +17,7 @@ from starlette.concurrency import run_in_threadpool
 from ..jobs import Job, JobStore, QueueFull, Worker, result_body
 from ..jobs.bodies import Base64Images
 from ..jobs.metrics import JobMetrics
-from ..request import RequestError, parse_request
+from ..request import OverBudget, RequestError, WorkBudget, parse_request
 from .body import parse_json_body, read_body_limited
 from .errors import ApiError, json_safe
 
@@ -104,6 +104,7 @@ class ServerState:
     model_name: str
     log: Callable[[str], None]
     public_url: str = ""  # the base of the URLs handed out; "" builds them from the request
+    budget: WorkBudget = field(default_factory=WorkBudget)
     metrics: JobMetrics = field(init=False)
     waiters: FinishedWaiters = field(init=False)
     base64_images: Base64Images = field(init=False, default_factory=Base64Images)
@@ -150,9 +151,14 @@ class ServerState:
             )
         params = parse_json_body(raw)
         try:
-            parse_request(params)
+            self.budget.check(parse_request(params))
         except RequestError as exc:
             raise ApiError(400, str(exc), field=exc.field, value=json_safe(exc.value), allowed=exc.allowed) from None
+        except OverBudget as exc:
+            self.metrics.rejected_total.labels("over_budget").inc()
+            raise ApiError(
+                400, str(exc), field=exc.fields[0], fields=list(exc.fields), limit=exc.limit, setting=exc.setting
+            ) from None
         return params
 
     # ------------------------------------------------------------------------------------------- jobs
