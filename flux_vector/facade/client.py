@@ -36,6 +36,11 @@ class AsyncJob:
         """The final body (meaningful once COMPLETED; a FAILED body is returned too)."""
         return self._client._backend.result(self)
 
+    def cancel(self) -> dict[str, Any]:
+        """Cancel the request: queued, it never runs; running, it stops at its next step. Its status body after
+        (FAILED, ``error`` saying it was cancelled); ``SegmindError`` 409 when it had finished already."""
+        return self._client._backend.cancel(self)
+
     def wait(
         self, timeout: float = DEFAULT_POLL_TIMEOUT_S, interval: float = DEFAULT_POLL_INTERVAL_S
     ) -> dict[str, Any]:

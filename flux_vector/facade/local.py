@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from ..jobs import DEFAULT_RETENTION_S, FAILED, QUEUED, QueueFull, SQLiteJobStore, Worker
 from ..jobs import result_body as _result_body
 from ..jobs import status_body as _status_body
+from ..jobs.store import CANCELLED
 from ..request import SLUG, RequestError, parse_request
 from .errors import SegmindError
 
@@ -128,6 +129,19 @@ class LocalEngine:
     def result(self, job: AsyncJob) -> dict[str, Any]:
         found = self._job(job.request_id)
         return _result_body(found, self._url(found), lambda i: self.store.image(found.id, i))
+
+    def cancel(self, job: AsyncJob) -> dict[str, Any]:
+        with self._open_store(job.request_id):
+            found = self.store.cancel(job.request_id)
+        if found is None:
+            raise SegmindError(
+                status=404, detail=f"request {job.request_id!r} not found: unknown, or its result expired"
+            )
+        if found.error != CANCELLED:
+            raise SegmindError(
+                status=409, detail=f"request {job.request_id!r} is {found.state} already; nothing to cancel"
+            )
+        return _status_body(found)
 
     def pause(self, job: AsyncJob, seconds: float) -> None:
         with self._open_store(job.request_id):

@@ -43,6 +43,7 @@ from urllib.parse import quote, unquote
 
 from . import redis_scripts as lua
 from .store import (
+    CANCELLED,
     COMPLETED,
     DEFAULT_RETENTION_S,
     FAILED,
@@ -419,6 +420,14 @@ class RedisJobStore(JobStore):
         if job is None:
             raise KeyError(f"no job {job_id!r}")
         return job
+
+    def cancel(self, job_id: str, reason: str = CANCELLED) -> Job | None:
+        """FAIL without a lease: the worker running it gets LeaseLost at its next progress write and stops."""
+        self._fail(
+            keys=[self._job_key(job_id), self._processing, self._failed, self._stream, self._queued],
+            args=[job_id, "", "", GROUP, reason, self.channel],
+        )
+        return self.get(job_id)
 
     def requeue(self, job_id: str) -> None:
         lease = self._lease(job_id)

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .store import (
+    CANCELLED,
     COMPLETED,
     DEFAULT_MAX_ATTEMPTS,
     DEFAULT_RETENTION_S,
@@ -28,6 +29,7 @@ from .store import (
     STATES,
     Job,
     JobStore,
+    LeaseLost,
     QueueFull,
     Recovery,
     StoreLocked,
@@ -95,6 +97,7 @@ class SQLiteJobStore(JobStore):
         if exclusive and not memory:
             self._lock_file = _lock_exclusively(Path(self.path + ".lock"))
         self._lock = threading.RLock()
+        self._ended: set[str] = set()  # jobs cancelled while QUEUED or PROCESSING (still_running: False)
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -187,10 +190,12 @@ class SQLiteJobStore(JobStore):
         _fsync_dir(self.image_dir)
         try:
             with self._tx() as db:
-                self._fetch(db, job_id)
+                row = self._fetch(db, job_id)
+                if row["state"] != PROCESSING:  # cancelled, or settled already: never completed twice
+                    raise LeaseLost(f"job {job_id} is {row['state']}, not PROCESSING; its result was discarded")
                 db.execute(
-                    "UPDATE jobs SET state = ?, finished_at = ?, result = ?, error = NULL WHERE id = ?",
-                    (COMPLETED, time.time(), json.dumps(result, allow_nan=False), job_id),
+                    "UPDATE jobs SET state = ?, finished_at = ?, result = ?, error = NULL WHERE id = ? AND state = ?",
+                    (COMPLETED, time.time(), json.dumps(result, allow_nan=False), job_id, PROCESSING),
                 )
                 return self._row_to_job(self._fetch(db, job_id))
         except BaseException:
@@ -206,6 +211,19 @@ class SQLiteJobStore(JobStore):
                 (FAILED, time.time(), str(error) or "the job failed", job_id),
             )
             return self._row_to_job(self._fetch(db, job_id))
+
+    def cancel(self, job_id: str, reason: str = CANCELLED) -> Job | None:
+        with self._tx() as db:
+            db.execute(
+                "UPDATE jobs SET state = ?, finished_at = ?, error = ? WHERE id = ? AND state IN (?, ?)",
+                (FAILED, time.time(), reason, job_id, QUEUED, PROCESSING),
+            )
+            if db.execute("SELECT changes()").fetchone()[0]:
+                self._ended.add(job_id)
+        return self.get(job_id)
+
+    def still_running(self, job_id: str) -> bool:
+        return job_id not in self._ended
 
     def requeue(self, job_id: str) -> None:
         with self._tx() as db:

@@ -36,6 +36,9 @@ class StoreLocked(RuntimeError):
     """Another process already serves this store."""
 
 
+CANCELLED = "cancelled by the client (DELETE /v2/requests/{id} or AsyncJob.cancel())"
+
+
 class StoreUnavailable(RuntimeError):
     """The store cannot be reached (a shared store's server is down or the URL is wrong)."""
 
@@ -158,6 +161,16 @@ class JobStore(ABC):
         """Have ``callback(job_id)`` called (in a store thread) whenever any process finishes a job. False when the
         store cannot tell (an embedded store: only the local worker finishes jobs, and it has its own listeners)."""
         return False
+
+    @abstractmethod
+    def cancel(self, job_id: str, reason: str = CANCELLED) -> Job | None:
+        """A QUEUED or PROCESSING job becomes FAILED with ``reason`` now (the worker running it stops at its next
+        step); a finished job is returned unchanged; None for an unknown or expired one."""
+
+    def still_running(self, job_id: str) -> bool:
+        """False once ``cancel`` (or anything else) ended a job this process is running: the worker checks it at
+        every step. A store that cannot tell cheaply answers True and stops the run at its next state change."""
+        return True
 
     def redact(self, text: str) -> str:
         """``text`` (an error message, a log line) without the store's secrets (a password)."""

@@ -60,6 +60,10 @@ class _Interrupted(Exception):
     """The worker is stopping: the running job goes back to the queue."""
 
 
+class _Cancelled(Exception):
+    """The running job was cancelled (it is FAILED in the store already): stop at this step."""
+
+
 class ModelCannot(RuntimeError):
     """A request the contract allows but this loaded model cannot serve (e.g. a LoRA strength with no LoRA)."""
 
@@ -267,6 +271,10 @@ class Worker:
             finished = outcome
         except LeaseLost as exc:
             self.log(f"worker: {exc}")
+        except _Cancelled:
+            self.log(f"worker: job {job.id} cancelled; stopped at its next step")
+            _release_memory()
+            finished = self.store.get(job.id)
         except _Interrupted:
             self.log(f"worker: job {job.id} interrupted by shutdown; back in the queue")
             try:
@@ -305,6 +313,8 @@ class Worker:
 
         def on_step(step: int, total: int) -> None:
             self._checkpoint()
+            if not self.store.still_running(job.id):
+                raise _Cancelled
             now = time.monotonic()
             if step >= total or now - last[0] >= self.progress_every:
                 last[0] = now

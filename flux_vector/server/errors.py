@@ -15,7 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 class ApiError(Exception):
     """An error answer: HTTP ``status`` with ``{"error": message, **extra}``."""
 
-    def __init__(self, status: int, message: str, *, headers: dict[str, str] | None = None, **extra: Any):
+    def __init__(self, status: int, message: str, /, *, headers: dict[str, str] | None = None, **extra: Any):
         super().__init__(message)
         self.status, self.message, self.extra, self.headers = status, message, extra, headers
 

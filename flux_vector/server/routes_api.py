@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from ..jobs import COMPLETED, FAILED, QUEUED, status_body
+from ..jobs.store import CANCELLED
 from ..request import GenerationRequest
 from .errors import ApiError, error_response
 from .state import State, require_key
@@ -32,6 +33,7 @@ _ERRORS = {
         (401, "Missing or invalid x-api-key"),
         (404, "Unknown model slug"),
         (413, "The body is over 1 MiB"),
+        (409, "Nothing to cancel: the request finished already"),
         (415, "The body is not application/json"),
         (429, "The queue is full"),
     )
@@ -100,6 +102,24 @@ def job_result(request_id: str, request: Request, state: State):
     job = state.get_job(request_id)
     code = {COMPLETED: 200, FAILED: 422}.get(job.state, 202)
     return JSONResponse(state.final_body(request, job), status_code=code)
+
+
+@router.delete(
+    "/v2/requests/{request_id}",
+    dependencies=auth,
+    name="job_cancel",
+    summary="Cancel: a queued job never runs, a running one stops at its next step (FAILED, 'cancelled')",
+)
+async def job_cancel(request_id: str, state: State):
+    job = await run_in_threadpool(state.store.cancel, request_id)
+    if job is None:
+        state.get_job(request_id)  # the 404 naming why
+    if job.error != CANCELLED:
+        raise ApiError(
+            409, f"request {request_id!r} is {job.state} already; there is nothing to cancel", status=job.state
+        )
+    state.waiters.wake(job.id, job)  # a /v1 caller waiting for it is answered now
+    return status_body(job)
 
 
 @router.get("/v2/requests/{request_id}/images/{name}", name="job_image", summary="An output image (no key needed)")
