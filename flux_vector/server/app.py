@@ -16,10 +16,13 @@ elsewhere (``flux-vector worker``), and ``/v1`` waits are woken by the store's n
 - ``GET /healthz`` (this process and, on a shared store, the live workers), ``GET /metrics`` (Prometheus text),
   OpenAPI at ``/docs``.
 
-Every error is a JSON object with a human-readable ``error``: 400 (any invalid parameter, naming the field, the value
-and what is allowed; malformed JSON; a body that is not an object), 401 (``x-api-key`` missing or wrong when an API
-key is configured), 404 (unknown model slug, unknown or expired request id), 413 (body over 1 MiB), 429 (the queue
-holds ``max_queue`` jobs).
+Every error is a JSON object with a human-readable ``error`` (the README's error table): 400 (an invalid parameter
+naming the field, the value and what is allowed; malformed, over-deep or empty JSON; a duplicate key; a lone
+surrogate; over the work budget; a foreign ``Host``), 401 (``x-api-key`` missing or wrong when a key is configured),
+403 (a foreign ``Origin``), 404 (unknown model slug, unknown or expired request id), 409 (cancelling a finished
+request), 413 (body over 1 MiB, refused while it streams), 415 (a POST body not ``application/json``), 429 (the queue
+holds ``max_queue`` jobs), 503 with ``Retry-After`` (the store is unreachable; shutting down while a ``/v1`` caller
+waits).
 """
 
 from __future__ import annotations
