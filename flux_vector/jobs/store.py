@@ -167,6 +167,10 @@ class JobStore(ABC):
         """A QUEUED or PROCESSING job becomes FAILED with ``reason`` now (the worker running it stops at its next
         step); a finished job is returned unchanged; None for an unknown or expired one."""
 
+    def check(self) -> None:  # noqa: B027 - optional capability
+        """Raise ``StoreUnavailable`` with the reason when the store cannot be trusted to record jobs now (corrupt,
+        unreadable, its disk nearly full); ``/healthz`` calls it."""
+
     def still_running(self, job_id: str) -> bool:
         """False once ``cancel`` (or anything else) ended a job this process is running: the worker checks it at
         every step. A store that cannot tell cheaply answers True and stops the run at its next state change."""

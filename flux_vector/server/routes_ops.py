@@ -34,6 +34,11 @@ def healthz(state: State):
             return error_response(503, message, headers={"Retry-After": "5"}, status="unavailable")
         return JSONResponse(body)
     alive = worker.running
+    try:
+        store.check()
+    except Exception as exc:
+        message = f"the job store cannot be trusted now: {store.redact(str(exc))}"
+        return error_response(503, message, headers={"Retry-After": "30"}, status="unavailable", worker=worker.state)
     body = {
         "status": "ok" if alive else "unavailable",
         "model": state.model_name,
