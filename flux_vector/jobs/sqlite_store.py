@@ -35,6 +35,7 @@ from .store import (
     Recovery,
     StoreLocked,
     StoreUnavailable,
+    StoreWriteError,
     new_job_id,
 )
 
@@ -105,6 +106,7 @@ class SQLiteJobStore(JobStore):
         self._lock = threading.RLock()
         self._ended: set[str] = set()  # jobs cancelled while QUEUED or PROCESSING (still_running: False)
         self._checked_at = float("-inf")
+        self._reserve = None if memory else Path(self.path + ".reserve")
         try:
             self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
             self._db.row_factory = sqlite3.Row
@@ -113,6 +115,7 @@ class SQLiteJobStore(JobStore):
             self._db.execute("PRAGMA foreign_keys=ON")
             self._db.executescript(_SCHEMA)
             self._quick_check()
+            self._reserve_space()
         except sqlite3.DatabaseError as exc:
             self.close()
             raise StoreUnavailable(
@@ -200,8 +203,16 @@ class SQLiteJobStore(JobStore):
         ext = result["ext"]
         result = {**result, "count": len(images)}
         paths = [self._image_path(job_id, i, ext) for i in range(len(images))]
-        for path, data in zip(paths, images, strict=True):
-            _write_durably(path, data)
+        try:
+            self.image_dir.mkdir(parents=True, exist_ok=True)  # deleted while running: made again
+            for path, data in zip(paths, images, strict=True):
+                _write_durably(path, data)
+        except OSError as exc:
+            for path in paths:
+                with contextlib.suppress(OSError):
+                    path.unlink(missing_ok=True)
+                    path.with_name(path.name + ".tmp").unlink(missing_ok=True)
+            raise StoreWriteError(f"storing the images in {self.image_dir} failed: {exc.strerror or exc}") from None
         _fsync_dir(self.image_dir)
         try:
             with self._tx() as db:
@@ -219,6 +230,28 @@ class SQLiteJobStore(JobStore):
             raise
 
     def fail(self, job_id: str, error: str) -> Job:
+        """Recorded even on a full disk: the first failure to write releases the reserve file and tries again."""
+        try:
+            return self._record_failure(job_id, error)
+        except sqlite3.OperationalError:
+            if not self._release_reserve():
+                raise
+            return self._record_failure(job_id, error)
+
+    def _reserve_space(self) -> None:
+        """``<db>.reserve``: RESERVE_BYTES of real blocks that ``fail`` frees when the disk is full."""
+        if self._reserve is None or self._reserve.exists():
+            return
+        with contextlib.suppress(OSError):
+            _write_durably(self._reserve, bytes(RESERVE_BYTES))
+
+    def _release_reserve(self) -> bool:
+        if self._reserve is None or not self._reserve.exists():
+            return False
+        self._reserve.unlink(missing_ok=True)
+        return True
+
+    def _record_failure(self, job_id: str, error: str) -> Job:
         with self._tx() as db:
             self._fetch(db, job_id)
             db.execute(
@@ -341,12 +374,18 @@ class SQLiteJobStore(JobStore):
 
     def check(self) -> None:
         """The database's quick_check (at most every ``CHECK_EVERY_S``) and the free space on its disk."""
-        free = shutil.disk_usage(self.image_dir).free
+        try:
+            self.image_dir.mkdir(parents=True, exist_ok=True)  # deleted while running: made again
+            free = shutil.disk_usage(self.image_dir).free
+        except OSError as exc:
+            reason = exc.strerror or str(exc)
+            raise StoreUnavailable(f"the images folder {self.image_dir} cannot be used: {reason}") from None
         if free < MIN_FREE_BYTES:
             raise StoreUnavailable(
                 f"only {free >> 20} MiB free on the disk of {self.image_dir} (at least {MIN_FREE_BYTES >> 20} MiB "
                 "are kept free so that results and failures can be recorded)"
             )
+        self._reserve_space()
         if time.monotonic() - self._checked_at >= CHECK_EVERY_S:
             try:
                 self._quick_check()
@@ -417,6 +456,7 @@ def _fsync_dir(folder: Path) -> None:
 _NEVER_CLOSED: list = []
 MIN_FREE_BYTES = 256 << 20  # /healthz is 503 below this much free space on the store's disk
 CHECK_EVERY_S = 30.0  # how often /healthz runs the database's quick_check
+RESERVE_BYTES = 4 << 20  # freed to record failures when the disk is full
 
 
 def _lock_exclusively(path: Path, store: Path):

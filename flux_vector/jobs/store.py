@@ -39,6 +39,10 @@ class StoreLocked(RuntimeError):
 CANCELLED = "cancelled by the client (DELETE /v2/requests/{id} or AsyncJob.cancel())"
 
 
+class StoreWriteError(RuntimeError):
+    """A result could not be stored (disk full, the images folder unwritable): the job FAILS with this reason."""
+
+
 class StoreUnavailable(RuntimeError):
     """The store cannot be reached (a shared store's server is down or the URL is wrong)."""
 

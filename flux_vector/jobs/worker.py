@@ -32,7 +32,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from ..request import GenerationRequest, RequestError, parse_request
 from .bodies import EXTENSIONS, MEDIA_TYPES, encode_image
-from .store import Job, JobStore, LeaseLost
+from .store import Job, JobStore, LeaseLost, StoreUnavailable, StoreWriteError
 
 
 @runtime_checkable
@@ -305,6 +305,7 @@ class Worker:
     def _run(self, job: Job) -> Job | _Handoff:
         request = parse_request(job.params)
         self._checkpoint()
+        self.store.check()  # free space, a sound database: else the job FAILS now, with the reason
         pipe = self.load_pipeline()
         self.state = "busy"
         request = adapt_to_pipeline(request, job.params, pipe)
@@ -397,7 +398,7 @@ def describe_error(exc: BaseException, job: Job) -> str:
         return f"numerical error in the model: {exc}"
     if isinstance(exc, RequestError):
         return f"invalid parameters: {exc}"
-    if isinstance(exc, (ModelCannot, OutputError)):
+    if isinstance(exc, (ModelCannot, OutputError, StoreWriteError, StoreUnavailable)):
         return str(exc)
     if isinstance(exc, FileNotFoundError):
         return f"the model could not be loaded: {exc}"
