@@ -177,6 +177,27 @@ def _add_serve(sub, parents) -> None:
         choices=["critical", "error", "warning", "info", "debug"],
         help=f"default {DEFAULT_LOG_LEVEL}",
     )
+    p.add_argument(
+        "--public-url",
+        default="",
+        metavar="URL",
+        help="the URL clients reach this server by (behind a proxy or a DNS name): its host is accepted in Host "
+        "and it is the base of status_url and image URLs",
+    )
+    p.add_argument(
+        "--allow-origin",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="a web origin (https://app.example) whose pages may call this API from a browser; repeatable "
+        "(other origins get 403)",
+    )
+    for flag, what in (
+        ("--max-image-pixels", "pixels of one image (default: 1 KiB of device memory per pixel, 1024^2..4096^2)"),
+        ("--max-batch-pixels", "pixels x batch_size (default: twice the image limit)"),
+        ("--max-step-pixels", "pixels x batch_size x steps (default: 100 steps of 8 one-megapixel images)"),
+    ):
+        p.add_argument(flag, type=int, metavar="N", help=f"work budget of a request: {what}; over it: 400")
 
 
 def _add_worker(sub, parents) -> None:
@@ -328,6 +349,13 @@ def run_serve_command(args: argparse.Namespace) -> int:
         log_level=args.log_level,
         fuse=not args.no_fuse,
         warmup=not args.no_warmup,
+        public_url=args.public_url,
+        allow_origins=tuple(args.allow_origin),
+        budget={
+            "max_image_pixels": args.max_image_pixels,
+            "max_batch_pixels": args.max_batch_pixels,
+            "max_step_pixels": args.max_step_pixels,
+        },
     )
 
 

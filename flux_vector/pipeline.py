@@ -413,12 +413,29 @@ class FluxVectorPipeline:
         return GenerationResult(images, request, width, height, timings, latents=x.detach().float().cpu())
 
     def decode(self, x: torch.Tensor) -> list[Image.Image]:
-        """VAE-decode model-space latents; pixels as ComfyUI's SaveImage makes them (clip, then truncate)."""
-        latents = to_latent(x).to(self._execution_device(), self.vae.dtype)
-        image = self.vae.decode(latents, return_dict=False)[0]
-        image = ((image.float() + 1.0) / 2.0).clamp(0.0, 1.0)
-        array = (255.0 * image.permute(0, 2, 3, 1).cpu().numpy()).clip(0, 255).astype(np.uint8)
-        return [Image.fromarray(a) for a in array]
+        """VAE-decode model-space latents; pixels as ComfyUI's SaveImage makes them (clip, then truncate). One image
+        at a time, tiled above ``TILED_DECODE_PIXELS``: peak memory grows with one image, not with the batch."""
+        latents = to_latent(x)
+        return [self._decode_one(latents[i : i + 1]) for i in range(latents.shape[0])]
+
+    def _decode_one(self, latent: torch.Tensor) -> Image.Image:
+        latent = latent.to(self._execution_device(), self.vae.dtype)
+        scale = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        pixels = latent.shape[-2] * latent.shape[-1] * scale**2
+        tiled = pixels > TILED_DECODE_PIXELS and hasattr(self.vae, "enable_tiling")
+        if tiled:
+            self.vae.enable_tiling()
+        try:
+            image = self.vae.decode(latent, return_dict=False)[0]
+        finally:
+            if tiled:
+                self.vae.disable_tiling()
+        image = ((image[0].float() + 1.0) / 2.0).clamp(0.0, 1.0)
+        array = (255.0 * image.permute(1, 2, 0).cpu().numpy()).clip(0, 255).astype(np.uint8)
+        return Image.fromarray(array)
+
+
+TILED_DECODE_PIXELS = 2048 * 2048  # larger images are VAE-decoded in overlapping tiles (bounded memory)
 
 
 def pack_latents_as(x: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Tensor:

@@ -8,6 +8,7 @@ error names the field, the value given and what is allowed.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
@@ -195,3 +196,57 @@ def parse_vector_options(options: dict[str, Any]) -> dict[str, Any]:
         return _VectorOptions(**options).model_dump()
     except ValidationError as exc:
         raise _error_from(exc, options) from None
+
+
+# ------------------------------------------------------------------------------------------- server settings
+BYTES_PER_IMAGE_PIXEL = 1024  # device memory a pixel of one image may claim (transformer, one-image VAE decode)
+MIN_IMAGE_PIXELS, MAX_IMAGE_PIXELS = 1024 * 1024, 4096 * 4096
+# steps x pixels x batch: a batch of 8 hosted-size (1 MP) images at the 100-step maximum is the most work allowed
+DEFAULT_MAX_STEP_PIXELS = 100 * 8 * 1024 * 1024
+
+
+class OverBudget(ValueError):
+    """A valid request that is more work than this server accepts: the ``fields`` involved and the ``limit``."""
+
+    def __init__(self, fields: tuple[str, ...], amount: int, limit: int, what: str, setting: str):
+        self.fields, self.amount, self.limit, self.setting = fields, amount, limit, setting
+        super().__init__(
+            f"{' x '.join(fields)} = {amount:,} {what} is over this server's limit of {limit:,} ({setting}); "
+            "ask for fewer pixels, images or steps"
+        )
+
+
+@dataclass(frozen=True)
+class WorkBudget:
+    """How much work one request may ask for (``flux-vector serve --max-image-pixels/--max-batch-pixels/
+    --max-step-pixels``); defaults from the device's memory (``for_memory``)."""
+
+    max_image_pixels: int = MAX_IMAGE_PIXELS
+    max_batch_pixels: int = 2 * MAX_IMAGE_PIXELS
+    max_step_pixels: int = DEFAULT_MAX_STEP_PIXELS
+
+    @classmethod
+    def for_memory(cls, memory_bytes: int) -> WorkBudget:
+        """Per image: 1 KiB of device memory per pixel, between 1024x1024 and 4096x4096 (the VAE decodes one image
+        at a time, tiled above ``pipeline.TILED_DECODE_PIXELS``); a batch: twice that; work:
+        ``DEFAULT_MAX_STEP_PIXELS``."""
+        image = max(MIN_IMAGE_PIXELS, min(MAX_IMAGE_PIXELS, memory_bytes // BYTES_PER_IMAGE_PIXEL))
+        return cls(max_image_pixels=image, max_batch_pixels=2 * image, max_step_pixels=DEFAULT_MAX_STEP_PIXELS)
+
+    def check(self, request: GenerationRequest) -> None:
+        """Raise ``OverBudget`` naming the fields and the limit the request exceeds."""
+        width, height = request.size
+        size_fields = ("width", "height") if request.width is not None else ("aspect_ratio",)
+        image = width * height
+        if image > self.max_image_pixels:
+            raise OverBudget(size_fields, image, self.max_image_pixels, "pixels per image", "max_image_pixels")
+        batch = image * request.batch_size
+        if batch > self.max_batch_pixels:
+            raise OverBudget(
+                (*size_fields, "batch_size"), batch, self.max_batch_pixels, "pixels per batch", "max_batch_pixels"
+            )
+        work = batch * request.steps
+        if work > self.max_step_pixels:
+            raise OverBudget(
+                (*size_fields, "batch_size", "steps"), work, self.max_step_pixels, "pixel-steps", "max_step_pixels"
+            )

@@ -5,7 +5,10 @@ the startup banner and the HTTP runner. Used by ``flux-vector serve`` (embedded 
 
 from __future__ import annotations
 
+import contextlib
+import os
 import time
+from collections.abc import Callable
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 API_KEY_ENV = "FLUX_VECTOR_API_KEY"
@@ -107,4 +110,40 @@ def run_http(app, *, host: str, port: int, log_level: str) -> None:
     config = uvicorn.Config(
         app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S
     )
-    uvicorn.Server(config).run()
+    _uvicorn_server(config, getattr(app.state, "on_exit_signal", None)).run()
+
+
+def _uvicorn_server(config, on_exit_signal: Callable[[], None] | None):
+    """uvicorn's server, also telling the app the moment SIGTERM/SIGINT arrives (``app.state.on_exit_signal``): the
+    requests waiting for a job are answered then, not cancelled when the graceful-shutdown timeout runs out."""
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig, frame) -> None:
+            if on_exit_signal is not None and not self.should_exit:
+                on_exit_signal()
+            super().handle_exit(sig, frame)
+
+    return Server(config)
+
+
+def device_memory_bytes(pipe) -> int:
+    """The memory of the device ``pipe`` runs on: the GPU's, else this machine's RAM (the work budget's base)."""
+    import torch
+
+    device = torch.device("cpu")
+    with contextlib.suppress(Exception):
+        device = torch.device(pipe._execution_device())
+    if device.type == "cuda":
+        return int(torch.cuda.get_device_properties(device).total_memory)
+    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+
+
+def work_budget(base, **overrides: int | None):
+    """``base`` (a ``WorkBudget``) with the settings given on the command line."""
+    import dataclasses
+
+    for name, value in overrides.items():
+        if value is not None and value < 1:
+            raise ValueError(f"--{name.replace('_', '-')}={value} is not allowed; it must be a positive integer")
+    return dataclasses.replace(base, **{name: value for name, value in overrides.items() if value is not None})

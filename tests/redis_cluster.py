@@ -41,8 +41,8 @@ def require_redis() -> None:
 class RedisServer:
     """``redis-server`` on 127.0.0.1:<free port>, no persistence (no RDB, no AOF), killed by ``stop``."""
 
-    def __init__(self, folder: Path, port: int | None = None):
-        self.folder, self.port = Path(folder), port or free_port()
+    def __init__(self, folder: Path, port: int | None = None, password: str | None = None):
+        self.folder, self.port, self.password = Path(folder), port or free_port(), password
         self.proc: subprocess.Popen | None = None
 
     def url(self, db: int = 0) -> str:
@@ -68,6 +68,7 @@ class RedisServer:
                 str(self.folder),
                 "--daemonize",
                 "no",
+                *(("--requirepass", self.password) if self.password else ()),
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -78,7 +79,7 @@ class RedisServer:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"redis-server exited with {self.proc.returncode}")
             try:
-                if redis.Redis(port=self.port, socket_connect_timeout=1).ping():
+                if redis.Redis(port=self.port, password=self.password, socket_connect_timeout=1).ping():
                     return self
             except redis.ConnectionError:
                 time.sleep(0.05)
@@ -88,7 +89,7 @@ class RedisServer:
     def client(self, db: int = 0):
         import redis
 
-        return redis.Redis(port=self.port, db=db)
+        return redis.Redis(port=self.port, db=db, password=self.password)
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

@@ -99,6 +99,25 @@ def test_lifecycle_fifo_positions_counts_and_images(store):
     assert store.get("nope") is None
 
 
+def test_cancel_fails_queued_and_running_jobs_and_a_cancelled_run_never_completes(store):
+    from flux_vector.jobs.store import CANCELLED, LeaseLost
+
+    running, queued = store.submit("s", P), store.submit("s", P)
+    assert store.claim().id == running.id
+    cancelled = store.cancel(queued.id)
+    assert (cancelled.state, cancelled.error) == (FAILED, CANCELLED)
+    assert store.cancel(running.id).state == FAILED
+    with pytest.raises(LeaseLost):
+        store.complete(running.id, [png()], META)
+    assert store.get(running.id).state == FAILED and store.image(running.id, 0) is None
+    assert store.claim() is None  # the cancelled queued job is not handed out
+    assert store.cancel("nope") is None
+    done = store.submit("s", P)
+    store.claim()
+    store.complete(done.id, [png()], META)
+    assert store.cancel(done.id).state == COMPLETED  # a finished job is returned unchanged
+
+
 def test_queue_bound_counts_waiting_jobs_across_processes(backend, store):
     api_a, api_b, worker = store, backend.peer(store), backend.peer(store)
     api_a.submit("s", P, max_queue=2)

@@ -15,6 +15,7 @@ from .local import LocalEngine, local_engine
 
 DEFAULT_POLL_INTERVAL_S = 1.0
 DEFAULT_POLL_TIMEOUT_S = 600.0
+MIN_POLL_INTERVAL_S = 0.05  # wait(interval=0) would poll the status as fast as the CPU allows
 
 
 @dataclass
@@ -35,11 +36,18 @@ class AsyncJob:
         """The final body (meaningful once COMPLETED; a FAILED body is returned too)."""
         return self._client._backend.result(self)
 
+    def cancel(self) -> dict[str, Any]:
+        """Cancel the request: queued, it never runs; running, it stops at its next step. Its status body after
+        (FAILED, ``error`` saying it was cancelled); ``SegmindError`` 409 when it had finished already."""
+        return self._client._backend.cancel(self)
+
     def wait(
         self, timeout: float = DEFAULT_POLL_TIMEOUT_S, interval: float = DEFAULT_POLL_INTERVAL_S
     ) -> dict[str, Any]:
         """Block until COMPLETED (return ``result()``) or FAILED (raise ``InferenceFailed``); ``InferenceTimeout`` past
-        ``timeout`` seconds. Polls every ``interval`` seconds (in-process it also wakes the moment the job ends)."""
+        ``timeout`` seconds. Polls every ``interval`` seconds, at least ``MIN_POLL_INTERVAL_S`` (in-process it also
+        wakes the moment the job ends)."""
+        interval = interval if interval >= MIN_POLL_INTERVAL_S else MIN_POLL_INTERVAL_S  # NaN too
         start = time.monotonic()
         deadline = start + timeout
         while True:

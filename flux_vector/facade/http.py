@@ -67,5 +67,10 @@ class HttpBackend:
     def result(self, job: AsyncJob) -> dict[str, Any]:
         return self._fetch(job.response_url)
 
+    def cancel(self, job: AsyncJob) -> dict[str, Any]:
+        response = self.http.request("DELETE", job.response_url)
+        raise_for_status(response)
+        return response.json()
+
     def pause(self, job: AsyncJob, seconds: float) -> None:
         time.sleep(seconds)

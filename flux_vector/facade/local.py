@@ -4,8 +4,10 @@ behind the same calls as the HTTP backend. ``output`` URLs are ``file://`` URLs 
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import shutil
+import sqlite3
 import sys
 import threading
 import time
@@ -16,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from ..jobs import DEFAULT_RETENTION_S, FAILED, QUEUED, QueueFull, SQLiteJobStore, Worker
 from ..jobs import result_body as _result_body
 from ..jobs import status_body as _status_body
+from ..jobs.store import CANCELLED
 from ..request import SLUG, RequestError, parse_request
 from .errors import SegmindError
 
@@ -37,6 +40,7 @@ class LocalEngine:
         **pipeline_kwargs: Any,
     ):
         self.max_queue = max_queue
+        self.closed = False
         if store_dir is None:
             root = _inprocess_root()
             _remove_stale(root, retention_s)
@@ -56,6 +60,7 @@ class LocalEngine:
         atexit.register(self.worker.stop, 60.0)
 
     def close(self) -> None:
+        self.closed = True
         atexit.unregister(self.worker.stop)
         self.worker.stop()
         self.store.close()
@@ -85,8 +90,25 @@ class LocalEngine:
             "response_url": None,
         }
 
+    @contextlib.contextmanager
+    def _open_store(self, request_id: str):
+        """Store reads of a job; a 404 SegmindError when configure() shut this engine down meanwhile."""
+        try:
+            if self.closed:
+                raise sqlite3.ProgrammingError("engine closed")
+            yield
+        except sqlite3.ProgrammingError:
+            if not self.closed:
+                raise
+            raise SegmindError(
+                status=404,
+                detail=f"request {request_id!r} is no longer known: configure() replaced the in-process engine "
+                "while it was waited for (its queued jobs were abandoned)",
+            ) from None
+
     def _job(self, request_id: str):
-        job = self.store.get(request_id)
+        with self._open_store(request_id):
+            job = self.store.get(request_id)
         if job is None:
             raise SegmindError(status=404, detail=f"request {request_id!r} not found: unknown, or its result expired")
         return job
@@ -108,8 +130,22 @@ class LocalEngine:
         found = self._job(job.request_id)
         return _result_body(found, self._url(found), lambda i: self.store.image(found.id, i))
 
+    def cancel(self, job: AsyncJob) -> dict[str, Any]:
+        with self._open_store(job.request_id):
+            found = self.store.cancel(job.request_id)
+        if found is None:
+            raise SegmindError(
+                status=404, detail=f"request {job.request_id!r} not found: unknown, or its result expired"
+            )
+        if found.error != CANCELLED:
+            raise SegmindError(
+                status=409, detail=f"request {job.request_id!r} is {found.state} already; nothing to cancel"
+            )
+        return _status_body(found)
+
     def pause(self, job: AsyncJob, seconds: float) -> None:
-        self.worker.wait(job.request_id, timeout=seconds)
+        with self._open_store(job.request_id):
+            self.worker.wait(job.request_id, timeout=seconds)
 
     def run_sync(self, slug: str, params: dict[str, Any]):
         import httpx

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import base64 as b64
 import io
+import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -72,9 +74,14 @@ def metrics(job: Job) -> dict[str, float | None]:
 
 
 def result_body(
-    job: Job, image_url: Callable[[int], str], image_bytes: Callable[[int], bytes | None] | None = None
+    job: Job,
+    image_url: Callable[[int], str],
+    image_bytes: Callable[[int], bytes | None] | None = None,
+    *,
+    encoded: Base64Images | None = None,
 ) -> dict[str, Any]:
-    """The final body. ``image_url(i)`` names image i; ``image_bytes(i)`` reads it when the request asked base64."""
+    """The final body. ``image_url(i)`` names image i; ``image_bytes(i)`` reads it when the request asked base64
+    (through ``encoded``, which encodes each job's images once, when given)."""
     if job.state != COMPLETED:
         body = status_body(job)
         if job.state == FAILED:
@@ -94,10 +101,53 @@ def result_body(
         "height": result.get("height"),
     }
     if result.get("echo", {}).get("base64") and image_bytes is not None:
-        encoded = [b64.b64encode(image_bytes(i) or b"").decode("ascii") for i in range(len(urls))]
-        body["image"] = encoded[0] if encoded else None
-        body["images"] = encoded
+        if encoded is not None:
+            images = encoded.get(job.id, len(urls), image_bytes)
+        else:
+            images = [_base64(image_bytes(i)) for i in range(len(urls))]
+        body["image"] = images[0] if images else None
+        body["images"] = images
     return body
+
+
+def _base64(data: bytes | None) -> str:
+    return b64.b64encode(data or b"").decode("ascii")
+
+
+class Base64Images:
+    """The base64 text of finished jobs' images, each job encoded once (concurrent readers of one job wait for the
+    first) and kept, least recently used out first, up to ``max_chars`` in all."""
+
+    def __init__(self, max_chars: int = 256 << 20):
+        self.max_chars = max_chars
+        self._done: OrderedDict[str, list[str]] = OrderedDict()
+        self._size = 0
+        self._lock = threading.Lock()
+        self._job_locks: dict[str, threading.Lock] = {}
+
+    def get(self, job_id: str, count: int, image_bytes: Callable[[int], bytes | None]) -> list[str]:
+        with self._lock:
+            job_lock = self._job_locks.setdefault(job_id, threading.Lock())
+        with job_lock:
+            with self._lock:
+                if job_id in self._done:
+                    self._done.move_to_end(job_id)
+                    return self._done[job_id]
+            images = [_base64(image_bytes(i)) for i in range(count)]
+            with self._lock:
+                self._keep(job_id, images)
+                self._job_locks.pop(job_id, None)
+        return images
+
+    def _keep(self, job_id: str, images: list[str]) -> None:
+        size = sum(map(len, images))
+        if size > self.max_chars:
+            return
+        self._done[job_id] = images
+        self._size += size
+        while self._size > self.max_chars:
+            _, dropped = self._done.popitem(last=False)
+            self._size -= sum(map(len, dropped))
 
 
 def _round(value: float | None) -> float | None:

@@ -39,9 +39,11 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote, unquote
 
 from . import redis_scripts as lua
 from .store import (
+    CANCELLED,
     COMPLETED,
     DEFAULT_RETENTION_S,
     FAILED,
@@ -116,6 +118,7 @@ class RedisJobStore(JobStore):
         claim_block_s: float = 1.0,
         log: Callable[[str], None] | None = None,
         url: str = "",
+        secrets: tuple[str, ...] = (),
     ):
         if retention_s <= 0:
             raise ValueError(f"retention_s={retention_s!r} is not allowed; it must be a positive number of seconds")
@@ -125,6 +128,7 @@ class RedisJobStore(JobStore):
             raise ValueError(f"max_attempts={max_attempts!r} is not allowed; it must be at least 1")
         self.r = client
         self.url = url
+        self._secrets = tuple(secret for secret in secrets if secret)
         self.retention_s, self.lease_s, self.max_attempts = float(retention_s), float(lease_s), int(max_attempts)
         self.prefix, self.claim_block_s = prefix, float(claim_block_s)
         self.name = name or default_worker_name()
@@ -150,17 +154,48 @@ class RedisJobStore(JobStore):
             client.ping()
             self._ensure_group()
         except Exception as exc:
-            raise StoreUnavailable(f"cannot reach Redis at {url or client}: {type(exc).__name__}: {exc}") from exc
+            reason = self.redact(f"{type(exc).__name__}: {exc}")
+            raise StoreUnavailable(f"cannot reach Redis at {url or 'the given client'}: {reason}") from None
 
     @classmethod
-    def from_url(cls, url: str, **kwargs) -> RedisJobStore:
-        """``redis://[:password@]host:port/db`` (``rediss://`` for TLS, ``unix:///path.sock?db=0``)."""
+    def from_url(cls, url: str, *, password: str | None = None, **kwargs) -> RedisJobStore:
+        """``redis://[[user]:password@]host:port/db`` (``rediss://`` for TLS, ``unix:///path.sock?db=0``). The
+        password may be written unencoded (everything up to the last ``@`` is the user and password); better, it
+        comes from ``password``, ``$FLUX_VECTOR_REDIS_PASSWORD`` or the file named by
+        ``$FLUX_VECTOR_REDIS_PASSWORD_FILE`` (a URL on a command line is visible in ``ps``). It never appears in
+        ``url``, errors or logs."""
         try:
             import redis
         except ImportError as exc:  # pragma: no cover - redis is a dependency
             raise StoreUnavailable("the Redis store needs the redis package: pip install redis") from exc
-        client = redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=10, health_check_interval=15)
-        return cls(client, url=_redact(url), **kwargs)
+        address, username, in_url = split_redis_url(url)
+        if in_url and kwargs.get("log"):
+            kwargs["log"](
+                f"the Redis password is part of --store (visible in ps): set ${REDIS_PASSWORD_ENV} or "
+                f"${REDIS_PASSWORD_FILE_ENV} instead"
+            )
+        secret = password or in_url or redis_password_from_env()
+        client = redis.Redis.from_url(
+            address,
+            username=username,
+            password=secret,
+            socket_connect_timeout=5,
+            socket_timeout=10,
+            health_check_interval=15,
+        )
+        return cls(client, url=address, secrets=(secret,) if secret else (), **kwargs)
+
+    @property
+    def unavailable_errors(self) -> tuple[type[BaseException], ...]:  # type: ignore[override]
+        from redis.exceptions import ConnectionError, ReadOnlyError, TimeoutError
+
+        return (StoreUnavailable, ConnectionError, TimeoutError, ReadOnlyError)
+
+    def redact(self, text: str) -> str:
+        for secret in self._secrets:
+            for form in {secret, quote(secret, safe="")}:
+                text = text.replace(form, "***")
+        return text
 
     def key(self, name: str) -> str:
         return self.prefix + name
@@ -386,6 +421,14 @@ class RedisJobStore(JobStore):
             raise KeyError(f"no job {job_id!r}")
         return job
 
+    def cancel(self, job_id: str, reason: str = CANCELLED) -> Job | None:
+        """FAIL without a lease: the worker running it gets LeaseLost at its next progress write and stops."""
+        self._fail(
+            keys=[self._job_key(job_id), self._processing, self._failed, self._stream, self._queued],
+            args=[job_id, "", "", GROUP, reason, self.channel],
+        )
+        return self.get(job_id)
+
     def requeue(self, job_id: str) -> None:
         lease = self._lease(job_id)
         if lease is None:
@@ -522,9 +565,32 @@ class RedisJobStore(JobStore):
             self.r.close()
 
 
-def _redact(url: str) -> str:
-    """The URL without its password, for logs."""
+REDIS_PASSWORD_ENV = "FLUX_VECTOR_REDIS_PASSWORD"
+REDIS_PASSWORD_FILE_ENV = "FLUX_VECTOR_REDIS_PASSWORD_FILE"
+
+
+def split_redis_url(url: str) -> tuple[str, str | None, str | None]:
+    """(the URL without credentials, the user, the password). The credentials run to the last ``@``, so a password
+    with an unencoded ``@``, ``/``, ``:`` or ``#`` stays whole (percent-encoded ones are decoded)."""
     scheme, sep, rest = url.partition("://")
-    if "@" in rest:
-        rest = "***@" + rest.split("@", 1)[1]
-    return scheme + sep + rest
+    if "@" not in rest:
+        return url, None, None
+    userinfo, address = rest.rsplit("@", 1)
+    user, colon, password = userinfo.partition(":")
+    if not colon:  # redis://password@host, as redis-py reads a lone userinfo
+        user, password = "", user
+    return scheme + sep + address, unquote(user) or None, unquote(password) or None
+
+
+def redis_password_from_env() -> str | None:
+    """``$FLUX_VECTOR_REDIS_PASSWORD``, else the first line of the file ``$FLUX_VECTOR_REDIS_PASSWORD_FILE`` names."""
+    if os.environ.get(REDIS_PASSWORD_ENV):
+        return os.environ[REDIS_PASSWORD_ENV]
+    path = os.environ.get(REDIS_PASSWORD_FILE_ENV)
+    if not path:
+        return None
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return handle.readline().rstrip("\r\n") or None
+    except OSError as exc:
+        raise StoreUnavailable(f"${REDIS_PASSWORD_FILE_ENV}={path!r} cannot be read: {exc.strerror}") from None

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import sqlite3
 import threading
 import time
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .store import (
+    CANCELLED,
     COMPLETED,
     DEFAULT_MAX_ATTEMPTS,
     DEFAULT_RETENTION_S,
@@ -28,9 +30,12 @@ from .store import (
     STATES,
     Job,
     JobStore,
+    LeaseLost,
     QueueFull,
     Recovery,
     StoreLocked,
+    StoreUnavailable,
+    StoreWriteError,
     new_job_id,
 )
 
@@ -91,16 +96,32 @@ class SQLiteJobStore(JobStore):
             Path(image_dir) if image_dir is not None else Path(self.path).with_name(Path(self.path).stem + "-images")
         )
         self.image_dir.mkdir(parents=True, exist_ok=True)
-        self._lock_file = None
+        self._lock_files: list = []
         if exclusive and not memory:
-            self._lock_file = _lock_exclusively(Path(self.path + ".lock"))
+            # one writer per store whatever the path: the lock file of the resolved path (symlinks, "..") and an OS
+            # lock on the database file itself (hard links, bind mounts)
+            real = Path(self.path).resolve()
+            self._lock_files.append(_lock_exclusively(Path(str(real) + ".lock"), real))
+            self._lock_files.append(_lock_exclusively(real, real))
         self._lock = threading.RLock()
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
-        self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute(f"PRAGMA synchronous={synchronous}")
-        self._db.execute("PRAGMA foreign_keys=ON")
-        self._db.executescript(_SCHEMA)
+        self._ended: set[str] = set()  # jobs cancelled while QUEUED or PROCESSING (still_running: False)
+        self._checked_at = float("-inf")
+        self._reserve = None if memory else Path(self.path + ".reserve")
+        try:
+            self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
+            self._db.row_factory = sqlite3.Row
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute(f"PRAGMA synchronous={synchronous}")
+            self._db.execute("PRAGMA foreign_keys=ON")
+            self._db.executescript(_SCHEMA)
+            self._quick_check()
+            self._reserve_space()
+        except sqlite3.DatabaseError as exc:
+            self.close()
+            raise StoreUnavailable(
+                f"{self.path} is not a usable job database ({exc}); restore it from a backup, or move it (and its "
+                "-wal file) away to start with an empty store"
+            ) from None
 
     # ------------------------------------------------------------------------------------------- helpers
     @contextlib.contextmanager
@@ -182,15 +203,25 @@ class SQLiteJobStore(JobStore):
         ext = result["ext"]
         result = {**result, "count": len(images)}
         paths = [self._image_path(job_id, i, ext) for i in range(len(images))]
-        for path, data in zip(paths, images, strict=True):
-            _write_durably(path, data)
+        try:
+            self.image_dir.mkdir(parents=True, exist_ok=True)  # deleted while running: made again
+            for path, data in zip(paths, images, strict=True):
+                _write_durably(path, data)
+        except OSError as exc:
+            for path in paths:
+                with contextlib.suppress(OSError):
+                    path.unlink(missing_ok=True)
+                    path.with_name(path.name + ".tmp").unlink(missing_ok=True)
+            raise StoreWriteError(f"storing the images in {self.image_dir} failed: {exc.strerror or exc}") from None
         _fsync_dir(self.image_dir)
         try:
             with self._tx() as db:
-                self._fetch(db, job_id)
+                row = self._fetch(db, job_id)
+                if row["state"] != PROCESSING:  # cancelled, or settled already: never completed twice
+                    raise LeaseLost(f"job {job_id} is {row['state']}, not PROCESSING; its result was discarded")
                 db.execute(
-                    "UPDATE jobs SET state = ?, finished_at = ?, result = ?, error = NULL WHERE id = ?",
-                    (COMPLETED, time.time(), json.dumps(result, allow_nan=False), job_id),
+                    "UPDATE jobs SET state = ?, finished_at = ?, result = ?, error = NULL WHERE id = ? AND state = ?",
+                    (COMPLETED, time.time(), json.dumps(result, allow_nan=False), job_id, PROCESSING),
                 )
                 return self._row_to_job(self._fetch(db, job_id))
         except BaseException:
@@ -199,6 +230,28 @@ class SQLiteJobStore(JobStore):
             raise
 
     def fail(self, job_id: str, error: str) -> Job:
+        """Recorded even on a full disk: the first failure to write releases the reserve file and tries again."""
+        try:
+            return self._record_failure(job_id, error)
+        except sqlite3.OperationalError:
+            if not self._release_reserve():
+                raise
+            return self._record_failure(job_id, error)
+
+    def _reserve_space(self) -> None:
+        """``<db>.reserve``: RESERVE_BYTES of real blocks that ``fail`` frees when the disk is full."""
+        if self._reserve is None or self._reserve.exists():
+            return
+        with contextlib.suppress(OSError):
+            _write_durably(self._reserve, bytes(RESERVE_BYTES))
+
+    def _release_reserve(self) -> bool:
+        if self._reserve is None or not self._reserve.exists():
+            return False
+        self._reserve.unlink(missing_ok=True)
+        return True
+
+    def _record_failure(self, job_id: str, error: str) -> Job:
         with self._tx() as db:
             self._fetch(db, job_id)
             db.execute(
@@ -206,6 +259,19 @@ class SQLiteJobStore(JobStore):
                 (FAILED, time.time(), str(error) or "the job failed", job_id),
             )
             return self._row_to_job(self._fetch(db, job_id))
+
+    def cancel(self, job_id: str, reason: str = CANCELLED) -> Job | None:
+        with self._tx() as db:
+            db.execute(
+                "UPDATE jobs SET state = ?, finished_at = ?, error = ? WHERE id = ? AND state IN (?, ?)",
+                (FAILED, time.time(), reason, job_id, QUEUED, PROCESSING),
+            )
+            if db.execute("SELECT changes()").fetchone()[0]:
+                self._ended.add(job_id)
+        return self.get(job_id)
+
+    def still_running(self, job_id: str) -> bool:
+        return job_id not in self._ended
 
     def requeue(self, job_id: str) -> None:
         with self._tx() as db:
@@ -269,6 +335,7 @@ class SQLiteJobStore(JobStore):
         return out
 
     def recover(self, max_attempts: int = DEFAULT_MAX_ATTEMPTS) -> Recovery:
+        self._refuse_lost_database()
         report = Recovery()
         with self._tx() as db:
             for row in db.execute("SELECT id, attempts FROM jobs WHERE state = ? ORDER BY seq", (PROCESSING,)):
@@ -297,6 +364,48 @@ class SQLiteJobStore(JobStore):
         self._remove_orphan_images()
         return report
 
+    unavailable_errors = (StoreUnavailable, sqlite3.DatabaseError)  # corrupt, locked, disk full: 503, not 500
+
+    def _quick_check(self) -> None:
+        with self._lock:
+            problems = [row[0] for row in self._db.execute("PRAGMA quick_check(5)")]
+        if problems != ["ok"]:
+            raise sqlite3.DatabaseError("; ".join(problems))
+
+    def check(self) -> None:
+        """The database's quick_check (at most every ``CHECK_EVERY_S``) and the free space on its disk."""
+        try:
+            self.image_dir.mkdir(parents=True, exist_ok=True)  # deleted while running: made again
+            free = shutil.disk_usage(self.image_dir).free
+        except OSError as exc:
+            reason = exc.strerror or str(exc)
+            raise StoreUnavailable(f"the images folder {self.image_dir} cannot be used: {reason}") from None
+        if free < MIN_FREE_BYTES:
+            raise StoreUnavailable(
+                f"only {free >> 20} MiB free on the disk of {self.image_dir} (at least {MIN_FREE_BYTES >> 20} MiB "
+                "are kept free so that results and failures can be recorded)"
+            )
+        self._reserve_space()
+        if time.monotonic() - self._checked_at >= CHECK_EVERY_S:
+            try:
+                self._quick_check()
+            except sqlite3.DatabaseError as exc:
+                raise StoreUnavailable(f"the job database {self.path} is damaged: {exc}") from None
+            self._checked_at = time.monotonic()
+
+    def _refuse_lost_database(self) -> None:
+        """An empty database beside image files was lost or replaced (copied without its -wal file, deleted): the
+        orphan sweep would delete every image, so refuse to start instead."""
+        with self._lock:
+            jobs = self._db.execute("SELECT COUNT(*) FROM jobs").fetchone()[0]
+        images = sum(1 for path in self.image_dir.iterdir() if not path.name.endswith(".tmp")) if not jobs else 0
+        if images:
+            raise StoreUnavailable(
+                f"the database {self.path} holds no jobs but {images} image file(s) lie in {self.image_dir}: the "
+                "database was lost or replaced (a copy without its -wal file?). Restore it (with its -wal file), or "
+                "move the images folder away to start with an empty store; nothing was deleted"
+            )
+
     def _remove_orphan_images(self) -> None:
         """Image files no COMPLETED row points at (a crash between writing them and committing)."""
         with self._lock:
@@ -307,11 +416,19 @@ class SQLiteJobStore(JobStore):
                 path.unlink(missing_ok=True)
 
     def close(self) -> None:
+        if not hasattr(self, "_db"):  # failed while opening
+            self._release_locks()
+            return
         with self._lock:
+            with contextlib.suppress(sqlite3.Error):  # a clean stop leaves every row in the database file itself
+                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             self._db.close()
-        if self._lock_file is not None:
-            self._lock_file.close()
-            self._lock_file = None
+        self._release_locks()
+
+    def _release_locks(self) -> None:
+        for handle in self._lock_files:
+            handle.close()
+        self._lock_files.clear()
 
 
 def _write_durably(path: Path, data: bytes) -> None:
@@ -336,8 +453,15 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def _lock_exclusively(path: Path):
-    handle = open(path, "a+")  # noqa: SIM115 - held open for the store's lifetime
+_NEVER_CLOSED: list = []
+MIN_FREE_BYTES = 256 << 20  # /healthz is 503 below this much free space on the store's disk
+CHECK_EVERY_S = 30.0  # how often /healthz runs the database's quick_check
+RESERVE_BYTES = 4 << 20  # freed to record failures when the disk is full
+
+
+def _lock_exclusively(path: Path, store: Path):
+    """``path`` opened and flock-ed exclusively for the store's lifetime; StoreLocked when another holds it."""
+    handle = open(path, "ab")  # noqa: SIM115 - held open for the store's lifetime
     try:
         import fcntl
 
@@ -345,8 +469,13 @@ def _lock_exclusively(path: Path):
     except ImportError:  # Windows: no advisory lock, one server per store is on the user
         return handle
     except OSError:
-        handle.close()
+        if path == store:
+            # closing a descriptor of the database file would drop every POSIX lock this process's SQLite holds on
+            # it (another store on a hard link of it): keep the descriptor open instead
+            _NEVER_CLOSED.append(handle)
+        else:
+            handle.close()
         raise StoreLocked(
-            f"{path.with_suffix('')} is in use by another flux-vector server; give this one its own --store"
+            f"{store} is in use by another flux-vector server (or store); give this one its own --store"
         ) from None
     return handle

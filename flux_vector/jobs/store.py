@@ -36,6 +36,13 @@ class StoreLocked(RuntimeError):
     """Another process already serves this store."""
 
 
+CANCELLED = "cancelled by the client (DELETE /v2/requests/{id} or AsyncJob.cancel())"
+
+
+class StoreWriteError(RuntimeError):
+    """A result could not be stored (disk full, the images folder unwritable): the job FAILS with this reason."""
+
+
 class StoreUnavailable(RuntimeError):
     """The store cannot be reached (a shared store's server is down or the URL is wrong)."""
 
@@ -95,6 +102,9 @@ class JobStore(ABC):
     # Counters of what this process's worker side did that only a shared store can tell (jobs taken over from dead
     # workers, leases lost, ...); empty for a store that keeps none
     stats: Mapping[str, int] = MappingProxyType({})
+    # The exceptions that mean "the store cannot be reached now, try again" (the server answers them 503 with
+    # Retry-After): a network store's connection errors; StoreUnavailable on every store
+    unavailable_errors: tuple[type[BaseException], ...] = (StoreUnavailable,)
 
     @abstractmethod
     def submit(self, slug: str, params: dict[str, Any], *, max_queue: int | None = None) -> Job:
@@ -155,6 +165,24 @@ class JobStore(ABC):
         """Have ``callback(job_id)`` called (in a store thread) whenever any process finishes a job. False when the
         store cannot tell (an embedded store: only the local worker finishes jobs, and it has its own listeners)."""
         return False
+
+    @abstractmethod
+    def cancel(self, job_id: str, reason: str = CANCELLED) -> Job | None:
+        """A QUEUED or PROCESSING job becomes FAILED with ``reason`` now (the worker running it stops at its next
+        step); a finished job is returned unchanged; None for an unknown or expired one."""
+
+    def check(self) -> None:  # noqa: B027 - optional capability
+        """Raise ``StoreUnavailable`` with the reason when the store cannot be trusted to record jobs now (corrupt,
+        unreadable, its disk nearly full); ``/healthz`` calls it."""
+
+    def still_running(self, job_id: str) -> bool:
+        """False once ``cancel`` (or anything else) ended a job this process is running: the worker checks it at
+        every step. A store that cannot tell cheaply answers True and stops the run at its next state change."""
+        return True
+
+    def redact(self, text: str) -> str:
+        """``text`` (an error message, a log line) without the store's secrets (a password)."""
+        return text
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release resources."""

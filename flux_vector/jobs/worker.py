@@ -32,7 +32,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from ..request import GenerationRequest, RequestError, parse_request
 from .bodies import EXTENSIONS, MEDIA_TYPES, encode_image
-from .store import Job, JobStore, LeaseLost
+from .store import Job, JobStore, LeaseLost, StoreUnavailable, StoreWriteError
 
 
 @runtime_checkable
@@ -58,6 +58,10 @@ class LoraSwitching(Protocol):
 
 class _Interrupted(Exception):
     """The worker is stopping: the running job goes back to the queue."""
+
+
+class _Cancelled(Exception):
+    """The running job was cancelled (it is FAILED in the store already): stop at this step."""
 
 
 class ModelCannot(RuntimeError):
@@ -267,6 +271,10 @@ class Worker:
             finished = outcome
         except LeaseLost as exc:
             self.log(f"worker: {exc}")
+        except _Cancelled:
+            self.log(f"worker: job {job.id} cancelled; stopped at its next step")
+            _release_memory()
+            finished = self.store.get(job.id)
         except _Interrupted:
             self.log(f"worker: job {job.id} interrupted by shutdown; back in the queue")
             try:
@@ -297,6 +305,7 @@ class Worker:
     def _run(self, job: Job) -> Job | _Handoff:
         request = parse_request(job.params)
         self._checkpoint()
+        self.store.check()  # free space, a sound database: else the job FAILS now, with the reason
         pipe = self.load_pipeline()
         self.state = "busy"
         request = adapt_to_pipeline(request, job.params, pipe)
@@ -305,6 +314,8 @@ class Worker:
 
         def on_step(step: int, total: int) -> None:
             self._checkpoint()
+            if not self.store.still_running(job.id):
+                raise _Cancelled
             now = time.monotonic()
             if step >= total or now - last[0] >= self.progress_every:
                 last[0] = now
@@ -387,7 +398,7 @@ def describe_error(exc: BaseException, job: Job) -> str:
         return f"numerical error in the model: {exc}"
     if isinstance(exc, RequestError):
         return f"invalid parameters: {exc}"
-    if isinstance(exc, (ModelCannot, OutputError)):
+    if isinstance(exc, (ModelCannot, OutputError, StoreWriteError, StoreUnavailable)):
         return str(exc)
     if isinstance(exc, FileNotFoundError):
         return f"the model could not be loaded: {exc}"

@@ -16,25 +16,29 @@ elsewhere (``flux-vector worker``), and ``/v1`` waits are woken by the store's n
 - ``GET /healthz`` (this process and, on a shared store, the live workers), ``GET /metrics`` (Prometheus text),
   OpenAPI at ``/docs``.
 
-Every error is a JSON object with a human-readable ``error``: 400 (any invalid parameter, naming the field, the value
-and what is allowed; malformed JSON; a body that is not an object), 401 (``x-api-key`` missing or wrong when an API
-key is configured), 404 (unknown model slug, unknown or expired request id), 413 (body over 1 MiB), 429 (the queue
-holds ``max_queue`` jobs).
+Every error is a JSON object with a human-readable ``error`` (the README's error table): 400 (an invalid parameter
+naming the field, the value and what is allowed; malformed, over-deep or empty JSON; a duplicate key; a lone
+surrogate; over the work budget; a foreign ``Host``), 401 (``x-api-key`` missing or wrong when a key is configured),
+403 (a foreign ``Origin``), 404 (unknown model slug, unknown or expired request id), 409 (cancelling a finished
+request), 413 (body over 1 MiB, refused while it streams), 415 (a POST body not ``application/json``), 429 (the queue
+holds ``max_queue`` jobs), 503 with ``Retry-After`` (the store is unreachable; shutting down while a ``/v1`` caller
+waits).
 """
 
 from __future__ import annotations
 
 import contextlib
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
 from .. import __version__
 from ..jobs import QUEUED, JobStore, Worker
-from ..request import SLUG
+from ..request import SLUG, WorkBudget
 from . import routes_api, routes_ops
+from .browser import add_browser_safety
 from .errors import ApiError, install_error_handlers
 from .playground import add_playground
 from .routes_api import IMAGE_HEADERS
@@ -53,11 +57,19 @@ def create_app(
     model_name: str = "",
     manage_worker: bool = True,
     log: Callable[[str], None] | None = None,
+    host: str = "127.0.0.1",
+    public_url: str = "",
+    allow_origins: Sequence[str] = (),
+    budget: WorkBudget | None = None,
 ) -> FastAPI:
     """The app. ``manage_worker``: start the worker at startup and stop it (requeueing its job) at shutdown.
-    ``worker=None``: an API-only process on a shared store (the workers run elsewhere)."""
+    ``worker=None``: an API-only process on a shared store (the workers run elsewhere). ``host`` (the address it
+    listens on) and ``public_url`` (the URL clients reach it by; it also makes ``status_url`` and the image URLs)
+    are the ``Host`` names it answers; ``allow_origins``: web origins besides its own that may call it."""
     say = log or getattr(worker, "log", None) or (lambda message: print(message, file=sys.stderr, flush=True))
-    state = ServerState(store, worker, slug, api_key, max_queue, model_name, say)
+    state = ServerState(
+        store, worker, slug, api_key, max_queue, model_name, say, public_url.rstrip("/"), budget or WorkBudget()
+    )
     manage_worker = manage_worker and worker is not None
 
     @contextlib.asynccontextmanager
@@ -82,11 +94,15 @@ def create_app(
         version=__version__,
         description=f"FLUX.1-dev + the Simple Vector LoRA, serving Segmind's {slug!r} API locally.",
         lifespan=lifespan,
+        docs_url=None,  # served from local files by add_browser_safety, never from a CDN
+        redoc_url=None,
     )
     app.state.flux = state
     app.state.store, app.state.worker = store, worker
-    install_error_handlers(app)
+    install_error_handlers(app, tuple(store.unavailable_errors))
+    app.state.on_exit_signal = state.waiters.shut_down  # serving.run_http: answer /v1 waiters at SIGTERM
     app.include_router(routes_api.router)
     add_playground(app, slug=slug, auth=bool(api_key), model_name=model_name)  # GET /: the playground page
     app.include_router(routes_ops.router)
+    add_browser_safety(app, bind_host=host, public_url=public_url, allow_origins=list(allow_origins))
     return app

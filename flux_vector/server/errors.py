@@ -15,13 +15,23 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 class ApiError(Exception):
     """An error answer: HTTP ``status`` with ``{"error": message, **extra}``."""
 
-    def __init__(self, status: int, message: str, **extra: Any):
+    def __init__(self, status: int, message: str, /, *, headers: dict[str, str] | None = None, **extra: Any):
         super().__init__(message)
-        self.status, self.message, self.extra = status, message, extra
+        self.status, self.message, self.extra, self.headers = status, message, extra, headers
+
+
+class AsciiJSONResponse(JSONResponse):
+    """JSON with every non-ASCII character escaped: any text (a lone surrogate included) can be sent."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode("ascii")
+
+
+STORE_RETRY_AFTER_S = 5
 
 
 def error_response(code: int, message: str, headers: dict[str, str] | None = None, **extra: Any) -> JSONResponse:
-    return JSONResponse({"error": message, **extra}, status_code=code, headers=headers)
+    return AsciiJSONResponse({"error": message, **{k: json_safe(v) for k, v in extra.items()}}, code, headers=headers)
 
 
 def json_safe(value: Any) -> Any:
@@ -33,11 +43,22 @@ def json_safe(value: Any) -> Any:
         return None if type(value) is object else repr(value)
 
 
-def install_error_handlers(app: FastAPI) -> None:
+def install_error_handlers(app: FastAPI, store_unavailable: tuple[type[BaseException], ...] = ()) -> None:
+    """``store_unavailable``: the exceptions meaning the job store cannot be reached now (503 with Retry-After)."""
+
+    async def _store_unavailable(request: Request, exc: Exception):
+        store = request.app.state.flux.store
+        message = f"the job store ({store.kind}) is unavailable: {store.redact(f'{type(exc).__name__}: {exc}')}"
+        request.app.state.flux.log(f"503: {message}")
+        return error_response(503, message + "; retry later", headers={"Retry-After": str(STORE_RETRY_AFTER_S)})
+
+    for error_type in store_unavailable:  # handled below ServerErrorMiddleware: the connection stays open
+        app.add_exception_handler(error_type, _store_unavailable)
+
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError):
-        headers = {"WWW-Authenticate": "x-api-key"} if exc.status == 401 else None
-        return error_response(exc.status, exc.message, headers=headers, **exc.extra)
+        headers = {"WWW-Authenticate": "x-api-key"} if exc.status == 401 else {}
+        return error_response(exc.status, exc.message, headers={**headers, **(exc.headers or {})}, **exc.extra)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException):

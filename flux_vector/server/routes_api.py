@@ -3,11 +3,14 @@
 
 from __future__ import annotations
 
+import re
+
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from ..jobs import COMPLETED, FAILED, QUEUED, status_body
+from ..jobs.store import CANCELLED
 from ..request import GenerationRequest
 from .errors import ApiError, error_response
 from .state import State, require_key
@@ -29,9 +32,14 @@ _ERRORS = {
         (400, "Invalid parameter"),
         (401, "Missing or invalid x-api-key"),
         (404, "Unknown model slug"),
+        (413, "The body is over 1 MiB"),
+        (409, "Nothing to cancel: the request finished already"),
+        (415, "The body is not application/json"),
         (429, "The queue is full"),
     )
 }
+
+_IMAGE_INDEX = re.compile(r"[0-9]{1,6}")  # ASCII digits only: "²".isdigit() is True and int("²") raises
 
 router = APIRouter()
 auth = [Depends(require_key)]
@@ -78,8 +86,8 @@ async def submit_async(model_slug: str, request: Request, state: State):
         "request_id": job.id,
         "status": QUEUED,
         "position": job.position,
-        "status_url": str(request.url_for("job_status", request_id=job.id)),
-        "response_url": str(request.url_for("job_result", request_id=job.id)),
+        "status_url": state.url_for(request, "job_status", request_id=job.id),
+        "response_url": state.url_for(request, "job_result", request_id=job.id),
     }
 
 
@@ -96,13 +104,31 @@ def job_result(request_id: str, request: Request, state: State):
     return JSONResponse(state.final_body(request, job), status_code=code)
 
 
+@router.delete(
+    "/v2/requests/{request_id}",
+    dependencies=auth,
+    name="job_cancel",
+    summary="Cancel: a queued job never runs, a running one stops at its next step (FAILED, 'cancelled')",
+)
+async def job_cancel(request_id: str, state: State):
+    job = await run_in_threadpool(state.store.cancel, request_id)
+    if job is None:
+        state.get_job(request_id)  # the 404 naming why
+    if job.error != CANCELLED:
+        raise ApiError(
+            409, f"request {request_id!r} is {job.state} already; there is nothing to cancel", status=job.state
+        )
+    state.waiters.wake(job.id, job)  # a /v1 caller waiting for it is answered now
+    return status_body(job)
+
+
 @router.get("/v2/requests/{request_id}/images/{name}", name="job_image", summary="An output image (no key needed)")
 def job_image(request_id: str, name: str, state: State):
     index_text, _, ext = name.partition(".")
     job = state.get_job(request_id)
     if job.state != COMPLETED:
         raise ApiError(404, f"request {request_id!r} has no image: it is {job.state}")
-    if not index_text.isdigit() or ext != job.result.get("ext"):
+    if not _IMAGE_INDEX.fullmatch(index_text) or ext != job.result.get("ext"):
         raise ApiError(
             404,
             f"no image {name!r} for request {request_id!r}: images are "

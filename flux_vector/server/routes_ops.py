@@ -30,10 +30,15 @@ def healthz(state: State):
                 **settings,
             }
         except Exception as exc:
-            message = f"the job store is unreachable: {type(exc).__name__}: {exc}"
-            return error_response(503, message, status="unavailable")
+            message = f"the job store is unreachable: {store.redact(f'{type(exc).__name__}: {exc}')}"
+            return error_response(503, message, headers={"Retry-After": "5"}, status="unavailable")
         return JSONResponse(body)
     alive = worker.running
+    try:
+        store.check()
+    except Exception as exc:
+        message = f"the job store cannot be trusted now: {store.redact(str(exc))}"
+        return error_response(503, message, headers={"Retry-After": "30"}, status="unavailable", worker=worker.state)
     body = {
         "status": "ok" if alive else "unavailable",
         "model": state.model_name,

@@ -12,15 +12,17 @@ from pathlib import Path
 
 from ..jobs import DEFAULT_RETENTION_S, SQLiteJobStore, Worker
 from ..jobs.redis_store import is_redis_url
-from ..request import SLUG
+from ..request import SLUG, WorkBudget
 from ..serving import (
     API_KEY_ENV,
     describe_api_key,
     describe_urls,
+    device_memory_bytes,
     prepare_for_serving,
     run_http,
     warn_if_demo_model,
     warn_if_open,
+    work_budget,
 )
 
 DEFAULT_PORT = 8000
@@ -50,13 +52,19 @@ def serve(
     log_level: str = DEFAULT_LOG_LEVEL,
     fuse: bool = True,
     warmup: bool = True,
+    public_url: str = "",
+    allow_origins: tuple[str, ...] = (),
+    budget: dict[str, int | None] | None = None,
 ) -> int:
+    """``budget``: ``WorkBudget`` settings overriding the defaults derived from the device's memory."""
     """Run the server until interrupted; 0 on a clean stop. Raises on a bad store or missing weights."""
     from .app import create_app
 
     def log(message: str) -> None:
         print(f"flux-vector serve: {message}", file=sys.stderr, flush=True)
 
+    if public_url and not public_url.startswith(("http://", "https://")):
+        raise ValueError(f"--public-url={public_url!r} is not allowed; it must be an http:// or https:// URL")
     if max_queue < 1:
         raise ValueError(f"--max-queue={max_queue} is not allowed; it must be at least 1")
     api_key = os.environ.get(API_KEY_ENV) or None
@@ -70,6 +78,12 @@ def serve(
             log_level=log_level,
             api_key=api_key,
             log=log,
+            browser={
+                "host": host,
+                "public_url": public_url,
+                "allow_origins": allow_origins,
+                "budget": work_budget(WorkBudget(), **(budget or {})),
+            },
         )
 
     from ..models import default_model
@@ -88,7 +102,23 @@ def serve(
         pipe = load_pipeline(model, lora=lora, quantize=quantize, offload=offload, device=device, log=log)
         prepare_for_serving(pipe, fuse=fuse, warmup=warmup, log=log)
         worker = Worker(jobs, pipe, log=log)
-        app = create_app(jobs, worker, slug=SLUG, api_key=api_key, max_queue=max_queue, model_name=model)
+        limits = work_budget(WorkBudget.for_memory(device_memory_bytes(pipe)), **(budget or {}))
+        log(
+            f"work budget: {limits.max_image_pixels:,} pixels per image, {limits.max_batch_pixels:,} per batch, "
+            f"{limits.max_step_pixels:,} pixel-steps per request"
+        )
+        app = create_app(
+            jobs,
+            worker,
+            slug=SLUG,
+            api_key=api_key,
+            max_queue=max_queue,
+            model_name=model,
+            host=host,
+            public_url=public_url,
+            allow_origins=allow_origins,
+            budget=limits,
+        )
         log(
             f"model {model} loaded in {getattr(pipe, 'load_seconds', 0):.1f} s; API key {describe_api_key(api_key)}; "
             f"max queue {max_queue}; results kept {retention_s:g} s"
@@ -103,7 +133,16 @@ def serve(
 
 
 def serve_api(
-    *, url: str, host: str, port: int, max_queue: int, retention_s: float, log_level: str, api_key: str | None, log
+    *,
+    url: str,
+    host: str,
+    port: int,
+    max_queue: int,
+    retention_s: float,
+    log_level: str,
+    api_key: str | None,
+    log,
+    browser: dict | None = None,
 ) -> int:
     """An API-only process on a Redis store: no model, no worker."""
     from ..jobs.redis_store import RedisJobStore
@@ -119,7 +158,9 @@ def serve_api(
         )
         log(describe_urls(host, port, SLUG))
         warn_if_open(host, api_key, log)
-        app = create_app(jobs, None, slug=SLUG, api_key=api_key, max_queue=max_queue, model_name="", log=log)
+        app = create_app(
+            jobs, None, slug=SLUG, api_key=api_key, max_queue=max_queue, model_name="", log=log, **(browser or {})
+        )
         run_http(app, host=host, port=port, log_level=log_level)
     finally:
         jobs.close()

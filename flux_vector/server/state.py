@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Annotated, Any
@@ -16,8 +15,10 @@ from fastapi import Depends, Request
 from starlette.concurrency import run_in_threadpool
 
 from ..jobs import Job, JobStore, QueueFull, Worker, result_body
+from ..jobs.bodies import Base64Images
 from ..jobs.metrics import JobMetrics
-from ..request import RequestError, parse_request
+from ..request import OverBudget, RequestError, WorkBudget, parse_request
+from .body import parse_json_body, read_body_limited
 from .errors import ApiError, json_safe
 
 MAX_BODY_BYTES = 1 << 20
@@ -30,6 +31,15 @@ class FinishedWaiters:
     def __init__(self, recheck_s: float):
         self.recheck_s = recheck_s
         self._futures: dict[str, list[asyncio.Future]] = {}
+        self.shutting_down = False
+
+    def shut_down(self) -> None:  # the event loop's thread (uvicorn's signal handler)
+        """Answer every waiting request now (503: the job stays in the store) instead of holding it until the
+        graceful-shutdown timeout cancels it."""
+        self.shutting_down = True
+        for futures in list(self._futures.values()):
+            for future in list(futures):
+                future.get_loop().call_soon_threadsafe(_resolve, future, _SHUTDOWN)
 
     def wake(self, job_id: str, job: Job | None) -> None:  # any thread
         for future in list(self._futures.get(job_id, ())):
@@ -38,6 +48,8 @@ class FinishedWaiters:
     async def wait(self, store: JobStore, job_id: str) -> Job:
         loop = asyncio.get_running_loop()
         while True:
+            if self.shutting_down:
+                raise _shutdown_error(job_id)
             # registered before the store is read, so a notification between the read and the wait is not missed
             future = loop.create_future()
             self._futures.setdefault(job_id, []).append(future)
@@ -51,6 +63,8 @@ class FinishedWaiters:
                     # resolved with the job, or with None (read the store again); the timeout re-reads the store in
                     # case a notification was missed
                     finished = await asyncio.wait_for(future, timeout=self.recheck_s)
+                    if finished is _SHUTDOWN:
+                        raise _shutdown_error(job_id)
                     if finished is not None:
                         return finished
             finally:
@@ -59,6 +73,20 @@ class FinishedWaiters:
                     entries.remove(future)
                 if not entries:
                     self._futures.pop(job_id, None)
+
+
+_SHUTDOWN: Any = object()  # resolves a waiter when the server is stopping
+SHUTDOWN_RETRY_AFTER_S = 10
+
+
+def _shutdown_error(job_id: str) -> ApiError:
+    return ApiError(
+        503,
+        f"the server is shutting down; request {job_id!r} stays in the store and runs after the restart "
+        f"(poll /v2/requests/{job_id}/status)",
+        request_id=job_id,
+        headers={"Retry-After": str(SHUTDOWN_RETRY_AFTER_S)},
+    )
 
 
 def _resolve(future: asyncio.Future, job: Job | None) -> None:
@@ -75,8 +103,11 @@ class ServerState:
     max_queue: int | None
     model_name: str
     log: Callable[[str], None]
+    public_url: str = ""  # the base of the URLs handed out; "" builds them from the request
+    budget: WorkBudget = field(default_factory=WorkBudget)
     metrics: JobMetrics = field(init=False)
     waiters: FinishedWaiters = field(init=False)
+    base64_images: Base64Images = field(init=False, default_factory=Base64Images)
 
     def __post_init__(self) -> None:
         self.metrics = JobMetrics(self.store, self.worker)
@@ -106,23 +137,28 @@ class ServerState:
 
     async def read_request(self, request: Request) -> dict[str, Any]:
         """The body's parameters, validated by the contract (400 naming the field), or an ApiError."""
-        raw = await request.body()
-        if len(raw) > MAX_BODY_BYTES:
-            raise ApiError(413, f"the request body is {len(raw)} bytes; at most {MAX_BODY_BYTES} are accepted")
+        media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+        if media_type != "application/json":
+            raise ApiError(
+                415,
+                f"the request body is {media_type or 'untyped'}; send it as Content-Type: application/json",
+                field="Content-Type",
+            )
+        raw = await read_body_limited(request, MAX_BODY_BYTES)
         if not raw.strip():
             raise ApiError(
                 400, 'the request body is empty: send a JSON object of parameters, e.g. {"prompt": "..."}', field="body"
             )
+        params = parse_json_body(raw)
         try:
-            params = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise ApiError(
-                400, f"the request body is not valid JSON ({exc}); send a JSON object of parameters", field="body"
-            ) from None
-        try:
-            parse_request(params)
+            self.budget.check(parse_request(params))
         except RequestError as exc:
             raise ApiError(400, str(exc), field=exc.field, value=json_safe(exc.value), allowed=exc.allowed) from None
+        except OverBudget as exc:
+            self.metrics.rejected_total.labels("over_budget").inc()
+            raise ApiError(
+                400, str(exc), field=exc.fields[0], fields=list(exc.fields), limit=exc.limit, setting=exc.setting
+            ) from None
         return params
 
     # ------------------------------------------------------------------------------------------- jobs
@@ -150,13 +186,19 @@ class ServerState:
     async def wait_finished(self, job_id: str) -> Job:
         return await self.waiters.wait(self.store, job_id)
 
+    def url_for(self, request: Request, route: str, /, **params: str) -> str:
+        """The absolute URL of a route: on ``public_url`` when set, else on the request's own (checked) host."""
+        if self.public_url:
+            return self.public_url + str(request.app.url_path_for(route, **params))
+        return str(request.url_for(route, **params))
+
     def final_body(self, request: Request, job: Job) -> dict[str, Any]:
         ext = job.result.get("ext", "png")
 
         def image_url(i: int) -> str:
-            return str(request.url_for("job_image", request_id=job.id, name=f"{i}.{ext}"))
+            return self.url_for(request, "job_image", request_id=job.id, name=f"{i}.{ext}")
 
-        return result_body(job, image_url, lambda i: self.store.image(job.id, i))
+        return result_body(job, image_url, lambda i: self.store.image(job.id, i), encoded=self.base64_images)
 
 
 def get_state(request: Request) -> ServerState:
