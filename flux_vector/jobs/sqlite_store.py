@@ -97,6 +97,7 @@ class SQLiteJobStore(JobStore):
         )
         self.image_dir.mkdir(parents=True, exist_ok=True)
         self._lock_files: list = []
+        self._db: sqlite3.Connection | None = None  # set once opened; close() after a failed open only unlocks
         if exclusive and not memory:
             # one writer per store whatever the path: the lock file of the resolved path (symlinks, "..") and an OS
             # lock on the database file itself (hard links, bind mounts)
@@ -416,7 +417,7 @@ class SQLiteJobStore(JobStore):
                 path.unlink(missing_ok=True)
 
     def close(self) -> None:
-        if not hasattr(self, "_db"):  # failed while opening
+        if self._db is None:  # failed while opening
             self._release_locks()
             return
         with self._lock:

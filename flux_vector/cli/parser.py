@@ -1,22 +1,16 @@
-"""``flux-vector`` command line: ``generate`` one image with the hosted API's parameters, ``serve`` the API, run a
-GPU ``worker`` for API processes sharing a Redis job store, or ``vectorize`` an existing image to SVG.
-
-The request flags of ``generate`` are built from the one contract (``request.GenerationRequest``): their names, help
-and defaults come from its fields. The options every model-loading command shares come from one parent parser, and
-every default is the constant its module defines.
-"""
+"""The ``flux-vector`` argument parser: the request flags read from the contract, the options model-loading commands
+share as parent parsers, and every default imported from the module that defines it."""
 
 from __future__ import annotations
 
 import argparse
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
-from .jobs.store import DEFAULT_RETENTION_S, StoreLocked, StoreUnavailable
-from .request import FIELDS, GenerationRequest, RequestError, allowed, parse_request
+from ..jobs.store import DEFAULT_RETENTION_S
+from ..request import FIELDS, GenerationRequest, allowed
 
+DESCRIPTION = "FLUX.1-dev + the Simple Vector LoRA locally, as Segmind's Simple_Vector_Flux API."
 # --out's suffix chooses output_format
 OUTPUT_SUFFIXES = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".webp": "webp", ".svg": "svg"}
 # request fields generate takes as flags (prompt is required; output_format comes from --out's suffix)
@@ -30,8 +24,8 @@ def _model_options(*, falls_back_to_tiny: bool) -> argparse.ArgumentParser:
     """--model/--lora/--quantize/--offload/--device: what every command that loads the model takes.
     ``falls_back_to_tiny``: without --model and $FLUX_VECTOR_MODEL, a missing FLUX.1-dev means the tiny demo (serve,
     worker: they say so in the banner and the playground) instead of an error (generate)."""
-    from .models import DEFAULT_LORA, MODEL_ENV
-    from .offload import OFFLOAD_MODES
+    from ..models import DEFAULT_LORA, MODEL_ENV
+    from ..offload import OFFLOAD_MODES
 
     otherwise = "else FLUX.1-dev if downloaded, else tiny" if falls_back_to_tiny else "else FLUX.1-dev"
     p = argparse.ArgumentParser(add_help=False)
@@ -140,8 +134,8 @@ def _add_vectorize(sub, parents) -> None:
 
 
 def _add_serve(sub, parents) -> None:
-    from .server.serve import DEFAULT_HOST, DEFAULT_LOG_LEVEL, DEFAULT_MAX_QUEUE, DEFAULT_PORT, default_store_path
-    from .serving import API_KEY_ENV
+    from ..server.serve import DEFAULT_HOST, DEFAULT_LOG_LEVEL, DEFAULT_MAX_QUEUE, DEFAULT_PORT, default_store_path
+    from ..serving import API_KEY_ENV
 
     p = sub.add_parser(
         "serve",
@@ -182,7 +176,7 @@ def _add_serve(sub, parents) -> None:
         default="",
         metavar="URL",
         help="the URL clients reach this server by (behind a proxy or a DNS name): its host is accepted in Host "
-        "and it is the base of status_url and image URLs",
+        "and it is the base of status_url and image URLs (default: none; URLs use the request's own host)",
     )
     p.add_argument(
         "--allow-origin",
@@ -190,7 +184,7 @@ def _add_serve(sub, parents) -> None:
         default=[],
         metavar="ORIGIN",
         help="a web origin (https://app.example) whose pages may call this API from a browser; repeatable "
-        "(other origins get 403)",
+        "(default: none, so pages of other origins get 403)",
     )
     for flag, what in (
         ("--max-image-pixels", "pixels of one image (default: 1 KiB of device memory per pixel, 1024^2..4096^2)"),
@@ -201,8 +195,8 @@ def _add_serve(sub, parents) -> None:
 
 
 def _add_worker(sub, parents) -> None:
-    from .jobs.redis_store import DEFAULT_LEASE_S, DEFAULT_REDIS_MAX_ATTEMPTS
-    from .jobs.worker_process import DEFAULT_METRICS_HOST, DEFAULT_METRICS_PORT
+    from ..jobs.redis_store import DEFAULT_LEASE_S, DEFAULT_REDIS_MAX_ATTEMPTS
+    from ..jobs.worker_process import DEFAULT_METRICS_HOST, DEFAULT_METRICS_PORT
 
     p = sub.add_parser(
         "worker",
@@ -254,7 +248,7 @@ def _add_doctor(sub, parents) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="flux-vector", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="flux-vector", description=DESCRIPTION)
     sub = parser.add_subparsers(dest="command", required=True)
     output, serving = _output_options(), _serving_options()
     strict, falling_back = _model_options(falls_back_to_tiny=False), _model_options(falls_back_to_tiny=True)
@@ -264,236 +258,3 @@ def build_parser() -> argparse.ArgumentParser:
     _add_vectorize(sub, [output])
     _add_doctor(sub, [output])
     return parser
-
-
-# ----------------------------------------------------------------------------------------------- checks
-
-
-def _check_weights(model: str | None, lora: str | None) -> None:
-    """The model and the LoRA exist locally, checked before anything loads (a --model of a plugin factory,
-    ``$FLUX_VECTOR_PIPELINE_FACTORY``, means what the factory says, so it is not checked here)."""
-    from .models import DEFAULT_LORA, check_weights
-    from .pipeline_factory import factory_from_env
-
-    if model is not None and factory_from_env() is None:
-        check_weights(model, DEFAULT_LORA if lora is None else lora)
-
-
-def _check_store(store: str | None) -> None:
-    """serve's --store: a Redis URL, or a SQLite file that can be created or written (the default's too)."""
-    from .jobs.redis_store import is_redis_url
-    from .paths import check_writable_file
-    from .server.serve import default_store_path
-
-    if store is None or not is_redis_url(store):
-        path = Path(store) if store is not None else default_store_path()
-        check_writable_file(path, option="--store", example="jobs.sqlite3")
-
-
-# ----------------------------------------------------------------------------------------------- commands
-
-
-def run_worker_command(args: argparse.Namespace) -> int:
-    from .jobs.redis_store import is_redis_url
-    from .jobs.worker_process import run_worker
-
-    if not is_redis_url(args.store):
-        raise ValueError(
-            f"--store {args.store}: a worker needs a shared store, redis://HOST:PORT/DB (the embedded SQLite store is "
-            "served by flux-vector serve, with its own worker)"
-        )
-    _check_weights(args.model, args.lora)
-    return run_worker(
-        store=args.store,
-        model=args.model,
-        lora=args.lora,
-        quantize=args.quantize,
-        offload=args.offload,
-        device=args.device,
-        name=args.name,
-        lease_s=args.lease,
-        max_attempts=args.max_attempts,
-        metrics_host=args.metrics_host,
-        metrics_port=args.metrics_port,
-        fuse=not args.no_fuse,
-        warmup=not args.no_warmup,
-    )
-
-
-def run_serve_command(args: argparse.Namespace) -> int:
-    from .jobs.redis_store import is_redis_url
-    from .server.serve import serve
-
-    if args.store is not None and is_redis_url(args.store):
-        ignored = [f"--{name}" for name in ("model", "lora", "quantize", "device") if getattr(args, name)]
-        if ignored:
-            print(
-                f"flux-vector serve: {', '.join(ignored)} ignored: with a Redis store this process only serves the "
-                "API; give them to flux-vector worker",
-                file=sys.stderr,
-            )
-    else:
-        _check_store(args.store)
-        _check_weights(args.model, args.lora)
-    return serve(
-        model=args.model,
-        lora=args.lora,
-        quantize=args.quantize,
-        offload=args.offload,
-        device=args.device,
-        host=args.host,
-        port=args.port,
-        store=args.store,
-        max_queue=args.max_queue,
-        retention_s=args.retention,
-        log_level=args.log_level,
-        fuse=not args.no_fuse,
-        warmup=not args.no_warmup,
-        public_url=args.public_url,
-        allow_origins=tuple(args.allow_origin),
-        budget={
-            "max_image_pixels": args.max_image_pixels,
-            "max_batch_pixels": args.max_batch_pixels,
-            "max_step_pixels": args.max_step_pixels,
-        },
-    )
-
-
-def _output_format(out: Path) -> str:
-    from .paths import check_output_file
-
-    check_output_file(out, OUTPUT_SUFFIXES)
-    return OUTPUT_SUFFIXES[out.suffix.lower()]
-
-
-def run_vectorize_command(args: argparse.Namespace) -> int:
-    from PIL import Image, UnidentifiedImageError
-
-    from .paths import check_input_file, check_output_file
-    from .request import VECTOR_OPTIONS
-    from .vectorize import image_to_svg
-
-    options = {name: getattr(args, name) for name in VECTOR_OPTIONS if getattr(args, name) is not None}
-    check_input_file(args.image, what="image")
-    check_output_file(args.out, (".svg",))
-    started = time.perf_counter()
-    try:
-        with Image.open(args.image) as image:
-            image.load()
-            svg = image_to_svg(image, **options)
-    except UnidentifiedImageError:
-        raise ValueError(f"{args.image} is not an image this program can read (give a PNG, JPEG or WebP)") from None
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(svg, encoding="utf-8")
-    print(
-        f"saved {args.out}: {image.width}x{image.height}, {svg.count('<path')} paths, "
-        f"{len(svg.encode()) / 1000:.1f} KB, {time.perf_counter() - started:.2f} s"
-    )
-    return 0
-
-
-def generate_model(model: str | None) -> str:
-    """generate's model: --model, else $FLUX_VECTOR_MODEL, else FLUX.1-dev, which must then be downloaded (no silent
-    fall-back to the tiny demo: a one-shot command whose only product is the image must not hand back noise)."""
-    import os
-
-    from .models import DEFAULT_MODEL, MODEL_ENV
-
-    return model or os.environ.get(MODEL_ENV) or DEFAULT_MODEL
-
-
-def run_generate_command(args: argparse.Namespace) -> int:
-    params = {name: getattr(args, name) for name in FIELDS if getattr(args, name, None) is not None}
-    params["output_format"] = _output_format(args.out)  # the path is checked here, before any model work
-    request = parse_request(params)  # fail fast, before loading any weights
-    model = generate_model(args.model)
-    _check_weights(model, args.lora)
-    from .jobs.bodies import encode_image  # torch and the model libraries: only once everything checked out
-    from .pipeline import load_pipeline
-
-    pipe = load_pipeline(
-        model,
-        lora=args.lora,
-        lora_strength=request.lora_strength,
-        quantize=args.quantize,
-        offload=args.offload,
-        device=args.device,
-        fast=args.fast,
-    )
-    started = time.perf_counter()
-    result = pipe.generate(request, progress=not args.no_progress)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for i, image in enumerate(result.images):
-        path = args.out if len(result.images) == 1 else args.out.with_stem(f"{args.out.stem}_{i}")
-        if request.output_format == "svg":
-            path.write_bytes(encode_image(image, "svg", request.quality, **request.vector_options()))
-        else:
-            image.save(path)
-        paths.append(str(path))
-    elapsed = time.perf_counter() - started
-    demo = " (the random-weight demo: noise, not a real image)" if model == "tiny" else ""
-    print(
-        f"saved {', '.join(paths)}: {result.width}x{result.height}, seed {request.seed}, {request.steps} steps "
-        f"{request.sampler_name}/{request.scheduler}, {elapsed:.2f} s "
-        f"({result.timings['per_step_s'] * 1000:.0f} ms/step), model {model}{demo}"
-    )
-    return 0
-
-
-def run_doctor_command(args: argparse.Namespace) -> int:
-    from .doctor import diagnose
-
-    report = diagnose()
-    print(report.text())
-    return 0
-
-
-COMMANDS = {
-    "generate": run_generate_command,
-    "serve": run_serve_command,
-    "worker": run_worker_command,
-    "vectorize": run_vectorize_command,
-    "doctor": run_doctor_command,
-}
-# errors a user causes (a value, a path, missing weights, a store in use): exit 2 with one line saying what to do
-USER_ERRORS = (RequestError, ValueError, OSError, StoreLocked, StoreUnavailable)
-
-
-def error_line(exc: BaseException) -> str:
-    """One line for the terminal: what went wrong and what to do."""
-    torch = sys.modules.get("torch")  # an out-of-memory error can only come from an imported torch
-    if torch is not None and isinstance(exc, torch.OutOfMemoryError):
-        text = (
-            "out of GPU memory: try --quantize 8bit, --offload model (or sequential), or a smaller size; "
-            "`flux-vector doctor` shows the free memory"
-        )
-    elif isinstance(exc, USER_ERRORS):
-        text = getattr(exc, "cli_message", None) or str(exc) or type(exc).__name__
-    else:
-        text = f"{type(exc).__name__}: {exc} (unexpected: run again with --debug for the traceback)"
-    return " ".join(text.split())
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if not args.verbose:
-        from .quiet import quiet_third_party
-
-        quiet_third_party()
-    try:
-        return COMMANDS[args.command](args)
-    except KeyboardInterrupt:
-        if args.debug:
-            raise
-        print("interrupted", file=sys.stderr)
-        return 130
-    except Exception as exc:
-        if args.debug:
-            raise
-        print(f"error: {error_line(exc)}", file=sys.stderr)
-        return 2 if isinstance(exc, USER_ERRORS) else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

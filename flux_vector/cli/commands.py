@@ -1,0 +1,202 @@
+"""One function per ``flux-vector`` command; each checks its paths and weights before any model work."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from ..request import FIELDS, parse_request
+from .parser import OUTPUT_SUFFIXES
+
+# ----------------------------------------------------------------------------------------------- checks
+
+
+def _check_weights(model: str | None, lora: str | None) -> None:
+    """The model and the LoRA exist locally, checked before anything loads (a --model of a plugin factory,
+    ``$FLUX_VECTOR_PIPELINE_FACTORY``, means what the factory says, so it is not checked here)."""
+    from ..models import DEFAULT_LORA, check_weights
+    from ..pipeline_factory import factory_from_env
+
+    if model is not None and factory_from_env() is None:
+        check_weights(model, DEFAULT_LORA if lora is None else lora)
+
+
+def _check_store(store: str | None) -> None:
+    """serve's --store: a Redis URL, or a SQLite file that can be created or written (the default's too)."""
+    from ..jobs.redis_store import is_redis_url
+    from ..paths import check_writable_file
+    from ..server.serve import default_store_path
+
+    if store is None or not is_redis_url(store):
+        path = Path(store) if store is not None else default_store_path()
+        check_writable_file(path, option="--store", example="jobs.sqlite3")
+
+
+# ----------------------------------------------------------------------------------------------- commands
+
+
+def run_worker_command(args: argparse.Namespace) -> int:
+    from ..jobs.redis_store import is_redis_url
+    from ..jobs.worker_process import run_worker
+
+    if not is_redis_url(args.store):
+        raise ValueError(
+            f"--store {args.store}: a worker needs a shared store, redis://HOST:PORT/DB (the embedded SQLite store is "
+            "served by flux-vector serve, with its own worker)"
+        )
+    _check_weights(args.model, args.lora)
+    return run_worker(
+        store=args.store,
+        model=args.model,
+        lora=args.lora,
+        quantize=args.quantize,
+        offload=args.offload,
+        device=args.device,
+        name=args.name,
+        lease_s=args.lease,
+        max_attempts=args.max_attempts,
+        metrics_host=args.metrics_host,
+        metrics_port=args.metrics_port,
+        fuse=not args.no_fuse,
+        warmup=not args.no_warmup,
+    )
+
+
+def run_serve_command(args: argparse.Namespace) -> int:
+    from ..jobs.redis_store import is_redis_url
+    from ..server.serve import serve
+
+    if args.store is not None and is_redis_url(args.store):
+        ignored = [f"--{name}" for name in ("model", "lora", "quantize", "device") if getattr(args, name)]
+        if ignored:
+            print(
+                f"flux-vector serve: {', '.join(ignored)} ignored: with a Redis store this process only serves the "
+                "API; give them to flux-vector worker",
+                file=sys.stderr,
+            )
+    else:
+        _check_store(args.store)
+        _check_weights(args.model, args.lora)
+    return serve(
+        model=args.model,
+        lora=args.lora,
+        quantize=args.quantize,
+        offload=args.offload,
+        device=args.device,
+        host=args.host,
+        port=args.port,
+        store=args.store,
+        max_queue=args.max_queue,
+        retention_s=args.retention,
+        log_level=args.log_level,
+        fuse=not args.no_fuse,
+        warmup=not args.no_warmup,
+        public_url=args.public_url,
+        allow_origins=tuple(args.allow_origin),
+        budget={
+            "max_image_pixels": args.max_image_pixels,
+            "max_batch_pixels": args.max_batch_pixels,
+            "max_step_pixels": args.max_step_pixels,
+        },
+    )
+
+
+def _output_format(out: Path) -> str:
+    from ..paths import check_output_file
+
+    check_output_file(out, OUTPUT_SUFFIXES)
+    return OUTPUT_SUFFIXES[out.suffix.lower()]
+
+
+def run_vectorize_command(args: argparse.Namespace) -> int:
+    from PIL import Image, UnidentifiedImageError
+
+    from ..paths import check_input_file, check_output_file
+    from ..request import VECTOR_OPTIONS
+    from ..vectorize import image_to_svg
+
+    options = {name: getattr(args, name) for name in VECTOR_OPTIONS if getattr(args, name) is not None}
+    check_input_file(args.image, what="image")
+    check_output_file(args.out, (".svg",))
+    started = time.perf_counter()
+    try:
+        with Image.open(args.image) as image:
+            image.load()
+            svg = image_to_svg(image, **options)
+    except UnidentifiedImageError:
+        raise ValueError(f"{args.image} is not an image this program can read (give a PNG, JPEG or WebP)") from None
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(svg, encoding="utf-8")
+    print(
+        f"saved {args.out}: {image.width}x{image.height}, {svg.count('<path')} paths, "
+        f"{len(svg.encode()) / 1000:.1f} KB, {time.perf_counter() - started:.2f} s"
+    )
+    return 0
+
+
+def generate_model(model: str | None) -> str:
+    """generate's model: --model, else $FLUX_VECTOR_MODEL, else FLUX.1-dev, which must then be downloaded (no silent
+    fall-back to the tiny demo: a one-shot command whose only product is the image must not hand back noise)."""
+    import os
+
+    from ..models import DEFAULT_MODEL, MODEL_ENV
+
+    return model or os.environ.get(MODEL_ENV) or DEFAULT_MODEL
+
+
+def run_generate_command(args: argparse.Namespace) -> int:
+    params = {name: getattr(args, name) for name in FIELDS if getattr(args, name, None) is not None}
+    params["output_format"] = _output_format(args.out)  # the path is checked here, before any model work
+    request = parse_request(params)  # fail fast, before loading any weights
+    model = generate_model(args.model)
+    _check_weights(model, args.lora)
+    from ..jobs.bodies import encode_image  # torch and the model libraries: only once everything checked out
+    from ..pipeline import load_pipeline
+
+    pipe = load_pipeline(
+        model,
+        lora=args.lora,
+        lora_strength=request.lora_strength,
+        quantize=args.quantize,
+        offload=args.offload,
+        device=args.device,
+        fast=args.fast,
+    )
+    started = time.perf_counter()
+    result = pipe.generate(request, progress=not args.no_progress)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, image in enumerate(result.images):
+        path = args.out if len(result.images) == 1 else args.out.with_stem(f"{args.out.stem}_{i}")
+        if request.output_format == "svg":
+            path.write_bytes(encode_image(image, "svg", request.quality, **request.vector_options()))
+        else:
+            image.save(path)
+        paths.append(str(path))
+    elapsed = time.perf_counter() - started
+    demo = " (the random-weight demo: noise, not a real image)" if model == "tiny" else ""
+    print(
+        f"saved {', '.join(paths)}: {result.width}x{result.height}, seed {request.seed}, {request.steps} steps "
+        f"{request.sampler_name}/{request.scheduler}, {elapsed:.2f} s "
+        f"({result.timings['per_step_s'] * 1000:.0f} ms/step), model {model}{demo}"
+    )
+    return 0
+
+
+def run_doctor_command(args: argparse.Namespace) -> int:
+    from ..doctor import diagnose
+
+    report = diagnose()
+    print(report.text())
+    return 0
+
+
+COMMANDS = {
+    "generate": run_generate_command,
+    "serve": run_serve_command,
+    "worker": run_worker_command,
+    "vectorize": run_vectorize_command,
+    "doctor": run_doctor_command,
+}
