@@ -75,12 +75,16 @@ def step_times(transformer, pipe_like: FluxVectorPipeline, repeats: int, size: i
     pooled = torch.randn(1, transformer.config.pooled_projection_dim, device=device, dtype=dtype)
     x = torch.randn(1, 16, size // 8, size // 8, device=device)
     sigma = torch.tensor([0.5], device=device)
-    out = {}
+    calls = {}
     for tokens in (256, 512):
         t5 = torch.randn(1, tokens, width, device=device, dtype=dtype)
-        velocity = pipe_like.velocity_model(t5, pooled, 3.5, size, size)
-        velocity(x, sigma)  # warm-up
-        out[f"step_{tokens}_ms"] = 1e3 * median_s(lambda velocity=velocity: velocity(x, sigma), repeats)
+        calls[tokens] = pipe_like.velocity_model(t5, pooled, 3.5, size, size)
+        calls[tokens](x, sigma)  # warm-up
+    times: dict[int, list[float]] = {256: [], 512: []}
+    for _ in range(repeats):  # interleaved, so that machine noise hits both lengths alike
+        for tokens, velocity in calls.items():
+            times[tokens] += timed(lambda velocity=velocity: velocity(x, sigma), 1)
+    out = {f"step_{tokens}_ms": 1e3 * statistics.median(t) for tokens, t in times.items()}
     out["ratio_256_over_512"] = out["step_256_ms"] / out["step_512_ms"]
     return out
 
