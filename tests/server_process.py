@@ -24,8 +24,9 @@ class CliProcess:
 
     port: int  # the loopback port it serves /healthz on
 
-    def __init__(self, args: list[str], log_path: Path, env: dict | None):
-        self.args, self.log_path = args, Path(log_path)
+    def __init__(self, args: list[str], log_path: Path, env: dict | None, address_space: int | None = None):
+        """``address_space``: an ``RLIMIT_AS`` in bytes for the child only (set between fork and exec)."""
+        self.args, self.log_path, self.address_space = args, Path(log_path), address_space
         self.env = {**os.environ, **(env or {})}
         self.env.pop("FLUX_VECTOR_MODEL", None)
         self.proc: subprocess.Popen | None = None
@@ -47,9 +48,18 @@ class CliProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")  # noqa: SIM115 - the child writes to it
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "flux_vector.cli", *self.args], env=self.env, stdout=log, stderr=subprocess.STDOUT
+            [sys.executable, "-m", "flux_vector.cli", *self.args],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            preexec_fn=None if self.address_space is None else self._limit_address_space,
         )
         log.close()
+
+    def _limit_address_space(self) -> None:
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_AS, (self.address_space, self.address_space))
 
     def wait_healthy(self, url: str, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -98,6 +108,7 @@ class ServerProcess(CliProcess):
         args: tuple[str, ...] = (),
         env: dict | None = None,
         log_path: Path | None = None,
+        address_space: int | None = None,
     ):
         self.store, self.port = Path(store), port or free_port()
         cmd = [
@@ -112,7 +123,8 @@ class ServerProcess(CliProcess):
             "warning",
             *args,
         ]
-        super().__init__(cmd, log_path or self.store.with_name(self.store.stem + f"-server-{self.port}.log"), env)
+        log_path = log_path or self.store.with_name(self.store.stem + f"-server-{self.port}.log")
+        super().__init__(cmd, log_path, env, address_space)
 
     def stop(self) -> bool:
         """uvicorn re-raises the signal after its graceful shutdown, so a clean exit status is 0 or -SIGTERM."""

@@ -402,6 +402,60 @@ def test_the_issue_request_is_over_the_budget_of_an_8_gib_device(tmp_path):
     store.close()
 
 
+ISSUE_REQUEST = {"prompt": "a cat", "width": 4096, "height": 4096, "batch_size": 8, "steps": 1}
+
+
+def test_the_facade_applies_the_work_budget(engine):
+    engine(pipeline=FakePipeline(), budget=WorkBudget(max_image_pixels=128 * 128, max_batch_pixels=2 * 128 * 128))
+    with pytest.raises(flux_vector.SegmindError) as raised:
+        flux_vector.run(SLUG, **ISSUE_REQUEST)
+    assert raised.value.status == 400
+    assert "width x height = 16,777,216 pixels per image" in raised.value.detail
+    assert "limit of 16,384 (max_image_pixels)" in raised.value.detail
+    assert flux_vector.run(SLUG, prompt="a cat", width=64, height=64, batch_size=2, steps=2)["status"] == "COMPLETED"
+
+
+def test_the_facade_budget_defaults_to_the_device_memory_once_loaded(engine):
+    from flux_vector.serving import device_memory_bytes
+
+    local = engine(pipeline=FakePipeline())
+    assert local.budget() == WorkBudget.for_memory(device_memory_bytes(FakePipeline()))
+    with pytest.raises(flux_vector.SegmindError) as raised:  # 8 x 4096^2 is over twice any image limit
+        flux_vector.run(SLUG, **ISSUE_REQUEST)
+    assert raised.value.status == 400 and "width x height" in raised.value.detail
+
+
+# RLIMIT_AS for the tiny server only (measured here with 2 malloc arenas and 2 threads: 1.2 GiB of address space
+# after a small request, 0.55 GiB RSS); the issue's request without a budget grew past 2.4 GiB within two minutes.
+TINY_SERVER_ADDRESS_SPACE = 3 << 30
+
+
+def test_the_issue_request_under_a_memory_limit_is_a_400_and_the_server_lives(tmp_path, tiny_dir):
+    server = ServerProcess(
+        tmp_path / "jobs.sqlite3",
+        args=("--max-image-pixels", str(1024 * 1024), "--max-batch-pixels", str(2 * 1024 * 1024)),
+        env={"MALLOC_ARENA_MAX": "2", "OMP_NUM_THREADS": "2"},  # address space independent of the core count
+        address_space=TINY_SERVER_ADDRESS_SPACE,
+    ).start()
+    try:
+        answer = httpx.post(f"{server.base_url}/{SLUG}", json=ISSUE_REQUEST, timeout=60)
+        assert answer.status_code == 400, answer.text
+        body = answer.json()
+        assert (body["fields"], body["limit"], body["setting"]) == (
+            ["width", "height"],
+            1024 * 1024,
+            "max_image_pixels",
+        )
+        assert "1,048,576" in body["error"]
+        assert server.proc.poll() is None
+        assert httpx.get(server.url + "/healthz", timeout=10).json()["status"] == "ok"
+        small = httpx.post(f"{server.base_url}/{SLUG}", json={"prompt": "a cat", **SMALL}, timeout=120)
+        assert small.status_code == 200 and small.headers["content-type"].startswith("image/")
+        assert server.proc.poll() is None
+    finally:
+        server.stop()
+
+
 _DECODE_PEAK = """
 import re, sys, torch
 from flux_vector import FluxVectorPipeline

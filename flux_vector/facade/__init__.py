@@ -24,6 +24,7 @@ import os
 from typing import Any
 
 from ..jobs import DEFAULT_RETENTION_S
+from ..request import WorkBudget
 from .client import DEFAULT_POLL_INTERVAL_S, DEFAULT_POLL_TIMEOUT_S, AsyncJob, SegmindClient
 from .errors import InferenceFailed, InferenceTimeout, SegmindError
 from .local import reset_engine
@@ -38,10 +39,13 @@ def configure(
     store_dir: str | os.PathLike | None = None,
     retention_s: float = DEFAULT_RETENTION_S,
     max_queue: int | None = None,
+    budget: WorkBudget | None = None,
     **pipeline_kwargs: Any,
 ) -> None:
     """Set up the in-process engine (before or between uses): ``model`` (as ``--model``) with ``from_pretrained``
-    keyword arguments, or a ready ``pipeline``; where the store lives; retention; a queue bound. The previous engine
+    keyword arguments, or a ready ``pipeline``; where the store lives; retention; a queue bound; the work
+    ``budget`` (a ``WorkBudget``; None: derived from the device's memory once the pipeline is loaded, as
+    ``flux-vector serve`` does, and ``WorkBudget()``'s defaults until then). The previous engine
     is shut down: its queued jobs are abandoned and its request ids are no longer known."""
     global _default_client
     settings = dict(
@@ -50,6 +54,7 @@ def configure(
         store_dir=store_dir,
         retention_s=retention_s,
         max_queue=max_queue,
+        budget=budget,
         **pipeline_kwargs,
     )
     _default_client = None

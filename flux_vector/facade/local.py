@@ -19,7 +19,7 @@ from ..jobs import DEFAULT_RETENTION_S, FAILED, QUEUED, QueueFull, SQLiteJobStor
 from ..jobs import result_body as _result_body
 from ..jobs import status_body as _status_body
 from ..jobs.store import CANCELLED
-from ..request import SLUG, RequestError, parse_request
+from ..request import SLUG, OverBudget, RequestError, WorkBudget, parse_request
 from .errors import SegmindError
 
 if TYPE_CHECKING:
@@ -37,9 +37,11 @@ class LocalEngine:
         store_dir: str | os.PathLike | None = None,
         retention_s: float = DEFAULT_RETENTION_S,
         max_queue: int | None = None,
+        budget: WorkBudget | None = None,
         **pipeline_kwargs: Any,
     ):
         self.max_queue = max_queue
+        self._budget = budget  # None: derived from the device's memory once the pipeline is loaded
         self.closed = False
         if store_dir is None:
             root = _inprocess_root()
@@ -65,13 +67,25 @@ class LocalEngine:
         self.worker.stop()
         self.store.close()
 
+    def budget(self) -> WorkBudget:
+        """The work budget requests are checked against: ``configure(budget=...)``; else, as ``flux-vector serve``,
+        derived from the memory of the pipeline's device once it is loaded (``WorkBudget()``'s defaults before that)."""
+        if self._budget is not None:
+            return self._budget
+        if not self.worker.pipeline_loaded:
+            return WorkBudget()
+        from ..serving import device_memory_bytes
+
+        self._budget = WorkBudget.for_memory(device_memory_bytes(self.worker.load_pipeline()))
+        return self._budget
+
     # -- SegmindClient backend
     def _enqueue(self, slug: str, params: dict[str, Any]):
         if slug != SLUG:
             raise SegmindError(status=404, detail=f"model {slug!r} not found: flux_vector runs {SLUG!r}")
         try:
-            parse_request(params)
-        except RequestError as exc:
+            self.budget().check(parse_request(params))
+        except (RequestError, OverBudget) as exc:
             raise SegmindError(status=400, detail=str(exc)) from None
         try:
             job = self.store.submit(slug, params, max_queue=self.max_queue)

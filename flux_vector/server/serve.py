@@ -56,8 +56,8 @@ def serve(
     allow_origins: tuple[str, ...] = (),
     budget: dict[str, int | None] | None = None,
 ) -> int:
-    """``budget``: ``WorkBudget`` settings overriding the defaults derived from the device's memory."""
-    """Run the server until interrupted; 0 on a clean stop. Raises on a bad store or missing weights."""
+    """Run the server until interrupted; 0 on a clean stop. Raises on a bad store or missing weights. ``budget``:
+    ``WorkBudget`` settings overriding the defaults derived from the device's memory."""
     from .app import create_app
 
     def log(message: str) -> None:
