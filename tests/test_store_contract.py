@@ -20,6 +20,7 @@ import pytest
 from PIL import Image
 
 from flux_vector.jobs import COMPLETED, FAILED, PROCESSING, QUEUED, JobStore, QueueFull, SQLiteJobStore, Worker
+from flux_vector.jobs.store import LeaseLost
 from tests.fake_pipeline import FakePipeline
 from tests.job_data import META, P, png
 
@@ -95,12 +96,18 @@ def test_lifecycle_fifo_positions_counts_and_images(store):
     assert store.claim().id == b.id
     failed = store.fail(b.id, "boom")
     assert failed.state == FAILED and failed.error == "boom"
+    for settled in (a.id, b.id):  # a settled job never changes again: no second end, whichever it would be
+        with pytest.raises(LeaseLost):
+            store.fail(settled, "too late")
+        with pytest.raises(LeaseLost):
+            store.complete(settled, [png()], META)
+    assert store.get(a.id).state == COMPLETED and store.get(b.id).error == "boom"
     assert store.counts() == {QUEUED: 1, PROCESSING: 0, COMPLETED: 1, FAILED: 1}
     assert store.get("nope") is None
 
 
 def test_cancel_fails_queued_and_running_jobs_and_a_cancelled_run_never_completes(store):
-    from flux_vector.jobs.store import CANCELLED, LeaseLost
+    from flux_vector.jobs.store import CANCELLED
 
     running, queued = store.submit("s", P), store.submit("s", P)
     assert store.claim().id == running.id

@@ -414,7 +414,10 @@ class RedisJobStore(JobStore):
         if int(reply[0]) == 0:
             if lease is not None:
                 raise self._lease_lost(job_id, "its failure was")
-            raise KeyError(f"job {job_id!r} is {_text(reply[1])}; it cannot be failed")
+            state = _text(reply[1])
+            if state in (COMPLETED, FAILED):  # settled already: a settled job never changes again
+                raise LeaseLost(f"job {job_id} is {state}, not PROCESSING; its failure was not recorded")
+            raise KeyError(f"job {job_id!r} is {state}; it cannot be failed")
         self._drop_lease(job_id)
         job = self.get(job_id)
         if job is None:

@@ -254,10 +254,12 @@ class SQLiteJobStore(JobStore):
 
     def _record_failure(self, job_id: str, error: str) -> Job:
         with self._tx() as db:
-            self._fetch(db, job_id)
+            row = self._fetch(db, job_id)
+            if row["state"] != PROCESSING:  # cancelled, or settled already: a settled job never changes again
+                raise LeaseLost(f"job {job_id} is {row['state']}, not PROCESSING; its failure was not recorded")
             db.execute(
-                "UPDATE jobs SET state = ?, finished_at = ?, error = ? WHERE id = ?",
-                (FAILED, time.time(), str(error) or "the job failed", job_id),
+                "UPDATE jobs SET state = ?, finished_at = ?, error = ? WHERE id = ? AND state = ?",
+                (FAILED, time.time(), str(error) or "the job failed", job_id, PROCESSING),
             )
             return self._row_to_job(self._fetch(db, job_id))
 
