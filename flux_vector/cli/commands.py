@@ -37,6 +37,16 @@ def _check_store(store: str | None) -> None:
 # ----------------------------------------------------------------------------------------------- commands
 
 
+def _load_options(args: argparse.Namespace) -> dict:
+    """The shared model options (``parser._model_options``) as ``load_pipeline`` keywords."""
+    return {"lora": args.lora, "quantize": args.quantize, "offload": args.offload, "device": args.device}
+
+
+def _serving_options(args: argparse.Namespace) -> dict:
+    """``--no-fuse`` / ``--no-warmup`` (``parser._serving_options``) as ``prepare_for_serving`` keywords."""
+    return {"fuse": not args.no_fuse, "warmup": not args.no_warmup}
+
+
 def run_worker_command(args: argparse.Namespace) -> int:
     from ..jobs.redis_store import is_redis_url
     from ..jobs.worker_process import run_worker
@@ -50,17 +60,13 @@ def run_worker_command(args: argparse.Namespace) -> int:
     return run_worker(
         store=args.store,
         model=args.model,
-        lora=args.lora,
-        quantize=args.quantize,
-        offload=args.offload,
-        device=args.device,
+        **_load_options(args),
         name=args.name,
         lease_s=args.lease,
         max_attempts=args.max_attempts,
         metrics_host=args.metrics_host,
         metrics_port=args.metrics_port,
-        fuse=not args.no_fuse,
-        warmup=not args.no_warmup,
+        **_serving_options(args),
     )
 
 
@@ -81,18 +87,14 @@ def run_serve_command(args: argparse.Namespace) -> int:
         _check_weights(args.model, args.lora)
     return serve(
         model=args.model,
-        lora=args.lora,
-        quantize=args.quantize,
-        offload=args.offload,
-        device=args.device,
+        **_load_options(args),
         host=args.host,
         port=args.port,
         store=args.store,
         max_queue=args.max_queue,
         retention_s=args.retention,
         log_level=args.log_level,
-        fuse=not args.no_fuse,
-        warmup=not args.no_warmup,
+        **_serving_options(args),
         public_url=args.public_url,
         allow_origins=tuple(args.allow_origin),
         budget={
@@ -155,15 +157,7 @@ def run_generate_command(args: argparse.Namespace) -> int:
     from ..jobs.bodies import encode_image  # torch and the model libraries: only once everything checked out
     from ..pipeline import load_pipeline
 
-    pipe = load_pipeline(
-        model,
-        lora=args.lora,
-        lora_strength=request.lora_strength,
-        quantize=args.quantize,
-        offload=args.offload,
-        device=args.device,
-        fast=args.fast,
-    )
+    pipe = load_pipeline(model, lora_strength=request.lora_strength, fast=args.fast, **_load_options(args))
     started = time.perf_counter()
     result = pipe.generate(request, progress=not args.no_progress)
     args.out.parent.mkdir(parents=True, exist_ok=True)
