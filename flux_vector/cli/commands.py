@@ -48,14 +48,9 @@ def _serving_options(args: argparse.Namespace) -> dict:
 
 
 def run_worker_command(args: argparse.Namespace) -> int:
-    from ..jobs.redis_store import is_redis_url
-    from ..jobs.worker_process import run_worker
+    from ..jobs.worker_process import check_worker_store, run_worker
 
-    if not is_redis_url(args.store):
-        raise ValueError(
-            f"--store {args.store}: a worker needs a shared store, redis://HOST:PORT/DB (the embedded SQLite store is "
-            "served by flux-vector serve, with its own worker)"
-        )
+    check_worker_store(args.store)
     _check_weights(args.model, args.lora)
     return run_worker(
         store=args.store,

@@ -63,6 +63,15 @@ class _StatusServer(ThreadingHTTPServer):
         self.metrics, self.health = metrics, health
 
 
+def check_worker_store(store: str) -> None:
+    """A worker runs jobs from a shared store only; ValueError saying so for anything else."""
+    if not is_redis_url(store):
+        raise ValueError(
+            f"--store {store}: a worker needs a shared store, redis://HOST:PORT/DB (the embedded SQLite store is "
+            "served by flux-vector serve, with its own worker)"
+        )
+
+
 def run_worker(
     *,
     store: str,
@@ -80,11 +89,7 @@ def run_worker(
     warmup: bool = True,
 ) -> int:
     """Run until SIGTERM/SIGINT; 0 on a clean stop. Raises on a bad store URL, an unreachable Redis, missing weights."""
-    if not is_redis_url(store):
-        raise ValueError(
-            f"--store={store!r} is not allowed: a worker needs a shared store, redis://HOST:PORT/DB "
-            "(the embedded SQLite store is served by flux-vector serve, with its own worker)"
-        )
+    check_worker_store(store)
     process = WorkerProcess(name)
     process.jobs = RedisJobStore.from_url(store, lease_s=lease_s, max_attempts=max_attempts, name=name, log=process.log)
     process.name = process.jobs.name
