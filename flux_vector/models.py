@@ -36,8 +36,15 @@ def download_command(repo_id: str) -> str:
     return f"hf download {repo_id}"
 
 
+DEMO_MODEL = "demo"
+DEMO_NOTICE = (
+    "the demo model: a tiny FLUX shipped with flux_vector that draws simple coloured shapes at 128 px, NOT FLUX.1-dev"
+)
+
+
 def default_model(log=print) -> str:
-    """$FLUX_VECTOR_MODEL, else FLUX.1-dev when it is in the local Hugging Face cache, else the tiny demo."""
+    """$FLUX_VECTOR_MODEL, else FLUX.1-dev when it is in the local Hugging Face cache, else the shipped demo model
+    (one line says so: its pictures are shapes at 128 px, a newcomer must not mistake them for FLUX.1-dev's)."""
     if os.environ.get(MODEL_ENV):
         return os.environ[MODEL_ENV]
     try:
@@ -45,15 +52,21 @@ def default_model(log=print) -> str:
         return DEFAULT_MODEL
     except WeightsNotFound:
         log(
-            f"no real weights configured ({DEFAULT_MODEL} is not in the local Hugging Face cache and "
-            f"${MODEL_ENV} is unset): using the tiny built-in random-weight checkpoint, A DEMO WHOSE IMAGES ARE "
-            f"NOISE (`flux-vector doctor` says how to get the real weights)"
+            f"no real weights configured ({DEFAULT_MODEL} is not downloaded and ${MODEL_ENV} is unset): using "
+            f"{DEMO_NOTICE} (`flux-vector doctor` says how to get the real weights)"
         )
-        return "tiny"
+        return DEMO_MODEL
 
 
 def resolve_model(model: str) -> Path:
-    """A diffusers folder for ``model``: "tiny", a local folder, or a hub id in the local Hugging Face cache."""
+    """A diffusers folder for ``model``: "demo" (shipped), "tiny" (random weights), a local folder, or a hub id in
+    the local Hugging Face cache."""
+    if model == DEMO_MODEL:
+        from .demo import DEMO_MODEL_DIR
+
+        if not (DEMO_MODEL_DIR / "model_index.json").exists():
+            raise WeightsNotFound(f"the demo model's files are missing from {DEMO_MODEL_DIR} (reinstall flux_vector)")
+        return DEMO_MODEL_DIR
     if model == "tiny":
         from .tiny import tiny_checkpoint_dir
 
@@ -91,8 +104,8 @@ def not_downloaded(repo_id: str, kind: str = "model") -> WeightsNotFound:
         f"cache: download it once with {download}"
     )
     if kind == "model":
-        python = "or pass a local diffusers folder, or model='tiny' for the random-weight demo (noise images)"
-        cli = "or --model PATH to a local diffusers folder, or --model tiny for the random-weight demo (noise images)"
+        python = "or pass a local diffusers folder, or model='demo' for the shipped demo model (simple shapes)"
+        cli = "or --model PATH to a local diffusers folder, or --model demo for the shipped demo model (simple shapes)"
     else:
         python = "or pass the LoRA file's path, or lora='none'"
         cli = "or --lora PATH to the LoRA file, or --lora none"
@@ -111,6 +124,10 @@ def resolve_lora(lora: str | os.PathLike | None, model: str) -> Path | None:
     """A LoRA file for ``lora``: None/"none", a path, or a hub id (its one .safetensors, from the local cache)."""
     if lora is None or str(lora).lower() == "none":
         return None
+    if model == DEMO_MODEL and lora == DEFAULT_LORA:  # the demo's own "Simple Vector" stand-in: the outline LoRA
+        from .demo import DEMO_LORA_FILE, DEMO_MODEL_DIR
+
+        return DEMO_MODEL_DIR / DEMO_LORA_FILE
     if model == "tiny" and lora == DEFAULT_LORA:
         from .tiny import KOHYA_LORA, tiny_checkpoint_dir
 
@@ -128,3 +145,16 @@ def resolve_lora(lora: str | os.PathLike | None, model: str) -> Path | None:
     if len(files) != 1:
         raise WeightsNotFound(f"LoRA repo {lora!r} holds {len(files)} .safetensors files; pass the file's path")
     return files[0]
+
+
+def aspect_ratio_sizes(folder: Path) -> dict[str, tuple[int, int]] | None:
+    """A model folder's own aspect-ratio -> (width, height) table (``flux_vector_sizes.json``; the demo model ships
+    one: it draws at 1/8 of the hosted sizes), else None: the hosted sizes (``request.ASPECT_RATIOS``)."""
+    import json
+
+    from .demo import DEMO_SIZES_FILE
+
+    path = Path(folder) / DEMO_SIZES_FILE
+    if not path.is_file():
+        return None
+    return {ratio: (int(w), int(h)) for ratio, (w, h) in json.loads(path.read_text())["aspect_ratio_sizes"].items()}

@@ -32,7 +32,17 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .models import DEFAULT_LORA, DEFAULT_MODEL, default_model, is_single_file, resolve_lora, resolve_model
+from .models import (
+    DEFAULT_LORA,
+    DEFAULT_MODEL,
+    DEMO_MODEL,
+    DEMO_NOTICE,
+    aspect_ratio_sizes,
+    default_model,
+    is_single_file,
+    resolve_lora,
+    resolve_model,
+)
 from .offload import OffloadChoice, accelerator_free_bytes, apply_offload, choose_offload, module_bytes
 from .prompt import encode_clip_pooled, encode_t5, tokenize_prompt, weighted_pieces
 from .request import GenerationRequest, parse_request
@@ -126,6 +136,15 @@ class FluxVectorPipeline:
         self.prompt_cache = PromptCache()
         self.fast_plan = None  # a fast.FastPlan once enable_fast ran
         self.fast_timings: dict[str, float] = {}
+        # aspect_ratio -> (width, height) when the model folder has its own table (the demo model's small sizes)
+        self.aspect_sizes: dict[str, tuple[int, int]] | None = None
+
+    def size_of(self, request: GenerationRequest) -> tuple[int, int]:
+        """The (width, height) this pipeline draws ``request`` at: width/height when given, else the aspect ratio in
+        the model's own size table when it has one (the demo model), else the hosted size (``request.size``)."""
+        if request.width is None and self.aspect_sizes is not None:
+            return self.aspect_sizes[request.aspect_ratio]
+        return request.size
 
     def _components(self) -> dict[str, torch.nn.Module]:
         return {
@@ -154,8 +173,9 @@ class FluxVectorPipeline:
     ) -> FluxVectorPipeline:
         """Load the components and the LoRA; nothing is downloaded.
 
-        ``model``: "tiny", a diffusers folder, a hub id in the local cache, or a single-file BFL-layout transformer
-        (``flux1-dev.safetensors``), whose config, text encoders and VAE then come from ``base`` (default FLUX.1-dev).
+        ``model``: "demo" (the shipped toy that draws shapes), "tiny" (random weights), a diffusers folder, a hub id
+        in the local cache, or a single-file BFL-layout transformer (``flux1-dev.safetensors``), whose config, text
+        encoders and VAE then come from ``base`` (default FLUX.1-dev).
         ``fast=True``: the whole fast mode for this device (``fast.choose_fast_plan``: fused QKV, the best attention
         backend, regional torch.compile, fp8 on sm89+ with torchao); ``fast={...}``: only the switches named
         (``{"fuse_qkv": True}``; ``{**fast.FULL, "fp8": False}`` is the whole mode without fp8). ``compile=True`` is
@@ -174,6 +194,8 @@ class FluxVectorPipeline:
         started = time.perf_counter()
         if model == "tiny":
             log("model: tiny random-weight FLUX checkpoint (a structural demo: its images are noise-like)")
+        elif model == DEMO_MODEL:
+            log(f"model: {DEMO_NOTICE}")
 
         if single_file:
             from .bfl import load_bfl_transformer
@@ -228,6 +250,7 @@ class FluxVectorPipeline:
         fast = _fast_from_deprecated_compile(fast, compile)
         if fast:
             pipe.enable_fast(None if fast is True else fast, full=fast is True, log=log)
+        pipe.aspect_sizes = None if single_file else aspect_ratio_sizes(folder)
         pipe.load_seconds = time.perf_counter() - started
         return pipe
 
@@ -361,7 +384,7 @@ class FluxVectorPipeline:
             from .lora import strength_without_lora
 
             strength_without_lora(request.lora_strength, explicit="lora_strength" in request.model_fields_set)
-        width, height = request.size
+        width, height = self.size_of(request)
         if self._step_cache_on():  # cached residuals belong to one generation
             self.transformer._reset_stateful_cache()
         t = time.perf_counter()

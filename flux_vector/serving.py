@@ -88,6 +88,10 @@ def describe_urls(host: str, port: int, slug: str) -> str:
 
 
 def warn_if_demo_model(model: str, log) -> None:
+    if model == "demo":
+        from .models import DEMO_NOTICE
+
+        log(f"model demo is {DEMO_NOTICE}; `flux-vector doctor` says how to get FLUX.1-dev")
     if model == "tiny":
         log(
             "model tiny is the random-weight demo: every image is noise by design (the playground says so); "

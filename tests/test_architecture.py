@@ -23,6 +23,7 @@ LAYERS = [
         "quantize",
         "cache",
         "tiny",
+        "demo",
         "pipeline_factory",
         "paths",
         "quiet",

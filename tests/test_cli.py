@@ -75,19 +75,27 @@ def test_generate_tiny_when_asked_says_so_without_library_noise(tmp_path, tiny_d
         assert noise not in proc.stdout + proc.stderr, noise
 
 
-def test_generate_without_weights_fails_at_once_with_the_download_commands(tmp_path):
-    """No --model, no $FLUX_VECTOR_MODEL, FLUX.1-dev not downloaded: an error, not a noise image from the demo."""
+def test_generate_flux_dev_not_downloaded_fails_at_once_with_the_download_commands(tmp_path):
+    """--model FLUX.1-dev asked for and not downloaded: an error, not the demo model's picture. (With no --model and
+    no weights at all, generate uses the shipped demo model: tests/test_demo_model.py.)"""
     out = tmp_path / "salesman.png"
     proc, elapsed = timed_cli(
-        "generate", "--prompt", "a salesman", "--out", str(out), env_extra={"HF_HUB_CACHE": str(tmp_path / "hub")}
+        "generate",
+        "--model",
+        "black-forest-labs/FLUX.1-dev",
+        "--prompt",
+        "a salesman",
+        "--out",
+        str(out),
+        env_extra={"HF_HUB_CACHE": str(tmp_path / "hub")},
     )
     line = assert_one_line_error(
         proc,
         "hf download black-forest-labs/FLUX.1-dev",
         "hf download renderartist/simplevectorflux Simple_Vector_Flux_v2_renderartist.safetensors",
-        "--model tiny",
+        "--model demo",
     )
-    assert "huggingface-cli" not in line and "model='tiny'" not in line
+    assert "huggingface-cli" not in line and "model='demo'" not in line
     assert not out.exists() and proc.stdout == "" and elapsed < FAST_FAILURE_S
 
 
@@ -99,14 +107,14 @@ def test_generate_rejects_bad_values_before_loading(tmp_path):
 
 def test_missing_model_says_how_to_get_it(tmp_path):
     proc = run_cli("generate", "--prompt", "a cat", "--model", "someone/not-cached", "--out", str(tmp_path / "x.png"))
-    line = assert_one_line_error(proc, "hf download someone/not-cached", "--model tiny")
-    assert "model='tiny'" not in line
+    line = assert_one_line_error(proc, "hf download someone/not-cached", "--model demo")
+    assert "model='demo'" not in line
 
 
 def test_missing_weights_are_worded_for_python_and_for_the_cli():
     model, lora = not_downloaded("someone/model"), not_downloaded("someone/lora", "lora")
-    assert "model='tiny'" in str(model) and "--model" not in str(model)
-    assert "--model tiny" in model.cli_message and "model='tiny'" not in model.cli_message
+    assert "model='demo'" in str(model) and "--model" not in str(model)
+    assert "--model demo" in model.cli_message and "model='demo'" not in model.cli_message
     assert "lora='none'" in str(lora) and "--lora none" in lora.cli_message
     for exc in (model, lora):
         assert "`hf download someone/" in str(exc) and "huggingface-cli" not in str(exc)

@@ -134,13 +134,11 @@ def run_vectorize_command(args: argparse.Namespace) -> int:
 
 
 def generate_model(model: str | None) -> str:
-    """generate's model: --model, else $FLUX_VECTOR_MODEL, else FLUX.1-dev, which must then be downloaded (no silent
-    fall-back to the tiny demo: a one-shot command whose only product is the image must not hand back noise)."""
-    import os
+    """generate's model: --model, else $FLUX_VECTOR_MODEL, else FLUX.1-dev when downloaded, else the shipped demo
+    model, with one line saying so (it draws simple shapes; never the random-weight tiny model's noise)."""
+    from ..models import default_model
 
-    from ..models import DEFAULT_MODEL, MODEL_ENV
-
-    return model or os.environ.get(MODEL_ENV) or DEFAULT_MODEL
+    return model or default_model()
 
 
 def run_generate_command(args: argparse.Namespace) -> int:
@@ -165,7 +163,8 @@ def run_generate_command(args: argparse.Namespace) -> int:
             image.save(path)
         paths.append(str(path))
     elapsed = time.perf_counter() - started
-    demo = " (the random-weight demo: noise, not a real image)" if model == "tiny" else ""
+    demo = {"tiny": " (the random-weight demo: noise, not a real image)", "demo": " (the demo model, not FLUX.1-dev)"}
+    demo = demo.get(model, "")
     print(
         f"saved {', '.join(paths)}: {result.width}x{result.height}, seed {request.seed}, {request.steps} steps "
         f"{request.sampler_name}/{request.scheduler}, {elapsed:.2f} s "

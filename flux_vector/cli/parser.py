@@ -20,20 +20,20 @@ GENERATE_FIELDS = tuple(f for f in FIELDS if f not in ("prompt", "output_format"
 # ----------------------------------------------------------------------------------------------- parsers
 
 
-def _model_options(*, falls_back_to_tiny: bool) -> argparse.ArgumentParser:
+def _model_options(*, falls_back_to_demo: bool) -> argparse.ArgumentParser:
     """--model/--lora/--quantize/--offload/--device: what every command that loads the model takes.
-    ``falls_back_to_tiny``: without --model and $FLUX_VECTOR_MODEL, a missing FLUX.1-dev means the tiny demo (serve,
-    worker: they say so in the banner and the playground) instead of an error (generate)."""
+    ``falls_back_to_demo``: without --model and $FLUX_VECTOR_MODEL, a missing FLUX.1-dev means the shipped demo model
+    (generate, serve, worker: they say so on the console, the banner and the playground)."""
     from ..models import DEFAULT_LORA, MODEL_ENV
     from ..offload import OFFLOAD_MODES
 
-    otherwise = "else FLUX.1-dev if downloaded, else tiny" if falls_back_to_tiny else "else FLUX.1-dev"
+    otherwise = "else FLUX.1-dev if downloaded, else demo" if falls_back_to_demo else "else FLUX.1-dev"
     p = argparse.ArgumentParser(add_help=False)
     g = p.add_argument_group("model")
     g.add_argument(
         "--model",
-        help=f"tiny (the random-weight demo: noise images) | a diffusers folder | a hub id in the local cache | "
-        f"a BFL .safetensors (default: ${MODEL_ENV}, {otherwise})",
+        help="demo (the shipped toy: simple shapes at 128 px) | tiny (random weights: noise) | a diffusers folder | "
+        f"a hub id in the local cache | a BFL .safetensors (default: ${MODEL_ENV}, {otherwise})",
     )
     g.add_argument("--lora", help=f"LoRA file or hub id, or 'none' (default: {DEFAULT_LORA})")
     g.add_argument("--quantize", choices=["8bit"], help="bitsandbytes int8 transformer (default: none)")
@@ -251,8 +251,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="flux-vector", description=DESCRIPTION)
     sub = parser.add_subparsers(dest="command", required=True)
     output, serving = _output_options(), _serving_options()
-    strict, falling_back = _model_options(falls_back_to_tiny=False), _model_options(falls_back_to_tiny=True)
-    _add_generate(sub, [output, strict])
+    falling_back = _model_options(falls_back_to_demo=True)
+    _add_generate(sub, [output, falling_back])
     _add_serve(sub, [output, falling_back, serving])
     _add_worker(sub, [output, falling_back, serving])
     _add_vectorize(sub, [output])

@@ -6,7 +6,7 @@ The names and signatures are those of the ``segmind`` package (1.3.0): ``run``, 
 - ``SegmindClient()`` without ``base_url`` (and the module-level functions) run **in-process**: jobs go through the
   same queue and worker as the server (``flux_vector.jobs``), with a private store under
   ``~/.cache/flux_vector/inprocess/`` and one pipeline per process, built on the first job from ``$FLUX_VECTOR_MODEL``
-  (else FLUX.1-dev when cached, else the tiny demo, as ``flux-vector serve`` chooses). ``output`` is a ``file://``
+  (else FLUX.1-dev when cached, else the shipped demo model, as ``flux-vector serve`` chooses). ``output`` is a ``file://``
   URL; results and their files expire after an hour, as the hosted ones do. ``configure()`` picks another model or
   hands over a pipeline you already loaded.
 - ``SegmindClient(base_url="http://host:port/v1")`` speaks HTTP to a ``flux-vector serve`` (or any Segmind-compatible

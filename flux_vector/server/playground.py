@@ -82,12 +82,14 @@ def field_spec(name: str) -> dict[str, Any]:
 def contract(*, slug: str = SLUG, auth: bool = False, model_name: str = "") -> dict[str, Any]:
     """What the page's JS builds its form from: the hosted fields, the size table, the slug, whether a key is due,
     and the model the server runs ("" on an API-only process: the workers elsewhere decide; "tiny": the page shows
-    that its images are noise from the random-weight demo, not a bug)."""
+    that its images are noise from the random-weight demo, not a bug; "demo": that it is the shipped toy model,
+    not FLUX.1-dev)."""
     return {
         "slug": slug,
         "auth": auth,
         "model": model_name,
         "demo_model": model_name == "tiny",
+        "shipped_demo_model": model_name == "demo",
         "fields": [field_spec(name) for name in FORM_FIELDS],
         "sizes": {ratio: list(size) for ratio, size in ASPECT_RATIOS.items()},
         "example_prompt": EXAMPLE_PROMPT,
