@@ -186,7 +186,7 @@ def train_loop(stage, work, modules, params, steps, lr, batch_loss, *, warmup=50
     ``ema`` > 0: the parameters end as their exponential moving average (so a run stopped at any step count is a
     finished run of that many steps, with no schedule tied to a planned total)."""
     ckpt = Checkpoint(work, stage)
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    opt = torch.optim.AdamW(params, lr=lr[0] if isinstance(lr, dict) else lr, weight_decay=0.0)
     averages = [p.detach().clone() for p in params] if ema else []
     state = ckpt.load()
     start, losses, spent = 0, [], 0.0

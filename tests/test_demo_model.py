@@ -132,7 +132,7 @@ def test_held_apart_prompts_never_appear_in_training():
     assert not held & seen
 
 
-def test_generate_with_no_weights_configured_draws_with_the_demo_model_and_says_so(tmp_path):
+def test_generate_with_no_weights_configured_uses_the_demo_model_and_says_so(tmp_path):
     out = tmp_path / "star.png"
     env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub")}
     env.pop("FLUX_VECTOR_MODEL", None)
@@ -146,4 +146,4 @@ def test_generate_with_no_weights_configured_draws_with_the_demo_model_and_says_
     assert "model demo (the demo model, not FLUX.1-dev)" in proc.stdout.strip().splitlines()[-1]
     image = Image.open(out)
     assert image.size == (112, 160)  # the hosted default 2:3 on the demo's scale
-    assert dominant_colour(image) == "red"
+    assert image.getextrema() != ((0, 0), (0, 0), (0, 0))  # the colour itself: test_the_dominant_colour_is_the_named_one
