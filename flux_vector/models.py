@@ -38,7 +38,7 @@ def download_command(repo_id: str) -> str:
 
 DEMO_MODEL = "demo"
 DEMO_NOTICE = (
-    "the demo model: a tiny FLUX shipped with flux_vector that draws simple coloured shapes at 128 px, NOT FLUX.1-dev"
+    "the demo model: a tiny FLUX shipped with flux_vector, trained on simple coloured shapes at 128 px, NOT FLUX.1-dev"
 )
 
 

@@ -628,8 +628,8 @@ def main() -> None:
             {"transformer": transformer},
             list(transformer.parameters()),
             n["transformer"],
-            # 6e-4 learned the shape prior but after 1400 steps the caption still changed the loss by < 1 %; a higher
-            # rate from there on (the run as made: a re-run follows the same pieces)
+            # 6e-4 learned the look of the data, but at step 1200 a wrong caption still changed the loss by under 1 % at
+            # sigma <= 0.5; a higher rate from step 1400 on (the run as made: a re-run follows the same pieces)
             TRANSFORMER_LR,
             lambda s: flow_loss(transformer, data, "transformer", s, TRANSFORMER_BATCH),
             docs=docs,
