@@ -744,8 +744,8 @@ def export(folder: Path, vae, transformer, lora_file: Path, sizes: dict, times: 
     (staging / "README.txt").write_text(
         "flux_vector's demo model: a tiny FLUX (FluxTransformer2DModel, 16-channel VAE, CLIP-L and T5 classes\n"
         "with FLUX.1-dev's tokenizers) trained on a CPU by scripts/train_demo_model.py on synthetic flat vector\n"
-        "shapes, and the v3ct0r outline LoRA. It draws one or two coloured shapes on a plain background;\n"
-        "it is not FLUX.1-dev.\n"
+        "shapes, and the v3ct0r outline LoRA; trained to draw one or two coloured shapes on a plain background\n"
+        "(how well it does: README, The demo model). It is not FLUX.1-dev.\n"
     )
     shutil.rmtree(DEMO_MODEL_DIR, ignore_errors=True)
     staging.rename(DEMO_MODEL_DIR)
