@@ -24,7 +24,7 @@ import logging
 import os
 import time
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sized
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -412,6 +412,13 @@ class FluxVectorPipeline:
         timings["total_s"] = time.perf_counter() - started
         return GenerationResult(images, request, width, height, timings, latents=x.detach().float().cpu())
 
+    def generate_many(
+        self, requests: Iterable[GenerationRequest | Mapping[str, Any]], *, progress: bool = True, errors: str = "raise"
+    ) -> Iterator[GenerationResult | Exception]:
+        """``generate`` for each request (or parameter dict) in turn, yielding results in input order; see
+        ``generate_many`` below."""
+        return generate_many(self, requests, progress=progress, errors=errors)
+
     def decode(self, x: torch.Tensor) -> list[Image.Image]:
         """VAE-decode model-space latents; pixels as ComfyUI's SaveImage makes them (clip, then truncate). One image
         at a time, tiled above ``TILED_DECODE_PIXELS``: peak memory grows with one image, not with the batch."""
@@ -436,6 +443,37 @@ class FluxVectorPipeline:
 
 
 TILED_DECODE_PIXELS = 2048 * 2048  # larger images are VAE-decoded in overlapping tiles (bounded memory)
+
+
+def generate_many(
+    pipe, requests: Iterable[GenerationRequest | Mapping[str, Any]], *, progress: bool = True, errors: str = "raise"
+) -> Iterator[GenerationResult | Exception]:
+    """Run ``pipe.generate`` on each request in input order, the model loaded once; one progress bar over the images
+    (``progress``), none per image. ``errors="raise"``: a failing request raises; ``"return"``: its exception is
+    yielded in its place and the rest run (an out-of-memory error frees the cached device memory first).
+    A free function so that a pipeline wrapping another (``pipeline_factory``) runs its own ``generate``."""
+    if errors not in ("raise", "return"):
+        raise ValueError(f"errors={errors!r} is not allowed; errors must be 'raise' or 'return'")
+    total = len(requests) if isinstance(requests, Sized) else None
+    bar = _images_bar(total, progress)
+    try:
+        for request in requests:
+            if not isinstance(request, GenerationRequest):
+                request = parse_request(dict(request))
+            try:
+                result = pipe.generate(request, progress=False)
+            except Exception as exc:
+                if errors == "raise":
+                    raise
+                if isinstance(exc, torch.OutOfMemoryError) and torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+                result = exc
+            if bar is not None:
+                bar.update(1)
+            yield result
+    finally:
+        if bar is not None:
+            bar.close()
 
 
 def pack_latents_as(x: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
@@ -496,3 +534,11 @@ def _progress_bar(total: int, enabled: bool):
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc="sampling", unit="step", leave=False)
+
+
+def _images_bar(total: int | None, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="generating", unit="image")

@@ -174,6 +174,50 @@ def run_generate_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_batch_command(args: argparse.Namespace) -> int:
+    from ..batching import parse_seeds
+    from ..models import DEFAULT_LORA
+    from ..paths import check_input_file, check_output_folder
+    from .parser import BATCH_FIELDS
+
+    check_input_file(args.requests, what="REQUESTS")
+    check_output_folder(args.out)
+    seeds = parse_seeds(args.seeds) if args.seeds is not None else None
+    if seeds is not None and args.repeat != 1:
+        raise ValueError("--seeds and --repeat together are not allowed; give one (--seeds A..B: one image per seed)")
+    defaults = {name: getattr(args, name) for name in BATCH_FIELDS if getattr(args, name, None) is not None}
+    model = generate_model(args.model)
+    lora = DEFAULT_LORA if args.lora is None else args.lora
+
+    def load():
+        _check_weights(model, args.lora)
+        from ..pipeline import load_pipeline
+
+        strength = defaults.get("lora_strength", 1.0)
+        return load_pipeline(model, lora_strength=strength, fast=args.fast, **_load_options(args))
+
+    from ..batching import run_batch
+
+    summary = run_batch(
+        args.requests,
+        args.out,
+        load,
+        model=model,
+        lora=lora,
+        defaults=defaults,
+        repeat=args.repeat,
+        seeds=seeds,
+        strict=args.strict,
+        overwrite=args.overwrite,
+        progress=not args.no_progress,
+        report=lambda line: print(line, file=sys.stderr if line.startswith("line ") else sys.stdout, flush=True),
+    )
+    print(summary.text(), flush=True)
+    if summary.interrupted:
+        print("stopped: run the same command again to resume (finished requests are skipped)", file=sys.stderr)
+    return summary.exit_code
+
+
 def run_doctor_command(args: argparse.Namespace) -> int:
     from ..doctor import diagnose
 
@@ -184,6 +228,7 @@ def run_doctor_command(args: argparse.Namespace) -> int:
 
 COMMANDS = {
     "generate": run_generate_command,
+    "batch": run_batch_command,
     "serve": run_serve_command,
     "worker": run_worker_command,
     "vectorize": run_vectorize_command,
