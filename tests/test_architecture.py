@@ -30,7 +30,7 @@ LAYERS = [
     {"models"},
     {"prompt", "lora", "fast"},
     {"pipeline"},
-    {"jobs", "serving"},
+    {"jobs", "serving", "batching"},
     {"server", "facade"},
     {"cli", "doctor"},
 ]
