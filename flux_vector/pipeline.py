@@ -102,6 +102,7 @@ class FluxVectorPipeline:
         offload: OffloadChoice,
         lora=None,
         model_name: str = "",
+        lora_name: str | None = None,
     ):
         from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline
 
@@ -109,6 +110,7 @@ class FluxVectorPipeline:
         self.text_encoder, self.tokenizer = text_encoder, tokenizer
         self.text_encoder_2, self.tokenizer_2 = text_encoder_2, tokenizer_2
         self.device, self.dtype, self.offload, self.lora, self.model_name = device, dtype, offload, lora, model_name
+        self.lora_name = lora_name if lora is not None else None
         for module in (transformer, vae, text_encoder, text_encoder_2):
             module.eval().requires_grad_(False)
         # diffusers' pipeline object is kept for its helpers (prompt encoding, latent packing, offload hooks);
@@ -224,6 +226,7 @@ class FluxVectorPipeline:
             offload=choice,
             lora=handle,
             model_name=model,
+            lora_name=None if lora is None else str(lora),
         )
         fast = _fast_from_deprecated_compile(fast, compile)
         if fast:
@@ -263,6 +266,15 @@ class FluxVectorPipeline:
         return {"first_s": times[0], "warm_s": times[1], "compile_s": max(times[0] - times[1], 0.0)}
 
     # ------------------------------------------------------------------------------------------------- LoRA
+    @property
+    def identity(self) -> dict[str, Any]:
+        """What made this pipeline's images, fit to publish in the files (``image_metadata``): the model and LoRA
+        as they were named (a local path reduced to its last component) and the flux_vector version."""
+        from . import __version__
+        from .image_metadata import public_name
+
+        return {"flux_vector": __version__, "model": public_name(self.model_name), "lora": public_name(self.lora_name)}
+
     @property
     def lora_strength(self) -> float | None:
         return None if self.lora is None else self.lora.strength

@@ -24,6 +24,7 @@ LAYERS = [
         "cache",
         "tiny",
         "pipeline_factory",
+        "image_metadata",
         "paths",
         "quiet",
     },

@@ -200,7 +200,7 @@ def subcommands() -> dict[str, argparse.ArgumentParser]:
     return dict(action.choices)
 
 
-@pytest.mark.parametrize("command", ["generate", "serve", "worker", "vectorize", "doctor"])
+@pytest.mark.parametrize("command", ["generate", "serve", "worker", "vectorize", "info", "doctor"])
 def test_every_option_has_help_with_its_default(command):
     parser = subcommands()[command]
     for action in parser._actions:

@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from ..image_metadata import image_metadata
 from ..jobs.bodies import encode_image
 from ..pipeline import generate_many
 from .interrupt import StopRequest, stop_on_signals
@@ -174,14 +175,17 @@ def write_images(folder: Path, item: BatchItem, images: list, identity: Mapping[
     manifest records (name, bytes, sha256)."""
     request = item.request
     records = []
-    for i, (name, image) in enumerate(zip(file_names(item), images, strict=True)):  # noqa: B007 - see METADATA
-        # METADATA: once image_metadata is on main, pass metadata=image_metadata(request, identity, batch_index=i)
-        data = encode_image(image, request.output_format, request.quality, **request.vector_options())
+    for i, (name, image) in enumerate(zip(file_names(item), images, strict=True)):
+        metadata = image_metadata(request, identity, batch_index=i)
+        data = encode_image(
+            image, request.output_format, request.quality, metadata=metadata, **request.vector_options()
+        )
         records.append(write_durably(folder / name, data))
     return records
 
 
 def _identity(pipe) -> dict[str, Any]:
+    """``FluxVectorPipeline.identity`` (model, LoRA, version), or nothing from a plugin pipeline without one."""
     identity = getattr(pipe, "identity", None)
     return dict(identity) if isinstance(identity, Mapping) else {}
 

@@ -92,7 +92,14 @@ def _add_generate(sub, parents) -> None:
         help="generate an image",
         description="Generate one image (or a batch) with the hosted API's parameters.",
     )
-    p.add_argument("--prompt", required=True, help=allowed("prompt"))
+    p.add_argument("--prompt", help=allowed("prompt") + " (default: --like's, else required)")
+    p.add_argument(
+        "--like",
+        type=Path,
+        metavar="IMAGE",
+        help="start from the parameters, model and LoRA recorded in an image flux_vector made (`flux-vector info` "
+        "shows them); the other flags override them (default: none)",
+    )
     p.add_argument(
         "--out",
         required=True,
@@ -288,6 +295,18 @@ def _add_doctor(sub, parents) -> None:
     )
 
 
+def _add_info(sub, parents) -> None:
+    p = sub.add_parser(
+        "info",
+        parents=parents,
+        help="show how an image was made",
+        description="Print the parameters, model and LoRA recorded in an image flux_vector wrote (PNG, JPEG, WebP, "
+        "SVG); `flux-vector generate --like IMAGE` makes it again.",
+    )
+    p.add_argument("image", type=Path, help="an image flux_vector wrote")
+    p.add_argument("--json", action="store_true", help="print the record as JSON (default: readable text)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="flux-vector", description=DESCRIPTION)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -298,5 +317,6 @@ def build_parser() -> argparse.ArgumentParser:
     _add_serve(sub, [output, falling_back, serving])
     _add_worker(sub, [output, falling_back, serving])
     _add_vectorize(sub, [output])
+    _add_info(sub, [output])
     _add_doctor(sub, [output])
     return parser
