@@ -11,7 +11,7 @@ from .summary import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_INVALID_SKIPPED, EXIT_O
 
 
 def __getattr__(name: str):
-    if name in ("run_batch", "plan_rows"):
+    if name in ("run_batch", "plan_rows", "batch"):
         from . import runner
 
         return getattr(runner, name)
@@ -30,6 +30,7 @@ __all__ = [
     "InvalidRow",
     "InvalidRows",
     "Manifest",
+    "batch",
     "parse_seeds",
     "plan_rows",
     "run_batch",

@@ -192,3 +192,40 @@ def _identity(pipe) -> dict[str, Any]:
 
 def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def batch(
+    requests: Path | str | Iterable[Mapping[str, Any]],
+    out: Path | str,
+    *,
+    model: str | None = None,
+    lora: str | None = None,
+    pipe: Any = None,
+    repeat: int = 1,
+    seeds: range | None = None,
+    strict: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+    **defaults: Any,
+) -> BatchSummary:
+    """``flux_vector.batch``: what ``flux-vector batch`` does, from Python. ``requests``: a .jsonl/.csv/.txt file or
+    parameter dicts (rows numbered from 1); ``defaults``: request fields every row gets unless it gives its own;
+    ``pipe``: a loaded pipeline to use (else one is loaded, only if something is left to do)."""
+    from ..models import DEFAULT_LORA, default_model
+    from ..pipeline import load_pipeline
+
+    name = model or getattr(pipe, "model_name", None) or default_model(log=lambda *_: None)
+    lora_name = getattr(pipe, "lora_name", None) if pipe is not None else (DEFAULT_LORA if lora is None else lora)
+    return run_batch(
+        Path(requests) if isinstance(requests, str) else requests,
+        Path(out),
+        (lambda: pipe) if pipe is not None else (lambda: load_pipeline(name, lora=lora)),
+        model=name,
+        lora=None if lora_name is None else str(lora_name),
+        defaults=defaults,
+        repeat=repeat,
+        seeds=seeds,
+        strict=strict,
+        overwrite=overwrite,
+        progress=progress,
+    )
