@@ -6,7 +6,7 @@ outcome and exit status; ``runner.py`` runs it (and imports the pipeline, so it 
 """
 
 from .manifest import MANIFEST, BatchFolderBusy, Manifest
-from .rows import BatchItem, InvalidRow, parse_seeds
+from .rows import BatchItem, InvalidRow, check_batch_file, parse_seeds
 from .summary import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_INVALID_SKIPPED, EXIT_OK, BatchSummary, InvalidRows
 
 
@@ -31,6 +31,7 @@ __all__ = [
     "InvalidRows",
     "Manifest",
     "batch",
+    "check_batch_file",
     "parse_seeds",
     "plan_rows",
     "run_batch",

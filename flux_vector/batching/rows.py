@@ -53,14 +53,19 @@ class BatchItem:
 # ------------------------------------------------------------------------------------------------ reading
 
 
-def read_rows(path: Path) -> tuple[list[Row], list[InvalidRow]]:
-    """The rows of a ``.jsonl``, ``.csv`` or ``.txt`` file and the lines that are not rows at all (bad JSON)."""
-    suffix = path.suffix.lower()
-    if suffix not in FORMATS:
+def check_batch_file(path: Path) -> Path:
+    """``path`` names a batch file format (by its suffix)."""
+    if path.suffix.lower() not in FORMATS:
         raise ValueError(
             f"{path}: unknown batch file type {path.suffix or '(none)'!r}; give a .jsonl (one JSON request per line), "
             ".csv (a header of field names) or .txt (one prompt per line)"
         )
+    return path
+
+
+def read_rows(path: Path) -> tuple[list[Row], list[InvalidRow]]:
+    """The rows of a ``.jsonl``, ``.csv`` or ``.txt`` file and the lines that are not rows at all (bad JSON)."""
+    suffix = check_batch_file(path).suffix.lower()
     text = path.read_text(encoding="utf-8-sig")
     if suffix == ".csv":
         return _csv_rows(text)

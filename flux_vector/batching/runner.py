@@ -19,7 +19,6 @@ from typing import Any
 
 from ..image_metadata import image_metadata
 from ..jobs.bodies import encode_image
-from ..pipeline import generate_many
 from .interrupt import StopRequest, stop_on_signals
 from .manifest import MANIFEST, Manifest, write_durably
 from .names import file_names, item_key
@@ -99,6 +98,8 @@ class _Run:
         self.progress, self.bar, self.count, self.started = progress, None, 0, time.perf_counter()
 
     def run(self, todo: list[BatchItem], stop: StopRequest) -> None:
+        from ..pipeline import generate_many  # torch: only once there is something to generate
+
         self.total = len(todo)
         if self.progress:
             from tqdm.auto import tqdm

@@ -203,12 +203,13 @@ def run_generate_command(args: argparse.Namespace) -> int:
 
 
 def run_batch_command(args: argparse.Namespace) -> int:
-    from ..batching import parse_seeds
+    from ..batching import check_batch_file, parse_seeds
     from ..models import DEFAULT_LORA
     from ..paths import check_input_file, check_output_folder
     from .parser import BATCH_FIELDS
 
     check_input_file(args.requests, what="REQUESTS")
+    check_batch_file(args.requests)
     check_output_folder(args.out)
     seeds = parse_seeds(args.seeds) if args.seeds is not None else None
     if seeds is not None and args.repeat != 1:
@@ -217,8 +218,9 @@ def run_batch_command(args: argparse.Namespace) -> int:
     model = generate_model(args.model)
     lora = DEFAULT_LORA if args.lora is None else args.lora
 
+    _check_weights(model, args.lora)
+
     def load():
-        _check_weights(model, args.lora)
         from ..pipeline import load_pipeline
 
         strength = defaults.get("lora_strength", 1.0)

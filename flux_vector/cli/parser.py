@@ -159,9 +159,21 @@ def _add_batch(sub, parents) -> None:
     g.add_argument(
         "--repeat", type=int, default=1, metavar="N", help="each row N times, seeds seed, seed+1, ... (default: 1)"
     )
-    g.add_argument("--seeds", metavar="A..B", help="each row once per seed A..B inclusive, replacing its seed")
-    g.add_argument("--strict", action="store_true", help="any invalid row stops the batch before any work")
-    g.add_argument("--overwrite", action="store_true", help=f"redo every request (a new {MANIFEST})")
+    g.add_argument(
+        "--seeds",
+        metavar="A..B",
+        help="each row once per seed A..B inclusive, replacing its seed (default: each row once, its own seed)",
+    )
+    g.add_argument(
+        "--strict",
+        action="store_true",
+        help="any invalid row stops the batch before any work (default: invalid rows are reported and skipped)",
+    )
+    g.add_argument(
+        "--overwrite",
+        action="store_true",
+        help=f"redo every request, starting a new {MANIFEST} (default: skip what the manifest says is done)",
+    )
     _request_flags(p.add_argument_group("request defaults (a row's own fields win)"), BATCH_FIELDS)
     _fast_flag(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar, one line per image (default: shown)")
