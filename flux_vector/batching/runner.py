@@ -207,11 +207,13 @@ def batch(
     strict: bool = False,
     overwrite: bool = False,
     progress: bool = True,
+    report: Callable[[str], None] = print,
     **defaults: Any,
 ) -> BatchSummary:
     """``flux_vector.batch``: what ``flux-vector batch`` does, from Python. ``requests``: a .jsonl/.csv/.txt file or
     parameter dicts (rows numbered from 1); ``defaults``: request fields every row gets unless it gives its own;
-    ``pipe``: a loaded pipeline to use (else one is loaded, only if something is left to do)."""
+    ``pipe``: a loaded pipeline to use (else one is loaded, only if something is left to do); ``report``: where the
+    invalid rows and the line per finished request go."""
     from ..models import DEFAULT_LORA, default_model
     from ..pipeline import load_pipeline
 
@@ -229,4 +231,5 @@ def batch(
         strict=strict,
         overwrite=overwrite,
         progress=progress,
+        report=report,
     )
