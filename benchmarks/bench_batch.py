@@ -17,7 +17,11 @@ Resume: a folder whose manifest says all of ``--resume-rows`` rows are done (fil
 then ``flux_vector.batch`` over the same rows (nothing to do: rows read and validated, manifest read, every file
 hashed) and ``flux-vector batch`` end to end, against the same command on a one-row folder.
 
-    python benchmarks/bench_batch.py [--images 12] [--size 64] [--steps 2] [--rounds 3] [--resume-rows 1000]
+    OMP_NUM_THREADS=1 python benchmarks/bench_batch.py [--images 12] [--size 64] [--steps 2] [--rounds 5]
+        [--resume-rows 1000]
+
+On a small machine shared with other work, ``OMP_NUM_THREADS=1``: with torch's default threads, a thread descheduled
+by another process stalls every parallel region, and the same loop was measured at 2.7 s and at 64.8 s.
     python benchmarks/bench_batch.py --model black-forest-labs/FLUX.1-dev --size 1024 --steps 20 --images 8  # GPU
 """
 
@@ -160,11 +164,14 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=12)
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--steps", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--resume-rows", type=int, default=1000)
     parser.add_argument("--keep", type=Path, help="keep the outputs in this folder (default: a temporary one)")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from flux_vector.quiet import quiet_third_party
+
+    quiet_third_party()
     work = Path(tempfile.mkdtemp(prefix="bench_batch_", dir=args.keep))
     try:
         rows = requests(args.images, args.size, args.steps)
@@ -174,7 +181,12 @@ def main() -> None:
     finally:
         if args.keep is None:
             shutil.rmtree(work, ignore_errors=True)
-    print(f"{args.images} images, {args.size}x{args.size}, {args.steps} steps, model {args.model}")
+    import torch
+
+    print(
+        f"{args.images} images, {args.size}x{args.size}, {args.steps} steps, model {args.model}, "
+        f"{torch.get_num_threads()} torch threads, {os.cpu_count()} CPUs"
+    )
     print(f"{'mode':<14} {'images/min (wall)':>18} {'images/CPU-min':>15}")
     for mode, (wall, cpu) in rates.items():
         print(f"{mode:<14} {wall:>18.1f} {cpu:>15.1f}")
