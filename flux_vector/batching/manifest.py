@@ -1,5 +1,7 @@
-"""``DIR/manifest.jsonl``: one JSON line per finished (or failed) batch item, appended and fsynced after the item's
-files are in place, so that the manifest never names a file that is not complete.
+"""``DIR/manifest.jsonl``: one JSON line per finished (or failed) batch item, appended after the item's files are in
+place (each written under a partial name, fsynced and renamed), so that the manifest never names a file that is not
+complete. Lines are flushed at once (a killed process loses none) and fsynced at most every second and at the end
+(a power cut loses at most the last second's lines, whose requests are then made again).
 
 A line::
 
@@ -19,12 +21,14 @@ import fcntl
 import hashlib
 import json
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 MANIFEST = "manifest.jsonl"
 PARTIAL_SUFFIX = ".partial"  # ``.NAME.PID.partial``: a file being written; never a final name
+SYNC_EVERY_S = 1.0  # the manifest is fsynced at most this often while a batch runs, and when it ends
 
 
 class BatchFolderBusy(OSError):
@@ -41,6 +45,7 @@ class Manifest:
         self.dropped = 0  # lines that were not JSON (a line cut short by a crash)
         self._lock_file = None
         self._file = None
+        self._synced_at = 0.0
 
     # ------------------------------------------------------------------------------------------ open / close
     def open(self, *, reset: bool = False) -> Manifest:
@@ -65,6 +70,8 @@ class Manifest:
         return self
 
     def close(self) -> None:
+        if self._file is not None:
+            self._sync()
         for f in (self._file, self._lock_file):
             if f is not None:
                 f.close()
@@ -117,13 +124,20 @@ class Manifest:
 
     # ------------------------------------------------------------------------------------------------ writing
     def append(self, entry: dict[str, Any]) -> None:
-        """One line, flushed and fsynced before returning."""
+        """One line, flushed to the operating system before returning (a killed process loses nothing); fsynced at
+        most every ``SYNC_EVERY_S`` and on close (a power cut loses at most that much: those requests are made
+        again)."""
         assert self._file is not None, "open() the manifest first"
         line = json.dumps(entry, ensure_ascii=False, allow_nan=False, separators=(",", ":")) + "\n"
         self._file.write(line.encode("utf-8"))
         self._file.flush()
-        os.fsync(self._file.fileno())
+        if time.monotonic() - self._synced_at >= SYNC_EVERY_S:
+            self._sync()
         self.entries[(int(entry["row"]), str(entry["key"]))] = entry
+
+    def _sync(self) -> None:
+        os.fsync(self._file.fileno())
+        self._synced_at = time.monotonic()
 
 
 def file_sha256(path: Path) -> str:

@@ -165,7 +165,8 @@ class _Run:
         if self.bar is None:
             self.report(line)
             return
-        self.bar.write(line)
+        with self.bar.external_write_mode():  # the line above the bar, not through it
+            self.report(line)
         self.bar.update(images)
         minutes = (time.perf_counter() - self.started) / 60
         self.bar.set_postfix_str(f"{self.summary.images_now / minutes:.1f} images/min" if minutes else "", refresh=True)
