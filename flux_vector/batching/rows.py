@@ -104,7 +104,7 @@ def _jsonl_rows(lines: list[str]) -> tuple[list[Row], list[InvalidRow]]:
 
 
 def _csv_rows(text: str) -> tuple[list[Row], list[InvalidRow]]:
-    lines = [line for line in text.splitlines(keepends=True)]
+    lines = text.splitlines(keepends=True)
     # skip leading comments and blank lines before the header, keeping the line numbers
     first = next((i for i, line in enumerate(lines) if not _skipped(line)), len(lines))
     reader = csv.reader(lines[first:])

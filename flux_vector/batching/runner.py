@@ -72,6 +72,8 @@ def run_batch(
         )
     summary = BatchSummary(total=len(items), invalid=invalid, manifest=Path(out) / MANIFEST)
     with Manifest(Path(out)).open(reset=overwrite) as manifest:
+        if manifest.dropped:
+            report(f"{manifest.path}: {manifest.dropped} line(s) cut short by an earlier crash dropped")
         keys = {(item.line, item.index): item_key(item, model, lora) for item in items}
         todo = [item for item in items if not manifest.is_done(item.line, keys[item.line, item.index])]
         summary.done_before = len(items) - len(todo)
