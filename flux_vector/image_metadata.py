@@ -3,7 +3,7 @@
 The record is one JSON object::
 
     {"flux_vector": "0.1.0", "model": "black-forest-labs/FLUX.1-dev", "lora": "...", "batch_index": 0,
-     "request": {<every request parameter, defaults filled in>}}
+     "width": 832, "height": 1216, "request": {<every request parameter, defaults filled in>}}
 
 and a ``parameters`` text in the form other tools write and read (AUTOMATIC1111, Forge, ComfyUI loaders)::
 
@@ -29,7 +29,7 @@ import json
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from .request import GenerationRequest
 
@@ -39,6 +39,19 @@ _XMP_NS = "urn:flux-vector:metadata:1"
 _EXIF_IFD = 0x8769
 _USER_COMMENT = 0x9286
 _UNICODE_PREFIX = b"UNICODE\x00"
+
+
+@runtime_checkable
+class IdentifiedPipeline(Protocol):
+    """A pipeline that names what it runs (``FluxVectorPipeline.identity``), for the record in every image file."""
+
+    @property
+    def identity(self) -> dict[str, Any]: ...
+
+
+def identity_of(pipe: Any) -> dict[str, Any]:
+    """``pipe.identity``, or nothing for a plugin pipeline that does not name itself."""
+    return dict(pipe.identity) if isinstance(pipe, IdentifiedPipeline) else {}
 
 
 class NoMetadata(ValueError):
@@ -63,6 +76,7 @@ def image_metadata(request: GenerationRequest, identity: Mapping[str, Any], *, b
     record: dict[str, Any] = {"flux_vector": __version__}
     record.update({k: v for k, v in identity.items() if k != "flux_vector"})
     record["batch_index"] = batch_index
+    record["width"], record["height"] = request.size
     record["request"] = request.echo()
     return record
 
@@ -73,7 +87,7 @@ def parameters_text(record: Mapping[str, Any]) -> str:
     lines = [str(request.get("prompt", ""))]
     if request.get("negative_prompt"):
         lines.append(f"Negative prompt: {request['negative_prompt']}")
-    width, height = _size_of(request)
+    width, height = record.get("width"), record.get("height")
     pairs = {
         "Steps": request.get("steps"),
         "Sampler": request.get("sampler_name"),
@@ -91,13 +105,6 @@ def parameters_text(record: Mapping[str, Any]) -> str:
     }
     lines.append(", ".join(f"{key}: {_quoted(value)}" for key, value in pairs.items() if value is not None))
     return "\n".join(lines)
-
-
-def _size_of(request: Mapping[str, Any]) -> tuple[int | None, int | None]:
-    try:
-        return GenerationRequest(**request).size
-    except Exception:  # a hand-edited record: the size line is left out, the rest is still shown
-        return None, None
 
 
 def _quoted(value: Any) -> str:

@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from ..image_metadata import image_metadata
+from ..image_metadata import identity_of, image_metadata
 from ..jobs.bodies import encode_image
 from .interrupt import StopRequest, stop_on_signals
 from .manifest import MANIFEST, Manifest, write_durably
@@ -96,7 +96,7 @@ class _Run:
 
     def __init__(self, pipe, manifest: Manifest, keys, summary: BatchSummary, progress: bool, report):
         self.pipe, self.manifest, self.keys, self.summary, self.report = pipe, manifest, keys, summary, report
-        self.identity = _identity(pipe)
+        self.identity = identity_of(pipe)
         self.progress, self.bar, self.count, self.started = progress, None, 0, time.perf_counter()
 
     def run(self, todo: list[BatchItem], stop: StopRequest) -> None:
@@ -186,12 +186,6 @@ def write_images(folder: Path, item: BatchItem, images: list, identity: Mapping[
         )
         records.append(write_durably(folder / name, data))
     return records
-
-
-def _identity(pipe) -> dict[str, Any]:
-    """``FluxVectorPipeline.identity`` (model, LoRA, version), or nothing from a plugin pipeline without one."""
-    identity = getattr(pipe, "identity", None)
-    return dict(identity) if isinstance(identity, Mapping) else {}
 
 
 def _now() -> str:

@@ -30,7 +30,7 @@ from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
-from ..image_metadata import image_metadata
+from ..image_metadata import identity_of, image_metadata
 from ..request import GenerationRequest, RequestError, parse_request
 from .bodies import EXTENSIONS, MEDIA_TYPES, encode_image
 from .store import Job, JobStore, LeaseLost, StoreUnavailable, StoreWriteError
@@ -55,14 +55,6 @@ class LoraSwitching(Protocol):
     def lora_strength(self) -> float | None: ...
 
     def set_lora_strength(self, strength: float) -> None: ...
-
-
-@runtime_checkable
-class IdentifiedPipeline(Protocol):
-    """A pipeline that names what it runs (``FluxVectorPipeline.identity``), for the record in every image file."""
-
-    @property
-    def identity(self) -> dict[str, Any]: ...
 
 
 class _Interrupted(Exception):
@@ -343,7 +335,7 @@ class Worker:
         if switch_s is not None:
             meta["timings"]["lora_switch_s"] = round(switch_s, 6)
 
-        identity = pipe.identity if isinstance(pipe, IdentifiedPipeline) else {}
+        identity = identity_of(pipe)
 
         def finish() -> Job:
             started = time.perf_counter()
