@@ -28,6 +28,10 @@ def __getattr__(name: str):
         from . import pipeline
 
         return getattr(pipeline, name)
+    if name == "batch":  # flux-vector batch from Python (flux_vector.batching.runner.batch)
+        from .batching.runner import batch
+
+        return batch
     if name == "WeightsNotFound":
         from .models import WeightsNotFound
 
@@ -48,6 +52,7 @@ __all__ = [
     "RequestError",
     "SegmindClient",
     "SegmindError",
+    "batch",
     "configure",
     "parse_request",
     "run",

@@ -49,6 +49,18 @@ def check_writable_file(path: Path, *, option: str, example: str = "out.png") ->
     return path
 
 
+def check_output_folder(path: Path, *, option: str = "--out") -> Path:
+    """``path`` is a folder that exists and can be written, or can be created."""
+    if path.exists() and not path.is_dir():
+        raise PathProblem(f"{option} {path}: is a file; give a folder (it is created if missing)")
+    folder = nearest_existing(path)
+    if not folder.is_dir():
+        raise PathProblem(f"{option} {path}: {folder} is a file, not a folder; choose a path whose folders are folders")
+    if not can_create_in(folder):
+        raise PathProblem(f"{option} {path}: cannot create files in {folder}; choose a folder you can write to")
+    return path
+
+
 def check_input_file(path: Path, *, what: str = "input") -> Path:
     """``path`` is an existing, readable file."""
     if not path.exists():

@@ -24,7 +24,7 @@ import logging
 import os
 import time
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sized
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -112,6 +112,7 @@ class FluxVectorPipeline:
         offload: OffloadChoice,
         lora=None,
         model_name: str = "",
+        lora_name: str | None = None,
     ):
         from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline
 
@@ -119,6 +120,7 @@ class FluxVectorPipeline:
         self.text_encoder, self.tokenizer = text_encoder, tokenizer
         self.text_encoder_2, self.tokenizer_2 = text_encoder_2, tokenizer_2
         self.device, self.dtype, self.offload, self.lora, self.model_name = device, dtype, offload, lora, model_name
+        self.lora_name = lora_name if lora is not None else None
         for module in (transformer, vae, text_encoder, text_encoder_2):
             module.eval().requires_grad_(False)
         # diffusers' pipeline object is kept for its helpers (prompt encoding, latent packing, offload hooks);
@@ -246,6 +248,7 @@ class FluxVectorPipeline:
             offload=choice,
             lora=handle,
             model_name=model,
+            lora_name=None if lora is None else str(lora),
         )
         fast = _fast_from_deprecated_compile(fast, compile)
         if fast:
@@ -286,6 +289,15 @@ class FluxVectorPipeline:
         return {"first_s": times[0], "warm_s": times[1], "compile_s": max(times[0] - times[1], 0.0)}
 
     # ------------------------------------------------------------------------------------------------- LoRA
+    @property
+    def identity(self) -> dict[str, Any]:
+        """What made this pipeline's images, fit to publish in the files (``image_metadata``): the model and LoRA
+        as they were named (a local path reduced to its last component) and the flux_vector version."""
+        from . import __version__
+        from .image_metadata import public_name
+
+        return {"flux_vector": __version__, "model": public_name(self.model_name), "lora": public_name(self.lora_name)}
+
     @property
     def lora_strength(self) -> float | None:
         return None if self.lora is None else self.lora.strength
@@ -435,6 +447,13 @@ class FluxVectorPipeline:
         timings["total_s"] = time.perf_counter() - started
         return GenerationResult(images, request, width, height, timings, latents=x.detach().float().cpu())
 
+    def generate_many(
+        self, requests: Iterable[GenerationRequest | Mapping[str, Any]], *, progress: bool = True, errors: str = "raise"
+    ) -> Iterator[GenerationResult | Exception]:
+        """``generate`` for each request (or parameter dict) in turn, yielding results in input order; see
+        ``generate_many`` below."""
+        return generate_many(self, requests, progress=progress, errors=errors)
+
     def decode(self, x: torch.Tensor) -> list[Image.Image]:
         """VAE-decode model-space latents; pixels as ComfyUI's SaveImage makes them (clip, then truncate). One image
         at a time, tiled above ``TILED_DECODE_PIXELS``: peak memory grows with one image, not with the batch."""
@@ -459,6 +478,37 @@ class FluxVectorPipeline:
 
 
 TILED_DECODE_PIXELS = 2048 * 2048  # larger images are VAE-decoded in overlapping tiles (bounded memory)
+
+
+def generate_many(
+    pipe, requests: Iterable[GenerationRequest | Mapping[str, Any]], *, progress: bool = True, errors: str = "raise"
+) -> Iterator[GenerationResult | Exception]:
+    """Run ``pipe.generate`` on each request in input order, the model loaded once; one progress bar over the images
+    (``progress``), none per image. ``errors="raise"``: a failing request raises; ``"return"``: its exception is
+    yielded in its place and the rest run (an out-of-memory error frees the cached device memory first).
+    A free function so that a pipeline wrapping another (``pipeline_factory``) runs its own ``generate``."""
+    if errors not in ("raise", "return"):
+        raise ValueError(f"errors={errors!r} is not allowed; errors must be 'raise' or 'return'")
+    total = len(requests) if isinstance(requests, Sized) else None
+    bar = _images_bar(total, progress)
+    try:
+        for request in requests:
+            if not isinstance(request, GenerationRequest):
+                request = parse_request(dict(request))
+            try:
+                result = pipe.generate(request, progress=False)
+            except Exception as exc:
+                if errors == "raise":
+                    raise
+                if isinstance(exc, torch.OutOfMemoryError) and torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+                result = exc
+            if bar is not None:
+                bar.update(1)
+            yield result
+    finally:
+        if bar is not None:
+            bar.close()
 
 
 def pack_latents_as(x: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
@@ -519,3 +569,11 @@ def _progress_bar(total: int, enabled: bool):
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc="sampling", unit="step", leave=False)
+
+
+def _images_bar(total: int | None, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="generating", unit="image")

@@ -165,12 +165,20 @@ def test_every_subcommand_checks_its_paths_first(tmp_path):
         (("serve", "--model", "someone/not-cached", "--store", str(tmp_path / "j.sqlite3")), "hf download someone"),
         (("worker", "--model", "tiny", "--store", str(tmp_path / "jobs.sqlite3")), "redis://HOST:PORT/DB"),
         (("worker", "--model", "someone/not-cached", "--store", "redis://127.0.0.1:9/0"), "hf download someone"),
+        (("batch", str(tmp_path / "missing.jsonl"), "--out", str(tmp_path / "b")), "no such file"),
+        (("batch", str(a_file), "--out", str(a_file)), "is a file; give a folder"),
+        (("batch", str(a_file), "--out", "/proc/nope/b"), "cannot create files in /proc"),
+        (("batch", str(a_file), "--out", str(tmp_path / "b"), "--seeds", "9..1"), "--seeds '9..1': 1 is below 9"),
+        (("batch", str(a_file), "--out", str(tmp_path / "b"), "--model", "someone/not-cached"), "hf download someone"),
+        (("batch", str(tmp_path / "x.py"), "--out", str(tmp_path / "b"), "--model", "tiny"), "unknown batch file"),
     ]
+    (tmp_path / "x.py").write_text("")
     for args, message in cases:
         proc, elapsed = timed_cli(*args)
         assert_one_line_error(proc, message)
         assert elapsed < FAST_FAILURE_S, args
     assert not (tmp_path / "j.sqlite3").exists()  # the store was not opened for a model that is missing
+    assert not (tmp_path / "b").exists()  # nor a batch's folder
 
 
 def test_unexpected_errors_are_one_line_and_debug_shows_the_traceback(monkeypatch, capsys):
@@ -208,7 +216,7 @@ def subcommands() -> dict[str, argparse.ArgumentParser]:
     return dict(action.choices)
 
 
-@pytest.mark.parametrize("command", ["generate", "serve", "worker", "vectorize", "doctor"])
+@pytest.mark.parametrize("command", ["generate", "batch", "serve", "worker", "vectorize", "info", "doctor"])
 def test_every_option_has_help_with_its_default(command):
     parser = subcommands()[command]
     for action in parser._actions:

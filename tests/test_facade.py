@@ -142,3 +142,13 @@ def test_final_body_reports_the_size_of_an_aspect_ratio(engine, tiny_pipe):
     result = flux_vector.run(SLUG, prompt="a cat", aspect_ratio="16:9", steps=1)
     assert (result["width"], result["height"], result["aspect_ratio"]) == (1344, 768, "16:9")
     assert Image.open(Path(urlparse(result["output"]).path)).size == (1344, 768)
+
+
+def test_files_of_the_in_process_engine_carry_their_record(engine, tiny_pipe):
+    from flux_vector.image_metadata import read_metadata
+
+    engine(pipeline=tiny_pipe)
+    result = flux_vector.run(SLUG, prompt="a green heart", seed=5, output_format="webp", **SMALL)
+    record = read_metadata(Path(urlparse(result["output"]).path))
+    assert record["model"] == "tiny" and record["request"]["prompt"] == "a green heart"
+    assert record["request"]["seed"] == 5 and record["request"]["output_format"] == "webp"

@@ -257,3 +257,15 @@ def test_svg_through_v1_and_v2_with_the_real_sdk(client, server):
     with pytest.raises(segmind.SegmindError) as info:
         client.run_sync(SLUG, prompt="v3ct0r style, a fox", detail="high", **SMALL)
     assert info.value.status == 400 and "applies to output_format 'svg' only" in str(info.value.detail)
+
+
+def test_served_images_say_how_they_were_made_and_hold_no_key(client, server):
+    from flux_vector.image_metadata import read_metadata
+
+    for output_format in ("png", "jpeg", "svg"):
+        result = client.run(SLUG, prompt="a red star", seed=41, output_format=output_format, **SMALL)
+        data = httpx.get(result["output"]).content
+        record = read_metadata(data)
+        assert record["model"] == "tiny" and record["request"]["seed"] == 41
+        assert record["request"]["output_format"] == output_format and record["request"]["prompt"] == "a red star"
+        assert KEY.encode() not in data and str(server.store.parent).encode() not in data

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import re
 import threading
 import time
@@ -62,12 +63,18 @@ _TRANSLATE = re.compile(r"translate\(-?\d+(\.\d+)?,-?\d+(\.\d+)?\)")
 
 
 def assert_only_shapes(svg: str | bytes, width: int, height: int) -> None:
-    """A valid SVG of that size whose every element is a path with a d, a #RRGGBB fill and maybe a translate."""
+    """A valid SVG of that size whose every element is a path with a d, a #RRGGBB fill and maybe a translate, after
+    at most one text-only ``<metadata id="flux_vector">`` first (the image's record: JSON, XML-escaped)."""
     text = svg.decode() if isinstance(svg, bytes) else svg
     root = ET.fromstring(text)
     assert root.tag == SVG_NS + "svg"
     assert root.attrib == {"width": str(width), "height": str(height), "viewBox": f"0 0 {width} {height}"}
-    for element in root:
+    elements = list(root)
+    if elements and elements[0].tag == SVG_NS + "metadata":
+        record = elements.pop(0)
+        assert record.attrib == {"id": "flux_vector"} and len(record) == 0 and json.loads(record.text)
+        text = text.replace(text[text.index("<metadata") : text.index("</metadata>")], "")
+    for element in elements:
         assert element.tag == SVG_NS + "path" and len(element) == 0 and not (element.text or "").strip()
         assert set(element.attrib) <= {"d", "fill", "transform"} and {"d", "fill"} <= set(element.attrib)
         assert _D.fullmatch(element.attrib["d"]) and _FILL.fullmatch(element.attrib["fill"])

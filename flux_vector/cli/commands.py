@@ -141,26 +141,54 @@ def generate_model(model: str | None) -> str:
     return model or default_model()
 
 
+def _like(args: argparse.Namespace) -> tuple[dict, dict]:
+    """The request parameters and the model/LoRA names recorded in ``--like``'s image (both empty without it)."""
+    if args.like is None:
+        return {}, {}
+    from ..image_metadata import read_metadata
+    from ..paths import check_input_file
+
+    check_input_file(args.like, what="--like image")
+    record = read_metadata(args.like)
+    params = {k: v for k, v in record["request"].items() if k in FIELDS and k not in ("output_format", "base64")}
+    if args.aspect_ratio is not None and args.width is None:  # a new ratio replaces the recorded explicit size
+        params.pop("width", None), params.pop("height", None)
+    made_with = {"model": record.get("model"), "lora": record.get("lora") or "none"}
+    if params.get("batch_size", 1) > 1 and args.batch_size is None:
+        made_with["batch_index"] = record.get("batch_index", 0)
+    return params, made_with
+
+
 def run_generate_command(args: argparse.Namespace) -> int:
-    params = {name: getattr(args, name) for name in FIELDS if getattr(args, name, None) is not None}
+    params, made_with = _like(args)
+    params.update({name: getattr(args, name) for name in FIELDS if getattr(args, name, None) is not None})
+    if "prompt" not in params:
+        raise ValueError("--prompt is required (or --like IMAGE, to start from an image's recorded parameters)")
     params["output_format"] = _output_format(args.out)  # the path is checked here, before any model work
     request = parse_request(params)  # fail fast, before loading any weights
-    model = generate_model(args.model)
-    _check_weights(model, args.lora)
-    from ..jobs.bodies import encode_image  # torch and the model libraries: only once everything checked out
+    model = generate_model(args.model or made_with.get("model"))
+    lora = args.lora or made_with.get("lora")
+    _check_weights(model, lora)
+    from ..image_metadata import image_metadata  # torch and the model libraries: only once everything checked out
+    from ..jobs.bodies import encode_image
     from ..pipeline import load_pipeline
 
-    pipe = load_pipeline(model, lora_strength=request.lora_strength, fast=args.fast, **_load_options(args))
+    pipe = load_pipeline(
+        model, lora_strength=request.lora_strength, fast=args.fast, **{**_load_options(args), "lora": lora}
+    )
     started = time.perf_counter()
     result = pipe.generate(request, progress=not args.no_progress)
+    images = list(enumerate(result.images))
+    if "batch_index" in made_with:  # --like of one image of a batch: the batch is made again, that image kept
+        images = [images[made_with["batch_index"]]]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     paths = []
-    for i, image in enumerate(result.images):
-        path = args.out if len(result.images) == 1 else args.out.with_stem(f"{args.out.stem}_{i}")
-        if request.output_format == "svg":
-            path.write_bytes(encode_image(image, "svg", request.quality, **request.vector_options()))
-        else:
-            image.save(path)
+    for i, image in images:
+        path = args.out if len(images) == 1 else args.out.with_stem(f"{args.out.stem}_{i}")
+        record = image_metadata(request, pipe.identity, batch_index=i)
+        path.write_bytes(
+            encode_image(image, request.output_format, request.quality, metadata=record, **request.vector_options())
+        )
         paths.append(str(path))
     elapsed = time.perf_counter() - started
     demo = {"tiny": " (the random-weight demo: noise, not a real image)", "demo": " (the demo model, not FLUX.1-dev)"}
@@ -170,6 +198,68 @@ def run_generate_command(args: argparse.Namespace) -> int:
         f"{request.sampler_name}/{request.scheduler}, {elapsed:.2f} s "
         f"({result.timings['per_step_s'] * 1000:.0f} ms/step), model {model}{demo}"
     )
+    return 0
+
+
+def run_batch_command(args: argparse.Namespace) -> int:
+    from ..batching import check_batch_file, parse_seeds
+    from ..models import DEFAULT_LORA
+    from ..paths import check_input_file, check_output_folder
+    from .parser import BATCH_FIELDS
+
+    check_input_file(args.requests, what="REQUESTS")
+    check_batch_file(args.requests)
+    check_output_folder(args.out)
+    seeds = parse_seeds(args.seeds) if args.seeds is not None else None
+    if seeds is not None and args.repeat != 1:
+        raise ValueError("--seeds and --repeat together are not allowed; give one (--seeds A..B: one image per seed)")
+    defaults = {name: getattr(args, name) for name in BATCH_FIELDS if getattr(args, name, None) is not None}
+    model = generate_model(args.model)
+    lora = DEFAULT_LORA if args.lora is None else args.lora
+
+    _check_weights(model, args.lora)
+
+    def load():
+        from ..pipeline import load_pipeline
+
+        strength = defaults.get("lora_strength", 1.0)
+        return load_pipeline(model, lora_strength=strength, fast=args.fast, **_load_options(args))
+
+    from ..batching import run_batch
+
+    summary = run_batch(
+        args.requests,
+        args.out,
+        load,
+        model=model,
+        lora=lora,
+        defaults=defaults,
+        repeat=args.repeat,
+        seeds=seeds,
+        strict=args.strict,
+        overwrite=args.overwrite,
+        progress=not args.no_progress,
+        report=lambda line: print(line, file=sys.stderr if line.startswith("line ") else sys.stdout, flush=True),
+    )
+    print(summary.text(), flush=True)
+    if summary.interrupted:
+        print("stopped: run the same command again to resume (finished requests are skipped)", file=sys.stderr)
+    return summary.exit_code
+
+
+def run_info_command(args: argparse.Namespace) -> int:
+    import json
+
+    from ..image_metadata import parameters_text, read_metadata
+    from ..paths import check_input_file
+
+    check_input_file(args.image, what="image")
+    record = read_metadata(args.image)
+    if args.json:
+        print(json.dumps(record, indent=2, ensure_ascii=False))
+    else:
+        print(parameters_text(record))
+        print(f"again: flux-vector generate --like {args.image} --out <file>")
     return 0
 
 
@@ -183,8 +273,10 @@ def run_doctor_command(args: argparse.Namespace) -> int:
 
 COMMANDS = {
     "generate": run_generate_command,
+    "batch": run_batch_command,
     "serve": run_serve_command,
     "worker": run_worker_command,
     "vectorize": run_vectorize_command,
+    "info": run_info_command,
     "doctor": run_doctor_command,
 }

@@ -15,6 +15,8 @@ DESCRIPTION = "FLUX.1-dev + the Simple Vector LoRA locally, as Segmind's Simple_
 OUTPUT_SUFFIXES = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".webp": "webp", ".svg": "svg"}
 # request fields generate takes as flags (prompt is required; output_format comes from --out's suffix)
 GENERATE_FIELDS = tuple(f for f in FIELDS if f not in ("prompt", "output_format", "quality", "base64"))
+# the request defaults batch takes as flags (a row gives its prompt; files are written, never base64)
+BATCH_FIELDS = tuple(f for f in FIELDS if f not in ("prompt", "base64"))
 
 
 # ----------------------------------------------------------------------------------------------- parsers
@@ -90,33 +92,91 @@ def _add_generate(sub, parents) -> None:
         help="generate an image",
         description="Generate one image (or a batch) with the hosted API's parameters.",
     )
-    p.add_argument("--prompt", required=True, help=allowed("prompt"))
+    p.add_argument("--prompt", help=allowed("prompt") + " (default: --like's, else required)")
+    p.add_argument(
+        "--like",
+        type=Path,
+        metavar="IMAGE",
+        help="start from the parameters, model and LoRA recorded in an image flux_vector made (`flux-vector info` "
+        "shows them); the other flags override them (default: none)",
+    )
     p.add_argument(
         "--out",
         required=True,
         type=Path,
         help="output image: .png, .jpg, .webp, or .svg (the image traced to vector shapes)",
     )
-    g = p.add_argument_group("request (the hosted API's parameters and the local extensions)")
-    for field in GENERATE_FIELDS:
+    _request_flags(
+        p.add_argument_group("request (the hosted API's parameters and the local extensions)"), GENERATE_FIELDS
+    )
+    _fast_flag(p)
+    p.add_argument("--no-progress", action="store_true", help="no sampling progress bar (default: shown)")
+
+
+def _request_flags(group, fields: tuple[str, ...]) -> None:
+    """A flag per contract field, typed as the field is."""
+    for field in fields:
         annotation = GenerationRequest.model_fields[field].annotation
         if field == "transparent_background":
-            _request_flag(g, field, action="store_true", default=None)
+            _request_flag(group, field, action="store_true", default=None)
         elif field == "sampler_name":
-            _request_flag(g, field, metavar="NAME")
+            _request_flag(group, field, metavar="NAME")
         elif annotation in (int, int | None):
-            _request_flag(g, field, type=int)
+            _request_flag(group, field, type=int)
         elif annotation is float:
-            _request_flag(g, field, type=float)
+            _request_flag(group, field, type=float)
         else:
-            _request_flag(g, field)
+            _request_flag(group, field)
+
+
+def _fast_flag(p) -> None:
     p.add_argument(
         "--fast",
         action="store_true",
         help="fast mode: fused QKV, best attention backend, regional torch.compile (cached on disk), fp8 "
         "on Ada/Hopper with torchao; the first run at a size compiles (default: off)",
     )
-    p.add_argument("--no-progress", action="store_true", help="no sampling progress bar (default: shown)")
+
+
+def _add_batch(sub, parents) -> None:
+    from ..batching import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_INVALID_SKIPPED, MANIFEST
+
+    p = sub.add_parser(
+        "batch",
+        parents=parents,
+        help="generate the images of many requests from a file, resumably",
+        description="Generate every request of REQUESTS into --out, the model loaded once, same-size requests "
+        "together. REQUESTS: .jsonl (one request object per line, any parameter), .csv (a header of parameter "
+        f"names) or .txt (one prompt per line). The request options below are defaults a row overrides. {MANIFEST} "
+        "in --out records each finished request; the same command again skips those (resume after Ctrl-C or a "
+        "crash). Exit status: 0 all done; "
+        f"{EXIT_INVALID_SKIPPED} invalid rows were skipped; {EXIT_FAILED} a request failed (recorded, the rest "
+        f"ran); {EXIT_INTERRUPTED} stopped by Ctrl-C; 2 nothing ran (bad file, or --strict with invalid rows).",
+    )
+    p.add_argument("requests", type=Path, metavar="REQUESTS", help="a .jsonl, .csv or .txt file of requests")
+    p.add_argument("--out", required=True, type=Path, help="output folder (created; holds the images and manifest)")
+    g = p.add_argument_group("batch")
+    g.add_argument(
+        "--repeat", type=int, default=1, metavar="N", help="each row N times, seeds seed, seed+1, ... (default: 1)"
+    )
+    g.add_argument(
+        "--seeds",
+        metavar="A..B",
+        help="each row once per seed A..B inclusive, replacing its seed (default: each row once, its own seed)",
+    )
+    g.add_argument(
+        "--strict",
+        action="store_true",
+        help="any invalid row stops the batch before any work (default: invalid rows are reported and skipped)",
+    )
+    g.add_argument(
+        "--overwrite",
+        action="store_true",
+        help=f"redo every request, starting a new {MANIFEST} (default: skip what the manifest says is done)",
+    )
+    _request_flags(p.add_argument_group("request defaults (a row's own fields win)"), BATCH_FIELDS)
+    _fast_flag(p)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar, one line per image (default: shown)")
 
 
 def _add_vectorize(sub, parents) -> None:
@@ -247,14 +307,28 @@ def _add_doctor(sub, parents) -> None:
     )
 
 
+def _add_info(sub, parents) -> None:
+    p = sub.add_parser(
+        "info",
+        parents=parents,
+        help="show how an image was made",
+        description="Print the parameters, model and LoRA recorded in an image flux_vector wrote (PNG, JPEG, WebP, "
+        "SVG); `flux-vector generate --like IMAGE` makes it again.",
+    )
+    p.add_argument("image", type=Path, help="an image flux_vector wrote")
+    p.add_argument("--json", action="store_true", help="print the record as JSON (default: readable text)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="flux-vector", description=DESCRIPTION)
     sub = parser.add_subparsers(dest="command", required=True)
     output, serving = _output_options(), _serving_options()
     falling_back = _model_options(falls_back_to_demo=True)
     _add_generate(sub, [output, falling_back])
+    _add_batch(sub, [output, falling_back])
     _add_serve(sub, [output, falling_back, serving])
     _add_worker(sub, [output, falling_back, serving])
     _add_vectorize(sub, [output])
+    _add_info(sub, [output])
     _add_doctor(sub, [output])
     return parser

@@ -30,6 +30,7 @@ from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
+from ..image_metadata import identity_of, image_metadata
 from ..request import GenerationRequest, RequestError, parse_request
 from .bodies import EXTENSIONS, MEDIA_TYPES, encode_image
 from .store import Job, JobStore, LeaseLost, StoreUnavailable, StoreWriteError
@@ -334,12 +335,20 @@ class Worker:
         if switch_s is not None:
             meta["timings"]["lora_switch_s"] = round(switch_s, 6)
 
+        identity = identity_of(pipe)
+
         def finish() -> Job:
             started = time.perf_counter()
             try:
                 images = [
-                    encode_image(image, request.output_format, request.quality, **request.vector_options())
-                    for image in result.images
+                    encode_image(
+                        image,
+                        request.output_format,
+                        request.quality,
+                        metadata=image_metadata(request, identity, batch_index=i),
+                        **request.vector_options(),
+                    )
+                    for i, image in enumerate(result.images)
                 ]
             except Exception as exc:
                 raise OutputError(
