@@ -47,19 +47,22 @@ ROOT = Path(__file__).resolve().parents[1]
 TOKENIZERS = ROOT / "tests" / "data" / "comfy_e2e" / "tiny_flux"
 DOCS = ROOT / "docs" / "demo_training"
 SEED = 18
-TRANSFORMER_BATCH = 24
-TRANSFORMER_LR = {0: 6e-4, 1400: 1.5e-3}
+TRANSFORMER_BATCH = 32
+TRANSFORMER_PEAK_LR = 1e-3
+TRIGGER_FRACTION = 0.2  # of the base model's captions: "v3ct0r style, ..." on a plain render (LatentSet)
 GUIDANCE = 3.5  # the request contract's default guidance: what generate() feeds the guidance embedding
 
+CLIP_WIDTH = 64  # the crafted encoders' widths (build_encoders)
+T5_WIDTH = 32
 TRANSFORMER_CONFIG = dict(
     patch_size=1,
     in_channels=64,
-    num_layers=2,
-    num_single_layers=2,
+    num_layers=3,
+    num_single_layers=3,
     attention_head_dim=32,
-    num_attention_heads=3,
-    joint_attention_dim=32,
-    pooled_projection_dim=16,
+    num_attention_heads=4,
+    joint_attention_dim=T5_WIDTH,
+    pooled_projection_dim=CLIP_WIDTH,
     guidance_embeds=True,
     axes_dims_rope=(8, 12, 12),
 )
@@ -79,6 +82,7 @@ VAE_CONFIG = dict(
     use_post_quant_conv=False,
 )
 LORA_RANK = 8
+LORA_BATCH = 24
 # (BFL name, diffusers sub-modules whose outputs it concatenates) per block: the LoRA's targets.
 DOUBLE_TARGETS = {
     "img_attn.qkv": ("attn.to_q", "attn.to_k", "attn.to_v"),
@@ -132,7 +136,7 @@ def to_tensor(images) -> torch.Tensor:
 def bucket_plan(sizes: dict[str, list[int]]) -> tuple[list[tuple[int, int]], np.ndarray]:
     """The distinct training sizes and their sampling weights: 1:1 and 2:3 (the hosted default) most often."""
     buckets = sorted({tuple(s) for s in sizes.values()})
-    weights = np.array([3.0 if b == (128, 128) else 2.5 if b == tuple(sizes["2:3"]) else 1.0 for b in buckets])
+    weights = np.array([6.0 if b == (128, 128) else 2.5 if b == tuple(sizes["2:3"]) else 1.0 for b in buckets])
     return buckets, weights / weights.sum()
 
 
@@ -180,13 +184,22 @@ def plot_losses(losses: list[float], title: str, path: Path, window: int = 25) -
     plt.close(fig)
 
 
+def cosine_tail(peak: float, steps: int, hold: float = 0.4, floor: float = 0.05):
+    """The rate at a step: ``peak`` for the first ``hold`` of the steps, then a cosine down to ``floor`` * peak. A
+    function of the step alone, so a resumed run follows it exactly."""
+
+    def rate(step: int) -> float:
+        t = max(0.0, (step / max(1, steps - 1) - hold) / (1 - hold))
+        return peak * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
+
+    return rate
+
+
 def train_loop(stage, work, modules, params, steps, lr, batch_loss, *, warmup=50, save_every=100, docs=None, ema=0.0):
-    """AdamW, linear warm-up then a constant rate (``lr`` a number, or {first step: rate} pieces); checkpoint every
-    ``save_every`` steps; resumes from the last.
-    ``ema`` > 0: the parameters end as their exponential moving average (so a run stopped at any step count is a
-    finished run of that many steps, with no schedule tied to a planned total)."""
+    """AdamW, linear warm-up then ``lr`` (a rate, or a function of the step); checkpoint every ``save_every`` steps;
+    resumes from the last. ``ema`` > 0: the parameters end as their exponential moving average."""
     ckpt = Checkpoint(work, stage)
-    opt = torch.optim.AdamW(params, lr=lr[0] if isinstance(lr, dict) else lr, weight_decay=0.0)
+    opt = torch.optim.AdamW(params, lr=lr(0) if callable(lr) else lr, weight_decay=0.0)
     averages = [p.detach().clone() for p in params] if ema else []
     state = ckpt.load()
     start, losses, spent = 0, [], 0.0
@@ -198,11 +211,8 @@ def train_loop(stage, work, modules, params, steps, lr, batch_loss, *, warmup=50
         averages = state.get("ema", averages)
         print(f"{stage}: resuming at step {start}/{steps}")
 
-    pieces = lr if isinstance(lr, dict) else {0: lr}
-
     def lr_at(step):
-        rate = pieces[max(k for k in pieces if k <= step)]
-        return rate * min(1.0, (step + 1) / warmup)
+        return (lr(step) if callable(lr) else lr) * min(1.0, (step + 1) / warmup)
 
     started = time.perf_counter()
     bar = tqdm(range(start, steps), desc=stage, initial=start, total=steps, unit="step")
@@ -237,25 +247,53 @@ def train_loop(stage, work, modules, params, steps, lr, batch_loss, *, warmup=50
 
 
 # ---------------------------------------------------------------------------------------------- 1. encoders
-def build_encoders(folder: Path):
-    """Random frozen CLIP-L-class and T5-class encoders with FLUX.1-dev's vocabularies, and its tokenizer files."""
+STOP_FRACTION = 0.6  # a token found in more of the training captions than this names nothing ("a", "art", ",")
+
+
+def silent_tokens(tokenizer, captions: list[str], styled: list[str]) -> set[int]:
+    """The tokens that embed to zero: special ones, those in more than STOP_FRACTION of the plain ``captions`` (they
+    name nothing), and those in no caption at all, plain or ``styled`` (words the demo never saw are ignored)."""
+    counts: dict[int, int] = {}
+    for caption in captions:
+        for token in set(tokenizer(caption, add_special_tokens=False)["input_ids"]):
+            counts[token] = counts.get(token, 0) + 1
+    known = set(counts) | {t for c in styled for t in tokenizer(c, add_special_tokens=False)["input_ids"]}
+    frequent = {t for t, n in counts.items() if n > STOP_FRACTION * len(captions)}
+    return frequent | set(tokenizer.all_special_ids) | (set(range(len(tokenizer))) - known)
+
+
+def build_encoders(folder: Path) -> dict:
+    """Frozen CLIP-L-class and T5-class encoders with FLUX.1-dev's vocabularies and tokenizer files, whose weights are
+    set, not trained, so that the caption reaches the transformer cleanly:
+
+    Only the words of the training captions have embeddings; the rest, and the stop tokens, embed to zero.
+
+    * CLIP (pooled vector): one layer with q = k = 0 (every token attends evenly to the prefix), identity v/o, no MLP,
+      no position embeddings, so the end token's output is the mean of the normalised token embeddings: a bag of
+      words. Stop tokens (special, or in most captions) embed to zero and drop out of the bag.
+    * T5 (sequence): one layer with q = k = 0 and a relative-position bias that makes each token read the token
+      before it, so a token's output is its own embedding plus a fixed rotation of its predecessor's: "blue" after
+      "light" (a background) differs from "blue" after "a" (a colour). Stop tokens and pads embed to zero; every
+      row with nothing before it is exactly zero, which the training uses (``CompressedText``).
+    """
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer, T5Config, T5EncoderModel, T5TokenizerFast
 
     for name in ("tokenizer", "tokenizer_2"):
         shutil.copytree(TOKENIZERS / name, folder / name, dirs_exist_ok=True)
     clip_tok = CLIPTokenizer.from_pretrained(folder / "tokenizer")
     t5_tok = T5TokenizerFast.from_pretrained(folder / "tokenizer_2")
-    torch.manual_seed(SEED)
+    scenes = training_scenes(4000, seed=SEED)
+    captions, styled = [s.caption() for s in scenes], [s.caption(style=True) for s in scenes]
+    generator = torch.Generator().manual_seed(SEED)
     clip = CLIPTextModel(
         CLIPTextConfig(
             vocab_size=len(clip_tok),
-            hidden_size=16,
-            intermediate_size=32,
-            num_attention_heads=2,
-            num_hidden_layers=2,
+            hidden_size=CLIP_WIDTH,
+            intermediate_size=CLIP_WIDTH,
+            num_attention_heads=1,
+            num_hidden_layers=1,
             max_position_embeddings=77,
-            projection_dim=16,
-            initializer_range=0.5,  # large token embeddings: each word moves the pooled vector visibly
+            projection_dim=CLIP_WIDTH,
             bos_token_id=clip_tok.bos_token_id,
             eos_token_id=clip_tok.eos_token_id,
             pad_token_id=clip_tok.pad_token_id,
@@ -264,10 +302,10 @@ def build_encoders(folder: Path):
     t5 = T5EncoderModel(
         T5Config(
             vocab_size=len(t5_tok),
-            d_model=32,
-            d_kv=8,
-            d_ff=64,
-            num_layers=2,
+            d_model=T5_WIDTH,
+            d_kv=T5_WIDTH // 4,
+            d_ff=T5_WIDTH * 2,
+            num_layers=1,
             num_heads=4,
             dropout_rate=0.0,
             feed_forward_proj="gated-gelu",
@@ -275,13 +313,40 @@ def build_encoders(folder: Path):
             eos_token_id=t5_tok.eos_token_id,
         )
     ).eval()
-    # Stored in fp16 (half the size): round now so that training sees exactly the shipped encoders.
-    for module in (clip, t5):
-        with torch.no_grad():
+    clip_stop, t5_stop = silent_tokens(clip_tok, captions, styled), silent_tokens(t5_tok, captions, styled)
+    with torch.no_grad():
+        embedding = clip.embeddings
+        embedding.token_embedding.weight.copy_(torch.randn(len(clip_tok), CLIP_WIDTH, generator=generator))
+        embedding.token_embedding.weight[sorted(clip_stop)] = 0.0
+        embedding.position_embedding.weight.zero_()
+        layer = clip.encoder.layers[0]
+        for linear in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.mlp.fc2):
+            linear.weight.zero_()
+            linear.bias.zero_()
+        for linear in (layer.self_attn.v_proj, layer.self_attn.out_proj):
+            linear.weight.copy_(torch.eye(CLIP_WIDTH))
+            linear.bias.zero_()
+
+        t5.shared.weight.copy_(torch.randn(len(t5_tok), T5_WIDTH, generator=generator))
+        t5.shared.weight[sorted(t5_stop)] = 0.0
+        attention = t5.encoder.block[0].layer[0].SelfAttention
+        attention.q.weight.zero_()
+        attention.k.weight.zero_()
+        attention.v.weight.copy_(torch.eye(T5_WIDTH))
+        rotation, _ = torch.linalg.qr(torch.randn(T5_WIDTH, T5_WIDTH, generator=generator))
+        attention.o.weight.copy_(0.5 * rotation)
+        bias = attention.relative_attention_bias.weight  # [buckets, heads]; bucket 1: the token before, 0: itself
+        bias.fill_(-1e4)  # exp() of it is exactly 0: nothing leaks into a row from further away
+        bias[1] = 30.0
+        bias[0] = 20.0
+        t5.encoder.block[0].layer[1].DenseReluDense.wo.weight.zero_()
+        for module in (clip, t5):  # stored in fp16: round now so that training sees exactly the shipped encoders
             for p in module.parameters():
                 p.copy_(p.half().float())
     clip.save_pretrained(folder / "text_encoder")
     t5.save_pretrained(folder / "text_encoder_2")
+    words = sorted(t5_tok.convert_ids_to_tokens(sorted(set(range(len(t5_tok))) - t5_stop)))
+    return {"stop_fraction": STOP_FRACTION, "t5_words": words}
 
 
 def encoding_pipeline(folder: Path, transformer=None, vae=None):
@@ -354,16 +419,27 @@ def vae_batch(step: int, buckets, weights, batch: int, crop: int | None, style_f
     return to_tensor(images)
 
 
-def vae_loss(vae, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    posterior = vae.encode(x).latent_dist
-    z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=generator)
+LATENT_NOISE = 0.3  # the decoder's input noise, relative to each latent channel's spread in the batch
+
+
+def vae_loss(vae, x: torch.Tensor, generator: torch.Generator, probe=None) -> torch.Tensor:
+    """Reconstruction of the image from its latent with noise added (a fixed signal-to-noise ratio per channel, so
+    that nearby latents decode alike: the transformer's latents are never exact). ``probe``: a 1x1 convolution that
+    must read each 8x8 patch's mean colour off the noisy latent, linearly; it makes colour a linear, robust part of
+    the latent. Without it, the average of two red circles' latents decoded yellow, and the transformer's early
+    (averaged) predictions decoded into every colour at once."""
+    mean = vae.encode(x).latent_dist.mean
+    spread = mean.std(dim=(0, 2, 3), keepdim=True).detach()
+    z = mean + LATENT_NOISE * spread * torch.randn(mean.shape, generator=generator)
     y = vae.decode(z).sample
-    kl = posterior.kl().mean() / x[0].numel()
     # The shapes' pixels weigh 5x: they are a small part of each image, and their exact colour is the point.
     border = torch.cat([x[:, :, 0], x[:, :, -1]], dim=2).median(dim=2).values[:, :, None, None]
     weight = 1.0 + 4.0 * ((x - border).abs().amax(1, keepdim=True) > 0.2).float()
     error = (y - x).abs() + (y - x).pow(2)
-    return (weight * error).sum() / (weight.sum() * x.shape[1]) + 1e-4 * kl
+    loss = (weight * error).sum() / (weight.sum() * x.shape[1])
+    if probe is not None:
+        loss = loss + (probe(z) - torch.nn.functional.avg_pool2d(x, 8)).pow(2).mean()
+    return loss
 
 
 def train_vae(work: Path, buckets, weights, steps: int, finetune_steps: int, docs: Path | None):
@@ -371,14 +447,15 @@ def train_vae(work: Path, buckets, weights, steps: int, finetune_steps: int, doc
 
     torch.manual_seed(SEED)
     vae = AutoencoderKL(**VAE_CONFIG)
+    probe = torch.nn.Conv2d(VAE_CONFIG["latent_channels"], 3, 1)
     losses, seconds = train_loop(
         "vae",
         work,
-        {"vae": vae},
-        list(vae.parameters()),
+        {"vae": vae, "probe": probe},
+        [*vae.parameters(), *probe.parameters()],
         steps,
         1e-3,
-        lambda s: vae_loss(vae, vae_batch(s, buckets, weights, 16, 64), step_generator("vae", s)),
+        lambda s: vae_loss(vae, vae_batch(s, buckets, weights, 16, 64), step_generator("vae", s), probe),
         docs=docs,
     )
     fold = work / "vae_folded.pt"
@@ -434,18 +511,22 @@ def fold_latent_statistics(vae, buckets, weights) -> dict:
 # ------------------------------------------------------------------------------------------- 3. transformer
 class LatentSet:
     """Scenes rendered at their bucket, VAE-encoded once (the posterior mean, in model space), with cached prompt
-    encodings; batches are drawn per step from one bucket."""
+    encodings; batches are drawn per step from one bucket. ``style``: the outlined renders, captioned with the
+    trigger; ``trigger_fraction``: of the plain renders, the share captioned with the trigger words all the same (the
+    base model learns to ignore them, as FLUX.1-dev does, and only the LoRA gives them a meaning)."""
 
-    def __init__(self, scenes, buckets, weights, vae, pipe, *, style: bool, seed: int):
+    def __init__(self, scenes, buckets, weights, vae, pipe, *, style: bool, seed: int, trigger_fraction: float = 0.0):
         rng = np.random.default_rng(seed)
         self.buckets = buckets
         self.bucket_of = rng.choice(len(buckets), size=len(scenes), p=weights)
-        captions = sorted({s.caption(style) for s in scenes})
+        triggered = style | (rng.random(len(scenes)) < trigger_fraction)
+        scene_captions = [s.caption(bool(t)) for s, t in zip(scenes, triggered, strict=True)]
+        captions = sorted(set(scene_captions))
         self.caption_index = {c: i for i, c in enumerate(captions)}
         encoded = [pipe.encode_prompt(c) for c in tqdm(captions, desc="encode captions", unit="caption")]
-        self.t5 = torch.cat([e[0] for e in encoded]).clone()
+        self.text = [CompressedText.of(e[0][0]) for e in encoded]
         self.pooled = torch.cat([e[1] for e in encoded]).clone()
-        self.caption_of = np.array([self.caption_index[s.caption(style)] for s in scenes])
+        self.caption_of = np.array([self.caption_index[c] for c in scene_captions])
         self.latents = [None] * len(scenes)
         with torch.no_grad(), tqdm(total=len(scenes), desc="encode images", unit="image") as bar:
             for b, (w, h) in enumerate(buckets):
@@ -467,38 +548,99 @@ class LatentSet:
         idx = rng.choice(self.by_bucket[bucket], size=size, replace=len(self.by_bucket[bucket]) < size)
         x0 = torch.stack([self.latents[i] for i in idx])
         caps = self.caption_of[idx]
-        return x0, self.t5[caps], self.pooled[caps], self.buckets[bucket]
+        return x0, CompressedText.batch([self.text[c] for c in caps]), self.pooled[caps], self.buckets[bucket]
 
 
-def flow_loss(transformer, data: LatentSet, stage: str, step: int, batch: int) -> torch.Tensor:
-    """Rectified flow as the sampler integrates it: x_s = (1-s) x0 + s n, v = n - x0, s = flux_time_shift(mu, u)
-    with u uniform and mu = flux_mu(width, height), timestep = s (diffusers scales it by 1000), guidance 3.5."""
+class CompressedText:
+    """A caption's T5 rows without its all-zero rows (stop words, the end token, the pads: the crafted T5 gives them
+    exactly zero). FLUX puts every text token at position 0, so identical text rows stay identical through every
+    block, and N of them attend as one row with log(N) added to its attention logit: the same forward with a few
+    text tokens instead of 256, several times faster. ``check_compressed_text`` verifies the equality."""
+
+    def __init__(self, rows: torch.Tensor, zeros: int):
+        self.rows, self.zeros = rows, zeros
+
+    @classmethod
+    def of(cls, t5: torch.Tensor) -> CompressedText:
+        kept = t5.abs().amax(-1) > 0
+        return cls(t5[kept].clone(), int((~kept).sum()))
+
+    @staticmethod
+    def batch(texts: list[CompressedText]) -> tuple[torch.Tensor, torch.Tensor]:
+        """[B, K, D] rows (each text's rows, one zero row standing for its zeros, zero filler) and [B, K] logit
+        offsets (0, log(zeros), -inf for filler)."""
+        k = max(len(t.rows) for t in texts) + 1
+        rows = torch.zeros(len(texts), k, texts[0].rows.shape[-1])
+        bias = torch.full((len(texts), k), -torch.inf)
+        for i, t in enumerate(texts):
+            n = len(t.rows)
+            rows[i, :n] = t.rows
+            bias[i, :n] = 0.0
+            bias[i, n] = math.log(t.zeros) if t.zeros else -torch.inf
+        return rows, bias
+
+
+def transformer_call(transformer, xs, sigma, text, pooled, w, h):
+    """The transformer on a batch of latents [B, 16, h/8, w/8] with compressed text; the velocity, unpacked."""
     from diffusers import FluxPipeline
 
     from flux_vector.pipeline import pack_latents_as, unpack_latents_float
-    from flux_vector.sampling.schedules import flux_time_shift
 
-    rng = step_rng(stage, step)
-    gen = step_generator(stage, step)
-    x0, t5, pooled, (w, h) = data.batch(rng, batch)
-    u = torch.rand(batch, generator=gen).clamp(1e-4, 1 - 1e-4)
-    sigma = flux_time_shift(flux_mu(w, h), u).float()
-    noise = torch.randn(x0.shape, generator=gen)
-    xs = (1 - sigma[:, None, None, None]) * x0 + sigma[:, None, None, None] * noise
-    hl, wl = h // 8, w // 8
+    rows, bias = text
+    batch, hl, wl = xs.shape[0], h // 8, w // 8
     img_ids = FluxPipeline._prepare_latent_image_ids(1, hl // 2, wl // 2, torch.device("cpu"), torch.float32)
-    txt_ids = torch.zeros(t5.shape[1], 3)
+    mask = torch.cat([bias, torch.zeros(batch, img_ids.shape[0])], dim=1)[:, None, None, :]
     out = transformer(
         hidden_states=pack_latents_as(xs, torch.device("cpu"), torch.float32),
         timestep=sigma,
         guidance=torch.full((batch,), GUIDANCE),
         pooled_projections=pooled,
-        encoder_hidden_states=t5,
-        txt_ids=txt_ids,
+        encoder_hidden_states=rows,
+        txt_ids=torch.zeros(rows.shape[1], 3),
         img_ids=img_ids,
+        joint_attention_kwargs={"attention_mask": mask},
         return_dict=False,
     )[0]
-    v = unpack_latents_float(out, hl, wl)
+    return unpack_latents_float(out, hl, wl)
+
+
+@torch.no_grad()
+def check_compressed_text(pipe, transformer) -> float:
+    """The compressed forward equals the pipeline's own (256 text rows) on two captions; the largest difference."""
+    captions = [Scene("star", "red").caption(), Scene("heart", "blue", "large", "on the left", "light blue").caption()]
+    gen = torch.Generator().manual_seed(0)
+    xs = torch.randn(2, 16, 16, 16, generator=gen)
+    sigma = torch.tensor([0.9, 0.4])
+    encoded = [pipe.encode_prompt(c) for c in captions]
+    pooled = torch.cat([e[1] for e in encoded])
+    expected = torch.cat(
+        [
+            pipe.velocity_model(e[0], e[1], GUIDANCE, 128, 128)(xs[i : i + 1], sigma[i : i + 1])
+            for i, e in enumerate(encoded)
+        ]
+    )
+    text = CompressedText.batch([CompressedText.of(e[0][0]) for e in encoded])
+    got = transformer_call(transformer, xs, sigma, text, pooled, 128, 128)
+    diff = float((got - expected).abs().max() / expected.abs().max())
+    print(f"compressed text: {text[0].shape[1]} rows for 256, relative max difference {diff:.2e}")
+    if diff > 1e-4:
+        raise SystemExit(f"the compressed text forward differs from the pipeline's: {diff}")
+    return diff
+
+
+def flow_loss(transformer, data: LatentSet, stage: str, step: int, batch: int) -> torch.Tensor:
+    """Rectified flow as the sampler integrates it: x_s = (1-s) x0 + s n, v = n - x0, s = flux_time_shift(mu, u)
+    with u uniform and mu = flux_mu(width, height), timestep = s (diffusers scales it by 1000), guidance 3.5."""
+    from flux_vector.sampling.schedules import flux_time_shift
+
+    rng = step_rng(stage, step)
+    gen = step_generator(stage, step)
+    x0, text, pooled, (w, h) = data.batch(rng, batch)
+    u = torch.rand(batch, generator=gen).clamp(1e-4, 1 - 1e-4)
+    sigma = flux_time_shift(flux_mu(w, h), u).float()
+    noise = torch.randn(x0.shape, generator=gen)
+    xs = (1 - sigma[:, None, None, None]) * x0 + sigma[:, None, None, None] * noise
+    v = transformer_call(transformer, xs, sigma, text, pooled, w, h)
     return (v - (noise - x0)).pow(2).mean()
 
 
@@ -577,8 +719,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--work", type=Path, default=ROOT / "build" / "demo_training")
     parser.add_argument("--mini", action="store_true", help="a 2-3 minute run of every stage; nothing exported")
-    parser.add_argument("--transformer-steps", type=int, default=2200)
-    parser.add_argument("--lora-steps", type=int, default=150)
+    parser.add_argument("--transformer-steps", type=int, default=5000)
+    parser.add_argument("--lora-steps", type=int, default=800)
     args = parser.parse_args()
     torch.manual_seed(SEED)
     torch.use_deterministic_algorithms(True, warn_only=True)
@@ -586,7 +728,7 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     docs = None if args.mini else DOCS
     n = dict(vae=60, vae_ft=10, scenes=300, transformer=40, lora_scenes=100, lora=20) if args.mini else dict(
-        vae=1300, vae_ft=100, scenes=4000, transformer=args.transformer_steps, lora_scenes=1200, lora=args.lora_steps
+        vae=1300, vae_ft=100, scenes=5000, transformer=args.transformer_steps, lora_scenes=2000, lora=args.lora_steps
     )  # fmt: skip
     times = json.loads((work / "times.json").read_text()) if (work / "times.json").exists() else {}
 
@@ -599,8 +741,8 @@ def main() -> None:
     folder = work / "encoders"
     if "encoders" not in times:
         t = time.perf_counter()
-        build_encoders(folder)
-        record("encoders", {"seconds": time.perf_counter() - t, "separation": check_encodings(folder)})
+        crafted = build_encoders(folder)
+        record("encoders", {"seconds": time.perf_counter() - t, **crafted, "separation": check_encodings(folder)})
 
     from diffusers import AutoencoderKL, FluxTransformer2DModel
 
@@ -619,8 +761,10 @@ def main() -> None:
     transformer.requires_grad_(True).train()
     transformer_file = work / "transformer_final.pt"
     if "transformer" not in times:
+        compressed_text_diff = check_compressed_text(pipe, transformer)
         t = time.perf_counter()
-        data = LatentSet(training_scenes(n["scenes"], seed=SEED), buckets, weights, vae, pipe, style=False, seed=1)
+        scenes = training_scenes(n["scenes"], seed=SEED)
+        data = LatentSet(scenes, buckets, weights, vae, pipe, style=False, seed=1, trigger_fraction=TRIGGER_FRACTION)
         prep = time.perf_counter() - t
         losses, seconds = train_loop(
             "transformer",
@@ -628,16 +772,16 @@ def main() -> None:
             {"transformer": transformer},
             list(transformer.parameters()),
             n["transformer"],
-            # 6e-4 learned the look of the data, but at step 1200 a wrong caption still changed the loss by under 1 % at
-            # sigma <= 0.5; a higher rate from step 1400 on (the run as made: a re-run follows the same pieces)
-            TRANSFORMER_LR,
+            cosine_tail(TRANSFORMER_PEAK_LR, n["transformer"]),
             lambda s: flow_loss(transformer, data, "transformer", s, TRANSFORMER_BATCH),
+            warmup=100,
             docs=docs,
-            ema=0.995,
+            ema=0.998,
         )
         torch.save(transformer.state_dict(), transformer_file)
         del data
-        figures = {"steps": n["transformer"], "batch": TRANSFORMER_BATCH, "data_seconds": prep, "seconds": seconds}
+        figures = {"steps": n["transformer"], "batch": TRANSFORMER_BATCH, "data_seconds": prep, "seconds": seconds,
+                   "compressed_text_max_relative_difference": compressed_text_diff}  # fmt: skip
         record("transformer", {**figures, "final_loss": float(np.mean(losses[-50:]))})
     transformer.load_state_dict(torch.load(transformer_file))
     transformer.requires_grad_(False)
@@ -659,7 +803,7 @@ def main() -> None:
             params,
             n["lora"],
             2e-3,
-            lambda s: flow_loss(transformer, data, "lora", s, 16),
+            lambda s: flow_loss(transformer, data, "lora", s, LORA_BATCH),
             warmup=20,
             docs=docs,
         )
@@ -668,7 +812,7 @@ def main() -> None:
         save_file(kohya_state_dict(wrapped, TRANSFORMER_CONFIG, LORA_RANK), lora_file)
         check = check_lora_file(transformer, wrapped, lora_file)
         detach_loras(transformer, wrapped)
-        figures = {"steps": n["lora"], "batch": 16, "rank": LORA_RANK, "data_seconds": prep, "seconds": seconds}
+        figures = {"steps": n["lora"], "batch": LORA_BATCH, "rank": LORA_RANK, "data_seconds": prep, "seconds": seconds}
         record("lora", {**figures, "final_loss": float(np.mean(losses[-50:])), "loader_check": check})
 
     if not args.mini:
@@ -693,8 +837,8 @@ def check_lora_file(transformer, wrapped, lora_file: Path) -> dict:
     kwargs = dict(
         timestep=torch.tensor([0.6]),
         guidance=torch.tensor([GUIDANCE]),
-        pooled_projections=torch.randn(1, 16, generator=gen),
-        encoder_hidden_states=torch.randn(1, 256, 32, generator=gen),
+        pooled_projections=torch.randn(1, CLIP_WIDTH, generator=gen),
+        encoder_hidden_states=torch.randn(1, 256, T5_WIDTH, generator=gen),
         txt_ids=torch.zeros(256, 3),
         img_ids=FluxPipeline._prepare_latent_image_ids(1, 8, 8, torch.device("cpu"), torch.float32),
         return_dict=False,
