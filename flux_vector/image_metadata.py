@@ -68,15 +68,22 @@ def public_name(name: str | Path | None) -> str | None:
     return Path(text).name if looks_local else text
 
 
-def image_metadata(request: GenerationRequest, identity: Mapping[str, Any], *, batch_index: int = 0) -> dict[str, Any]:
+def image_metadata(
+    request: GenerationRequest,
+    identity: Mapping[str, Any],
+    *,
+    batch_index: int = 0,
+    size: tuple[int, int] | None = None,
+) -> dict[str, Any]:
     """The record of one image: ``identity`` (``FluxVectorPipeline.identity``: model, lora, version) and the request
-    echoed with its defaults; ``batch_index`` is the image's place in its request's batch."""
+    echoed with its defaults; ``batch_index`` is the image's place in its request's batch; ``size``: the image's own
+    (width, height) when the model draws at sizes of its own (the demo model), else the request's."""
     from . import __version__
 
     record: dict[str, Any] = {"flux_vector": __version__}
     record.update({k: v for k, v in identity.items() if k != "flux_vector"})
     record["batch_index"] = batch_index
-    record["width"], record["height"] = request.size
+    record["width"], record["height"] = size or request.size
     record["request"] = request.echo()
     return record
 

@@ -180,7 +180,7 @@ def write_images(folder: Path, item: BatchItem, images: list, identity: Mapping[
     request = item.request
     records = []
     for i, (name, image) in enumerate(zip(file_names(item), images, strict=True)):
-        metadata = image_metadata(request, identity, batch_index=i)
+        metadata = image_metadata(request, identity, batch_index=i, size=image.size)
         data = encode_image(
             image, request.output_format, request.quality, metadata=metadata, **request.vector_options()
         )

@@ -185,7 +185,7 @@ def run_generate_command(args: argparse.Namespace) -> int:
     paths = []
     for i, image in images:
         path = args.out if len(images) == 1 else args.out.with_stem(f"{args.out.stem}_{i}")
-        record = image_metadata(request, pipe.identity, batch_index=i)
+        record = image_metadata(request, pipe.identity, batch_index=i, size=image.size)
         path.write_bytes(
             encode_image(image, request.output_format, request.quality, metadata=record, **request.vector_options())
         )

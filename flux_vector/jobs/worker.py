@@ -345,7 +345,7 @@ class Worker:
                         image,
                         request.output_format,
                         request.quality,
-                        metadata=image_metadata(request, identity, batch_index=i),
+                        metadata=image_metadata(request, identity, batch_index=i, size=image.size),
                         **request.vector_options(),
                     )
                     for i, image in enumerate(result.images)
