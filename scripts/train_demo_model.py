@@ -195,6 +195,23 @@ def cosine_tail(peak: float, steps: int, hold: float = 0.4, floor: float = 0.05)
     return rate
 
 
+def cosine_cycles(cycles: list[tuple[float, int]], rewarm: int = 100):
+    """``cosine_tail`` cycles one after the other, (peak, steps) each; each later cycle warms up again over
+    ``rewarm`` steps (a warm restart). Steps past the last cycle keep its final rate."""
+
+    def rate(step: int) -> float:
+        start = 0
+        for i, (peak, length) in enumerate(cycles):
+            if step < start + length or i == len(cycles) - 1:
+                local = step - start
+                warm = min(1.0, (local + 1) / rewarm) if i else 1.0
+                return warm * cosine_tail(peak, length)(min(local, length - 1))
+            start += length
+        raise AssertionError("unreachable")
+
+    return rate
+
+
 def train_loop(stage, work, modules, params, steps, lr, batch_loss, *, warmup=50, save_every=100, docs=None, ema=0.0):
     """AdamW, linear warm-up then ``lr`` (a rate, or a function of the step); checkpoint every ``save_every`` steps;
     resumes from the last. ``ema`` > 0: the parameters end as their exponential moving average."""
@@ -320,7 +337,7 @@ def build_encoders(folder: Path) -> dict:
         embedding.token_embedding.weight[sorted(clip_stop)] = 0.0
         embedding.position_embedding.weight.zero_()
         layer = clip.encoder.layers[0]
-        for linear in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.mlp.fc2):
+        for linear in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.mlp.fc1, layer.mlp.fc2):  # MLP off
             linear.weight.zero_()
             linear.bias.zero_()
         for linear in (layer.self_attn.v_proj, layer.self_attn.out_proj):
@@ -339,7 +356,9 @@ def build_encoders(folder: Path) -> dict:
         bias.fill_(-1e4)  # exp() of it is exactly 0: nothing leaks into a row from further away
         bias[1] = 30.0
         bias[0] = 20.0
-        t5.encoder.block[0].layer[1].DenseReluDense.wo.weight.zero_()
+        mlp = t5.encoder.block[0].layer[1].DenseReluDense  # off
+        for linear in (mlp.wi_0, mlp.wi_1, mlp.wo):
+            linear.weight.zero_()
         for module in (clip, t5):  # stored in fp16: round now so that training sees exactly the shipped encoders
             for p in module.parameters():
                 p.copy_(p.half().float())
@@ -719,7 +738,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--work", type=Path, default=ROOT / "build" / "demo_training")
     parser.add_argument("--mini", action="store_true", help="a 2-3 minute run of every stage; nothing exported")
-    parser.add_argument("--transformer-steps", type=int, default=5000)
+    parser.add_argument("--transformer-steps", type=int, default=10000)
     parser.add_argument("--lora-steps", type=int, default=800)
     args = parser.parse_args()
     torch.manual_seed(SEED)
@@ -772,7 +791,14 @@ def main() -> None:
             {"transformer": transformer},
             list(transformer.parameters()),
             n["transformer"],
-            cosine_tail(TRANSFORMER_PEAK_LR, n["transformer"]),
+            # two cycles of half the steps each, the second a warm restart at half the rate (the shapes sharpened
+            # through the first cycle's decay: 20 % -> 43 % of held-apart prompts from step 3000 to 5000)
+            cosine_cycles(
+                [
+                    (TRANSFORMER_PEAK_LR, n["transformer"] // 2),
+                    (TRANSFORMER_PEAK_LR / 2, n["transformer"] - n["transformer"] // 2),
+                ]
+            ),
             lambda s: flow_loss(transformer, data, "transformer", s, TRANSFORMER_BATCH),
             warmup=100,
             docs=docs,
