@@ -28,7 +28,7 @@ from __future__ import annotations
 import os
 
 # OpenMP threads spin between parallel regions rather than sleep: on an otherwise idle 2-core machine a step takes
-# 0.24 s instead of 0.32 s. On a machine busy with other work, spinning made steps 5x slower: run with
+# 0.27 s instead of 0.33 s. On a machine busy with other work, spinning made steps 5x slower: run with
 # OMP_WAIT_POLICY=PASSIVE there.
 os.environ.setdefault("OMP_WAIT_POLICY", "ACTIVE")
 

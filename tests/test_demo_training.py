@@ -27,6 +27,7 @@ class Interrupted(Exception):
 
 
 def run_stage(train, work: Path, steps: int, stop_at: int | None = None) -> torch.nn.Module:
+    work.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.GELU(), torch.nn.Linear(8, 1))
     target = torch.nn.Linear(4, 1)
