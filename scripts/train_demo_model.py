@@ -3,14 +3,18 @@
 Stages (each checkpointed with its step counter; a re-run skips finished stages and resumes a stage from its last
 checkpoint; every batch and noise draw is a function of (seed, stage, step), so a resumed run is the same run):
 
-1. ``encoders``: small random-init CLIPTextModel (hidden 16) and T5EncoderModel (d_model 32) with the full vocabularies
-   and the real FLUX.1-dev tokenizer files; frozen. Checks that captions differing in one word encode differently.
-2. ``vae``: a 16-channel FLUX-layout AutoencoderKL (8x, blocks 16/32/64/64) on 64x64 crops of the renders, then its
-   latent statistics folded into the encoder's output conv so that ComfyUI's fixed Flux latent transform
-   ``(z - 0.1159) * 0.3611`` gives zero-mean unit-variance latents, and a decoder fine-tune on those latents.
-3. ``transformer``: FluxTransformer2DModel (hidden 96, 2 double + 2 single blocks, guidance embedding) with
-   rectified flow on the VAE latents at the demo sizes, conditioned through exactly ``FluxVectorPipeline.encode_prompt``
-   (T5 padded to 256, CLIP pooled), sigma shifted by ``flux_mu`` as the sampler shifts it, guidance 3.5.
+1. ``encoders``: a CLIPTextModel (hidden 64, 1 layer) and a T5EncoderModel (d_model 32, 1 layer) with the full
+   vocabularies and the real FLUX.1-dev tokenizer files, their weights set rather than trained (``build_encoders``):
+   a bag of words for CLIP's pooled vector, each token plus its predecessor for T5's rows; frozen. Checks that
+   captions differing in one word encode far apart.
+2. ``vae``: a 16-channel FLUX-layout AutoencoderKL (8x, blocks 16/32/64/64) on 64x64 crops of the renders, with noise
+   on the latent and a colour probe (``vae_loss``), then its latent statistics folded into the encoder's output conv
+   so that ComfyUI's fixed Flux latent transform ``(z - 0.1159) * 0.3611`` gives zero-mean unit-variance latents, and
+   a decoder fine-tune on those latents.
+3. ``transformer``: FluxTransformer2DModel (hidden 128 = 4 heads x 32, 3 double + 3 single blocks, guidance
+   embedding) with rectified flow on the VAE latents at the demo sizes (1:1 half the time), conditioned through
+   exactly ``FluxVectorPipeline.encode_prompt`` (its zero text rows counted once: ``CompressedText``), sigma shifted
+   by ``flux_mu`` as the sampler shifts it, guidance 3.5; one cosine schedule (``cosine_tail``), EMA weights.
 4. ``lora``: a LoRA (attention qkv/proj and MLPs of every block) on the outlined "v3ct0r style" renders; written in
    kohya form with BFL names and alpha keys, and checked against the project's own loader.
 5. ``export``: the diffusers folder (fp16 weights), the LoRA and the size table into ``flux_vector/demo/model``.
@@ -23,8 +27,10 @@ from __future__ import annotations
 
 import os
 
-# Idle OpenMP threads sleep instead of spinning: on a shared 2-core box a spinning barrier made steps 5x slower.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# OpenMP threads spin between parallel regions rather than sleep: on an otherwise idle 2-core machine a step takes
+# 0.27 s instead of 0.33 s. On a machine busy with other work, spinning made steps 5x slower: run with
+# OMP_WAIT_POLICY=PASSIVE there.
+os.environ.setdefault("OMP_WAIT_POLICY", "ACTIVE")
 
 import argparse
 import json
@@ -49,7 +55,8 @@ DOCS = ROOT / "docs" / "demo_training"
 SEED = 18
 TRANSFORMER_BATCH = 32
 TRANSFORMER_PEAK_LR = 1e-3
-TRANSFORMER_CYCLE = 5000
+TRANSFORMER_SQUARE_SHARE = 0.5  # of the transformer's and the LoRA's batches: 1:1 (bucket_plan)
+SCENES = 8000
 TRIGGER_FRACTION = 0.2  # of the base model's captions: "v3ct0r style, ..." on a plain render (LatentSet)
 GUIDANCE = 3.5  # the request contract's default guidance: what generate() feeds the guidance embedding
 
@@ -134,11 +141,19 @@ def to_tensor(images) -> torch.Tensor:
     return torch.from_numpy(array).permute(0, 3, 1, 2).contiguous()
 
 
-def bucket_plan(sizes: dict[str, list[int]]) -> tuple[list[tuple[int, int]], np.ndarray]:
-    """The distinct training sizes and their sampling weights: 1:1 and 2:3 (the hosted default) most often."""
+def bucket_plan(
+    sizes: dict[str, list[int]], square_share: float | None = None
+) -> tuple[list[tuple[int, int]], np.ndarray]:
+    """The distinct training sizes and their sampling weights: 1:1 and 2:3 (the hosted default) most often.
+    ``square_share``: 1:1's share of the draws, the rest keeping their proportions (the transformer's plan: 1:1 is
+    the size evaluated and the one most asked for)."""
     buckets = sorted({tuple(s) for s in sizes.values()})
     weights = np.array([6.0 if b == (128, 128) else 2.5 if b == tuple(sizes["2:3"]) else 1.0 for b in buckets])
-    return buckets, weights / weights.sum()
+    weights /= weights.sum()
+    if square_share is not None:
+        square = np.array([b == (128, 128) for b in buckets])
+        weights = np.where(square, square_share, weights * (1 - square_share) / weights[~square].sum())
+    return buckets, weights
 
 
 class Checkpoint:
@@ -146,10 +161,6 @@ class Checkpoint:
 
     def __init__(self, work: Path, stage: str):
         self.path = work / f"{stage}.ckpt.pt"
-        self.done_path = work / f"{stage}.done.json"
-
-    def done(self) -> dict | None:
-        return json.loads(self.done_path.read_text()) if self.done_path.exists() else None
 
     def load(self) -> dict | None:
         return torch.load(self.path, weights_only=False) if self.path.exists() else None
@@ -158,9 +169,6 @@ class Checkpoint:
         tmp = self.path.with_suffix(".tmp")
         torch.save(state, tmp)
         tmp.replace(self.path)
-
-    def finish(self, summary: dict) -> None:
-        self.done_path.write_text(json.dumps(summary, indent=1))
 
 
 def plot_losses(losses: list[float], title: str, path: Path, window: int = 25) -> None:
@@ -192,23 +200,6 @@ def cosine_tail(peak: float, steps: int, hold: float = 0.4, floor: float = 0.05)
     def rate(step: int) -> float:
         t = max(0.0, (step / max(1, steps - 1) - hold) / (1 - hold))
         return peak * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
-
-    return rate
-
-
-def cosine_cycles(cycles: list[tuple[float, int]], rewarm: int = 100):
-    """``cosine_tail`` cycles one after the other, (peak, steps) each; each later cycle warms up again over
-    ``rewarm`` steps (a warm restart). Steps past the last cycle keep its final rate."""
-
-    def rate(step: int) -> float:
-        start = 0
-        for i, (peak, length) in enumerate(cycles):
-            if step < start + length or i == len(cycles) - 1:
-                local = step - start
-                warm = min(1.0, (local + 1) / rewarm) if i else 1.0
-                return warm * cosine_tail(peak, length)(min(local, length - 1))
-            start += length
-        raise AssertionError("unreachable")
 
     return rate
 
@@ -739,7 +730,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--work", type=Path, default=ROOT / "build" / "demo_training")
     parser.add_argument("--mini", action="store_true", help="a 2-3 minute run of every stage; nothing exported")
-    parser.add_argument("--transformer-steps", type=int, default=15000)
+    parser.add_argument("--transformer-steps", type=int, default=9500)
     parser.add_argument("--lora-steps", type=int, default=800)
     args = parser.parse_args()
     torch.manual_seed(SEED)
@@ -747,8 +738,13 @@ def main() -> None:
     work = args.work / "mini" if args.mini else args.work
     work.mkdir(parents=True, exist_ok=True)
     docs = None if args.mini else DOCS
+    if docs is not None:
+        try:
+            import matplotlib  # noqa: F401  (the loss plots, drawn at the end of each stage)
+        except ImportError:
+            raise SystemExit('the loss plots need matplotlib: pip install -e ".[demo]"') from None
     n = dict(vae=60, vae_ft=10, scenes=300, transformer=40, lora_scenes=100, lora=20) if args.mini else dict(
-        vae=1300, vae_ft=100, scenes=5000, transformer=args.transformer_steps, lora_scenes=2000, lora=args.lora_steps
+        vae=1300, vae_ft=100, scenes=SCENES, transformer=args.transformer_steps, lora_scenes=2000, lora=args.lora_steps
     )  # fmt: skip
     times = json.loads((work / "times.json").read_text()) if (work / "times.json").exists() else {}
 
@@ -758,6 +754,7 @@ def main() -> None:
 
     sizes = demo_sizes()
     buckets, weights = bucket_plan(sizes)
+    _, transformer_weights = bucket_plan(sizes, TRANSFORMER_SQUARE_SHARE)
     folder = work / "encoders"
     if "encoders" not in times:
         t = time.perf_counter()
@@ -784,7 +781,9 @@ def main() -> None:
         compressed_text_diff = check_compressed_text(pipe, transformer)
         t = time.perf_counter()
         scenes = training_scenes(n["scenes"], seed=SEED)
-        data = LatentSet(scenes, buckets, weights, vae, pipe, style=False, seed=1, trigger_fraction=TRIGGER_FRACTION)
+        data = LatentSet(
+            scenes, buckets, transformer_weights, vae, pipe, style=False, seed=1, trigger_fraction=TRIGGER_FRACTION
+        )
         prep = time.perf_counter() - t
         losses, seconds = train_loop(
             "transformer",
@@ -792,14 +791,7 @@ def main() -> None:
             {"transformer": transformer},
             list(transformer.parameters()),
             n["transformer"],
-            # cycles of TRANSFORMER_CYCLE steps, each a warm restart at half the previous rate (the shapes sharpened
-            # through each cycle's decay: held-apart shape 43 % at step 5000, 64 % at 10000)
-            cosine_cycles(
-                [
-                    (TRANSFORMER_PEAK_LR / 2**i, min(TRANSFORMER_CYCLE, n["transformer"]))
-                    for i in range(math.ceil(n["transformer"] / TRANSFORMER_CYCLE))
-                ]
-            ),
+            cosine_tail(TRANSFORMER_PEAK_LR, n["transformer"]),
             lambda s: flow_loss(transformer, data, "transformer", s, TRANSFORMER_BATCH),
             warmup=100,
             docs=docs,
@@ -817,7 +809,13 @@ def main() -> None:
     if "lora" not in times:
         t = time.perf_counter()
         data = LatentSet(
-            training_scenes(n["lora_scenes"], seed=SEED + 2), buckets, weights, vae, pipe, style=True, seed=2
+            training_scenes(n["lora_scenes"], seed=SEED + 2),
+            buckets,
+            transformer_weights,
+            vae,
+            pipe,
+            style=True,
+            seed=2,
         )
         prep = time.perf_counter() - t
         wrapped = attach_loras(transformer, LORA_RANK)
