@@ -148,10 +148,10 @@ def bucket_plan(
     ``square_share``: 1:1's share of the draws, the rest keeping their proportions (the transformer's plan: 1:1 is
     the size evaluated and the one most asked for)."""
     buckets = sorted({tuple(s) for s in sizes.values()})
-    weights = np.array([6.0 if b == (128, 128) else 2.5 if b == tuple(sizes["2:3"]) else 1.0 for b in buckets])
+    square = np.array([b == tuple(sizes["1:1"]) for b in buckets])
+    weights = np.where(square, 6.0, [2.5 if b == tuple(sizes["2:3"]) else 1.0 for b in buckets])
     weights /= weights.sum()
     if square_share is not None:
-        square = np.array([b == (128, 128) for b in buckets])
         weights = np.where(square, square_share, weights * (1 - square_share) / weights[~square].sum())
     return buckets, weights
 
