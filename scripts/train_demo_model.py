@@ -54,7 +54,7 @@ TOKENIZERS = ROOT / "tests" / "data" / "comfy_e2e" / "tiny_flux"
 DOCS = ROOT / "docs" / "demo_training"
 SEED = 18
 TRANSFORMER_BATCH = 32
-TRANSFORMER_PEAK_LR = 1e-3
+TRANSFORMER_PEAK_LR = 3e-3
 TRANSFORMER_SQUARE_SHARE = 0.5  # of the transformer's and the LoRA's batches: 1:1 (bucket_plan)
 SCENES = 8000
 TRIGGER_FRACTION = 0.2  # of the base model's captions: "v3ct0r style, ..." on a plain render (LatentSet)
@@ -730,8 +730,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--work", type=Path, default=ROOT / "build" / "demo_training")
     parser.add_argument("--mini", action="store_true", help="a 2-3 minute run of every stage; nothing exported")
-    parser.add_argument("--transformer-steps", type=int, default=9500)
-    parser.add_argument("--lora-steps", type=int, default=800)
+    parser.add_argument("--transformer-steps", type=int, default=9700)
+    parser.add_argument("--lora-steps", type=int, default=600)
     args = parser.parse_args()
     torch.manual_seed(SEED)
     torch.use_deterministic_algorithms(True, warn_only=True)
