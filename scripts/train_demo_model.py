@@ -27,10 +27,12 @@ from __future__ import annotations
 
 import os
 
-# OpenMP threads spin between parallel regions rather than sleep: on an otherwise idle 2-core machine a step takes
-# 0.27 s instead of 0.33 s. On a machine busy with other work, spinning made steps 5x slower: run with
-# OMP_WAIT_POLICY=PASSIVE there.
-os.environ.setdefault("OMP_WAIT_POLICY", "ACTIVE")
+if __name__ == "__main__":
+    # OpenMP threads spin between parallel regions rather than sleep: on an otherwise idle 2-core machine a step
+    # takes 0.27 s instead of 0.33 s. On a machine busy with other work, spinning made steps 5x slower: run with
+    # OMP_WAIT_POLICY=PASSIVE there. Only when run: importing the module (tests do) leaves the process, and the
+    # servers and workers it starts, as they were. Set before torch loads its OpenMP runtime, below.
+    os.environ.setdefault("OMP_WAIT_POLICY", "ACTIVE")
 
 import argparse
 import json
