@@ -2,41 +2,76 @@
 
 ``import flux_vector as segmind`` gives the ``segmind`` SDK's ``run``, ``run_sync``, ``submit_async``,
 ``SegmindClient``, ``AsyncJob`` and errors, running in-process (see ``flux_vector.facade``).
+
+Importing the root package imports nothing else: every public name below is loaded on first use (PEP 562), so that
+``import flux_vector.sampling`` or ``import flux_vector.request`` does not pay for pydantic, the job layer or torch.
+The version lives in ``flux_vector.version``; modules inside the package import it from there, never from here.
 """
 
-__version__ = "0.1.0"
+from __future__ import annotations
 
-from .facade import (
-    DEFAULT_POLL_INTERVAL_S,
-    DEFAULT_POLL_TIMEOUT_S,
-    AsyncJob,
-    InferenceFailed,
-    InferenceTimeout,
-    SegmindClient,
-    SegmindError,
-    configure,
-    run,
-    run_sync,
-    submit_async,
-)
-from .request import ASPECT_RATIOS, SLUG, GenerationRequest, RequestError, parse_request
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+from .version import __version__
+
+# public name -> the submodule that defines it
+_LAZY: dict[str, str] = {
+    **dict.fromkeys(
+        (
+            "DEFAULT_POLL_INTERVAL_S",
+            "DEFAULT_POLL_TIMEOUT_S",
+            "AsyncJob",
+            "InferenceFailed",
+            "InferenceTimeout",
+            "SegmindClient",
+            "SegmindError",
+            "configure",
+            "run",
+            "run_sync",
+            "submit_async",
+        ),
+        ".facade",
+    ),
+    **dict.fromkeys(("ASPECT_RATIOS", "SLUG", "GenerationRequest", "RequestError", "parse_request"), ".request"),
+    # the pipeline pulls in diffusers/transformers (seconds of import time)
+    "FluxVectorPipeline": ".pipeline",
+    "GenerationResult": ".pipeline",
+    "batch": ".batching.runner",  # flux-vector batch from Python
+    "WeightsNotFound": ".models",
+}
+
+if TYPE_CHECKING:  # what a type checker and an IDE see; at run time each name is loaded by __getattr__
+    from .batching.runner import batch
+    from .facade import (
+        DEFAULT_POLL_INTERVAL_S,
+        DEFAULT_POLL_TIMEOUT_S,
+        AsyncJob,
+        InferenceFailed,
+        InferenceTimeout,
+        SegmindClient,
+        SegmindError,
+        configure,
+        run,
+        run_sync,
+        submit_async,
+    )
+    from .models import WeightsNotFound
+    from .pipeline import FluxVectorPipeline, GenerationResult
+    from .request import ASPECT_RATIOS, SLUG, GenerationRequest, RequestError, parse_request
 
 
-def __getattr__(name: str):
-    # The pipeline pulls in diffusers/transformers (seconds of import time): load it only when asked for.
-    if name in ("FluxVectorPipeline", "GenerationResult"):
-        from . import pipeline
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'flux_vector' has no attribute {name!r}")
+    value = getattr(import_module(module, __name__), name)
+    globals()[name] = value  # looked up once
+    return value
 
-        return getattr(pipeline, name)
-    if name == "batch":  # flux-vector batch from Python (flux_vector.batching.runner.batch)
-        from .batching.runner import batch
 
-        return batch
-    if name == "WeightsNotFound":
-        from .models import WeightsNotFound
-
-        return WeightsNotFound
-    raise AttributeError(f"module 'flux_vector' has no attribute {name!r}")
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
 
 
 __all__ = [
@@ -47,11 +82,14 @@ __all__ = [
     "AsyncJob",
     "FluxVectorPipeline",
     "GenerationRequest",
+    "GenerationResult",
     "InferenceFailed",
     "InferenceTimeout",
     "RequestError",
     "SegmindClient",
     "SegmindError",
+    "WeightsNotFound",
+    "__version__",
     "batch",
     "configure",
     "parse_request",

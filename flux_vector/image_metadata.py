@@ -78,7 +78,7 @@ def image_metadata(
     """The record of one image: ``identity`` (``FluxVectorPipeline.identity``: model, lora, version) and the request
     echoed with its defaults; ``batch_index`` is the image's place in its request's batch; ``size``: the image's own
     (width, height) when the model draws at sizes of its own (the demo model), else the request's."""
-    from . import __version__
+    from .version import __version__
 
     record: dict[str, Any] = {"flux_vector": __version__}
     record.update({k: v for k, v in identity.items() if k != "flux_vector"})

@@ -293,8 +293,8 @@ class FluxVectorPipeline:
     def identity(self) -> dict[str, Any]:
         """What made this pipeline's images, fit to publish in the files (``image_metadata``): the model and LoRA
         as they were named (a local path reduced to its last component) and the flux_vector version."""
-        from . import __version__
         from .image_metadata import public_name
+        from .version import __version__
 
         return {"flux_vector": __version__, "model": public_name(self.model_name), "lora": public_name(self.lora_name)}
 

@@ -9,9 +9,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..jobs import COMPLETED, FAILED
+from .backend import Backend
 from .errors import InferenceFailed, InferenceTimeout, SegmindError
 from .http import HttpBackend
-from .local import LocalEngine, local_engine
+from .local import local_engine
 
 DEFAULT_POLL_INTERVAL_S = 1.0
 DEFAULT_POLL_TIMEOUT_S = 600.0
@@ -70,10 +71,10 @@ class SegmindClient:
         self.api_key = api_key or os.getenv("SEGMIND_API_KEY")
         self.base_url = base_url.rstrip("/") if base_url else None
         self.timeout = timeout
-        self._http = HttpBackend(self) if self.base_url else None
+        self._http = HttpBackend(self.base_url, api_key=self.api_key, timeout=timeout) if self.base_url else None
 
     @property
-    def _backend(self) -> HttpBackend | LocalEngine:
+    def _backend(self) -> Backend:
         # in-process clients share the process's one engine (built on first use, replaced by configure())
         return self._http if self._http is not None else local_engine()
 

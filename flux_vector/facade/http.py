@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from .. import __version__
 from ..jobs import COMPLETED, FAILED
+from ..version import __version__
+from .backend import JobHandle
 from .errors import SegmindError, raise_for_status
-
-if TYPE_CHECKING:
-    from .client import AsyncJob, SegmindClient
 
 _TERMINAL_STATES = (COMPLETED, FAILED)
 
@@ -18,16 +16,14 @@ _TERMINAL_STATES = (COMPLETED, FAILED)
 class HttpBackend:
     """What the segmind SDK does on the wire (see spec/SEGMIND_SDK_WIRE.md)."""
 
-    def __init__(self, client: SegmindClient):
+    def __init__(self, base_url: str, *, api_key: str | None, timeout: float):
         import httpx
 
         headers = {"User-Agent": f"flux-vector/{__version__} (segmind-python-sdk compatible)", "X-Initiator": "SDK-PY"}
-        if client.api_key:
-            headers["x-api-key"] = client.api_key
-        self.base_url = client.base_url
-        self.http = httpx.Client(
-            headers=headers, timeout=httpx.Timeout(client.timeout, connect=5.0), base_url=client.base_url
-        )
+        if api_key:
+            headers["x-api-key"] = api_key
+        self.base_url = base_url
+        self.http = httpx.Client(headers=headers, timeout=httpx.Timeout(timeout, connect=5.0), base_url=base_url)
 
     def v2_base(self) -> str:
         base = self.base_url.rstrip("/")
@@ -61,16 +57,16 @@ class HttpBackend:
         raise_for_status(response)
         return body
 
-    def status(self, job: AsyncJob) -> dict[str, Any]:
+    def status(self, job: JobHandle) -> dict[str, Any]:
         return self._fetch(job.status_url)
 
-    def result(self, job: AsyncJob) -> dict[str, Any]:
+    def result(self, job: JobHandle) -> dict[str, Any]:
         return self._fetch(job.response_url)
 
-    def cancel(self, job: AsyncJob) -> dict[str, Any]:
+    def cancel(self, job: JobHandle) -> dict[str, Any]:
         response = self.http.request("DELETE", job.response_url)
         raise_for_status(response)
         return response.json()
 
-    def pause(self, job: AsyncJob, seconds: float) -> None:
+    def pause(self, job: JobHandle, seconds: float) -> None:
         time.sleep(seconds)

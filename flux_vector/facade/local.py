@@ -13,17 +13,15 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..jobs import DEFAULT_RETENTION_S, FAILED, QUEUED, QueueFull, SQLiteJobStore, Worker
 from ..jobs import result_body as _result_body
 from ..jobs import status_body as _status_body
 from ..jobs.store import CANCELLED
 from ..request import SLUG, OverBudget, RequestError, WorkBudget, parse_request
+from .backend import JobHandle
 from .errors import SegmindError
-
-if TYPE_CHECKING:
-    from .client import AsyncJob
 
 
 class LocalEngine:
@@ -137,14 +135,14 @@ class LocalEngine:
 
         return file_url
 
-    def status(self, job: AsyncJob) -> dict[str, Any]:
+    def status(self, job: JobHandle) -> dict[str, Any]:
         return _status_body(self._job(job.request_id))
 
-    def result(self, job: AsyncJob) -> dict[str, Any]:
+    def result(self, job: JobHandle) -> dict[str, Any]:
         found = self._job(job.request_id)
         return _result_body(found, self._url(found), lambda i: self.store.image(found.id, i))
 
-    def cancel(self, job: AsyncJob) -> dict[str, Any]:
+    def cancel(self, job: JobHandle) -> dict[str, Any]:
         with self._open_store(job.request_id):
             found = self.store.cancel(job.request_id)
         if found is None:
@@ -157,7 +155,7 @@ class LocalEngine:
             )
         return _status_body(found)
 
-    def pause(self, job: AsyncJob, seconds: float) -> None:
+    def pause(self, job: JobHandle, seconds: float) -> None:
         with self._open_store(job.request_id):
             self.worker.wait(job.request_id, timeout=seconds)
 

@@ -34,9 +34,9 @@ from collections.abc import Callable, Sequence
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
-from .. import __version__
 from ..jobs import QUEUED, JobStore, Worker
 from ..request import SLUG, WorkBudget
+from ..version import __version__
 from . import routes_api, routes_ops
 from .browser import add_browser_safety
 from .errors import ApiError, install_error_handlers
