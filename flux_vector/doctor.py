@@ -26,7 +26,7 @@ from .models import (
     resolve_lora,
     resolve_model,
 )
-from .offload import GiB, OffloadChoice, choose_offload
+from .offload import DEFAULT_OFFLOAD, GiB, OffloadChoice, choose_offload
 
 # FLUX.1-dev's components in bf16, bytes (parameter counts x 2): what `auto` weighs against the free memory.
 FLUX_DEV_BYTES = {
@@ -85,8 +85,8 @@ def offload_choices(gpu: Gpu | None) -> dict[str, OffloadChoice]:
     device = torch.device("cuda" if gpu else "cpu")
     free = gpu.free_bytes if gpu else None
     return {
-        "bf16": choose_offload("auto", device, free, FLUX_DEV_BYTES),
-        "8bit": choose_offload("auto", device, free, FLUX_DEV_BYTES_8BIT),
+        "bf16": choose_offload(DEFAULT_OFFLOAD, device, free, FLUX_DEV_BYTES),
+        "8bit": choose_offload(DEFAULT_OFFLOAD, device, free, FLUX_DEV_BYTES_8BIT),
     }
 
 

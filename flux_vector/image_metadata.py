@@ -31,6 +31,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+from .output_formats import FORMATS
 from .request import GenerationRequest
 
 RECORD_KEY = "flux_vector"
@@ -126,7 +127,7 @@ def save_options(output_format: str, record: Mapping[str, Any]) -> dict[str, Any
 
     record_json = json.dumps(record, ensure_ascii=False, separators=(",", ":"))
     parameters = parameters_text(record)
-    if output_format == "png":
+    if FORMATS[output_format].metadata == "png-text":
         info = PngImagePlugin.PngInfo()
         info.add_itxt(RECORD_KEY, record_json)
         info.add_itxt(PARAMETERS_KEY, parameters)

@@ -13,6 +13,7 @@ if TYPE_CHECKING:  # torch is imported where it is used, so the CLI's parsers (O
     import torch
 
 OFFLOAD_MODES = ("auto", "none", "model", "sequential", "group")
+DEFAULT_OFFLOAD = "auto"  # chosen from the free accelerator memory (``choose_offload``)
 GiB = 1024**3
 # Activations of a 1024x1024 Flux step plus the CUDA context and allocator slack, measured loosely; a margin.
 HEADROOM = 4 * GiB

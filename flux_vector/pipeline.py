@@ -43,7 +43,7 @@ from .models import (
     resolve_lora,
     resolve_model,
 )
-from .offload import OffloadChoice, accelerator_free_bytes, apply_offload, choose_offload, module_bytes
+from .offload import DEFAULT_OFFLOAD, OffloadChoice, accelerator_free_bytes, apply_offload, choose_offload, module_bytes
 from .prompt import encode_clip_pooled, encode_t5, tokenize_prompt, weighted_pieces
 from .request import GenerationRequest, parse_request
 from .sampling import flux_mu, ksampler, to_latent
@@ -165,7 +165,7 @@ class FluxVectorPipeline:
         lora: str | os.PathLike | None = DEFAULT_LORA,
         lora_strength: float = 1.0,
         quantize: str | None = None,
-        offload: str = "auto",
+        offload: str = DEFAULT_OFFLOAD,
         device: str | torch.device | None = None,
         dtype: torch.dtype | str | None = None,
         base: str | None = None,

@@ -13,6 +13,7 @@ from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 
+from .output_formats import DEFAULT_OUTPUT_FORMAT, OutputFormat
 from .sampling import SAMPLER_NAMES, SCHEDULER_NAMES
 
 # comfyui-art-venture's "SDXL Aspect Ratio" node (docs/COMFY_SAMPLING.md section 8): what the hosted API uses.
@@ -39,7 +40,6 @@ SLUG = "Simple_Vector_Flux"
 AspectRatio = Literal["1:1", "2:3", "3:4", "5:8", "9:16", "9:19", "9:21", "3:2", "4:3", "8:5", "16:9", "19:9", "21:9"]
 SamplerName = Literal[SAMPLER_NAMES]  # type: ignore[valid-type]
 SchedulerName = Literal[SCHEDULER_NAMES]  # type: ignore[valid-type]
-OutputFormat = Literal["png", "jpeg", "webp", "svg"]
 Detail = Literal["low", "medium", "high"]
 assert list(get_args(AspectRatio)) == list(ASPECT_RATIOS)
 
@@ -81,7 +81,9 @@ class GenerationRequest(BaseModel):
     width: int | None = Field(None, ge=16, le=4096, multiple_of=16, description="Overrides the ratio (with height).")
     height: int | None = Field(None, ge=16, le=4096, multiple_of=16, description="Overrides the ratio (with width).")
     batch_size: int = Field(1, ge=1, le=8, description="Images per request, one noise draw for the batch.")
-    output_format: OutputFormat = Field("png", description="Encoding of the returned image; svg: traced vector art.")
+    output_format: OutputFormat = Field(
+        DEFAULT_OUTPUT_FORMAT, description="Encoding of the returned image; svg: traced vector art."
+    )
     quality: int = Field(95, ge=1, le=100, description="JPEG/WebP quality.")
     base64: bool = Field(False, description="Return the image inline as base64.")
     detail: Detail = Field("medium", description="SVG only: how small a shape or colour the tracing keeps.")

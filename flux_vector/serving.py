@@ -10,7 +10,10 @@ import os
 import time
 from collections.abc import Callable
 
-LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+DEFAULT_HOST = "127.0.0.1"  # loopback only
+DEFAULT_PORT = 8000
+DEFAULT_MAX_QUEUE = 100  # jobs waiting before a submit is refused (429)
+LOOPBACK_HOSTS = (DEFAULT_HOST, "localhost", "::1")
 API_KEY_ENV = "FLUX_VECTOR_API_KEY"
 GRACEFUL_SHUTDOWN_S = 10
 

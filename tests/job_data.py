@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from PIL import Image
 
-from flux_vector.jobs import encode_image
+from flux_vector.output_formats import encode_image
 
 P = {"prompt": "v3ct0r style, a cat", "width": 64, "height": 64, "steps": 2}
 META = {

@@ -30,6 +30,7 @@ LAYERS = [
         "paths",
         "quiet",
         "version",
+        "output_formats",
     },
     {"models"},
     {"prompt", "lora", "fast"},

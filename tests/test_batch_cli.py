@@ -15,7 +15,7 @@ from pathlib import Path
 from PIL import Image
 
 from flux_vector.batching.manifest import file_sha256
-from flux_vector.jobs.bodies import EXTENSIONS
+from flux_vector.output_formats import output_format
 from tests.fake_pipeline import FAULTS_ENV
 from tests.server_process import CliProcess
 
@@ -133,7 +133,7 @@ def test_a_mixed_batch_survives_sigint_and_sigkill_and_ends_with_one_intact_file
         request = by_row[n]["request"]
         (record,) = by_row[n]["files"]
         assert record["name"].startswith(f"{n:04d}-fault-sleep-0-2-icon-number-")
-        assert record["name"].endswith(f"-s{request['seed']}.{EXTENSIONS[request['output_format']]}")
+        assert record["name"].endswith(f"-s{request['seed']}.{output_format(request['output_format']).extension}")
         assert by_row[n]["identity"]["model"] == "tiny"
         if request["output_format"] != "svg":
             with Image.open(out / record["name"]) as image:

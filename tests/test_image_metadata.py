@@ -16,7 +16,7 @@ from flux_vector.image_metadata import (
     public_name,
     read_metadata,
 )
-from flux_vector.jobs.bodies import encode_image
+from flux_vector.output_formats import encode_image
 from flux_vector.request import parse_request
 
 HOSTILE = 'a "red" <star> & </metadata> ]]> --> &amp; 東京\nsecond line, (weighted:1.2)'

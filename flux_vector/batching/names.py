@@ -8,7 +8,7 @@ import json
 import re
 import unicodedata
 
-from ..jobs.bodies import EXTENSIONS
+from ..output_formats import output_format
 from .rows import BatchItem
 
 SLUG_CHARS = 32
@@ -39,7 +39,7 @@ def file_names(item: BatchItem) -> list[str]:
     """``0007-a-red-fox-s42.png`` (row's line, prompt slug, seed); ``..-s42-0.png``, ``-1``... for batch_size > 1."""
     request = item.request
     stem = f"{item.line:04d}-{slug(request.prompt)}-s{request.seed}"
-    ext = EXTENSIONS[request.output_format]
+    ext = output_format(request.output_format).extension
     if request.batch_size == 1:
         return [f"{stem}.{ext}"]
     return [f"{stem}-{i}.{ext}" for i in range(request.batch_size)]

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..image_metadata import identity_of, image_metadata
-from ..jobs.bodies import encode_image
+from ..output_formats import encode_image
 from .interrupt import StopRequest, stop_on_signals
 from .manifest import MANIFEST, Manifest, write_durably
 from .names import file_names, item_key

@@ -7,8 +7,8 @@ import sys
 import time
 from pathlib import Path
 
+from ..output_formats import SUFFIXES
 from ..request import FIELDS, parse_request
-from .parser import OUTPUT_SUFFIXES
 
 # ----------------------------------------------------------------------------------------------- checks
 
@@ -103,8 +103,8 @@ def run_serve_command(args: argparse.Namespace) -> int:
 def _output_format(out: Path) -> str:
     from ..paths import check_output_file
 
-    check_output_file(out, OUTPUT_SUFFIXES)
-    return OUTPUT_SUFFIXES[out.suffix.lower()]
+    check_output_file(out, SUFFIXES)
+    return SUFFIXES[out.suffix.lower()]
 
 
 def run_vectorize_command(args: argparse.Namespace) -> int:
@@ -170,7 +170,7 @@ def run_generate_command(args: argparse.Namespace) -> int:
     lora = args.lora or made_with.get("lora")
     _check_weights(model, lora)
     from ..image_metadata import image_metadata  # torch and the model libraries: only once everything checked out
-    from ..jobs.bodies import encode_image
+    from ..output_formats import encode_image
     from ..pipeline import load_pipeline
 
     pipe = load_pipeline(

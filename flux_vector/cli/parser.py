@@ -11,8 +11,6 @@ from ..jobs.store import DEFAULT_RETENTION_S
 from ..request import FIELDS, GenerationRequest, allowed
 
 DESCRIPTION = "FLUX.1-dev + the Simple Vector LoRA locally, as Segmind's Simple_Vector_Flux API."
-# --out's suffix chooses output_format
-OUTPUT_SUFFIXES = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".webp": "webp", ".svg": "svg"}
 # request fields generate takes as flags (prompt is required; output_format comes from --out's suffix)
 GENERATE_FIELDS = tuple(f for f in FIELDS if f not in ("prompt", "output_format", "quality", "base64"))
 # the request defaults batch takes as flags (a row gives its prompt; files are written, never base64)
@@ -27,7 +25,7 @@ def _model_options(*, falls_back_to_demo: bool) -> argparse.ArgumentParser:
     ``falls_back_to_demo``: without --model and $FLUX_VECTOR_MODEL, a missing FLUX.1-dev means the shipped demo model
     (generate, serve, worker: they say so on the console, the banner and the playground)."""
     from ..models import DEFAULT_LORA, MODEL_ENV
-    from ..offload import OFFLOAD_MODES
+    from ..offload import DEFAULT_OFFLOAD, OFFLOAD_MODES
 
     otherwise = "else FLUX.1-dev if downloaded, else demo" if falls_back_to_demo else "else FLUX.1-dev"
     p = argparse.ArgumentParser(add_help=False)
@@ -41,7 +39,7 @@ def _model_options(*, falls_back_to_demo: bool) -> argparse.ArgumentParser:
     g.add_argument("--quantize", choices=["8bit"], help="bitsandbytes int8 transformer (default: none)")
     g.add_argument(
         "--offload",
-        default="auto",
+        default=DEFAULT_OFFLOAD,
         choices=OFFLOAD_MODES,
         help="move weights between GPU and CPU to save VRAM (default: auto, chosen from free VRAM; "
         "`flux-vector doctor` shows the choice)",
@@ -194,8 +192,8 @@ def _add_vectorize(sub, parents) -> None:
 
 
 def _add_serve(sub, parents) -> None:
-    from ..server.serve import DEFAULT_HOST, DEFAULT_LOG_LEVEL, DEFAULT_MAX_QUEUE, DEFAULT_PORT, default_store_path
-    from ..serving import API_KEY_ENV
+    from ..server.serve import DEFAULT_LOG_LEVEL, default_store_path
+    from ..serving import API_KEY_ENV, DEFAULT_HOST, DEFAULT_MAX_QUEUE, DEFAULT_PORT
 
     p = sub.add_parser(
         "serve",

@@ -3,7 +3,7 @@
 Used by the HTTP server (``flux_vector.server``) and by the in-process facade (``flux_vector.facade``).
 """
 
-from .bodies import EXTENSIONS, MEDIA_TYPES, encode_image, result_body, status_body
+from .bodies import result_body, status_body
 from .sqlite_store import SQLiteJobStore
 from .store import (
     COMPLETED,
@@ -26,9 +26,7 @@ __all__ = [
     "COMPLETED",
     "DEFAULT_MAX_ATTEMPTS",
     "DEFAULT_RETENTION_S",
-    "EXTENSIONS",
     "FAILED",
-    "MEDIA_TYPES",
     "PROCESSING",
     "QUEUED",
     "STATES",
@@ -42,7 +40,6 @@ __all__ = [
     "StoreLocked",
     "Worker",
     "describe_error",
-    "encode_image",
     "result_body",
     "status_body",
 ]

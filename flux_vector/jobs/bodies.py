@@ -20,42 +20,12 @@ A FAILED final body carries ``status``, ``error``, ``metrics`` and ``output: nul
 from __future__ import annotations
 
 import base64 as b64
-import io
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 from .store import COMPLETED, FAILED, PROCESSING, QUEUED, Job
-
-MEDIA_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp", "svg": "image/svg+xml"}
-EXTENSIONS = {"png": "png", "jpeg": "jpg", "webp": "webp", "svg": "svg"}
-
-
-def encode_image(
-    image, output_format: str, quality: int, *, metadata: Mapping[str, Any] | None = None, **vector_options: Any
-) -> bytes:
-    """A PIL image as ``output_format`` bytes (``quality`` applies to jpeg and webp; ``vector_options`` are
-    ``image_to_svg``'s, for svg: the image is traced, seconds of CPU work), carrying ``metadata`` (an
-    ``image_metadata`` record) when given."""
-    from ..image_metadata import save_options, svg_with_metadata
-
-    if output_format == "svg":
-        from ..vectorize import image_to_svg  # numpy, scipy, vtracer: only where images are encoded
-
-        svg = image_to_svg(image, **vector_options)
-        return (svg if metadata is None else svg_with_metadata(svg, metadata)).encode("utf-8")
-    if output_format not in EXTENSIONS:
-        raise ValueError(f"output_format={output_format!r} is not allowed; one of {', '.join(EXTENSIONS)}")
-    options = {} if metadata is None else save_options(output_format, metadata)
-    buffer = io.BytesIO()
-    if output_format == "png":
-        image.save(buffer, format="PNG", **options)
-    elif output_format == "jpeg":
-        image.convert("RGB").save(buffer, format="JPEG", quality=quality, **options)
-    else:
-        image.save(buffer, format="WEBP", quality=quality, **options)
-    return buffer.getvalue()
 
 
 def status_body(job: Job) -> dict[str, Any]:

@@ -31,8 +31,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 from ..image_metadata import identity_of, image_metadata
+from ..output_formats import encode_image, output_format
 from ..request import GenerationRequest, RequestError, parse_request
-from .bodies import EXTENSIONS, MEDIA_TYPES, encode_image
 from .store import Job, JobStore, LeaseLost, StoreUnavailable, StoreWriteError
 
 
@@ -327,8 +327,8 @@ class Worker:
             "echo": request.echo(),
             "width": result.width,
             "height": result.height,
-            "ext": EXTENSIONS[request.output_format],
-            "media_type": MEDIA_TYPES[request.output_format],
+            "ext": output_format(request.output_format).extension,
+            "media_type": output_format(request.output_format).media_type,
             "inference_time": result.timings.get("total_s"),
             "timings": {k: round(float(v), 4) for k, v in result.timings.items()},
         }

@@ -17,12 +17,13 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from ..serving import prepare_for_serving
+from ..offload import DEFAULT_OFFLOAD
+from ..serving import DEFAULT_HOST, prepare_for_serving
 from .metrics import JobMetrics
 from .redis_store import DEFAULT_LEASE_S, DEFAULT_REDIS_MAX_ATTEMPTS, RedisJobStore, is_redis_url
 from .worker import Worker
 
-DEFAULT_METRICS_HOST = "127.0.0.1"
+DEFAULT_METRICS_HOST = DEFAULT_HOST
 DEFAULT_METRICS_PORT = 9400
 
 
@@ -78,7 +79,7 @@ def run_worker(
     model: str | None,
     lora: str | None = None,
     quantize: str | None = None,
-    offload: str = "auto",
+    offload: str = DEFAULT_OFFLOAD,
     device: str | None = None,
     name: str | None = None,
     lease_s: float = DEFAULT_LEASE_S,

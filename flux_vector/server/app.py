@@ -36,6 +36,7 @@ from starlette.concurrency import run_in_threadpool
 
 from ..jobs import QUEUED, JobStore, Worker
 from ..request import SLUG, WorkBudget
+from ..serving import DEFAULT_HOST, DEFAULT_MAX_QUEUE
 from ..version import __version__
 from . import routes_api, routes_ops
 from .browser import add_browser_safety
@@ -53,11 +54,11 @@ def create_app(
     *,
     slug: str = SLUG,
     api_key: str | None = None,
-    max_queue: int | None = 100,
+    max_queue: int | None = DEFAULT_MAX_QUEUE,
     model_name: str = "",
     manage_worker: bool = True,
     log: Callable[[str], None] | None = None,
-    host: str = "127.0.0.1",
+    host: str = DEFAULT_HOST,
     public_url: str = "",
     allow_origins: Sequence[str] = (),
     budget: WorkBudget | None = None,

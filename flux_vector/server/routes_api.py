@@ -138,5 +138,7 @@ def job_image(request_id: str, name: str, state: State):
     if data is None:
         raise ApiError(404, f"no image {name!r} for request {request_id!r} (expired, or no such index)")
     return Response(
-        data, media_type=job.result["media_type"], headers={"Cache-Control": "private, max-age=3600", **IMAGE_HEADERS}
+        data,
+        media_type=job.result["media_type"],
+        headers={"Cache-Control": f"private, max-age={int(state.store.retention_s)}", **IMAGE_HEADERS},
     )

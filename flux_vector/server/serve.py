@@ -12,9 +12,13 @@ from pathlib import Path
 
 from ..jobs import DEFAULT_RETENTION_S, SQLiteJobStore, Worker
 from ..jobs.redis_store import is_redis_url
+from ..offload import DEFAULT_OFFLOAD
 from ..request import SLUG, WorkBudget
 from ..serving import (
     API_KEY_ENV,
+    DEFAULT_HOST,
+    DEFAULT_MAX_QUEUE,
+    DEFAULT_PORT,
     describe_api_key,
     describe_urls,
     device_memory_bytes,
@@ -25,9 +29,6 @@ from ..serving import (
     work_budget,
 )
 
-DEFAULT_PORT = 8000
-DEFAULT_MAX_QUEUE = 100
-DEFAULT_HOST = "127.0.0.1"
 DEFAULT_LOG_LEVEL = "info"
 
 
@@ -42,7 +43,7 @@ def serve(
     model: str | None,
     lora: str | None = None,
     quantize: str | None = None,
-    offload: str = "auto",
+    offload: str = DEFAULT_OFFLOAD,
     device: str | None = None,
     host: str = DEFAULT_HOST,
     port: int = DEFAULT_PORT,
