@@ -24,7 +24,7 @@ import logging
 import os
 import time
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator, Mapping, Sized
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sized
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,11 +45,12 @@ from .models import (
 )
 from .offload import DEFAULT_OFFLOAD, OffloadChoice, accelerator_free_bytes, apply_offload, choose_offload, module_bytes
 from .prompt import encode_clip_pooled, encode_t5, tokenize_prompt, weighted_pieces
-from .request import GenerationRequest, parse_request
+from .request import GenerationRequest, Prepared, parse_request
 from .sampling import flux_mu, ksampler, to_latent
 
 PROMPT_CACHE_SIZE = 64
 _log = logging.getLogger("flux_vector")
+WARMUP_PROMPT = "warm-up"
 NEGATIVE_GUIDANCE = 3.5  # ComfyUI's default for a conditioning without FluxGuidance (the negative prompt)
 
 
@@ -277,16 +278,46 @@ class FluxVectorPipeline:
         self.fast_timings = apply_fast(self, plan, log=log)
         return plan
 
-    def warmup(self, width: int = 1024, height: int = 1024, steps: int = 2, prompt: str = "warm-up") -> dict:
-        """Run two short generations at this size (compiling when the fast mode compiles); ``compile_s`` is the first
-        call minus the second. Later generations at this size (any steps, seed, strength) reuse the compiled code."""
-        times = []
-        for _ in range(2):
-            started = time.perf_counter()
-            self(prompt, width=width, height=height, steps=steps, seed=0, progress=False)
-            _sync(self.device)
-            times.append(time.perf_counter() - started)
-        return {"first_s": times[0], "warm_s": times[1], "compile_s": max(times[0] - times[1], 0.0)}
+    # ------------------------------------------------------------------------------------------- serving
+    def default_size(self) -> tuple[int, int]:
+        """The size a request that names none is drawn at (the contract's default aspect ratio, in this model's
+        size table)."""
+        return self.size_of(GenerationRequest(prompt=WARMUP_PROMPT))
+
+    def warmup(
+        self,
+        sizes: Iterable[tuple[int, int]] | None = None,
+        *,
+        steps: int = 1,
+        log: Callable[[str], None] | None = None,
+    ) -> dict[tuple[int, int], dict[str, float]]:
+        """A short generation at each size served (default: ``default_size()``; repeats dropped), so that the first
+        job at a served size pays no first-call or compile costs: the compiled fast mode compiles one static graph
+        per size. Compiled, each size runs twice and ``compile_s`` is the first run minus the second (later
+        generations at that size, any steps, seed or strength, reuse the compiled code); else once. Returns
+        ``{(width, height): {"first_s", "warm_s", "compile_s"}}``."""
+        compiled = self.fast_plan is not None and bool(getattr(self.fast_plan, "compile", False))
+        wanted = list(dict.fromkeys(sizes if sizes is not None else [self.default_size()]))
+        strength = 0.0 if self.lora is None else self.lora.strength  # the LoRA stays as it is
+        report: dict[tuple[int, int], dict[str, float]] = {}
+        for width, height in wanted:
+            request = GenerationRequest(
+                prompt=WARMUP_PROMPT, width=width, height=height, steps=steps, seed=0, lora_strength=strength
+            )
+            times = []
+            for _ in range(2 if compiled else 1):
+                started = time.perf_counter()
+                self.generate(request, progress=False)
+                _sync(self.device)
+                times.append(time.perf_counter() - started)
+            report[(width, height)] = {
+                "first_s": times[0],
+                "warm_s": times[-1],
+                "compile_s": max(times[0] - times[-1], 0.0),
+            }
+            if log is not None:
+                log(f"warm-up: {width}x{height}, {steps} step{'s' if steps != 1 else ''} in {times[0]:.2f} s")
+        return report
 
     # ------------------------------------------------------------------------------------------------- LoRA
     @property
@@ -303,15 +334,69 @@ class FluxVectorPipeline:
         return None if self.lora is None else self.lora.strength
 
     def set_lora_strength(self, strength: float) -> None:
-        """Switch the LoRA strength (any s in [-10, 10]); costs no reload and accumulates no drift."""
+        """Switch the LoRA strength (any s in [-10, 10]); costs no reload and accumulates no drift. Without a LoRA,
+        only 0 (``lora.strength_without_lora``). Requests take ``prepare``, which the contract has checked already."""
         from .lora import check_strength, strength_without_lora
 
-        check_strength(strength)
+        value = check_strength(strength)  # a caller's value, not through the contract: True is not 1.0
         if self.lora is None:
-            strength_without_lora(strength, explicit=True)
+            strength_without_lora(value, explicit=True)
             return
-        if strength != self.lora.strength:
-            self.lora.set_strength(strength)
+        if value != self.lora.strength:
+            self.lora.set_strength(value)
+
+    def prepare(self, request: GenerationRequest) -> Prepared:
+        """The request as this pipeline draws it, with the LoRA set for it: the one place the strength rules run.
+        Without a LoRA, a strength left at its default becomes 0 and an explicit other one is ``NoLoraLoaded`` (a
+        ``request.ModelCannot``); with one, the LoRA is switched to the request's strength (fused: recomputed in place
+        from the kept W0, no reload), timed. A prepared request prepares again at no cost."""
+        if self.lora is None:
+            if request.lora_strength == 0:
+                return Prepared(request)
+            from .lora import strength_without_lora
+
+            strength = strength_without_lora(
+                request.lora_strength, explicit="lora_strength" in request.model_fields_set
+            )
+            return Prepared(request.model_copy(update={"lora_strength": strength}))
+        if request.lora_strength == self.lora.strength:
+            return Prepared(request)
+        started = time.perf_counter()
+        self.lora.set_strength(request.lora_strength)
+        _sync(self.device)
+        return Prepared(request, time.perf_counter() - started)
+
+    def fuse_lora(self, log: Callable[[str], None] = print) -> bool:
+        """Fuse the LoRA into the weights once where this pipeline can hold fused weights (a strength switch then
+        recomputes them from the kept originals); True when fused. An 8-bit transformer or weights kept off the device
+        (sequential or group offload) keep it as a runtime adapter, as does a LoRA the fusing code refuses."""
+        if self.lora is None:
+            log("lora: none loaded (lora_strength 0 only)")
+            return False
+        if self.lora.fused:
+            return True
+        from .lora import LoraError
+        from .quantize import is_quantized
+
+        reason = None
+        if is_quantized(self.transformer):
+            reason = "the transformer is 8-bit quantized"
+        elif self.offload.mode in ("sequential", "group"):
+            reason = f"offload {self.offload.mode} keeps the weights off the device"
+        if reason is None:
+            started = time.perf_counter()
+            try:
+                self.lora.fuse()
+            except LoraError as exc:
+                reason = str(exc).splitlines()[0]
+            else:
+                log(
+                    f"lora: fused into the weights in {time.perf_counter() - started:.3f} s at strength "
+                    f"{self.lora.strength:g} (another lora_strength recomputes them from the kept originals: no reload)"
+                )
+                return True
+        log(f"lora: kept as a runtime adapter ({reason}); switching strength is one assignment")
+        return False
 
     # ------------------------------------------------------------------------------------------- encode
     def tokenize(self, prompt: str):
@@ -390,12 +475,9 @@ class FluxVectorPipeline:
     def generate(self, request: GenerationRequest, *, progress: bool = True, on_step=None) -> GenerationResult:
         timings: dict[str, float] = {}
         started = time.perf_counter()
-        if self.lora is not None:
-            self.set_lora_strength(request.lora_strength)
-        else:
-            from .lora import strength_without_lora
-
-            strength_without_lora(request.lora_strength, explicit="lora_strength" in request.model_fields_set)
+        request, switch_s = self.prepare(request)
+        if switch_s is not None:
+            timings["lora_switch_s"] = switch_s
         width, height = self.size_of(request)
         if self._step_cache_on():  # cached residuals belong to one generation
             self.transformer._reset_stateful_cache()

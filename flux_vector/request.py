@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Literal, get_args
+from typing import Any, Literal, NamedTuple, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 
@@ -122,6 +122,33 @@ class GenerationRequest(BaseModel):
     def echo(self) -> dict[str, Any]:
         """The parameters as the final result dict echoes them, defaults filled in."""
         return self.model_dump()
+
+
+class ModelCannot(ValueError):
+    """A request the contract allows but the loaded model cannot serve (a lora_strength with no LoRA loaded)."""
+
+
+class Prepared(NamedTuple):
+    """What ``prepare(request)`` made of a request on a loaded pipeline: the request as it will be drawn (the LoRA
+    strength rules applied) and the seconds switching the LoRA to its strength took (None: no switch)."""
+
+    request: GenerationRequest
+    lora_switch_s: float | None = None
+
+
+def stored_params(request: GenerationRequest) -> dict[str, Any]:
+    """The request as a store keeps it: JSON-ready, only the fields the caller set (so that the rules that tell a
+    default from an explicit value, ``lora_strength`` without a LoRA, still can after the round trip)."""
+    return request.model_dump(mode="json", exclude_unset=True)
+
+
+def from_stored(params: dict[str, Any]) -> GenerationRequest:
+    """``stored_params`` read back (by a store): the same request, the same fields set. A stored request that no
+    longer validates (a store written by another version) is a ``RequestError`` naming the field."""
+    try:
+        return GenerationRequest.model_validate(params)
+    except ValidationError as exc:
+        raise _error_from(exc, params) from None
 
 
 def allowed(field: str) -> str:

@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import contextlib
 import os
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .jobs.worker import GeneratingPipeline
 
 DEFAULT_HOST = "127.0.0.1"  # loopback only
 DEFAULT_PORT = 8000
@@ -18,66 +21,48 @@ API_KEY_ENV = "FLUX_VECTOR_API_KEY"
 GRACEFUL_SHUTDOWN_S = 10
 
 
-def prepare_for_serving(pipe, *, fuse: bool = True, warmup: bool = True, log=print) -> None:
-    """Fuse the LoRA into the weights once where that is possible (a strength switch then recomputes them from the
-    kept originals), and run one short generation so the first job pays no first-call costs."""
+def prepare_for_serving(
+    pipe: GeneratingPipeline,
+    *,
+    fuse: bool = True,
+    warmup: bool = True,
+    warmup_sizes: Sequence[tuple[int, int]] = (),
+    log: Callable[[str], None] = print,
+) -> None:
+    """Fuse the LoRA into the weights once where the pipeline can (``pipe.fuse_lora``: a strength switch then
+    recomputes them from the kept originals), and warm up at the sizes served: the default size and
+    ``warmup_sizes`` (``--warmup-size``), so the first job at any of them pays no first-call or compile costs."""
     if fuse:
-        fuse_lora(pipe, log)
+        pipe.fuse_lora(log)
     if warmup:
-        warm_up(pipe, log)
+        pipe.warmup(served_sizes(pipe, warmup_sizes), log=log)
 
 
-def fuse_lora(pipe, log) -> bool:
-    """Fuse the pipeline's LoRA into its weights once when that is possible; True when fused."""
-    lora = getattr(pipe, "lora", None)
-    if lora is None:
-        log("lora: none loaded (lora_strength 0 only)")
-        return False
-    if lora.fused:
-        return True
-    from .lora import LoraError
-    from .quantize import is_quantized
-
-    offload = getattr(getattr(pipe, "offload", None), "mode", "none")
-    reason = None
-    if is_quantized(pipe.transformer):
-        reason = "the transformer is 8-bit quantized"
-    elif offload in ("sequential", "group"):
-        reason = f"offload {offload} keeps the weights off the device"
-    if reason is None:
-        started = time.perf_counter()
-        try:
-            lora.fuse()
-        except LoraError as exc:
-            reason = str(exc).splitlines()[0]
-        else:
-            log(
-                f"lora: fused into the weights in {time.perf_counter() - started:.3f} s at strength {lora.strength:g} "
-                "(another lora_strength recomputes them from the kept originals: no reload)"
-            )
-            return True
-    log(f"lora: kept as a runtime adapter ({reason}); switching strength is one assignment")
-    return False
+def served_sizes(pipe: GeneratingPipeline, extra: Sequence[tuple[int, int]] = ()) -> list[tuple[int, int]]:
+    """The sizes a serving process warms up: the size a request naming none is drawn at (the pipeline's
+    ``default_size()``, when it has one), then ``extra``; each once."""
+    default = getattr(pipe, "default_size", None)
+    return list(dict.fromkeys([*([default()] if callable(default) else []), *extra]))
 
 
-def warm_up(pipe, log, size: int = 256) -> float:
-    """One short generation so the first job pays no first-call costs; the seconds it took."""
-    from .request import parse_request
+def parse_size(text: str) -> tuple[int, int]:
+    """``--warmup-size``'s value: ``WIDTHxHEIGHT`` (``1024x1024``) or an aspect ratio of the size table (``16:9``),
+    checked as a request's width and height are; ``ValueError`` saying what is allowed."""
+    from .request import ASPECT_RATIOS, RequestError, parse_request
 
-    strength = getattr(getattr(pipe, "lora", None), "strength", None)
-    params = {
-        "prompt": "warm-up",
-        "width": size,
-        "height": size,
-        "steps": 1,
-        "seed": 0,
-        "lora_strength": 0 if strength is None else strength,
-    }
-    started = time.perf_counter()
-    pipe.generate(parse_request(params), progress=False)
-    elapsed = time.perf_counter() - started
-    log(f"warm-up: {size}x{size}, 1 step in {elapsed:.2f} s")
-    return elapsed
+    if text in ASPECT_RATIOS:
+        return ASPECT_RATIOS[text]
+    width, sep, height = text.lower().partition("x")
+    if not (sep and width.isdigit() and height.isdigit()):
+        raise ValueError(
+            f"--warmup-size={text!r} is not allowed; it must be WIDTHxHEIGHT (e.g. 1024x1024) or one of the aspect "
+            f"ratios {', '.join(ASPECT_RATIOS)}"
+        )
+    try:
+        request = parse_request({"prompt": "size", "width": int(width), "height": int(height)})
+    except RequestError as exc:
+        raise ValueError(f"--warmup-size={text!r} is not allowed: {exc}") from None
+    return request.size
 
 
 def describe_api_key(api_key: str | None) -> str:

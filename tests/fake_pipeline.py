@@ -1,5 +1,8 @@
-"""Stand-ins for FluxVectorPipeline with the same ``generate`` contract, for fast queue/server tests.
+"""Stand-ins for FluxVectorPipeline with the same contract (``jobs.worker.GeneratingPipeline``: prepare, generate,
+fuse_lora, warmup), for fast queue/server tests.
 
+- ``FakePipelineBase``: ``prepare`` with the real strength rule (``lora.strength_without_lora``), ``fuse_lora`` and
+  ``warmup`` that record what they were asked; a subclass draws.
 - ``FakePipeline``: solid-colour images, no model.
 - ``FaultInjectingPipeline``: a real pipeline (the tiny model, usually) that fails or stalls on request, because
   nothing in the parameter contract can make a valid request fail deterministically. Markers in a prompt act before
@@ -26,6 +29,8 @@ from typing import Any
 
 from PIL import Image
 
+from flux_vector.request import GenerationRequest, Prepared
+
 _ROOT = str(Path(__file__).resolve().parent.parent)  # so that a server started from any folder imports ``tests``
 FAULTS_ENV = {
     "FLUX_VECTOR_PIPELINE_FACTORY": "tests.fake_pipeline:load_with_faults",
@@ -34,14 +39,40 @@ FAULTS_ENV = {
 _MARKER = re.compile(r"\[\[fault:(nan|oom|sleep=(\d+(?:\.\d+)?))\]\]")
 
 
-class FakePipeline:
+class FakePipelineBase:
+    """The non-drawing part of the pipeline contract. ``lora``: None is a pipeline loaded without a LoRA (the
+    strength rule then applies as ``FluxVectorPipeline.prepare`` applies it); anything else stands for one."""
+
+    lora: object = "fake-lora"
+
+    def prepare(self, request: GenerationRequest) -> Prepared:
+        if self.lora is None and request.lora_strength != 0:
+            from flux_vector.lora import strength_without_lora
+
+            explicit = "lora_strength" in request.model_fields_set
+            return Prepared(
+                request.model_copy(update={"lora_strength": strength_without_lora(request.lora_strength, explicit)})
+            )
+        return Prepared(request)
+
+    def fuse_lora(self, log: Callable[[str], None] = print) -> bool:
+        self.fused = self.lora is not None
+        return self.fused
+
+    def warmup(self, sizes=None, *, log=None):
+        self.warmed = list(sizes or [])
+        return {}
+
+
+class FakePipeline(FakePipelineBase):
     """Solid-colour images of the requested size; ``step_s`` seconds per step; ``error`` raised instead."""
 
     def __init__(self, step_s: float = 0.0, error: BaseException | None = None, lora: object = "fake-lora"):
         self.step_s, self.error, self.lora = step_s, error, lora
-        self.calls = []
+        self.calls: list[GenerationRequest] = []
 
     def generate(self, request, *, progress=True, on_step=None):
+        request = self.prepare(request).request
         self.calls.append(request)
         started = time.perf_counter()
         for i in range(request.steps):
@@ -84,8 +115,7 @@ def act_on_fault_markers(prompt: str, total_steps: int, on_step: Callable[[int, 
 
 class FaultInjectingPipeline:
     """``inner`` with ``[[fault:...]]`` prompt markers acted on before it generates; every other attribute is
-    ``inner``'s (its LoRA, device, transformer: the worker process fuses the real thing). Build one with
-    ``with_fault_markers``, which also keeps strength switching when ``inner`` has it."""
+    ``inner``'s (its LoRA, ``prepare``, ``fuse_lora``, ``warmup``: the worker process fuses the real thing)."""
 
     def __init__(self, inner: Any):
         self.inner = inner
@@ -98,21 +128,8 @@ class FaultInjectingPipeline:
         return self.inner.generate(request, progress=progress, on_step=on_step)
 
 
-class _FaultInjectingLoraPipeline(FaultInjectingPipeline):
-    """The same, declaring ``inner``'s LoRA strength switching (``flux_vector.jobs.worker.LoraSwitching``)."""
-
-    @property
-    def lora_strength(self) -> float | None:
-        return self.inner.lora_strength
-
-    def set_lora_strength(self, strength: float) -> None:
-        self.inner.set_lora_strength(strength)
-
-
 def with_fault_markers(inner: Any) -> FaultInjectingPipeline:
-    from flux_vector.jobs.worker import LoraSwitching
-
-    return (_FaultInjectingLoraPipeline if isinstance(inner, LoraSwitching) else FaultInjectingPipeline)(inner)
+    return FaultInjectingPipeline(inner)
 
 
 def load_with_faults(model: str, **options: Any) -> FaultInjectingPipeline:

@@ -28,7 +28,7 @@ from flux_vector import facade
 from flux_vector.facade.client import MIN_POLL_INTERVAL_S
 from flux_vector.jobs import SQLiteJobStore, Worker
 from flux_vector.jobs.redis_store import RedisJobStore, split_redis_url
-from flux_vector.request import SLUG, WorkBudget
+from flux_vector.request import SLUG, WorkBudget, parse_request
 from flux_vector.server.app import create_app
 from tests.fake_pipeline import FAULTS_ENV, FakePipeline
 from tests.server_process import ServerProcess
@@ -565,7 +565,7 @@ def test_async_job_cancel_in_process(engine):
 
 # ------------------------------------------------------------------------------------------ problem 3: store
 def completed_job(store) -> str:
-    job = store.submit(SLUG, {"prompt": "a cat"})
+    job = store.submit(SLUG, parse_request({"prompt": "a cat"}))
     assert store.claim().id == job.id
     store.complete(job.id, [b"png bytes"], {"ext": "png", "media_type": "image/png"})
     return job.id
@@ -630,7 +630,7 @@ def test_a_damaged_database_is_refused_at_start_and_healthz_reports_a_full_disk(
 
     store = SQLiteJobStore(tmp_path / "jobs.sqlite3")
     for _ in range(200):
-        store.submit(SLUG, {"prompt": "a cat " * 50})
+        store.submit(SLUG, parse_request({"prompt": "a cat " * 50}))
     store.close()
     path = tmp_path / "jobs.sqlite3"
     data = bytearray(path.read_bytes())

@@ -19,6 +19,7 @@ from flux_vector.jobs import (
     result_body,
     status_body,
 )
+from flux_vector.request import parse_request
 from tests.fake_pipeline import FakePipeline
 from tests.job_data import META, P, png
 
@@ -40,10 +41,10 @@ def test_survives_reopen_and_one_server_per_store(tmp_path):
     s = SQLiteJobStore(path)
     with pytest.raises(StoreLocked, match="in use by another"):
         SQLiteJobStore(path)
-    done = s.submit("s", P)
+    done = s.submit("s", parse_request(P))
     s.claim()
     finish(s, done.id)
-    waiting = s.submit("s", P)
+    waiting = s.submit("s", parse_request(P))
     s.close()
     s = SQLiteJobStore(path)
     assert s.get(done.id).state == COMPLETED and s.image(done.id, 0) == png()
@@ -54,8 +55,8 @@ def test_survives_reopen_and_one_server_per_store(tmp_path):
 def test_recover_reruns_then_fails_interrupted_jobs(tmp_path):
     path = tmp_path / "jobs.sqlite3"
     s = SQLiteJobStore(path)
-    job = s.submit("s", P)
-    later = s.submit("s", P)
+    job = s.submit("s", parse_request(P))
+    later = s.submit("s", parse_request(P))
     s.claim()  # PROCESSING when the "process dies"
     (s.image_dir / f"{job.id}-0.png.tmp").write_bytes(b"half")  # a crash while writing its image
     s.close()
@@ -79,7 +80,7 @@ def test_recover_reruns_then_fails_interrupted_jobs(tmp_path):
 
 def test_expired_image_files_stay_until_the_sweep(tmp_path):
     s = SQLiteJobStore(tmp_path / "jobs.sqlite3", retention_s=0.3)
-    job = s.submit("s", P)
+    job = s.submit("s", parse_request(P))
     s.claim()
     finish(s, job.id)
     path = s.image_file(job.id, 0)
@@ -92,7 +93,7 @@ def test_expired_image_files_stay_until_the_sweep(tmp_path):
 
 
 def test_bodies(store):
-    job = store.submit("s", {**P, "base64": True})
+    job = store.submit("s", parse_request({**P, "base64": True}))
     assert status_body(store.get(job.id)) == {"request_id": job.id, "status": QUEUED, "position": 0}
     store.claim()
     store.progress(job.id, 1, 2)
@@ -131,12 +132,12 @@ def test_model_error_fails_the_job_and_worker_carries_on(store, error, expected)
     pipe = FakePipeline(error=error)
     worker = run_worker(store, pipe)
     try:
-        bad = store.submit("s", P)
+        bad = store.submit("s", parse_request(P))
         worker.notify()
         failed = worker.wait(bad.id, timeout=10)
         assert failed.state == FAILED and expected in failed.error
         pipe.error = None
-        good = store.submit("s", P)
+        good = store.submit("s", parse_request(P))
         worker.notify()
         assert worker.wait(good.id, timeout=10).state == COMPLETED
     finally:
@@ -146,8 +147,8 @@ def test_model_error_fails_the_job_and_worker_carries_on(store, error, expected)
 def test_without_lora_only_strength_zero(store):
     worker = run_worker(store, FakePipeline(lora=None))
     try:
-        default = store.submit("s", P)
-        explicit = store.submit("s", {**P, "lora_strength": 0.5})
+        default = store.submit("s", parse_request(P))
+        explicit = store.submit("s", parse_request({**P, "lora_strength": 0.5}))
         worker.notify()
         assert worker.wait(default.id, 10).result["echo"]["lora_strength"] == 0.0
         failed = worker.wait(explicit.id, 10)
@@ -166,7 +167,7 @@ def test_factory_built_lazily_and_load_error_fails_jobs(store):
     worker = run_worker(store, factory)
     try:
         assert calls == []
-        job = store.submit("s", P)
+        job = store.submit("s", parse_request(P))
         worker.notify()
         failed = worker.wait(job.id, 10)
         assert failed.state == FAILED and "could not be loaded: no weights here" in failed.error
@@ -178,7 +179,7 @@ def test_factory_built_lazily_and_load_error_fails_jobs(store):
 def test_wait_times_out_and_progress_is_recorded(store):
     worker = run_worker(store, FakePipeline(step_s=0.02), progress_every=0.0)
     try:
-        job = store.submit("s", {**P, "steps": 30})
+        job = store.submit("s", parse_request({**P, "steps": 30}))
         worker.notify()
         t = time.monotonic()
         still = worker.wait(job.id, timeout=0.2)
@@ -191,7 +192,7 @@ def test_wait_times_out_and_progress_is_recorded(store):
 def test_worker_with_the_tiny_pipeline(store, tiny_pipe):
     worker = run_worker(store, tiny_pipe)
     try:
-        job = store.submit("s", {**P, "output_format": "webp"})
+        job = store.submit("s", parse_request({**P, "output_format": "webp"}))
         worker.notify()
         done = worker.wait(job.id, timeout=120)
         assert done.state == COMPLETED, done.error

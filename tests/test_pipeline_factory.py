@@ -7,7 +7,7 @@ import types
 import pytest
 
 from flux_vector.jobs import QUEUED, SQLiteJobStore, Worker
-from flux_vector.jobs.worker import LoraSwitching
+from flux_vector.jobs.worker import GeneratingPipeline
 from flux_vector.models import DEFAULT_LORA
 from flux_vector.pipeline import load_pipeline
 from flux_vector.pipeline_factory import FACTORY_ENV
@@ -41,7 +41,7 @@ def test_a_stopping_worker_interrupts_a_stalled_job(tmp_path):
     store = SQLiteJobStore(tmp_path / "jobs.sqlite3")
     worker = Worker(store, with_fault_markers(FakePipeline()), log=lambda m: None, idle_poll=0.05).start()
     try:
-        job = store.submit("s", {**P, "prompt": "[[fault:sleep=30]] hold"})
+        job = store.submit("s", parse_request({**P, "prompt": "[[fault:sleep=30]] hold"}))
         worker.notify()
         deadline = time.monotonic() + 10
         while worker.current_job != job.id and time.monotonic() < deadline:
@@ -84,7 +84,7 @@ def test_the_test_suites_factory_wraps_the_real_pipeline(monkeypatch, tiny_dir):
     monkeypatch.setenv(FACTORY_ENV, FAULTS_ENV[FACTORY_ENV])
     pipe = load_pipeline("tiny", log=lambda *_: None)
     assert isinstance(pipe, FaultInjectingPipeline) and pipe.lora is not None and pipe.lora_strength == 1.0
-    assert isinstance(pipe, LoraSwitching) and not isinstance(with_fault_markers(FakePipeline()), LoraSwitching)
+    assert isinstance(pipe, GeneratingPipeline) and isinstance(with_fault_markers(FakePipeline()), GeneratingPipeline)
     pipe.set_lora_strength(0.5)
     assert pipe.inner.lora.strength == 0.5
     with pytest.raises(MemoryError, match="out of memory"):

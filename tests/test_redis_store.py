@@ -14,6 +14,7 @@ from PIL import Image
 from flux_vector.jobs import COMPLETED, FAILED, QUEUED, Worker
 from flux_vector.jobs.redis_store import RedisJobStore
 from flux_vector.jobs.store import LeaseLost, StoreUnavailable
+from flux_vector.request import parse_request
 from tests.job_data import META, P, png
 from tests.redis_cluster import require_redis
 from tests.server_process import free_port
@@ -40,7 +41,7 @@ def make_store(redis_server):
 
 def test_a_run_records_its_worker_and_finished_entries_leave_the_stream(make_store):
     store = make_store(name="w1")
-    a, b, c = (store.submit("Simple_Vector_Flux", {**P, "seed": i}) for i in range(3))
+    a, b, c = (store.submit("Simple_Vector_Flux", parse_request({**P, "seed": i})) for i in range(3))
     assert store.claim().id == a.id
     store.complete(a.id, [png()], META)
     assert store.claim().id == b.id
@@ -59,7 +60,7 @@ def test_unreachable_redis_is_a_clear_error():
 def test_results_vanish_by_key_expiry(make_store):
     api = make_store(retention_s=0.4)
     worker = make_store(retention_s=3600)  # the retention is the accepting API process's
-    job = api.submit("s", P)
+    job = api.submit("s", parse_request(P))
     worker.claim()
     worker.complete(job.id, [png()], META)
     assert api.get(job.id).state == COMPLETED and api.counts()[COMPLETED] == 1
@@ -74,8 +75,8 @@ def test_results_vanish_by_key_expiry(make_store):
 
 def test_a_dead_workers_job_runs_again_then_fails_after_max_attempts(make_store):
     a = make_store(name="a", lease_s=0.3, max_attempts=2)
-    job = a.submit("s", P)
-    later = a.submit("s", P)
+    job = a.submit("s", parse_request(P))
+    later = a.submit("s", parse_request(P))
     assert a.claim().id == job.id
     a.close()  # "SIGKILL": no more heartbeats, no requeue
 
@@ -100,7 +101,7 @@ def test_a_dead_workers_job_runs_again_then_fails_after_max_attempts(make_store)
 def test_a_live_worker_keeps_its_job_past_the_lease(make_store):
     a = make_store(name="a", lease_s=0.3)
     b = make_store(name="b", lease_s=0.3)
-    job = a.submit("s", P)
+    job = a.submit("s", parse_request(P))
     a.claim()
     time.sleep(0.8)  # more than two leases: a's heartbeats (every 0.1 s) keep it
     assert b.claim() is None
@@ -113,7 +114,7 @@ def test_completion_is_owner_checked_and_idempotent(make_store, monkeypatch):
     """A worker whose lease ran out cannot complete the job the next run owns: one COMPLETED, one set of images."""
     a = make_store(name="a", lease_s=0.3)
     b = make_store(name="b", lease_s=0.3)
-    job = a.submit("s", P)
+    job = a.submit("s", parse_request(P))
     a.claim()
     monkeypatch.setattr(a, "beat", lambda: None)  # a stalls (no heartbeats) but is not dead
     time.sleep(0.35)
@@ -147,7 +148,7 @@ def test_notifications_reach_every_listener(make_store):
 
     assert api.add_finished_listener(on_finished)
     time.sleep(0.2)  # the subscription is up
-    job = api.submit("s", P)
+    job = api.submit("s", parse_request(P))
     worker.claim()
     worker.complete(job.id, [png()], META)
     assert arrived.wait(5) and seen == [job.id]
@@ -155,17 +156,16 @@ def test_notifications_reach_every_listener(make_store):
 
 def test_worker_fuses_once_and_switches_strength_in_place(make_store, tiny_dir, tiny_pipe):
     from flux_vector import FluxVectorPipeline
-    from flux_vector.serving import fuse_lora, warm_up
 
     pipe = FluxVectorPipeline.from_pretrained("tiny", log=lambda *_: None)
-    assert fuse_lora(pipe, log=lambda m: None) and pipe.lora.fused
-    warm_up(pipe, log=lambda m: None, size=64)
+    assert pipe.fuse_lora(log=lambda m: None) and pipe.lora.fused
+    pipe.warmup([(64, 64)])
     weights = {id(p) for p in pipe.transformer.parameters()}
     store = make_store(name="w", lease_s=5)
     worker = Worker(store, pipe, log=lambda m: None).start()
     try:
         strengths = [1.0, 0.5, 0.5, 1.0]
-        jobs = [store.submit("s", {**P, "seed": 3, "lora_strength": s}) for s in strengths]
+        jobs = [store.submit("s", parse_request({**P, "seed": 3, "lora_strength": s})) for s in strengths]
         done = [worker.wait(job.id, timeout=60) for job in jobs]
     finally:
         worker.stop(10)
@@ -207,7 +207,7 @@ def test_svg_jobs_traced_off_the_gpu_thread_complete_on_redis(make_store):
     api, store = make_store(name="api"), make_store(name="w1")
     worker = Worker(store, FlatArtPipeline(), log=lambda m: None, encode_threads=2).start()
     try:
-        jobs = [api.submit("Simple_Vector_Flux", {**SMALL_SVG, "seed": i}) for i in range(3)]
+        jobs = [api.submit("Simple_Vector_Flux", parse_request({**SMALL_SVG, "seed": i})) for i in range(3)]
         for job in jobs:
             deadline = time.monotonic() + 30
             while not (done := api.get(job.id)).finished and time.monotonic() < deadline:

@@ -21,6 +21,7 @@ from PIL import Image
 
 from flux_vector.jobs import COMPLETED, FAILED, PROCESSING, QUEUED, JobStore, QueueFull, SQLiteJobStore, Worker
 from flux_vector.jobs.store import LeaseLost
+from flux_vector.request import parse_request
 from tests.fake_pipeline import FakePipeline
 from tests.job_data import META, P, png
 
@@ -80,7 +81,7 @@ def store(backend):
 
 # ----------------------------------------------------------------------------------------------- the queue
 def test_lifecycle_fifo_positions_counts_and_images(store):
-    a, b, c = (store.submit("Simple_Vector_Flux", {**P, "seed": i}) for i in range(3))
+    a, b, c = (store.submit("Simple_Vector_Flux", parse_request({**P, "seed": i})) for i in range(3))
     assert [j.position for j in (a, b, c)] == [0, 1, 2]
     assert store.get(c.id).state == QUEUED and store.get(c.id).position == 2
     assert store.get(a.id).params == {**P, "seed": 0} and store.get(a.id).created_at > 1e9
@@ -107,19 +108,19 @@ def test_lifecycle_fifo_positions_counts_and_images(store):
 
 
 def test_cancel_fails_queued_and_running_jobs_and_a_cancelled_run_never_completes(store):
-    from flux_vector.jobs.store import CANCELLED
+    from flux_vector.jobs.store import CANCELLED_REASON
 
-    running, queued = store.submit("s", P), store.submit("s", P)
+    running, queued = store.submit("s", parse_request(P)), store.submit("s", parse_request(P))
     assert store.claim().id == running.id
     cancelled = store.cancel(queued.id)
-    assert (cancelled.state, cancelled.error) == (FAILED, CANCELLED)
+    assert (cancelled.state, cancelled.error) == (FAILED, CANCELLED_REASON)
     assert store.cancel(running.id).state == FAILED
     with pytest.raises(LeaseLost):
         store.complete(running.id, [png()], META)
     assert store.get(running.id).state == FAILED and store.image(running.id, 0) is None
     assert store.claim() is None  # the cancelled queued job is not handed out
     assert store.cancel("nope") is None
-    done = store.submit("s", P)
+    done = store.submit("s", parse_request(P))
     store.claim()
     store.complete(done.id, [png()], META)
     assert store.cancel(done.id).state == COMPLETED  # a finished job is returned unchanged
@@ -127,18 +128,18 @@ def test_cancel_fails_queued_and_running_jobs_and_a_cancelled_run_never_complete
 
 def test_queue_bound_counts_waiting_jobs_across_processes(backend, store):
     api_a, api_b, worker = store, backend.peer(store), backend.peer(store)
-    api_a.submit("s", P, max_queue=2)
-    api_b.submit("s", P, max_queue=2)
+    api_a.submit("s", parse_request(P), max_queue=2)
+    api_b.submit("s", parse_request(P), max_queue=2)
     for api in (api_a, api_b):
         with pytest.raises(QueueFull) as info:
-            api.submit("s", P, max_queue=2)
+            api.submit("s", parse_request(P), max_queue=2)
         assert info.value.max_queue == 2 and "2 jobs waiting" in str(info.value)
     worker.claim()  # PROCESSING is not waiting
-    api_b.submit("s", P, max_queue=2)
+    api_b.submit("s", parse_request(P), max_queue=2)
 
 
 def test_requeue_keeps_place_and_attempts(backend, store):
-    first, second = store.submit("s", P), store.submit("s", P)
+    first, second = store.submit("s", parse_request(P)), store.submit("s", parse_request(P))
     store.claim()
     store.requeue(first.id)
     back = store.get(first.id)
@@ -151,10 +152,10 @@ def test_requeue_keeps_place_and_attempts(backend, store):
 
 def test_finished_jobs_vanish_after_retention_and_waiting_jobs_stay(backend):
     store = backend.open(retention_s=0.4)
-    job = store.submit("s", P)
+    job = store.submit("s", parse_request(P))
     store.claim()
     store.complete(job.id, [png()], META)
-    waiting = store.submit("s", P)
+    waiting = store.submit("s", parse_request(P))
     assert store.get(job.id).state == COMPLETED and store.counts()[COMPLETED] == 1
     time.sleep(0.5)
     assert store.get(job.id) is None and store.image(job.id, 0) is None  # gone the moment retention passed
@@ -171,7 +172,7 @@ def test_store_is_thread_safe(store):
     def submit():
         try:
             for _ in range(20):
-                ids.append(store.submit("s", P).id)
+                ids.append(store.submit("s", parse_request(P)).id)
         except Exception as exc:  # pragma: no cover - reported below
             errors.append(exc)
 
@@ -188,7 +189,7 @@ def test_capabilities_answer_on_every_store(backend, store):
     assert store.shared is backend.shared and store.claim_blocks is backend.shared
     assert store.workers() == []  # no worker announced itself
     assert isinstance(store.stats, Mapping) and all(n == 0 for n in store.stats.values())
-    job = store.submit("s", P)
+    job = store.submit("s", parse_request(P))
     assert store.image_file(job.id, 0) is None  # not finished
     store.claim()
     store.complete(job.id, [png()], META)
@@ -206,8 +207,8 @@ def test_worker_runs_jobs_in_order_notifies_and_stop_requeues(store):
     worker.add_listener(finished.append)
     worker.start()
     try:
-        jobs = [store.submit("s", {**P, "seed": i}) for i in range(3)]
-        jobs.append(store.submit("s", {**P, "output_format": "jpeg", "batch_size": 2, "seed": 7}))
+        jobs = [store.submit("s", parse_request({**P, "seed": i})) for i in range(3)]
+        jobs.append(store.submit("s", parse_request({**P, "output_format": "jpeg", "batch_size": 2, "seed": 7})))
         worker.notify()
         for job in jobs:
             done = worker.wait(job.id, timeout=20)
@@ -217,7 +218,7 @@ def test_worker_runs_jobs_in_order_notifies_and_stop_requeues(store):
         assert done.result["media_type"] == "image/jpeg" and done.result["count"] == 2
         assert done.result["echo"]["seed"] == 7 and done.result["echo"]["sampler_name"] == "euler"
         assert Image.open(io.BytesIO(store.image(done.id, 1))).format == "JPEG"
-        slow = store.submit("s", {**P, "steps": 100})
+        slow = store.submit("s", parse_request({**P, "steps": 100}))
         worker.notify()
         deadline = time.monotonic() + 10
         while store.get(slow.id).state != PROCESSING and time.monotonic() < deadline:

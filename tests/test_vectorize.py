@@ -22,6 +22,7 @@ from flux_vector.cli import main
 from flux_vector.jobs import COMPLETED, FAILED, SQLiteJobStore, Worker
 from flux_vector.request import RequestError, parse_request, parse_vector_options
 from flux_vector.vectorize import image_to_svg
+from tests.fake_pipeline import FakePipelineBase
 
 SVG_NS = "{http://www.w3.org/2000/svg}"
 
@@ -209,10 +210,8 @@ def test_cli_generate_svg(tmp_path, tiny_dir):
     assert main([*args[:-1], str(tmp_path / "cat.gif")]) == 2
 
 
-class FlatArtPipeline:
+class FlatArtPipeline(FakePipelineBase):
     """FakePipeline's contract, drawing ``flat_art`` at the requested size; ``delay_s`` per job."""
-
-    lora = "fake-lora"
 
     def __init__(self, delay_s: float = 0.0):
         self.delay_s = delay_s
@@ -280,7 +279,7 @@ def test_worker_traces_off_the_gpu_thread_and_settles_each_job_once(store, monke
     worker.start()
     try:
         svg_job = store.submit("Simple_Vector_Flux", SMALL_SVG)
-        png_job = store.submit("Simple_Vector_Flux", {**SMALL_SVG, "output_format": "png"})
+        png_job = store.submit("Simple_Vector_Flux", parse_request({**SMALL_SVG, "output_format": "png"}))
         worker.notify()
         assert tracing.wait(30)
         assert wait_finished(store, png_job.id).state == COMPLETED  # the GPU went on while the SVG was traced
@@ -313,7 +312,7 @@ def test_a_tracing_error_fails_the_job_once_with_the_reason(store, monkeypatch):
         failed = wait_finished(store, job.id)
         assert failed.state == FAILED
         assert failed.error.startswith("encoding the image as svg failed: VectorizeError: the tracer emitted")
-        again = store.submit("Simple_Vector_Flux", {**SMALL_SVG, "output_format": "png"})
+        again = store.submit("Simple_Vector_Flux", parse_request({**SMALL_SVG, "output_format": "png"}))
         worker.notify()
         assert wait_finished(store, again.id).state == COMPLETED  # the worker carries on
     finally:

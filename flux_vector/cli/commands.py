@@ -43,8 +43,9 @@ def _load_options(args: argparse.Namespace) -> dict:
 
 
 def _serving_options(args: argparse.Namespace) -> dict:
-    """``--no-fuse`` / ``--no-warmup`` (``parser._serving_options``) as ``prepare_for_serving`` keywords."""
-    return {"fuse": not args.no_fuse, "warmup": not args.no_warmup}
+    """``--no-fuse`` / ``--no-warmup`` / ``--warmup-size`` (``parser._serving_options``) as ``prepare_for_serving``
+    keywords."""
+    return {"fuse": not args.no_fuse, "warmup": not args.no_warmup, "warmup_sizes": tuple(args.warmup_size or ())}
 
 
 def run_worker_command(args: argparse.Namespace) -> int:
@@ -178,6 +179,7 @@ def run_generate_command(args: argparse.Namespace) -> int:
     )
     started = time.perf_counter()
     result = pipe.generate(request, progress=not args.no_progress)
+    request = result.request  # as drawn: the LoRA strength rules applied (pipeline.prepare)
     images = list(enumerate(result.images))
     if "batch_index" in made_with:  # --like of one image of a batch: the batch is made again, that image kept
         images = [images[made_with["batch_index"]]]

@@ -60,7 +60,16 @@ def _output_options() -> argparse.ArgumentParser:
 
 
 def _serving_options() -> argparse.ArgumentParser:
-    """--no-fuse/--no-warmup: how a long-running process prepares its pipeline (``serving.prepare_for_serving``)."""
+    """--no-fuse/--no-warmup/--warmup-size: how a long-running process prepares its pipeline
+    (``serving.prepare_for_serving``)."""
+    from ..serving import parse_size
+
+    def size(text: str) -> tuple[int, int]:
+        try:
+            return parse_size(text)
+        except ValueError as exc:  # argparse prints an ArgumentTypeError's own text
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
     p = argparse.ArgumentParser(add_help=False)
     g = p.add_argument_group("serving")
     g.add_argument(
@@ -69,7 +78,17 @@ def _serving_options() -> argparse.ArgumentParser:
         help="keep the LoRA as a runtime adapter instead of fusing it (default: fused)",
     )
     g.add_argument(
-        "--no-warmup", action="store_true", help="skip the warm-up generation (default: one 256x256 1-step run)"
+        "--no-warmup",
+        action="store_true",
+        help="skip the warm-up (default: a 1-step generation at each size served: the default size and --warmup-size)",
+    )
+    g.add_argument(
+        "--warmup-size",
+        action="append",
+        type=size,
+        metavar="WxH",
+        help="also warm up at this size, WIDTHxHEIGHT or an aspect ratio such as 16:9 (repeatable): the sizes "
+        "clients ask for; with --fast each size compiles once, at start, not on its first job",
     )
     return p
 

@@ -18,7 +18,7 @@ from typing import Any
 from ..jobs import DEFAULT_RETENTION_S, FAILED, QUEUED, QueueFull, SQLiteJobStore, Worker
 from ..jobs import result_body as _result_body
 from ..jobs import status_body as _status_body
-from ..jobs.store import CANCELLED
+from ..jobs.store import CANCELLED_REASON
 from ..request import SLUG, OverBudget, RequestError, WorkBudget, parse_request
 from .backend import JobHandle
 from .errors import SegmindError
@@ -82,11 +82,12 @@ class LocalEngine:
         if slug != SLUG:
             raise SegmindError(status=404, detail=f"model {slug!r} not found: flux_vector runs {SLUG!r}")
         try:
-            self.budget().check(parse_request(params))
+            request = parse_request(params)  # once, here at the edge: the store keeps the parsed request
+            self.budget().check(request)
         except (RequestError, OverBudget) as exc:
             raise SegmindError(status=400, detail=str(exc)) from None
         try:
-            job = self.store.submit(slug, params, max_queue=self.max_queue)
+            job = self.store.submit(slug, request, max_queue=self.max_queue)
         except QueueFull as exc:
             raise SegmindError(status=429, detail=str(exc)) from None
         self.worker.notify()
@@ -149,7 +150,7 @@ class LocalEngine:
             raise SegmindError(
                 status=404, detail=f"request {job.request_id!r} not found: unknown, or its result expired"
             )
-        if found.error != CANCELLED:
+        if found.error != CANCELLED_REASON:
             raise SegmindError(
                 status=409, detail=f"request {job.request_id!r} is {found.state} already; nothing to cancel"
             )

@@ -154,7 +154,9 @@ def apply_fast(pipe, plan: FastPlan, log=None) -> dict[str, float]:
             import torch._dynamo
 
             torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
-            options = {"fullgraph": plan.fullgraph}
+            # static shapes: each size served compiles its own graph once (``FluxVectorPipeline.warmup`` at the sizes
+            # served), instead of a second size turning every block into a slower dynamic-shape graph
+            options = {"fullgraph": plan.fullgraph, "dynamic": False}
             if plan.cuda_graphs:
                 options["mode"] = "reduce-overhead"
             transformer.compile_repeated_blocks(**options)

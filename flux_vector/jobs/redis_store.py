@@ -41,15 +41,17 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, unquote
 
+from ..request import GenerationRequest, from_stored, stored_params
 from . import redis_scripts as lua
 from .store import (
-    CANCELLED,
+    CANCELLED_REASON,
     COMPLETED,
     DEFAULT_RETENTION_S,
     FAILED,
     PROCESSING,
     QUEUED,
     Job,
+    JobState,
     JobStore,
     LeaseLost,
     QueueFull,
@@ -225,8 +227,8 @@ class RedisJobStore(JobStore):
         return Job(
             id=job_id,
             slug=_text(g.get("slug")) or "",
-            params=json.loads(_text(g.get("params")) or "{}"),
-            state=_text(g.get("state")) or QUEUED,
+            request=from_stored(json.loads(_text(g.get("params")) or "{}")),
+            state=JobState(_text(g.get("state")) or QUEUED),
             created_at=_float(g.get("created_at")) or 0.0,
             started_at=_float(g.get("started_at")),
             finished_at=_float(g.get("finished_at")),
@@ -265,9 +267,9 @@ class RedisJobStore(JobStore):
         return {QUEUED: int(q), PROCESSING: int(p), COMPLETED: int(c), FAILED: int(f)}
 
     # ------------------------------------------------------------------------------------------- API side
-    def submit(self, slug: str, params: dict[str, Any], *, max_queue: int | None = None) -> Job:
+    def submit(self, slug: str, request: GenerationRequest, *, max_queue: int | None = None) -> Job:
         job_id = new_job_id()
-        encoded = json.dumps(dict(params), allow_nan=False)
+        encoded = json.dumps(stored_params(request), allow_nan=False)
         waiting, created = self._submit(
             keys=[self._seq, self._job_key(job_id), self._queued, self._stream],
             args=[job_id, slug, encoded, -1 if max_queue is None else int(max_queue), int(self.retention_s * 1000)],
@@ -277,7 +279,7 @@ class RedisJobStore(JobStore):
         return Job(
             id=job_id,
             slug=slug,
-            params=dict(params),
+            request=request,
             state=QUEUED,
             created_at=float(_text(created)),
             position=int(waiting),
@@ -396,7 +398,10 @@ class RedisJobStore(JobStore):
         if int(reply[0]) == 0:
             raise self._lease_lost(job_id, "its images were")
         self._drop_lease(job_id)
-        return self.get(job_id) or Job(id=job_id, slug="", params={}, state=COMPLETED, created_at=0.0, result=result)
+        job = self.get(job_id)
+        if job is None:  # completed, then gone at once (FLUSHDB, a retention shorter than the call)
+            raise LeaseLost(f"job {job_id}: completed, but no longer in Redis; nothing to report")
+        return job
 
     def fail(self, job_id: str, error: str) -> Job:
         lease = self._lease(job_id)
@@ -424,7 +429,7 @@ class RedisJobStore(JobStore):
             raise KeyError(f"no job {job_id!r}")
         return job
 
-    def cancel(self, job_id: str, reason: str = CANCELLED) -> Job | None:
+    def cancel(self, job_id: str, reason: str = CANCELLED_REASON) -> Job | None:
         """FAIL without a lease: the worker running it gets LeaseLost at its next progress write and stops."""
         self._fail(
             keys=[self._job_key(job_id), self._processing, self._failed, self._stream, self._queued],

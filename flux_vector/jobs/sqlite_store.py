@@ -19,8 +19,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..request import GenerationRequest, from_stored, stored_params
 from .store import (
-    CANCELLED,
+    CANCELLED_REASON,
     COMPLETED,
     DEFAULT_MAX_ATTEMPTS,
     DEFAULT_RETENTION_S,
@@ -29,6 +30,7 @@ from .store import (
     QUEUED,
     STATES,
     Job,
+    JobState,
     JobStore,
     LeaseLost,
     QueueFull,
@@ -143,8 +145,8 @@ class SQLiteJobStore(JobStore):
         return Job(
             id=row["id"],
             slug=row["slug"],
-            params=json.loads(row["params"]),
-            state=row["state"],
+            request=from_stored(json.loads(row["params"])),
+            state=JobState(row["state"]),
             created_at=row["created_at"],
             started_at=row["started_at"],
             finished_at=row["finished_at"],
@@ -167,9 +169,9 @@ class SQLiteJobStore(JobStore):
         return self.image_dir / f"{job_id}-{index}.{ext}"
 
     # ------------------------------------------------------------------------------------------- interface
-    def submit(self, slug: str, params: dict[str, Any], *, max_queue: int | None = None) -> Job:
-        job = Job(id=new_job_id(), slug=slug, params=dict(params), state=QUEUED, created_at=time.time())
-        encoded = json.dumps(job.params, allow_nan=False)
+    def submit(self, slug: str, request: GenerationRequest, *, max_queue: int | None = None) -> Job:
+        job = Job(id=new_job_id(), slug=slug, request=request, state=QUEUED, created_at=time.time())
+        encoded = json.dumps(stored_params(request), allow_nan=False)
         with self._tx() as db:
             waiting = db.execute("SELECT COUNT(*) FROM jobs WHERE state = ?", (QUEUED,)).fetchone()[0]
             if max_queue is not None and waiting >= max_queue:
@@ -263,7 +265,7 @@ class SQLiteJobStore(JobStore):
             )
             return self._row_to_job(self._fetch(db, job_id))
 
-    def cancel(self, job_id: str, reason: str = CANCELLED) -> Job | None:
+    def cancel(self, job_id: str, reason: str = CANCELLED_REASON) -> Job | None:
         with self._tx() as db:
             db.execute(
                 "UPDATE jobs SET state = ?, finished_at = ?, error = ? WHERE id = ? AND state IN (?, ?)",

@@ -13,13 +13,26 @@ import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-QUEUED, PROCESSING, COMPLETED, FAILED = "QUEUED", "PROCESSING", "COMPLETED", "FAILED"
-STATES = (QUEUED, PROCESSING, COMPLETED, FAILED)
-TERMINAL = (COMPLETED, FAILED)
+from ..request import GenerationRequest, stored_params
+
+
+class JobState(StrEnum):
+    """A job's state; each is its own name as a string (``"QUEUED"``), as the stores and the API bodies write it."""
+
+    QUEUED = "QUEUED"
+    PROCESSING = "PROCESSING"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+
+
+QUEUED, PROCESSING, COMPLETED, FAILED = JobState.QUEUED, JobState.PROCESSING, JobState.COMPLETED, JobState.FAILED
+STATES: tuple[JobState, ...] = tuple(JobState)
+TERMINAL: tuple[JobState, ...] = (COMPLETED, FAILED)
 DEFAULT_RETENTION_S = 3600.0
 DEFAULT_MAX_ATTEMPTS = 2  # a job caught PROCESSING by a crash runs once more, then FAILS (a job that kills the process)
 
@@ -36,7 +49,8 @@ class StoreLocked(RuntimeError):
     """Another process already serves this store."""
 
 
-CANCELLED = "cancelled by the client (DELETE /v2/requests/{id} or AsyncJob.cancel())"
+# the ``error`` of a job its client cancelled (a FAILED job's reason, not a state)
+CANCELLED_REASON = "cancelled by the client (DELETE /v2/requests/{id} or AsyncJob.cancel())"
 
 
 class StoreWriteError(RuntimeError):
@@ -54,12 +68,13 @@ class LeaseLost(RuntimeError):
 
 @dataclass
 class Job:
-    """One request as the store holds it. ``params`` are the request's parameters as submitted (validated)."""
+    """One request as the store holds it: ``request`` is the validated request as submitted (stored with the fields
+    its caller set, ``request.stored_params``), parsed once at the edge and never again."""
 
     id: str
     slug: str
-    params: dict[str, Any]
-    state: str
+    request: GenerationRequest
+    state: JobState
     created_at: float
     started_at: float | None = None
     finished_at: float | None = None
@@ -74,6 +89,11 @@ class Job:
     @property
     def finished(self) -> bool:
         return self.state in TERMINAL
+
+    @property
+    def params(self) -> dict[str, Any]:
+        """The request's parameters as stored: the fields its caller set."""
+        return stored_params(self.request)
 
 
 @dataclass
@@ -107,8 +127,9 @@ class JobStore(ABC):
     unavailable_errors: tuple[type[BaseException], ...] = (StoreUnavailable,)
 
     @abstractmethod
-    def submit(self, slug: str, params: dict[str, Any], *, max_queue: int | None = None) -> Job:
-        """Enqueue a job (state QUEUED); raise ``QueueFull`` when ``max_queue`` jobs are already waiting."""
+    def submit(self, slug: str, request: GenerationRequest, *, max_queue: int | None = None) -> Job:
+        """Enqueue a job (state QUEUED) for a request parsed at the edge (stored as ``request.stored_params``);
+        raise ``QueueFull`` when ``max_queue`` jobs are already waiting."""
 
     @abstractmethod
     def claim(self) -> Job | None:
@@ -167,7 +188,7 @@ class JobStore(ABC):
         return False
 
     @abstractmethod
-    def cancel(self, job_id: str, reason: str = CANCELLED) -> Job | None:
+    def cancel(self, job_id: str, reason: str = CANCELLED_REASON) -> Job | None:
         """A QUEUED or PROCESSING job becomes FAILED with ``reason`` now (the worker running it stops at its next
         step); a finished job is returned unchanged; None for an unknown or expired one."""
 

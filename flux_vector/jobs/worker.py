@@ -7,7 +7,9 @@ interrupts the running job at its next step and puts it back in the queue, so a 
 
 On a shared store (Redis) many workers in many processes run the same queue: ``claim`` itself waits for work, and a
 worker whose lease on a job ran out (``LeaseLost``: the job now runs elsewhere) drops its run without touching the
-job. A job asking for another LoRA strength switches the loaded (fused) LoRA in place, timed as ``lora_switch_s``.
+job. The job's request was parsed once at the edge and comes out of the store as a ``GenerationRequest``; the
+pipeline's ``prepare`` applies the LoRA strength rules and switches the loaded (fused) LoRA in place, timed as
+``lora_switch_s``; then it generates.
 
 Tracing an image to SVG (``output_format: "svg"``) is up to a second of CPU work per image that needs no GPU: the
 worker hands the decoded images to a small CPU thread pool and claims the next job at once. Either way a job is
@@ -32,29 +34,36 @@ from typing import Any, Protocol, runtime_checkable
 
 from ..image_metadata import identity_of, image_metadata
 from ..output_formats import encode_image, output_format
-from ..request import GenerationRequest, RequestError, parse_request
+from ..request import GenerationRequest, ModelCannot, Prepared, RequestError
 from .store import Job, JobStore, LeaseLost, StoreUnavailable, StoreWriteError
+
+__all__ = ["GeneratingPipeline", "ModelCannot", "OutputError", "Worker", "describe_error"]
 
 
 @runtime_checkable
 class GeneratingPipeline(Protocol):
-    """What the worker needs of a pipeline: ``FluxVectorPipeline`` is one; tests pass fakes. ``generate`` returns an
-    object with ``images`` (PIL), ``width``, ``height`` and ``timings`` (seconds by phase, ``total_s`` among them)
-    and calls ``on_step(step, total)`` after each sampling step (which may raise to stop the run)."""
+    """What a loaded model does with a request, as the worker and the serving processes use it:
+    ``FluxVectorPipeline`` is one; tests pass fakes.
+
+    - ``prepare(request)``: the request as this pipeline draws it (the LoRA strength rules applied once: no LoRA
+      loaded serves strength 0 only, ``ModelCannot`` for an explicit other one) with the LoRA switched to its
+      strength, and the seconds the switch took;
+    - ``generate(request)``: returns an object with ``images`` (PIL), ``width``, ``height`` and ``timings`` (seconds
+      by phase, ``total_s`` among them) and calls ``on_step(step, total)`` after each sampling step (which may raise
+      to stop the run); it prepares the request itself, so a prepared one costs nothing more;
+    - ``fuse_lora(log)``: fuse the LoRA into the weights where this pipeline can (True when fused);
+    - ``warmup(sizes, log=...)``: one short generation at each size served, so the first job pays no first-call or
+      compile cost."""
+
+    def prepare(self, request: GenerationRequest) -> Prepared: ...
 
     def generate(
         self, request: GenerationRequest, *, progress: bool = True, on_step: Callable[[int, int], None] | None = None
     ) -> Any: ...
 
+    def fuse_lora(self, log: Callable[[str], None] = ...) -> bool: ...
 
-@runtime_checkable
-class LoraSwitching(Protocol):
-    """A pipeline whose loaded LoRA changes strength between jobs in place (``lora_strength``: None without one)."""
-
-    @property
-    def lora_strength(self) -> float | None: ...
-
-    def set_lora_strength(self, strength: float) -> None: ...
+    def warmup(self, sizes: Any = None, *, log: Callable[[str], None] | None = None) -> Any: ...
 
 
 class _Interrupted(Exception):
@@ -63,10 +72,6 @@ class _Interrupted(Exception):
 
 class _Cancelled(Exception):
     """The running job was cancelled (it is FAILED in the store already): stop at this step."""
-
-
-class ModelCannot(RuntimeError):
-    """A request the contract allows but this loaded model cannot serve (e.g. a LoRA strength with no LoRA)."""
 
 
 class OutputError(RuntimeError):
@@ -101,7 +106,10 @@ class Worker:
         elif callable(pipeline):
             self._pipeline, self._factory = None, pipeline
         else:
-            raise TypeError("pipeline must have .generate() or be a zero-argument factory")
+            raise TypeError(
+                "pipeline must be a GeneratingPipeline (prepare, generate, fuse_lora, warmup) or a zero-argument "
+                "factory of one"
+            )
         self.log = log or (lambda message: print(message, file=sys.stderr))
         self.expire_every = expire_every if expire_every is not None else min(60.0, max(0.2, store.retention_s / 4))
         self.progress_every, self.idle_poll = progress_every, idle_poll
@@ -183,7 +191,7 @@ class Worker:
             if left is not None and left <= 0:
                 return job
             with self._finished:
-                # a periodic re-check covers a store shared with other workers (a later backend)
+                # a periodic re-check covers a store shared with other workers (Redis: jobs finished elsewhere)
                 if self._finished_count == seen:
                     self._finished.wait(timeout=5.0 if left is None else min(left, 5.0))
 
@@ -304,13 +312,11 @@ class Worker:
         return finished
 
     def _run(self, job: Job) -> Job | _Handoff:
-        request = parse_request(job.params)
         self._checkpoint()
         self.store.check()  # free space, a sound database: else the job FAILS now, with the reason
         pipe = self.load_pipeline()
         self.state = "busy"
-        request = adapt_to_pipeline(request, job.params, pipe)
-        switch_s = switch_lora_strength(pipe, request.lora_strength)
+        request, switch_s = pipe.prepare(job.request)  # the strength rules and the LoRA switch, once
         last = [0.0]
 
         def on_step(step: int, total: int) -> None:
@@ -362,45 +368,14 @@ class Worker:
         return _Handoff(finish) if request.output_format == "svg" else finish()
 
 
-def switch_lora_strength(pipe, strength: float) -> float | None:
-    """Set the pipeline's LoRA to ``strength`` before a job (fused: recomputed in place from the kept W0, no
-    reload); the seconds it took, or None when the strength was already that (or there is no LoRA)."""
-    if not isinstance(pipe, LoraSwitching) or pipe.lora_strength in (None, strength):
-        return None
-    started = time.perf_counter()
-    pipe.set_lora_strength(strength)
-    device = getattr(pipe, "device", None)
-    torch = sys.modules.get("torch")
-    if torch is not None and getattr(device, "type", None) == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter() - started
-
-
-def adapt_to_pipeline(request: GenerationRequest, params: dict[str, Any], pipe) -> GenerationRequest:
-    """A pipeline loaded without a LoRA serves lora_strength 0 only (``lora.strength_without_lora``)."""
-    if getattr(pipe, "lora", True) is None and request.lora_strength != 0:
-        from ..lora.base import NoLoraLoaded, strength_without_lora
-
-        try:
-            strength_without_lora(request.lora_strength, explicit="lora_strength" in params)
-        except NoLoraLoaded as exc:
-            raise ModelCannot(str(exc)) from None
-        request = request.model_copy(update={"lora_strength": 0.0})
-    return request
-
-
 def describe_error(exc: BaseException, job: Job) -> str:
     """A human-readable reason for a FAILED job."""
-    size = ""
-    with_size = job.params.get("width"), job.params.get("height")
-    if all(with_size):
-        size = f"{with_size[0]}x{with_size[1]}"
-    else:
-        size = f"aspect_ratio {job.params.get('aspect_ratio', '2:3')}"
+    request = job.request
+    size = f"{request.width}x{request.height}" if request.width is not None else f"aspect_ratio {request.aspect_ratio}"
     names = {cls.__name__ for cls in type(exc).__mro__}
     if isinstance(exc, MemoryError) or "OutOfMemoryError" in names:
         return (
-            f"out of memory generating {size}, batch_size {job.params.get('batch_size', 1)}: {exc}. "
+            f"out of memory generating {size}, batch_size {request.batch_size}: {exc}. "
             "Try a smaller size or batch_size, or start the server with --quantize 8bit or --offload model"
         )
     if isinstance(exc, FloatingPointError):

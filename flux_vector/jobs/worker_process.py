@@ -88,6 +88,7 @@ def run_worker(
     metrics_port: int = DEFAULT_METRICS_PORT,
     fuse: bool = True,
     warmup: bool = True,
+    warmup_sizes: tuple[tuple[int, int], ...] = (),
 ) -> int:
     """Run until SIGTERM/SIGINT; 0 on a clean stop. Raises on a bad store URL, an unreachable Redis, missing weights."""
     check_worker_store(store)
@@ -98,7 +99,14 @@ def run_worker(
         process.start_status_server(metrics_host, metrics_port)
         process.handle_signals()
         return process.run(
-            model, fuse=fuse, warmup=warmup, lora=lora, quantize=quantize, offload=offload, device=device
+            model,
+            fuse=fuse,
+            warmup=warmup,
+            warmup_sizes=warmup_sizes,
+            lora=lora,
+            quantize=quantize,
+            offload=offload,
+            device=device,
         )
     finally:
         process.close()
@@ -177,14 +185,22 @@ class WorkerProcess:
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
 
-    def run(self, model: str | None, *, fuse: bool, warmup: bool, **load_options: Any) -> int:
+    def run(
+        self,
+        model: str | None,
+        *,
+        fuse: bool,
+        warmup: bool,
+        warmup_sizes: tuple[tuple[int, int], ...] = (),
+        **load_options: Any,
+    ) -> int:
         from ..models import default_model
         from ..pipeline import load_pipeline
 
         self.model = model or default_model(log=self.log)
         self.jobs.announce(self.entry)
         self.pipe = load_pipeline(self.model, log=self.log, **load_options)
-        prepare_for_serving(self.pipe, fuse=fuse, warmup=warmup, log=self.log)
+        prepare_for_serving(self.pipe, fuse=fuse, warmup=warmup, warmup_sizes=warmup_sizes, log=self.log)
         if self.stop.is_set():
             return 0
         self.worker = Worker(self.jobs, self.pipe, log=self.log)

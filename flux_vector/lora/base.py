@@ -10,6 +10,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..request import ModelCannot
+
 STRENGTH_MIN = -10.0
 STRENGTH_MAX = 10.0
 _MAX_LISTED = 50
@@ -36,7 +38,7 @@ def check_strength(value) -> float:
     return number
 
 
-class NoLoraLoaded(ValueError):
+class NoLoraLoaded(ModelCannot):
     """A non-zero lora_strength asked of a pipeline loaded without a LoRA."""
 
 

@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from ..jobs import COMPLETED, FAILED, QUEUED, status_body
-from ..jobs.store import CANCELLED
+from ..jobs.store import CANCELLED_REASON
 from ..request import GenerationRequest
 from .errors import ApiError, error_response
 from .state import State, require_key
@@ -114,7 +114,7 @@ async def job_cancel(request_id: str, state: State):
     job = await run_in_threadpool(state.store.cancel, request_id)
     if job is None:
         state.get_job(request_id)  # the 404 naming why
-    if job.error != CANCELLED:
+    if job.error != CANCELLED_REASON:
         raise ApiError(
             409, f"request {request_id!r} is {job.state} already; there is nothing to cancel", status=job.state
         )

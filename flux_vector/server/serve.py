@@ -53,6 +53,7 @@ def serve(
     log_level: str = DEFAULT_LOG_LEVEL,
     fuse: bool = True,
     warmup: bool = True,
+    warmup_sizes: tuple[tuple[int, int], ...] = (),
     public_url: str = "",
     allow_origins: tuple[str, ...] = (),
     budget: dict[str, int | None] | None = None,
@@ -101,7 +102,7 @@ def serve(
         )
         model = model or default_model(log=log)
         pipe = load_pipeline(model, lora=lora, quantize=quantize, offload=offload, device=device, log=log)
-        prepare_for_serving(pipe, fuse=fuse, warmup=warmup, log=log)
+        prepare_for_serving(pipe, fuse=fuse, warmup=warmup, warmup_sizes=warmup_sizes, log=log)
         worker = Worker(jobs, pipe, log=log)
         limits = work_budget(WorkBudget.for_memory(device_memory_bytes(pipe)), **(budget or {}))
         log(

@@ -17,7 +17,7 @@ from starlette.concurrency import run_in_threadpool
 from ..jobs import Job, JobStore, QueueFull, Worker, result_body
 from ..jobs.bodies import Base64Images
 from ..jobs.metrics import JobMetrics
-from ..request import OverBudget, RequestError, WorkBudget, parse_request
+from ..request import GenerationRequest, OverBudget, RequestError, WorkBudget, parse_request
 from .body import parse_json_body, read_body_limited
 from .errors import ApiError, json_safe
 
@@ -135,8 +135,9 @@ class ServerState:
         if requested != self.slug:
             raise ApiError(404, f"model {requested!r} not found: this server serves {self.slug!r}")
 
-    async def read_request(self, request: Request) -> dict[str, Any]:
-        """The body's parameters, validated by the contract (400 naming the field), or an ApiError."""
+    async def read_request(self, request: Request) -> GenerationRequest:
+        """The body parsed by the contract, once, here at the edge (400 naming the field), within the work budget;
+        or an ApiError. The parsed request is what the store keeps and the worker runs."""
         media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
         if media_type != "application/json":
             raise ApiError(
@@ -151,7 +152,8 @@ class ServerState:
             )
         params = parse_json_body(raw)
         try:
-            self.budget.check(parse_request(params))
+            parsed = parse_request(params)
+            self.budget.check(parsed)
         except RequestError as exc:
             raise ApiError(400, str(exc), field=exc.field, value=json_safe(exc.value), allowed=exc.allowed) from None
         except OverBudget as exc:
@@ -159,12 +161,12 @@ class ServerState:
             raise ApiError(
                 400, str(exc), field=exc.fields[0], fields=list(exc.fields), limit=exc.limit, setting=exc.setting
             ) from None
-        return params
+        return parsed
 
     # ------------------------------------------------------------------------------------------- jobs
-    async def submit(self, params: dict[str, Any]) -> Job:
+    async def submit(self, request: GenerationRequest) -> Job:
         try:
-            job = await run_in_threadpool(self.store.submit, self.slug, params, max_queue=self.max_queue)
+            job = await run_in_threadpool(self.store.submit, self.slug, request, max_queue=self.max_queue)
         except QueueFull as exc:
             self.metrics.rejected_total.labels("queue_full").inc()
             raise ApiError(429, str(exc), max_queue=exc.max_queue) from None
