@@ -1,6 +1,28 @@
+import inspect
 import os
 
 import pytest
+
+# What makes a test ``slow`` (the fast tier is ``pytest -m "not slow"``): it starts a process (a server, the CLI, a
+# worker, a Python interpreter) or drives a browser. Files made of such tests say so with ``pytestmark``; a test
+# elsewhere that does it itself (or through a fixture) is marked here, so a new one lands in the right tier.
+SLOW_SIGNS = ("ServerProcess(", "CliProcess(", "WorkerProcess(", "subprocess.run(", "sync_playwright")
+
+
+def _source(obj) -> str:
+    try:
+        return inspect.getsource(obj)
+    except (OSError, TypeError):
+        return ""
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if item.get_closest_marker("slow") or not hasattr(item, "function"):
+            continue
+        fixtures = [d.func for defs in item._fixtureinfo.name2fixturedefs.values() for d in defs]
+        if any(sign in _source(f) for f in (item.function, *fixtures) for sign in SLOW_SIGNS):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -34,3 +56,36 @@ def redis_server(tmp_path_factory):
     server = RedisServer(tmp_path_factory.mktemp("redis")).start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def app_client(tmp_path):
+    """The app in-process (``create_app``) over a SQLite store and a ``FakePipeline`` worker."""
+    from fastapi.testclient import TestClient
+
+    from flux_vector.jobs import SQLiteJobStore, Worker
+    from flux_vector.server.app import create_app
+    from tests.fake_pipeline import FakePipeline
+
+    store = SQLiteJobStore(tmp_path / "jobs.sqlite3")
+    store.recover()
+    worker = Worker(store, FakePipeline(), log=lambda message: None)
+    with TestClient(create_app(store, worker, log=lambda message: None), base_url="http://localhost") as client:
+        yield client
+    store.close()
+
+
+@pytest.fixture
+def engine(tmp_path):
+    """``engine(**configure_settings)``: a fresh in-process facade engine; ``configure()`` again at the end."""
+    import time
+
+    import flux_vector
+    from flux_vector import facade
+
+    def setup(**kwargs):
+        flux_vector.configure(store_dir=tmp_path / f"store-{time.monotonic_ns()}", **kwargs)
+        return facade.local.local_engine()
+
+    yield setup
+    flux_vector.configure()

@@ -19,3 +19,16 @@ META = {
 
 def png(colour=(1, 2, 3), size=(64, 64)) -> bytes:
     return encode_image(Image.new("RGB", size, colour), "png", 95)
+
+
+class FakeClock:
+    """A wall clock a test moves by hand (a store's ``clock``): retention without sleeping."""
+
+    def __init__(self, start: float = 1_700_000_000.0):
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds

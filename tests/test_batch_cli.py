@@ -12,12 +12,15 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
 from flux_vector.batching.manifest import file_sha256
 from flux_vector.output_formats import output_format
 from tests.fake_pipeline import FAULTS_ENV
 from tests.server_process import CliProcess
+
+pytestmark = pytest.mark.slow  # a CLI process per test
 
 WAIT_S = 300  # a guard against a hung child, never a measured figure
 

@@ -16,6 +16,8 @@ from flux_vector import cli
 from flux_vector.models import not_downloaded
 from flux_vector.sampling.names import HOSTED_SAMPLER_NAMES, SAMPLER_NAMES
 
+pytestmark = pytest.mark.slow  # a CLI process per test
+
 ROOT = Path(__file__).resolve().parents[1]
 # A check that fails before any model work returns well inside this (the "under 2 s", measured at about
 # 0.6 s here); a loaded tiny model alone takes longer on this machine, and the tests also check that nothing loaded.

@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 import torch
 
+pytestmark = pytest.mark.slow  # training runs
+
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "train_demo_model.py"
 
 

@@ -21,7 +21,7 @@ from flux_vector.jobs import (
 )
 from flux_vector.request import parse_request
 from tests.fake_pipeline import FakePipeline
-from tests.job_data import META, P, png
+from tests.job_data import META, FakeClock, P, png
 
 
 @pytest.fixture
@@ -79,13 +79,16 @@ def test_recover_reruns_then_fails_interrupted_jobs(tmp_path):
 
 
 def test_expired_image_files_stay_until_the_sweep(tmp_path):
-    s = SQLiteJobStore(tmp_path / "jobs.sqlite3", retention_s=0.3)
+    clock = FakeClock()
+    s = SQLiteJobStore(tmp_path / "jobs.sqlite3", retention_s=0.3, clock=clock)
     job = s.submit("s", parse_request(P))
     s.claim()
     finish(s, job.id)
     path = s.image_file(job.id, 0)
     assert path.exists() and path.read_bytes() == png()
-    time.sleep(0.4)
+    clock.advance(0.29)
+    assert s.image_file(job.id, 0) == path  # still within retention
+    clock.advance(0.02)
     assert s.image_file(job.id, 0) is None  # hidden the moment retention passed...
     assert path.exists()  # ...but on disk until the sweep
     assert s.expire() == 1 and not path.exists()

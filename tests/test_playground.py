@@ -24,6 +24,8 @@ from flux_vector.server.playground import FORM_FIELDS
 from tests.fake_pipeline import FAULTS_ENV
 from tests.server_process import ServerProcess
 
+pytestmark = pytest.mark.slow  # a server process and a browser
+
 KEY = "playground-key-0123"
 SLUG = "Simple_Vector_Flux"
 CHROMIUM = os.environ.get("FLUX_VECTOR_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"

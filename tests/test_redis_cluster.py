@@ -19,7 +19,7 @@ from tests.fake_pipeline import FAULTS_ENV as FAULTS
 from tests.redis_cluster import ApiProcess, RedisServer, WorkerProcess, metric, require_redis
 from tests.segmind_script import SLUG, SMALL, run_script
 
-pytestmark = pytest.mark.redis
+pytestmark = [pytest.mark.redis, pytest.mark.slow]  # processes: an API server and three workers
 KEY = "redis-test-key-42"
 LEASE_S = 4.0  # a SIGKILLed worker's job runs again this long after its last heartbeat
 RETENTION_S = 25.0  # longer than the 300-job run, so every result can still be checked at its end

@@ -15,6 +15,8 @@ from tests.fake_pipeline import FAULTS_ENV as FAULTS
 from tests.segmind_script import SLUG, SMALL, run_script
 from tests.server_process import ServerProcess
 
+pytestmark = pytest.mark.slow  # a real server process per test
+
 KEY = "test-key-0123"
 
 

@@ -62,7 +62,7 @@ def test_prepare_applies_the_strength_rules_once_and_times_the_switch(tiny_dir):
     prepared = bare.prepare(default)
     assert prepared.request.lora_strength == 0.0 and prepared.lora_switch_s is None
     assert bare.prepare(prepared.request) == prepared  # prepared again: nothing changes
-    with pytest.raises(NoLoraLoaded, match="lora_strength=0.5 cannot be served") as err:
+    with pytest.raises(NoLoraLoaded, match=r"lora_strength=0\.5 cannot be served") as err:
         bare.prepare(parse_request({"prompt": "a cat", "lora_strength": 0.5}))
     assert isinstance(err.value, ModelCannot)  # what the worker reports as the job's error, importing no lora/
 

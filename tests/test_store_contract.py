@@ -23,7 +23,7 @@ from flux_vector.jobs import COMPLETED, FAILED, PROCESSING, QUEUED, JobStore, Qu
 from flux_vector.jobs.store import LeaseLost
 from flux_vector.request import parse_request
 from tests.fake_pipeline import FakePipeline
-from tests.job_data import META, P, png
+from tests.job_data import META, FakeClock, P, png
 
 REDIS_DB = 4  # test_redis_store.py uses 3
 
@@ -36,6 +36,15 @@ class Backend:
     open_store: Callable[..., JobStore]
     shared: bool
     opened: list[JobStore] = field(default_factory=list)
+    clock: FakeClock | None = None  # the stores' clock, when the kind takes one (Redis keeps time itself)
+
+    def advance(self, seconds: float) -> None:
+        """Let ``seconds`` of wall time pass for the stores: the fake clock moved, or (Redis, whose key expiry runs
+        on the server's clock) really waited."""
+        if self.clock is not None:
+            self.clock.advance(seconds)
+        else:
+            time.sleep(seconds)
 
     def open(self, **kwargs) -> JobStore:
         store = self.open_store(**kwargs)
@@ -51,7 +60,10 @@ class Backend:
 
 
 def sqlite_backend(tmp_path: Path) -> Backend:
-    return Backend(lambda **kwargs: SQLiteJobStore(tmp_path / "jobs.sqlite3", **kwargs), shared=False)
+    clock = FakeClock()
+    return Backend(
+        lambda **kwargs: SQLiteJobStore(tmp_path / "jobs.sqlite3", clock=clock, **kwargs), shared=False, clock=clock
+    )
 
 
 def redis_backend(request) -> Backend:
@@ -157,7 +169,7 @@ def test_finished_jobs_vanish_after_retention_and_waiting_jobs_stay(backend):
     store.complete(job.id, [png()], META)
     waiting = store.submit("s", parse_request(P))
     assert store.get(job.id).state == COMPLETED and store.counts()[COMPLETED] == 1
-    time.sleep(0.5)
+    backend.advance(0.5)
     assert store.get(job.id) is None and store.image(job.id, 0) is None  # gone the moment retention passed
     assert store.counts()[COMPLETED] == 0
     assert store.expire() == 1

@@ -16,6 +16,7 @@ import shutil
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -69,7 +70,8 @@ class SQLiteJobStore(JobStore):
     """The embedded store: one SQLite file plus an image folder ``<file stem>-images`` beside it.
 
     ``path=":memory:"`` keeps rows in memory (the images still go to ``image_dir``, which is then required); the
-    in-process facade uses a private file instead so that it behaves exactly like the server.
+    in-process facade uses a private file instead so that it behaves exactly like the server. ``clock``: where the
+    job times and retention come from (``time.time``; a test passes one it advances instead of sleeping).
     """
 
     kind = "sqlite"
@@ -82,12 +84,14 @@ class SQLiteJobStore(JobStore):
         image_dir: str | os.PathLike | None = None,
         synchronous: str = "FULL",
         exclusive: bool = True,
+        clock: Callable[[], float] = time.time,
     ):
         if retention_s <= 0:
             raise ValueError(f"retention_s={retention_s!r} is not allowed; it must be a positive number of seconds")
         if synchronous not in ("OFF", "NORMAL", "FULL", "EXTRA"):
             raise ValueError(f"synchronous={synchronous!r} is not allowed; one of OFF, NORMAL, FULL, EXTRA")
         self.retention_s = float(retention_s)
+        self.clock = clock  # wall-clock seconds: job times and retention (tests pass a clock they advance)
         self.path = str(path)
         memory = self.path == ":memory:"
         if memory and image_dir is None:
@@ -139,7 +143,7 @@ class SQLiteJobStore(JobStore):
             self._db.execute("COMMIT")
 
     def _cutoff(self, now: float | None = None) -> float:
-        return (time.time() if now is None else now) - self.retention_s
+        return (self.clock() if now is None else now) - self.retention_s
 
     def _row_to_job(self, row: sqlite3.Row, position: int | None = None) -> Job:
         return Job(
@@ -170,7 +174,7 @@ class SQLiteJobStore(JobStore):
 
     # ------------------------------------------------------------------------------------------- interface
     def submit(self, slug: str, request: GenerationRequest, *, max_queue: int | None = None) -> Job:
-        job = Job(id=new_job_id(), slug=slug, request=request, state=QUEUED, created_at=time.time())
+        job = Job(id=new_job_id(), slug=slug, request=request, state=QUEUED, created_at=self.clock())
         encoded = json.dumps(stored_params(request), allow_nan=False)
         with self._tx() as db:
             waiting = db.execute("SELECT COUNT(*) FROM jobs WHERE state = ?", (QUEUED,)).fetchone()[0]
@@ -191,7 +195,7 @@ class SQLiteJobStore(JobStore):
             db.execute(
                 "UPDATE jobs SET state = ?, started_at = ?, attempts = attempts + 1, step = 0, total_steps = NULL "
                 "WHERE seq = ?",
-                (PROCESSING, time.time(), row["seq"]),
+                (PROCESSING, self.clock(), row["seq"]),
             )
             return self._row_to_job(self._fetch(db, row["id"]))
 
@@ -224,7 +228,7 @@ class SQLiteJobStore(JobStore):
                     raise LeaseLost(f"job {job_id} is {row['state']}, not PROCESSING; its result was discarded")
                 db.execute(
                     "UPDATE jobs SET state = ?, finished_at = ?, result = ?, error = NULL WHERE id = ? AND state = ?",
-                    (COMPLETED, time.time(), json.dumps(result, allow_nan=False), job_id, PROCESSING),
+                    (COMPLETED, self.clock(), json.dumps(result, allow_nan=False), job_id, PROCESSING),
                 )
                 return self._row_to_job(self._fetch(db, job_id))
         except BaseException:
@@ -261,7 +265,7 @@ class SQLiteJobStore(JobStore):
                 raise LeaseLost(f"job {job_id} is {row['state']}, not PROCESSING; its failure was not recorded")
             db.execute(
                 "UPDATE jobs SET state = ?, finished_at = ?, error = ? WHERE id = ? AND state = ?",
-                (FAILED, time.time(), str(error) or "the job failed", job_id, PROCESSING),
+                (FAILED, self.clock(), str(error) or "the job failed", job_id, PROCESSING),
             )
             return self._row_to_job(self._fetch(db, job_id))
 
@@ -269,7 +273,7 @@ class SQLiteJobStore(JobStore):
         with self._tx() as db:
             db.execute(
                 "UPDATE jobs SET state = ?, finished_at = ?, error = ? WHERE id = ? AND state IN (?, ?)",
-                (FAILED, time.time(), reason, job_id, QUEUED, PROCESSING),
+                (FAILED, self.clock(), reason, job_id, QUEUED, PROCESSING),
             )
             if db.execute("SELECT changes()").fetchone()[0]:
                 self._ended.add(job_id)
@@ -348,7 +352,7 @@ class SQLiteJobStore(JobStore):
                     report.failed.append(row["id"])
                 else:
                     report.requeued.append(row["id"])
-            now = time.time()
+            now = self.clock()
             for job_id in report.failed:
                 db.execute(
                     "UPDATE jobs SET state = ?, finished_at = ?, error = ? WHERE id = ?",
