@@ -24,9 +24,9 @@ import logging
 import os
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sized
+from collections.abc import Callable, Generator, Iterable, Mapping, Sized
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -47,6 +47,9 @@ from .offload import DEFAULT_OFFLOAD, OffloadChoice, accelerator_free_bytes, app
 from .prompt import encode_clip_pooled, encode_t5, tokenize_prompt, weighted_pieces
 from .request import GenerationRequest, Prepared, parse_request
 from .sampling import flux_mu, ksampler, to_latent
+
+if TYPE_CHECKING:
+    from .lora import LoraHandle
 
 PROMPT_CACHE_SIZE = 64
 _log = logging.getLogger("flux_vector")
@@ -80,7 +83,8 @@ class PromptCache:
     """LRU of encoded prompts (T5 sequence embeddings + CLIP pooled), so repeats skip the text encoders."""
 
     def __init__(self, size: int = PROMPT_CACHE_SIZE):
-        self.size, self.entries = size, OrderedDict()
+        self.size = size
+        self.entries: OrderedDict[Any, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
         self.hits = self.misses = 0
 
     def get(self, key, compute):
@@ -111,7 +115,7 @@ class FluxVectorPipeline:
         device: torch.device,
         dtype: torch.dtype,
         offload: OffloadChoice,
-        lora=None,
+        lora: LoraHandle | None = None,
         model_name: str = "",
         lora_name: str | None = None,
     ):
@@ -120,7 +124,8 @@ class FluxVectorPipeline:
         self.transformer, self.vae = transformer, vae
         self.text_encoder, self.tokenizer = text_encoder, tokenizer
         self.text_encoder_2, self.tokenizer_2 = text_encoder_2, tokenizer_2
-        self.device, self.dtype, self.offload, self.lora, self.model_name = device, dtype, offload, lora, model_name
+        self.device, self.dtype, self.offload, self.model_name = device, dtype, offload, model_name
+        self.lora: LoraHandle | None = lora  # the LoRA as runtime adapters (fusable); None: loaded without one
         self.lora_name = lora_name if lora is not None else None
         for module in (transformer, vae, text_encoder, text_encoder_2):
             module.eval().requires_grad_(False)
@@ -141,6 +146,7 @@ class FluxVectorPipeline:
         self.fast_timings: dict[str, float] = {}
         # aspect_ratio -> (width, height) when the model folder has its own table (the demo model's small sizes)
         self.aspect_sizes: dict[str, tuple[int, int]] | None = None
+        self.load_seconds: float | None = None  # from_pretrained: seconds to load the components and the LoRA
 
     def size_of(self, request: GenerationRequest) -> tuple[int, int]:
         """The (width, height) this pipeline draws ``request`` at: width/height when given, else the aspect ratio in
@@ -259,7 +265,7 @@ class FluxVectorPipeline:
         return pipe
 
     # ------------------------------------------------------------------------------------------------- fast
-    def enable_fast(self, fast: dict | None = None, *, full: bool = True, log=print):
+    def enable_fast(self, fast: Mapping[str, Any] | None = None, *, full: bool = True, log=print):
         """Choose the fast plan for this device (see ``fast.choose_fast_plan``) and apply it; returns the plan."""
         from .fast import apply_fast, choose_fast_plan, detect_env
         from .quantize import is_quantized
@@ -531,7 +537,7 @@ class FluxVectorPipeline:
 
     def generate_many(
         self, requests: Iterable[GenerationRequest | Mapping[str, Any]], *, progress: bool = True, errors: str = "raise"
-    ) -> Iterator[GenerationResult | Exception]:
+    ) -> Generator[GenerationResult | Exception, None, None]:
         """``generate`` for each request (or parameter dict) in turn, yielding results in input order; see
         ``generate_many`` below."""
         return generate_many(self, requests, progress=progress, errors=errors)
@@ -564,7 +570,7 @@ TILED_DECODE_PIXELS = 2048 * 2048  # larger images are VAE-decoded in overlappin
 
 def generate_many(
     pipe, requests: Iterable[GenerationRequest | Mapping[str, Any]], *, progress: bool = True, errors: str = "raise"
-) -> Iterator[GenerationResult | Exception]:
+) -> Generator[GenerationResult | Exception, None, None]:
     """Run ``pipe.generate`` on each request in input order, the model loaded once; one progress bar over the images
     (``progress``), none per image. ``errors="raise"``: a failing request raises; ``"return"``: its exception is
     yielded in its place and the rest run (an out-of-memory error frees the cached device memory first).

@@ -193,8 +193,8 @@ def run_generate_command(args: argparse.Namespace) -> int:
         )
         paths.append(str(path))
     elapsed = time.perf_counter() - started
-    demo = {"tiny": " (the random-weight demo: noise, not a real image)", "demo": " (the demo model, not FLUX.1-dev)"}
-    demo = demo.get(model, "")
+    notes = {"tiny": " (the random-weight demo: noise, not a real image)", "demo": " (the demo model, not FLUX.1-dev)"}
+    demo = notes.get(model, "")
     print(
         f"saved {', '.join(paths)}: {result.width}x{result.height}, seed {request.seed}, {request.steps} steps "
         f"{request.sampler_name}/{request.scheduler}, {elapsed:.2f} s "

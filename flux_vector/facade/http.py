@@ -58,15 +58,24 @@ class HttpBackend:
         return body
 
     def status(self, job: JobHandle) -> dict[str, Any]:
-        return self._fetch(job.status_url)
+        return self._fetch(_url(job.status_url, job))
 
     def result(self, job: JobHandle) -> dict[str, Any]:
-        return self._fetch(job.response_url)
+        return self._fetch(_url(job.response_url, job))
 
     def cancel(self, job: JobHandle) -> dict[str, Any]:
-        response = self.http.request("DELETE", job.response_url)
+        response = self.http.request("DELETE", _url(job.response_url, job))
         raise_for_status(response)
         return response.json()
 
     def pause(self, job: JobHandle, seconds: float) -> None:
         time.sleep(seconds)
+
+
+def _url(url: str | None, job: JobHandle) -> str:
+    """A job's status or response URL (every job an HTTP submit returns has both: ``SegmindClient`` checks)."""
+    if not url:
+        raise SegmindError(
+            status=None, detail=f"request {job.request_id!r} has no URL to poll (not submitted over HTTP)"
+        )
+    return url

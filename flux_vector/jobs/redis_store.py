@@ -188,7 +188,7 @@ class RedisJobStore(JobStore):
         return cls(client, url=address, secrets=(secret,) if secret else (), **kwargs)
 
     @property
-    def unavailable_errors(self) -> tuple[type[BaseException], ...]:  # type: ignore[override]
+    def unavailable_errors(self) -> tuple[type[Exception], ...]:  # type: ignore[override]
         from redis.exceptions import ConnectionError, ReadOnlyError, TimeoutError
 
         return (StoreUnavailable, ConnectionError, TimeoutError, ReadOnlyError)

@@ -103,7 +103,7 @@ class SQLiteJobStore(JobStore):
         )
         self.image_dir.mkdir(parents=True, exist_ok=True)
         self._lock_files: list = []
-        self._db: sqlite3.Connection | None = None  # set once opened; close() after a failed open only unlocks
+        self._connection: sqlite3.Connection | None = None  # set once opened; close() after a failed open unlocks
         if exclusive and not memory:
             # one writer per store whatever the path: the lock file of the resolved path (symlinks, "..") and an OS
             # lock on the database file itself (hard links, bind mounts)
@@ -115,7 +115,7 @@ class SQLiteJobStore(JobStore):
         self._checked_at = float("-inf")
         self._reserve = None if memory else Path(self.path + ".reserve")
         try:
-            self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
+            self._connection = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
             self._db.row_factory = sqlite3.Row
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute(f"PRAGMA synchronous={synchronous}")
@@ -131,6 +131,12 @@ class SQLiteJobStore(JobStore):
             ) from None
 
     # ------------------------------------------------------------------------------------------- helpers
+    @property
+    def _db(self) -> sqlite3.Connection:
+        if self._connection is None:  # only a failed open leaves it unset, and that raised
+            raise StoreUnavailable(f"the job database {self.path} is not open")
+        return self._connection
+
     @contextlib.contextmanager
     def _tx(self):
         with self._lock:
@@ -334,7 +340,7 @@ class SQLiteJobStore(JobStore):
         return len(rows)
 
     def counts(self) -> dict[str, int]:
-        out = dict.fromkeys(STATES, 0)
+        out = {str(state): 0 for state in STATES}
         with self._lock:
             for state, n in self._db.execute(
                 "SELECT state, COUNT(*) FROM jobs WHERE finished_at IS NULL OR finished_at >= ? GROUP BY state",
@@ -425,7 +431,7 @@ class SQLiteJobStore(JobStore):
                 path.unlink(missing_ok=True)
 
     def close(self) -> None:
-        if self._db is None:  # failed while opening
+        if self._connection is None:  # failed while opening
             self._release_locks()
             return
         with self._lock:

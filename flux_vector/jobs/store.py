@@ -124,7 +124,7 @@ class JobStore(ABC):
     stats: Mapping[str, int] = MappingProxyType({})
     # The exceptions that mean "the store cannot be reached now, try again" (the server answers them 503 with
     # Retry-After): a network store's connection errors; StoreUnavailable on every store
-    unavailable_errors: tuple[type[BaseException], ...] = (StoreUnavailable,)
+    unavailable_errors: tuple[type[Exception], ...] = (StoreUnavailable,)
 
     @abstractmethod
     def submit(self, slug: str, request: GenerationRequest, *, max_queue: int | None = None) -> Job:

@@ -30,12 +30,14 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 from ..image_metadata import identity_of, image_metadata
 from ..output_formats import encode_image, output_format
 from ..request import GenerationRequest, ModelCannot, Prepared, RequestError
 from .store import Job, JobStore, LeaseLost, StoreUnavailable, StoreWriteError
+
+WorkerState = Literal["stopped", "idle", "loading", "busy"]
 
 __all__ = ["GeneratingPipeline", "ModelCannot", "OutputError", "Worker", "describe_error"]
 
@@ -101,10 +103,12 @@ class Worker:
         encode_threads: int | None = None,
     ):
         self.store = store
+        self._pipeline: GeneratingPipeline | None = None
+        self._factory: Callable[[], GeneratingPipeline] | None = None
         if isinstance(pipeline, GeneratingPipeline):
-            self._pipeline, self._factory = pipeline, None
+            self._pipeline = pipeline
         elif callable(pipeline):
-            self._pipeline, self._factory = None, pipeline
+            self._factory = pipeline
         else:
             raise TypeError(
                 "pipeline must be a GeneratingPipeline (prepare, generate, fuse_lora, warmup) or a zero-argument "
@@ -113,7 +117,7 @@ class Worker:
         self.log = log or (lambda message: print(message, file=sys.stderr))
         self.expire_every = expire_every if expire_every is not None else min(60.0, max(0.2, store.retention_s / 4))
         self.progress_every, self.idle_poll = progress_every, idle_poll
-        self.state = "stopped"  # stopped | idle | loading | busy
+        self.state: WorkerState = "stopped"
         self.current_job: str | None = None
         self.load_error: str | None = None
         self._listeners: list[Callable[[Job], None]] = []
@@ -195,10 +199,11 @@ class Worker:
                 if self._finished_count == seen:
                     self._finished.wait(timeout=5.0 if left is None else min(left, 5.0))
 
-    def load_pipeline(self):
+    def load_pipeline(self) -> GeneratingPipeline:
         """The pipeline, loading it now if it was given as a factory (the worker does this on its first job)."""
         with self._pipeline_lock:
             if self._pipeline is None:
+                assert self._factory is not None  # __init__ took a pipeline or a factory
                 previous, self.state = self.state, "loading"
                 try:
                     self._pipeline = self._factory()

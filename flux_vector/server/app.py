@@ -75,7 +75,7 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
-        if manage_worker:
+        if manage_worker and worker is not None:
             worker.start()
         try:
             yield

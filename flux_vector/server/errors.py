@@ -43,7 +43,7 @@ def json_safe(value: Any) -> Any:
         return None if type(value) is object else repr(value)
 
 
-def install_error_handlers(app: FastAPI, store_unavailable: tuple[type[BaseException], ...] = ()) -> None:
+def install_error_handlers(app: FastAPI, store_unavailable: tuple[type[Exception], ...] = ()) -> None:
     """``store_unavailable``: the exceptions meaning the job store cannot be reached now (503 with Retry-After)."""
 
     async def _store_unavailable(request: Request, exc: Exception):

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
@@ -26,7 +27,7 @@ _BODY_DOC = {
     }
 }
 _ERROR_DOC = {"content": {"application/json": {"example": {"error": "steps=0 is not allowed; steps must be ..."}}}}
-_ERRORS = {
+_ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"description": text, **_ERROR_DOC}
     for code, text in (
         (400, "Invalid parameter"),
@@ -113,7 +114,7 @@ def job_result(request_id: str, request: Request, state: State):
 async def job_cancel(request_id: str, state: State):
     job = await run_in_threadpool(state.store.cancel, request_id)
     if job is None:
-        state.get_job(request_id)  # the 404 naming why
+        job = state.get_job(request_id)  # the 404 naming why (unknown or expired)
     if job.error != CANCELLED_REASON:
         raise ApiError(
             409, f"request {request_id!r} is {job.state} already; there is nothing to cancel", status=job.state
