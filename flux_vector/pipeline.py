@@ -639,7 +639,7 @@ def _fast_from_deprecated_compile(fast, compile: bool | None):
     )
     if not compile:
         return fast
-    if isinstance(fast, Mapping):  # compile=True with switches: overrides on the whole mode, as before
+    if isinstance(fast, Mapping):  # compile=True with switches: the whole mode, those switches overriding it
         from .fast import FULL
 
         return {**FULL, **fast}

@@ -3,10 +3,11 @@
 Everything that loads a pipeline (``flux-vector serve``'s embedded worker, ``flux-vector worker``, the in-process
 facade, ``flux-vector generate``) goes through ``pipeline.load_pipeline``. With this environment variable set, that
 imports the callable and serves ``callable(model, **options)`` instead of ``FluxVectorPipeline.from_pretrained(model,
-**options)``, with the same arguments (defaults filled in). What it returns must have ``generate(request, *,
-progress, on_step)`` as ``FluxVectorPipeline`` has (``flux_vector.jobs.worker.GeneratingPipeline``); ``lora``,
-``lora_strength`` and ``set_lora_strength`` are used when present. The test suite points it at a pipeline that fails
-or stalls on request (``tests/fake_pipeline.py``); a deployment can point it at a custom pipeline.
+**options)``, with the same arguments (defaults filled in). What it returns must be a
+``flux_vector.jobs.worker.GeneratingPipeline`` as ``FluxVectorPipeline`` is: ``prepare(request)`` (the LoRA
+strength rules and switch), ``generate(request, *, progress, on_step)``, ``fuse_lora(log)`` and
+``warmup(sizes, log=...)``. The test suite points it at a pipeline that fails or stalls on request
+(``tests/fake_pipeline.py``); a deployment can point it at a custom pipeline.
 """
 
 from __future__ import annotations
