@@ -45,6 +45,7 @@ class Denoiser:
         if not self.use_uncond:
             self.uncond = None
             return cond
+        assert self.negative is not None  # __init__ refuses use_uncond without one
         uncond = self._x0(self.negative, x, sigma_b)
         self.uncond = uncond
         return uncond + (cond - uncond) * self.cfg

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from functools import lru_cache
+from typing import overload
 
 import numpy as np
 import torch
@@ -16,6 +17,14 @@ from .names import SCHEDULER_NAMES
 
 DEFAULT_MU = 1.15
 TABLE_SIZE = 10000
+
+
+@overload
+def flux_time_shift(mu: float, t: torch.Tensor) -> torch.Tensor: ...
+
+
+@overload
+def flux_time_shift(mu: float, t: float) -> float: ...
 
 
 def flux_time_shift(mu: float, t: torch.Tensor | float) -> torch.Tensor | float:

@@ -23,7 +23,7 @@ def _lms_coeff(nodes: list[float], t: float, t_next: float, j: int) -> float:
 def sample_lms(model, x, sigmas, *, noise=None, callback=None, order=4):
     """x' = x + sum_j c_j d_{i-j}, c_j the integral of the Lagrange basis on sigma_i..sigma_{i-p+1}, p = min(i+1, 4)."""
     s = sigmas.tolist()
-    ds = []
+    ds: list[torch.Tensor] = []
     for i in range(len(sigmas) - 1):
         denoised = model(x, sigmas[i])
         report(callback, i, x, denoised)
@@ -42,7 +42,7 @@ _AB_WEIGHTS = ([1.0], [3 / 2, -1 / 2], [23 / 12, -16 / 12, 5 / 12], [55 / 24, -5
 
 def _adams_bashforth(model, x, sigmas, callback, weights, order):
     """x' = x + h0 * sum_k c_k d_{i-k} over the last min(i+1, order) slopes (newest first); the step to 0 is x = D."""
-    ds = []
+    ds: list[torch.Tensor] = []
     for i in range(len(sigmas) - 1):
         denoised = model(x, sigmas[i])
         report(callback, i, x, denoised)
@@ -61,7 +61,7 @@ def sample_ipndm(model, x, sigmas, *, noise=None, callback=None, order=4):
     return _adams_bashforth(model, x, sigmas, callback, lambda h: _AB_WEIGHTS[len(h) - 1], order)
 
 
-def _ipndm_v_weights(h: list[torch.Tensor]) -> list[torch.Tensor]:
+def _ipndm_v_weights(h: list[torch.Tensor]) -> list[torch.Tensor | float]:
     """Variable-step Adams-Bashforth weights; h[0] = sigma' - sigma, h[k] the k-th previous sigma difference."""
     if len(h) == 1:
         return [1.0]
@@ -112,7 +112,7 @@ def _deis_coeffs(sigmas: torch.Tensor, max_order: int, n: int = 10000) -> list[l
     alpha_bar(tau) = exp(-tau^2 (beta_1 - beta_0)/2 - tau beta_0) is (tau (beta_1 - beta_0) + beta_0)/2 / sqrt(a(1-a)).
     """
     t, beta_0, beta_1 = _edm_vp_time(sigmas)
-    coeffs = []
+    coeffs: list[list[torch.Tensor]] = []
     for i in range(len(t) - 1):
         order = min(i + 1, max_order)
         if order == 1:
@@ -131,7 +131,7 @@ def _deis_coeffs(sigmas: torch.Tensor, max_order: int, n: int = 10000) -> list[l
 def sample_deis(model, x, sigmas, *, noise=None, callback=None, max_order=3):
     """DEIS "tab": x' = x + sum_j c_j d_{i-j} with c_j from _deis_coeffs, order min(i+1, 3); Euler into sigma' <= 0."""
     coeffs = _deis_coeffs(sigmas, max_order)
-    ds = []
+    ds: list[torch.Tensor] = []
     for i in range(len(sigmas) - 1):
         denoised = model(x, sigmas[i])
         report(callback, i, x, denoised)

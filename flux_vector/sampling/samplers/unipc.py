@@ -46,12 +46,12 @@ def _unipc_step(x, history, sigma, order, variant, data_pred):
     h_phi_1 = torch.expm1(hh)
     b_h = hh if variant == "bh1" else torch.expm1(hh)
     g = h_phi_1 / hh - 1
-    b, rows = [], []
+    b_values, rows = [], []
     for k in range(1, order + 1):
         rows.append(rks ** (k - 1))
-        b.append(g * math.factorial(k) / b_h)
+        b_values.append(g * math.factorial(k) / b_h)
         g = g / hh - 1 / math.factorial(k + 1)
-    big_r, b = torch.stack(rows), torch.tensor(b)
+    big_r, b = torch.stack(rows), torch.tensor(b_values)
 
     x_base = s / s_0 * x - alpha * h_phi_1 * m_0
     if d1:
