@@ -177,3 +177,12 @@ def test_a_light_import_loads_neither_the_facade_nor_the_job_layer(module):
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     for heavy in ("flux_vector.facade", "flux_vector.jobs", "flux_vector.pipeline"):
         assert f"'{heavy}" not in loaded, f"import {module} loaded {heavy}: {loaded}"
+
+
+def test_the_job_layer_imports_no_lora_and_the_worker_parses_no_request():
+    """The request is parsed once at the edge and carried through the store; what a loaded model does with it
+    (the LoRA strength rules, the switch) is the pipeline's ``prepare``, not the job layer's."""
+    for path in (PACKAGE / "jobs").rglob("*.py"):
+        assert not any(parts[:1] == ("lora",) for parts in imported_modules(path)), path
+    worker = (PACKAGE / "jobs" / "worker.py").read_text()
+    assert "parse_request" not in worker and "lora_strength" not in worker
