@@ -298,7 +298,7 @@ def eager_and_compiled(tiny_dir):
     lines = []
     plan = pipe.enable_fast(log=lines.append)
     assert plan.compile and plan.fuse_qkv and not plan.fp8
-    warm = pipe.warmup(64, 64, steps=2)  # compiles
+    warm = pipe.warmup([(64, 64)], steps=2)[(64, 64)]  # compiles
     print(f"\ntiny CPU regional compile: {warm}")
     assert warm["compile_s"] > 0 and warm["first_s"] > warm["warm_s"]
     first = _generate(pipe, 1.0)
