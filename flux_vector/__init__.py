@@ -11,6 +11,7 @@ The version lives in ``flux_vector.version``; modules inside the package import 
 from __future__ import annotations
 
 from importlib import import_module
+from importlib.util import find_spec
 from typing import TYPE_CHECKING, Any
 
 from .version import __version__
@@ -64,6 +65,9 @@ if TYPE_CHECKING:  # what a type checker and an IDE see; at run time each name i
 def __getattr__(name: str) -> Any:
     module = _LAZY.get(name)
     if module is None:
+        # a submodule not imported yet (``flux_vector.facade``, ``flux_vector.jobs``), as an eager root had them
+        if not name.startswith("_") and find_spec(f"{__name__}.{name}") is not None:
+            return import_module(f".{name}", __name__)
         raise AttributeError(f"module 'flux_vector' has no attribute {name!r}")
     value = getattr(import_module(module, __name__), name)
     globals()[name] = value  # looked up once
