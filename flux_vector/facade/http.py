@@ -16,7 +16,7 @@ _TERMINAL_STATES = (COMPLETED, FAILED)
 
 
 class HttpBackend:
-    """What the segmind SDK does on the wire (see spec/SEGMIND_SDK_WIRE.md)."""
+    """What the segmind SDK does on the wire (see docs/SEGMIND_SDK_WIRE.md)."""
 
     def __init__(self, client: SegmindClient):
         import httpx
