@@ -45,6 +45,7 @@ from .models import (
 )
 from .offload import OffloadChoice, accelerator_free_bytes, apply_offload, choose_offload, module_bytes
 from .prompt import encode_clip_pooled, encode_t5, tokenize_prompt, weighted_pieces
+from .quiet import quiet_loading
 from .request import GenerationRequest, parse_request
 from .sampling import flux_mu, ksampler, to_latent
 
@@ -114,6 +115,9 @@ class FluxVectorPipeline:
         model_name: str = "",
         lora_name: str | None = None,
     ):
+        from .quiet import diffusers_without_bitsandbytes
+
+        diffusers_without_bitsandbytes()  # no Hub request at import (quiet.py)
         from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline
 
         self.transformer, self.vae = transformer, vae
@@ -158,6 +162,7 @@ class FluxVectorPipeline:
 
     # ----------------------------------------------------------------------------------------------- loading
     @classmethod
+    @quiet_loading()
     def from_pretrained(
         cls,
         model: str = DEFAULT_MODEL,
@@ -183,6 +188,9 @@ class FluxVectorPipeline:
         (``{"fuse_qkv": True}``; ``{**fast.FULL, "fp8": False}`` is the whole mode without fp8). ``compile=True`` is
         the old name of ``fast=True`` (deprecated: it never meant only torch.compile).
         """
+        from .quiet import diffusers_without_bitsandbytes
+
+        diffusers_without_bitsandbytes()  # no Hub request at import (quiet.py)
         from diffusers import AutoencoderKL, FluxTransformer2DModel
         from transformers import CLIPTextModel, CLIPTokenizer, T5EncoderModel, T5TokenizerFast
 
