@@ -42,6 +42,7 @@ from .models import (
     is_single_file,
     resolve_lora,
     resolve_model,
+    running_lora_name,
 )
 from .offload import OffloadChoice, accelerator_free_bytes, apply_offload, choose_offload, module_bytes
 from .prompt import encode_clip_pooled, encode_t5, tokenize_prompt, weighted_pieces
@@ -256,7 +257,7 @@ class FluxVectorPipeline:
             offload=choice,
             lora=handle,
             model_name=model,
-            lora_name=None if lora is None else str(lora),
+            lora_name=running_lora_name(lora, model),
         )
         fast = _fast_from_deprecated_compile(fast, compile)
         if fast:

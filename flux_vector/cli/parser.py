@@ -26,7 +26,7 @@ def _model_options(*, falls_back_to_demo: bool) -> argparse.ArgumentParser:
     """--model/--lora/--quantize/--offload/--device: what every command that loads the model takes.
     ``falls_back_to_demo``: without --model and $FLUX_VECTOR_MODEL, a missing FLUX.1-dev means the shipped demo model
     (generate, serve, worker: they say so on the console, the banner and the playground)."""
-    from ..models import DEFAULT_LORA, MODEL_ENV
+    from ..models import DEFAULT_LORA, DEMO_MODEL, MODEL_ENV, builtin_lora_name
     from ..offload import OFFLOAD_MODES
 
     otherwise = "else FLUX.1-dev if downloaded, else demo" if falls_back_to_demo else "else FLUX.1-dev"
@@ -37,7 +37,11 @@ def _model_options(*, falls_back_to_demo: bool) -> argparse.ArgumentParser:
         help="demo (the shipped toy: simple shapes at 128 px) | tiny (random weights: noise) | a diffusers folder | "
         f"a hub id in the local cache | a BFL .safetensors (default: ${MODEL_ENV}, {otherwise})",
     )
-    g.add_argument("--lora", help=f"LoRA file or hub id, or 'none' (default: {DEFAULT_LORA})")
+    g.add_argument(
+        "--lora",
+        help=f"LoRA file or hub id, or 'none' (default: the model's: {DEFAULT_LORA}, Simple Vector, for FLUX.1-dev "
+        f"and other models; {builtin_lora_name(DEMO_MODEL)}, the demo's outline LoRA, for demo; its own for tiny)",
+    )
     g.add_argument("--quantize", choices=["8bit"], help="bitsandbytes int8 transformer (default: none)")
     g.add_argument(
         "--offload",
