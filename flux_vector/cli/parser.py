@@ -14,7 +14,8 @@ DESCRIPTION = "FLUX.1-dev + the Simple Vector LoRA locally, as Segmind's Simple_
 # --out's suffix chooses output_format
 OUTPUT_SUFFIXES = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".webp": "webp", ".svg": "svg"}
 # request fields generate takes as flags (prompt is required; output_format comes from --out's suffix)
-GENERATE_FIELDS = tuple(f for f in FIELDS if f not in ("prompt", "output_format", "quality", "base64"))
+# output_format comes from --out's suffix; quality applies to .jpg/.webp (ignored for .png/.svg, as in the API)
+GENERATE_FIELDS = tuple(f for f in FIELDS if f not in ("prompt", "output_format", "base64"))
 # the request defaults batch takes as flags (a row gives its prompt; files are written, never base64)
 BATCH_FIELDS = tuple(f for f in FIELDS if f not in ("prompt", "base64"))
 
@@ -324,7 +325,10 @@ def _add_info(sub, parents) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .. import __version__
+
     parser = argparse.ArgumentParser(prog="flux-vector", description=DESCRIPTION)
+    parser.add_argument("--version", action="version", version=f"flux-vector {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     output, serving = _output_options(), _serving_options()
     falling_back = _model_options(falls_back_to_demo=True)
