@@ -40,6 +40,8 @@ DEMO_MODEL = "demo"
 DEMO_NOTICE = (
     "the demo model: a tiny FLUX shipped with flux_vector, trained on simple coloured shapes at 128 px, NOT FLUX.1-dev"
 )
+# A prompt the demo model draws (its colours, shapes, positions, backgrounds): the playground's example with it.
+DEMO_EXAMPLE_PROMPT = "v3ct0r style, simple vector art, a large red heart in the center on a white background"
 
 
 def default_model(log=print) -> str:
