@@ -122,6 +122,10 @@ def from_bfl(bfl_sd: dict[str, torch.Tensor], target: torch.nn.Module) -> dict[s
 def load_bfl_transformer(path: str | Path, config_folder: str | Path, dtype: torch.dtype):
     """A diffusers FluxTransformer2DModel from a BFL-layout single file, its config from a diffusers folder."""
     from accelerate import init_empty_weights
+
+    from .quiet import diffusers_without_bitsandbytes
+
+    diffusers_without_bitsandbytes()  # no Hub request at import (quiet.py)
     from diffusers import FluxTransformer2DModel
     from safetensors.torch import load_file
 

@@ -14,7 +14,7 @@ Where each format keeps them:
 
 - PNG: text chunks ``flux_vector`` (the JSON) and ``parameters``.
 - JPEG and WebP: an XMP packet with both (``fluxvector:record`` holds the JSON) and the ``parameters`` text in the
-  EXIF UserComment, where those tools look.
+  EXIF UserComment (type UNDEFINED, ``UNICODE`` character set), where those tools look.
 - SVG: ``<metadata id="flux_vector">`` with the JSON, XML-escaped.
 
 Nothing private goes in: the request's own fields, the model and LoRA names (a local path is reduced to its last
@@ -27,6 +27,7 @@ import html
 import io
 import json
 import re
+import struct
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -39,7 +40,8 @@ PARAMETERS_KEY = "parameters"
 _XMP_NS = "urn:flux-vector:metadata:1"
 _EXIF_IFD = 0x8769
 _USER_COMMENT = 0x9286
-_UNICODE_PREFIX = b"UNICODE\x00"
+_UNICODE_PREFIX = b"UNICODE\x00"  # the EXIF character-set code for UTF-16
+_TIFF_LONG, _TIFF_UNDEFINED = 4, 7
 
 
 @runtime_checkable
@@ -123,7 +125,7 @@ def _quoted(value: Any) -> str:
 # ----------------------------------------------------------------------------------------------- writing
 def save_options(output_format: str, record: Mapping[str, Any]) -> dict[str, Any]:
     """The extra ``PIL.Image.save`` keywords that embed ``record`` in a png, jpeg or webp file."""
-    from PIL import Image, PngImagePlugin
+    from PIL import PngImagePlugin
 
     record_json = json.dumps(record, ensure_ascii=False, separators=(",", ":"))
     parameters = parameters_text(record)
@@ -132,9 +134,38 @@ def save_options(output_format: str, record: Mapping[str, Any]) -> dict[str, Any
         info.add_itxt(RECORD_KEY, record_json)
         info.add_itxt(PARAMETERS_KEY, parameters)
         return {"pnginfo": info}
-    exif = Image.Exif()
-    exif.get_ifd(_EXIF_IFD)[_USER_COMMENT] = _UNICODE_PREFIX + parameters.encode("utf-16-be")
-    return {"exif": exif.tobytes(), "xmp": _xmp_packet(record_json, parameters)}
+    return {"exif": exif_user_comment(parameters), "xmp": _xmp_packet(record_json, parameters)}
+
+
+def exif_user_comment(text: str) -> bytes:
+    """An EXIF block (``Exif\\0\\0`` + a big-endian TIFF) holding only ``text`` as the Exif IFD's UserComment.
+
+    Written here because Pillow types a bytes value it has no type for as BYTE (1), and readers that follow the
+    EXIF standard (piexif, so sd-prompt-reader) then see a list of numbers: UserComment must be UNDEFINED (7),
+    its first 8 bytes naming the character set (``UNICODE\\0``: UTF-16 in the TIFF's byte order, as A1111 writes).
+    Layout: header, IFD0 (one entry: the Exif IFD pointer), the Exif IFD (one entry), then the comment's bytes."""
+    comment = _UNICODE_PREFIX + text.encode("utf-16-be")
+    ifd0 = 8
+    exif_ifd = ifd0 + _ifd_size(1)
+    data = exif_ifd + _ifd_size(1)
+    return (
+        b"Exif\x00\x00"
+        + b"MM\x00\x2a"
+        + struct.pack(">I", ifd0)
+        + _ifd([(_EXIF_IFD, _TIFF_LONG, 1, struct.pack(">I", exif_ifd))])
+        + _ifd([(_USER_COMMENT, _TIFF_UNDEFINED, len(comment), struct.pack(">I", data))])
+        + comment
+    )
+
+
+def _ifd_size(entries: int) -> int:
+    return 2 + 12 * entries + 4  # count, 12-byte entries, the next-IFD offset (0: none)
+
+
+def _ifd(entries: list[tuple[int, int, int, bytes]]) -> bytes:
+    """A big-endian IFD of (tag, type, count, 4-byte value or offset) entries, no next IFD."""
+    body = b"".join(struct.pack(">HHI", tag, kind, count) + value for tag, kind, count, value in entries)
+    return struct.pack(">H", len(entries)) + body + struct.pack(">I", 0)
 
 
 def _xmp_packet(record_json: str, parameters: str) -> bytes:

@@ -40,6 +40,8 @@ DEMO_MODEL = "demo"
 DEMO_NOTICE = (
     "the demo model: a tiny FLUX shipped with flux_vector, trained on simple coloured shapes at 128 px, NOT FLUX.1-dev"
 )
+# A prompt the demo model draws (its colours, shapes, positions, backgrounds): the playground's example with it.
+DEMO_EXAMPLE_PROMPT = "v3ct0r style, simple vector art, a large red heart in the center on a white background"
 
 
 def default_model(log=print) -> str:
@@ -120,18 +122,45 @@ def check_weights(model: str, lora: str | os.PathLike | None, *, base: str = DEF
     resolve_lora(lora, base if single_file and base == "tiny" else model)
 
 
-def resolve_lora(lora: str | os.PathLike | None, model: str) -> Path | None:
-    """A LoRA file for ``lora``: None/"none", a path, or a hub id (its one .safetensors, from the local cache)."""
+def builtin_lora_name(model: str) -> str | None:
+    """The file name of a built-in model's own LoRA, which it runs in place of the default (Simple Vector): the
+    demo's outline LoRA for "demo", the tiny LoRA for "tiny"; None for any other model."""
+    if model == DEMO_MODEL:
+        from .demo import DEMO_LORA_FILE
+
+        return DEMO_LORA_FILE
+    if model == "tiny":
+        from .tiny import KOHYA_LORA
+
+        return KOHYA_LORA
+    return None
+
+
+def running_lora_name(lora: str | os.PathLike | None, model: str) -> str | None:
+    """The name of the LoRA that runs for ``lora`` on ``model``, as records, manifests and logs
+    give it: the default on a built-in model is that model's own LoRA (``builtin_lora_name``), never Simple Vector,
+    which does not run there; None when no LoRA runs (None or "none", as ``resolve_lora``). ``resolve_lora`` takes
+    the name back (``generate --like``)."""
     if lora is None or str(lora).lower() == "none":
         return None
-    if model == DEMO_MODEL and lora == DEFAULT_LORA:  # the demo's own "Simple Vector" stand-in: the outline LoRA
-        from .demo import DEMO_LORA_FILE, DEMO_MODEL_DIR
+    builtin = builtin_lora_name(model)
+    return builtin if builtin is not None and lora in (DEFAULT_LORA, builtin) else str(lora)
 
-        return DEMO_MODEL_DIR / DEMO_LORA_FILE
-    if model == "tiny" and lora == DEFAULT_LORA:
-        from .tiny import KOHYA_LORA, tiny_checkpoint_dir
 
-        return tiny_checkpoint_dir() / KOHYA_LORA
+def resolve_lora(lora: str | os.PathLike | None, model: str) -> Path | None:
+    """A LoRA file for ``lora``: None/"none", a path, or a hub id (its one .safetensors, from the local cache).
+    On the demo and tiny models the default (and their own LoRA's file name) is their own LoRA."""
+    if lora is None or str(lora).lower() == "none":
+        return None
+    builtin = builtin_lora_name(model)
+    if builtin is not None and running_lora_name(lora, model) == builtin:
+        if model == DEMO_MODEL:
+            from .demo import DEMO_MODEL_DIR
+
+            return DEMO_MODEL_DIR / builtin
+        from .tiny import tiny_checkpoint_dir
+
+        return tiny_checkpoint_dir() / builtin
     path = Path(lora).expanduser()
     if path.is_file():
         return path

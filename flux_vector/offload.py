@@ -118,8 +118,9 @@ def place(module: torch.nn.Module, device: torch.device) -> None:
     if not is_quantized(module):
         module.to(device)
         return
-    import bitsandbytes as bnb
+    from .quiet import import_bitsandbytes
 
+    bnb = import_bitsandbytes()
     for sub in module.modules():
         if isinstance(sub, bnb.nn.Linear8bitLt):
             continue

@@ -42,9 +42,11 @@ from .models import (
     is_single_file,
     resolve_lora,
     resolve_model,
+    running_lora_name,
 )
 from .offload import DEFAULT_OFFLOAD, OffloadChoice, accelerator_free_bytes, apply_offload, choose_offload, module_bytes
 from .prompt import encode_clip_pooled, encode_t5, tokenize_prompt, weighted_pieces
+from .quiet import quiet_loading
 from .request import GenerationRequest, Prepared, parse_request
 from .sampling import flux_mu, ksampler, to_latent
 
@@ -119,6 +121,9 @@ class FluxVectorPipeline:
         model_name: str = "",
         lora_name: str | None = None,
     ):
+        from .quiet import diffusers_without_bitsandbytes
+
+        diffusers_without_bitsandbytes()  # no Hub request at import (quiet.py)
         from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline
 
         self.transformer, self.vae = transformer, vae
@@ -165,6 +170,7 @@ class FluxVectorPipeline:
 
     # ----------------------------------------------------------------------------------------------- loading
     @classmethod
+    @quiet_loading()
     def from_pretrained(
         cls,
         model: str = DEFAULT_MODEL,
@@ -190,6 +196,9 @@ class FluxVectorPipeline:
         (``{"fuse_qkv": True}``; ``{**fast.FULL, "fp8": False}`` is the whole mode without fp8). ``compile=True`` is
         the old name of ``fast=True`` (deprecated: it never meant only torch.compile).
         """
+        from .quiet import diffusers_without_bitsandbytes
+
+        diffusers_without_bitsandbytes()  # no Hub request at import (quiet.py)
         from diffusers import AutoencoderKL, FluxTransformer2DModel
         from transformers import CLIPTextModel, CLIPTokenizer, T5EncoderModel, T5TokenizerFast
 
@@ -255,7 +264,7 @@ class FluxVectorPipeline:
             offload=choice,
             lora=handle,
             model_name=model,
-            lora_name=None if lora is None else str(lora),
+            lora_name=running_lora_name(lora, model),
         )
         fast = _fast_from_deprecated_compile(fast, compile)
         if fast:

@@ -7,6 +7,8 @@ linears are swapped for ``bnb.nn.Linear8bitLt`` here; moving the module to its d
 
 from __future__ import annotations
 
+import sys
+
 import torch
 from torch import nn
 
@@ -16,8 +18,9 @@ KEEP_FULL_PRECISION = ("proj_out", "x_embedder", "context_embedder", "norm_out.l
 
 def quantize_linears_8bit(model: nn.Module, device: torch.device | str, keep: tuple[str, ...] = KEEP_FULL_PRECISION):
     """Replace every ``nn.Linear`` of ``model`` (but ``keep``) by an int8 ``Linear8bitLt`` on ``device``."""
-    import bitsandbytes as bnb
+    from .quiet import import_bitsandbytes
 
+    bnb = import_bitsandbytes()
     replaced = 0
     for parent_name, parent in list(model.named_modules()):
         for name, child in list(parent.named_children()):
@@ -42,8 +45,7 @@ def quantize_linears_8bit(model: nn.Module, device: torch.device | str, keep: tu
 
 
 def is_quantized(model: nn.Module) -> bool:
-    try:
-        import bitsandbytes as bnb
-    except ImportError:
+    bnb = sys.modules.get("bitsandbytes")  # never imported: nothing can be 8-bit (and importing it calls the Hub)
+    if bnb is None:
         return False
     return any(isinstance(m, bnb.nn.Linear8bitLt) for m in model.modules())

@@ -114,6 +114,9 @@ def _write_t5_tokenizer(folder: Path):
 
 def build_tiny_flux(outdir: str | Path, seed: int = 0) -> Path:
     """Write the tiny checkpoint (diffusers layout) and its two tiny LoRAs into ``outdir``."""
+    from .quiet import diffusers_without_bitsandbytes
+
+    diffusers_without_bitsandbytes()  # no Hub request at import (quiet.py)
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
     from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 

@@ -126,11 +126,15 @@ def test_names_are_readable_and_the_key_follows_every_resolved_field(tmp_path):
         write(tmp_path, "r.jsonl", '{"prompt": "V3ct0r style, a Red Fox! (jumping:1.2)", "seed": 42}\n')
     )
     (item,) = expand(rows, {})[0]
-    assert slug(item.request.prompt) == "v3ct0r-style-a-red-fox-jumping-1"
+    assert slug(item.request.prompt) == "a-red-fox-jumping"  # the subject: no trigger words, no weights
     assert slug("") == "image" and slug("日本") == "image"
-    assert file_names(item) == ["0001-v3ct0r-style-a-red-fox-jumping-1-s42.png"]
+    # issue 25: every Simple Vector prompt starts alike; the names must differ by subject, not stop at the trigger
+    assert slug("v3ct0r style, simple vector art, a red fox, clip art") == "a-red-fox-clip-art"
+    assert slug("v3ct0r style, simple vector art, a lighthouse on a cliff") == "a-lighthouse-on-a-cliff"
+    assert slug("v3ct0r style") == "v3ct0r-style"  # style words only: kept
+    assert file_names(item) == ["0001-a-red-fox-jumping-s42.png"]
     (pair,) = expand(rows, {"batch_size": 2, "output_format": "jpeg"})[0]
-    assert file_names(pair) == [f"0001-v3ct0r-style-a-red-fox-jumping-1-s42-{i}.jpg" for i in (0, 1)]
+    assert file_names(pair) == [f"0001-a-red-fox-jumping-s42-{i}.jpg" for i in (0, 1)]
     key = item_key(item, "tiny", None)
     assert key == item_key(expand(rows, {})[0][0], "tiny", None)
     assert key != item_key(expand(rows, {"steps": 21})[0][0], "tiny", None)  # a changed default: made again

@@ -11,7 +11,7 @@ import unicodedata
 from ..output_formats import output_format
 from .rows import BatchItem
 
-SLUG_CHARS = 32
+SLUG_CHARS = 40
 
 
 def item_key(item: BatchItem, model: str, lora: str | None) -> str:
@@ -23,20 +23,44 @@ def item_key(item: BatchItem, model: str, lora: str | None) -> str:
 
 
 def slug(prompt: str) -> str:
-    """A short, file-system-safe reading of the prompt: ``"V3ct0r style, a red Fox!"`` -> ``v3ct0r-style-a-red-fox``."""
+    """A short, file-system-safe reading of the prompt's subject: ``"v3ct0r style, simple vector art, a red Fox!
+    (jumping:1.2)"`` -> ``a-red-fox-jumping``. The style words every Simple Vector prompt starts with (the trigger
+    ``v3ct0r style``, ``simple vector art``) and prompt weights are left out, so that names differ by subject; a
+    prompt of style words only keeps them."""
     text = unicodedata.normalize("NFKD", prompt).encode("ascii", "ignore").decode().lower()
+    text = _WEIGHT.sub(" ", text)
     words = re.findall(r"[a-z0-9]+", text)
+    subject = _without_style(words) or words
     out = ""
-    for word in words:
+    for word in subject:
         candidate = f"{out}-{word}" if out else word
         if len(candidate) > SLUG_CHARS:
             break
         out = candidate
-    return out or (words[0][:SLUG_CHARS] if words else "image")
+    return out or (subject[0][:SLUG_CHARS] if subject else "image")
+
+
+# ``:1.2`` in ``(word:1.2)``: the weight, not the subject
+_WEIGHT = re.compile(r":\s*[-+]?(\d+\.?\d*|\.\d+)\s*\)")
+# word runs that say "Simple Vector style", longest first
+STYLE_WORDS = (("v3ct0r", "style"), ("simple", "vector", "art"), ("vector", "art"), ("v3ct0r",))
+
+
+def _without_style(words: list[str]) -> list[str]:
+    kept, i = [], 0
+    while i < len(words):
+        run = next((r for r in STYLE_WORDS if tuple(words[i : i + len(r)]) == r), None)
+        if run is None:
+            kept.append(words[i])
+            i += 1
+        else:
+            i += len(run)
+    return kept
 
 
 def file_names(item: BatchItem) -> list[str]:
-    """``0007-a-red-fox-s42.png`` (row's line, prompt slug, seed); ``..-s42-0.png``, ``-1``... for batch_size > 1."""
+    """``0007-a-red-fox-s42.png`` (row's line, the prompt's subject, seed); ``..-s42-0.png``, ``-1``... for
+    batch_size > 1."""
     request = item.request
     stem = f"{item.line:04d}-{slug(request.prompt)}-s{request.seed}"
     ext = output_format(request.output_format).extension

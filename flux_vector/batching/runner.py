@@ -211,11 +211,12 @@ def batch(
     parameter dicts (rows numbered from 1); ``defaults``: request fields every row gets unless it gives its own;
     ``pipe``: a loaded pipeline to use (else one is loaded, only if something is left to do); ``report``: where the
     invalid rows and the line per finished request go."""
-    from ..models import DEFAULT_LORA, default_model
+    from ..models import DEFAULT_LORA, default_model, running_lora_name
     from ..pipeline import load_pipeline
 
     name = model or getattr(pipe, "model_name", None) or default_model(log=lambda *_: None)
-    lora_name = getattr(pipe, "lora_name", None) if pipe is not None else (DEFAULT_LORA if lora is None else lora)
+    asked = DEFAULT_LORA if lora is None else lora
+    lora_name = getattr(pipe, "lora_name", None) if pipe is not None else running_lora_name(asked, name)
     return run_batch(
         Path(requests) if isinstance(requests, str) else requests,
         Path(out),

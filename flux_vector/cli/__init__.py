@@ -37,10 +37,13 @@ def error_line(exc: BaseException) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if not args.verbose:
-        from ..quiet import quiet_third_party
+    from ..quiet import offline_hub, quiet_third_party, show_third_party_output
 
+    args = build_parser().parse_args(argv)
+    offline_hub()  # flux_vector reads local files only: a Hub request fails at once rather than waiting on the network
+    if args.verbose:
+        show_third_party_output()
+    else:
         quiet_third_party()
     try:
         return COMMANDS[args.command](args)

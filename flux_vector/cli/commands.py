@@ -205,7 +205,7 @@ def run_generate_command(args: argparse.Namespace) -> int:
 
 def run_batch_command(args: argparse.Namespace) -> int:
     from ..batching import check_batch_file, parse_seeds
-    from ..models import DEFAULT_LORA
+    from ..models import DEFAULT_LORA, running_lora_name
     from ..paths import check_input_file, check_output_folder
     from .parser import BATCH_FIELDS
 
@@ -217,7 +217,7 @@ def run_batch_command(args: argparse.Namespace) -> int:
         raise ValueError("--seeds and --repeat together are not allowed; give one (--seeds A..B: one image per seed)")
     defaults = {name: getattr(args, name) for name in BATCH_FIELDS if getattr(args, name, None) is not None}
     model = generate_model(args.model)
-    lora = DEFAULT_LORA if args.lora is None else args.lora
+    lora = running_lora_name(DEFAULT_LORA if args.lora is None else args.lora, model)  # what runs: keys, manifest
 
     _check_weights(model, args.lora)
 

@@ -12,7 +12,8 @@ from ..request import FIELDS, GenerationRequest, allowed
 
 DESCRIPTION = "FLUX.1-dev + the Simple Vector LoRA locally, as Segmind's Simple_Vector_Flux API."
 # request fields generate takes as flags (prompt is required; output_format comes from --out's suffix)
-GENERATE_FIELDS = tuple(f for f in FIELDS if f not in ("prompt", "output_format", "quality", "base64"))
+# output_format comes from --out's suffix; quality applies to .jpg/.webp (ignored for .png/.svg, as in the API)
+GENERATE_FIELDS = tuple(f for f in FIELDS if f not in ("prompt", "output_format", "base64"))
 # the request defaults batch takes as flags (a row gives its prompt; files are written, never base64)
 BATCH_FIELDS = tuple(f for f in FIELDS if f not in ("prompt", "base64"))
 
@@ -24,7 +25,7 @@ def _model_options(*, falls_back_to_demo: bool) -> argparse.ArgumentParser:
     """--model/--lora/--quantize/--offload/--device: what every command that loads the model takes.
     ``falls_back_to_demo``: without --model and $FLUX_VECTOR_MODEL, a missing FLUX.1-dev means the shipped demo model
     (generate, serve, worker: they say so on the console, the banner and the playground)."""
-    from ..models import DEFAULT_LORA, MODEL_ENV
+    from ..models import DEFAULT_LORA, DEMO_MODEL, MODEL_ENV, builtin_lora_name
     from ..offload import DEFAULT_OFFLOAD, OFFLOAD_MODES
 
     otherwise = "else FLUX.1-dev if downloaded, else demo" if falls_back_to_demo else "else FLUX.1-dev"
@@ -35,7 +36,11 @@ def _model_options(*, falls_back_to_demo: bool) -> argparse.ArgumentParser:
         help="demo (the shipped toy: simple shapes at 128 px) | tiny (random weights: noise) | a diffusers folder | "
         f"a hub id in the local cache | a BFL .safetensors (default: ${MODEL_ENV}, {otherwise})",
     )
-    g.add_argument("--lora", help=f"LoRA file or hub id, or 'none' (default: {DEFAULT_LORA})")
+    g.add_argument(
+        "--lora",
+        help=f"LoRA file or hub id, or 'none' (default: the model's: {DEFAULT_LORA}, Simple Vector, for FLUX.1-dev "
+        f"and other models; {builtin_lora_name(DEMO_MODEL)}, the demo's outline LoRA, for demo; its own for tiny)",
+    )
     g.add_argument("--quantize", choices=["8bit"], help="bitsandbytes int8 transformer (default: none)")
     g.add_argument(
         "--offload",
@@ -337,7 +342,10 @@ def _add_info(sub, parents) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .. import __version__
+
     parser = argparse.ArgumentParser(prog="flux-vector", description=DESCRIPTION)
+    parser.add_argument("--version", action="version", version=f"flux-vector {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     output, serving = _output_options(), _serving_options()
     falling_back = _model_options(falls_back_to_demo=True)

@@ -14,7 +14,7 @@ _TERMINAL_STATES = (COMPLETED, FAILED)
 
 
 class HttpBackend:
-    """What the segmind SDK does on the wire (see spec/SEGMIND_SDK_WIRE.md)."""
+    """What the segmind SDK does on the wire (see docs/SEGMIND_SDK_WIRE.md)."""
 
     def __init__(self, base_url: str, *, api_key: str | None, timeout: float):
         import httpx

@@ -6,8 +6,8 @@
   also gets the CORS headers a browser needs). Same-origin pages (the playground, /docs) are unaffected.
 - POST bodies must be ``application/json`` (415 otherwise, ``state.read_request``): a form or a ``text/plain``
   fetch, which a page may send cross-origin without asking, is never parsed.
-- ``/docs`` is Swagger UI from the packaged files of ``swagger-ui-bundle`` (no CDN), under a CSP that allows scripts
-  from this origin only, so nothing foreign runs on the origin where the playground keeps the API key.
+- ``/docs`` is Swagger UI from the packaged files of ``swagger-ui-bundle`` (no CDN; ``docs.py``), under a CSP that
+  allows scripts from this origin only, so nothing foreign runs on the origin where the playground keeps the API key.
 """
 
 from __future__ import annotations
@@ -18,24 +18,10 @@ from urllib.parse import urlsplit
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import FileResponse, HTMLResponse, PlainTextResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from .docs import add_local_docs
 from .errors import error_response
-
-DOCS_CSP = (
-    "default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
-    "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
-)
-_DOCS_FILES = {"swagger-ui.css": "text/css", "swagger-ui-bundle.js": "text/javascript"}
-_DOCS_PAGE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>flux_vector API</title>
-<link rel="stylesheet" href="/docs/assets/swagger-ui.css"></head>
-<body><div id="swagger-ui"></div>
-<script src="/docs/assets/swagger-ui-bundle.js"></script><script src="/docs/assets/init.js"></script></body></html>
-"""
-_DOCS_INIT = 'window.ui = SwaggerUIBundle({url: "/openapi.json", dom_id: "#swagger-ui"});\n'
-_SECURITY_HEADERS = {"Content-Security-Policy": DOCS_CSP, "X-Content-Type-Options": "nosniff"}
 
 
 def origin_of(url: str) -> str:
@@ -113,26 +99,3 @@ def add_browser_safety(app: FastAPI, *, bind_host: str, public_url: str, allow_o
         )
     app.add_middleware(BrowserGuard, host_names=names, allow_origins=allow_origins, public_url=public_url)
     add_local_docs(app)
-
-
-def add_local_docs(app: FastAPI) -> None:
-    """``GET /docs``: Swagger UI served from the installed ``swagger-ui-bundle`` files."""
-    from pathlib import Path
-
-    import swagger_ui_bundle
-
-    folder = Path(swagger_ui_bundle.swagger_ui_path)
-
-    @app.get("/docs", include_in_schema=False)
-    def docs() -> HTMLResponse:
-        return HTMLResponse(_DOCS_PAGE, headers=_SECURITY_HEADERS)
-
-    @app.get("/docs/assets/init.js", include_in_schema=False)
-    def docs_init() -> PlainTextResponse:
-        return PlainTextResponse(_DOCS_INIT, media_type="text/javascript", headers=_SECURITY_HEADERS)
-
-    @app.get("/docs/assets/{name}", include_in_schema=False)
-    def docs_asset(name: str):
-        if name not in _DOCS_FILES:
-            return error_response(404, f"no docs asset {name!r}")
-        return FileResponse(folder / name, media_type=_DOCS_FILES[name], headers=_SECURITY_HEADERS)

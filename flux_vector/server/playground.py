@@ -16,6 +16,7 @@ from typing import Any, Literal, get_args
 from fastapi import FastAPI
 from fastapi.responses import HTMLResponse
 
+from ..models import DEMO_EXAMPLE_PROMPT, DEMO_MODEL
 from ..request import ASPECT_RATIOS, EXAMPLE_PROMPT, HOSTED_FIELDS, SLUG, VECTOR_OPTIONS, GenerationRequest, allowed
 
 # The form: the hosted fields, then the output format and the SVG options (sent only when output_format is svg).
@@ -92,7 +93,7 @@ def contract(*, slug: str = SLUG, auth: bool = False, model_name: str = "") -> d
         "shipped_demo_model": model_name == "demo",
         "fields": [field_spec(name) for name in FORM_FIELDS],
         "sizes": {ratio: list(size) for ratio, size in ASPECT_RATIOS.items()},
-        "example_prompt": EXAMPLE_PROMPT,
+        "example_prompt": DEMO_EXAMPLE_PROMPT if model_name == DEMO_MODEL else EXAMPLE_PROMPT,
     }
 
 
