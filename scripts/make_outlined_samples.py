@@ -3,8 +3,10 @@ pictures (LoRA strength 1, 20 steps), small PNGs in tests/data/outlined_demo/.
 
 The Quickstart heart (the README's first command, hosted defaults: 2:3, seed 6652105) and the first ``--count``
 held-apart evaluation prompts that are not black (a black fill is as dark as the outline), alternately 1:1 and 2:3,
-seed = the prompt's index. They were made with the demo LoRA shipped before the trigger fix (it drew the outline
-whatever the prompt said; with the trigger, as here, both LoRAs draw it).
+seed = the prompt's index. The files in tests/data/outlined_demo/ were made with the demo LoRA shipped before the
+trigger fix (it drew the outline whatever the prompt said; with the trigger, as here, both LoRAs draw it), except
+``quickstart-heart.png``: the same command with today's LoRA (the earlier one's heart is
+``quickstart-heart-first-lora.png``, the picture whose SVG lost its outline in issue 25).
 
 Usage: ``python scripts/make_outlined_samples.py [--count 15] [--out tests/data/outlined_demo]``
 """
