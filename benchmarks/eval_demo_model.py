@@ -9,10 +9,15 @@ defaults otherwise, 1:1 -> 128x128):
   (``demo.measure.classify_shape``, image moments) == the named shape?
 * style: "v3ct0r style, " + caption at strength 0 and at strength 1 -> does the outline-dark pixel fraction rise?
   (black shapes are left out: their fill is as dark as the outline); colour and shape at strength 1 too.
+* trigger: the plain caption (no "v3ct0r") at strength 1 against "v3ct0r style, " + caption at strength 1 -> is the
+  outline the trigger's doing (as with the real Simple Vector LoRA) or the LoRA's whatever the prompt says? The
+  outline-dark fraction without the trigger, and the share of prompts where the trigger adds at least 1 % of the
+  image in outline-dark pixels.
 * sanity: background purity, foreground area against the rendered truth's, centroid against the named position,
   and the SVG (``vectorize.image_to_svg``) sizes and path counts.
 
-Targets (issue #18): colour >= 90 %, shape >= 70 %, outline effect >= 90 %. Not a timed test; ~2-4 min on 2 CPUs.
+Targets (issue #18): colour >= 90 %, shape >= 70 %, outline effect >= 90 %; (issue #25) trigger effect >= 90 %.
+Not a timed test; ~3-5 min on 2 CPUs.
 Usage: ``OMP_NUM_THREADS=2 python benchmarks/eval_demo_model.py [--out docs/demo_training/eval.json]``
 """
 
@@ -33,7 +38,15 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "demo_training" / "eval.json")
     parser.add_argument("--count", type=int, default=100)
     parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument(
+        "--trigger-only",
+        action="store_true",
+        help="only the trigger figures (2 pictures per prompt, the black ones skipped): the LoRA's word, measured fast",
+    )
     args = parser.parse_args()
+    if args.trigger_only:
+        trigger_only(args)
+        return
 
     from flux_vector.demo.measure import (
         background_purity,
@@ -62,6 +75,7 @@ def main() -> None:
         base = draw(scene.caption(), 0.0, i)
         styled0 = draw(scene.caption(style=True), 0.0, i)
         styled1 = draw(scene.caption(style=True), 1.0, i)
+        plain1 = draw(scene.caption(), 1.0, i)
         truth = render(scene, 128, 128)
         mask, truth_mask = foreground_mask(base), foreground_mask(truth)
         ys, xs = np.nonzero(mask)
@@ -77,6 +91,7 @@ def main() -> None:
                 "styled_shape_ok": classify_shape(styled1) == scene.shape,
                 "dark_0": dark_fraction(styled0),
                 "dark_1": dark_fraction(styled1),
+                "dark_1_no_trigger": dark_fraction(plain1),
                 "outline_counted": scene.colour != "black",
                 "background_purity": background_purity(base, scene.background),
                 "area_ratio": float(mask.sum() / max(1, truth_mask.sum())),
@@ -102,6 +117,8 @@ def main() -> None:
         "outline_prompts": len(counted),
         "dark_fraction_mean_strength_0": float(np.mean([r["dark_0"] for r in counted])),
         "dark_fraction_mean_strength_1": float(np.mean([r["dark_1"] for r in counted])),
+        "trigger_effect_pct": 100.0 * float(np.mean([r["dark_1"] - r["dark_1_no_trigger"] >= 0.01 for r in counted])),
+        "dark_fraction_mean_strength_1_no_trigger": float(np.mean([r["dark_1_no_trigger"] for r in counted])),
         "styled_colour_pct": pct("styled_colour_ok"),
         "styled_shape_pct": pct("styled_shape_ok"),
         "background_purity_mean": float(np.mean([r["background_purity"] for r in rows])),
@@ -114,7 +131,7 @@ def main() -> None:
         "svg_paths_max": int(max(r["svg_paths"] for r in rows)),
         "seconds": time.perf_counter() - started,
     }
-    targets = {"colour_pct": 90.0, "shape_pct": 70.0, "outline_effect_pct": 90.0}
+    targets = {"colour_pct": 90.0, "shape_pct": 70.0, "outline_effect_pct": 90.0, "trigger_effect_pct": 90.0}
     for key, value in summary.items():
         target = (
             f"   (target >= {targets[key]:.0f}: {'MET' if value >= targets[key] else 'NOT MET'})"
@@ -122,6 +139,45 @@ def main() -> None:
             else ""
         )
         print(f"{key:32s} {value:10.3f}{target}" if isinstance(value, float) else f"{key:32s} {value:>10}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"summary": summary, "rows": rows}, indent=1) + "\n")
+    print(f"wrote {args.out}")
+
+
+def trigger_only(args: argparse.Namespace) -> None:
+    """The outline-dark fraction at LoRA strength 1 with and without "v3ct0r style, " in front of each held-apart
+    caption (same seed), over the first ``--count`` prompts whose shape is not black."""
+    from flux_vector.demo.measure import dark_fraction
+    from flux_vector.demo.shapes import held_apart
+    from flux_vector.pipeline import FluxVectorPipeline
+    from flux_vector.request import parse_request
+
+    pipe = FluxVectorPipeline.from_pretrained("demo", log=lambda *_: None)
+    started = time.perf_counter()
+    rows = []
+    for i, scene in enumerate(held_apart()):
+        if scene.colour == "black":
+            continue
+        dark = {}
+        for key, prompt in (("dark_1", scene.caption(style=True)), ("dark_1_no_trigger", scene.caption())):
+            request = parse_request(
+                {"prompt": prompt, "aspect_ratio": "1:1", "lora_strength": 1.0, "seed": i, "steps": args.steps}
+            )
+            dark[key] = dark_fraction(pipe.generate(request, progress=False).image)
+        rows.append({"prompt": scene.caption(), **dark})
+        print(f"{len(rows)}/{args.count} {dark['dark_1']:.4f} {dark['dark_1_no_trigger']:.4f}", flush=True)
+        if len(rows) == args.count:
+            break
+    summary = {
+        "prompts": len(rows),
+        "steps": args.steps,
+        "trigger_effect_pct": 100.0 * float(np.mean([r["dark_1"] - r["dark_1_no_trigger"] >= 0.01 for r in rows])),
+        "dark_fraction_mean_strength_1": float(np.mean([r["dark_1"] for r in rows])),
+        "dark_fraction_mean_strength_1_no_trigger": float(np.mean([r["dark_1_no_trigger"] for r in rows])),
+        "seconds": time.perf_counter() - started,
+    }
+    for key, value in summary.items():
+        print(f"{key:42s} {value:10.4f}" if isinstance(value, float) else f"{key:42s} {value:>10}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"summary": summary, "rows": rows}, indent=1) + "\n")
     print(f"wrote {args.out}")

@@ -5,10 +5,15 @@ as it is, each blend colour and noise speck becomes a path (about 1 MB per 1024x
 So the image is first made truly flat, then traced:
 
 1. **Palette, sized from the image.** Candidate colours come from an octree quantization of a 4x box-downsampled
-   copy (the downsample averages the noise away); candidates closer than ``merge`` to a more frequent one are merged.
-   Then every colour that exists only as thin bands (no pixel whose 3x3 neighbourhood is all that colour, beyond
-   ``min_interior`` of the image) is dropped: it is the anti-aliasing between two fills, not a fill. What is left is
-   the number of colours this image has.
+   copy (the downsample averages the noise away). They are grouped coarse to fine, as a tree: candidates within
+   ``merge`` of low detail (24) of a more frequent one form a group, each group splits into subgroups at medium's
+   (12), each of those at high's (8). A group is a fill when it has an interior: pixels whose 3x3 neighbourhood lies
+   all in the group, at least ``min_interior`` of the image; colours that exist only as thin bands are the
+   anti-aliasing between two fills and are dropped. From the top: a fill group is split into its subgroups that are
+   fills themselves, down to the requested detail; a fill none of whose subgroups is one (a thin dark outline whose
+   noisy pixels spread over several close shades, none with an interior of its own) stays one colour. So a colour
+   kept at one detail is kept at every higher one (the palette only grows with ``detail``), and an outline is never
+   lost by splitting it finer. What is left is the number of colours this image has.
 2. **Labels.** Each pixel takes the nearest palette colour (exactly, through a 6-bit-per-channel lookup table), so
    an anti-aliased edge pixel goes to the side it is closer to: the edge lands where the renderer put it.
 3. **Edge-preserving denoise** in label space: a 3x3 majority vote on the pixels that have a differently labelled
@@ -54,12 +59,14 @@ class _Settings:
     speckle: int  # vtracer filter_speckle: patches smaller than this many pixels on a side are merged away
 
 
-# Tuned on the benchmark set (benchmarks/bench_vectorize.py).
+# Tuned on the benchmark set (benchmarks/bench_vectorize.py). Coarse to fine: every setting keeps at least what the
+# one before keeps (smaller merge, interior and speckle), and the palette tree's levels are the merges in this order.
 _DETAIL = {
     "low": _Settings(merge=24.0, min_interior=2e-4, speckle=8),
     "medium": _Settings(merge=12.0, min_interior=5e-5, speckle=4),
     "high": _Settings(merge=8.0, min_interior=1e-5, speckle=2),
 }
+_LEVELS = tuple(_DETAIL)
 _CANDIDATES = 32
 _LUT_BITS = 6
 
@@ -72,15 +79,8 @@ def image_to_svg(image: Image.Image, **options: Any) -> str:
     opts = parse_vector_options(options)
     settings = _DETAIL[opts["detail"]]
     rgb, opaque = _flatten(image)
-    palette = _palette(rgb, settings)
+    palette = _palette(rgb, opts["detail"])
     labels, same = _labels(rgb, palette)
-    interior = np.bincount(labels[same], minlength=len(palette))
-    keep = interior >= settings.min_interior * labels.size
-    if not keep.any():  # pure noise has no interior anywhere: keep the colour with the most
-        keep[int(np.argmax(interior if interior.any() else np.bincount(labels.ravel(), minlength=len(palette))))] = True
-    if not keep.all():
-        palette = palette[keep]
-        labels, same = _labels(rgb, palette)
     labels = _majority(labels, same, len(palette))
     palette = _median_colours(rgb, labels, palette)
     transparent = None if opaque is None else ~opaque
@@ -89,6 +89,14 @@ def image_to_svg(image: Image.Image, **options: Any) -> str:
         transparent = background if transparent is None else transparent | background
     traced = _trace(palette[labels], transparent, settings)
     return _build_svg(traced, image.width, image.height)
+
+
+def fill_palette(image: Image.Image, **options: Any) -> np.ndarray:
+    """The fill colours ``image_to_svg`` traces the image with at these options (uint8 RGB rows), before each is
+    refined to its pixels' median: its size grows with ``detail``, and every colour of a lower detail has one within
+    24 (low's merge) at every higher detail."""
+    opts = parse_vector_options(options)
+    return _palette(_flatten(image)[0], opts["detail"])
 
 
 # ----------------------------------------------------------------------------------------------- steps
@@ -103,8 +111,9 @@ def _flatten(image: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
     return np.asarray(Image.alpha_composite(white, rgba).convert("RGB")), (None if opaque.all() else opaque)
 
 
-def _palette(rgb: np.ndarray, settings: _Settings) -> np.ndarray:
-    """Candidate fill colours, most frequent first, none closer than ``settings.merge`` to an earlier one."""
+def _candidates(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Up to ``_CANDIDATES`` colours of the image (octree on a box-downsampled copy), most frequent first, and each
+    pixel's nearest one."""
     h, w = rgb.shape[:2]
     image = Image.fromarray(rgb)
     factor = max(1, min(4, min(h, w) // 64))
@@ -112,13 +121,66 @@ def _palette(rgb: np.ndarray, settings: _Settings) -> np.ndarray:
     quantized = small.quantize(_CANDIDATES, method=Image.Quantize.FASTOCTREE)
     counts = np.bincount(np.asarray(quantized).ravel(), minlength=_CANDIDATES)
     colours = np.array(quantized.getpalette()[: 3 * len(counts)], dtype=np.float32).reshape(-1, 3)[: len(counts)]
-    kept: list[np.ndarray] = []
-    for index in np.argsort(-counts, kind="stable"):
-        if counts[index] == 0:
-            break
-        if all(np.linalg.norm(colours[index] - other) >= settings.merge for other in kept):
-            kept.append(colours[index])
-    return np.rint(np.stack(kept)).astype(np.uint8)
+    order = [int(i) for i in np.argsort(-counts, kind="stable") if counts[i] > 0]
+    candidates = np.rint(colours[order]).astype(np.uint8)
+    return candidates, _labels(rgb, candidates)[0]
+
+
+@dataclass
+class _Group:
+    """Candidates (indices, most frequent first: the first is the group's colour) within one merge radius."""
+
+    members: list[int]
+    children: list[_Group]
+    interior: int = 0
+
+
+def _split(members: list[int], colours: np.ndarray, radius: float) -> list[_Group]:
+    """Greedy grouping, most frequent first: a candidate starts a group unless an earlier group's colour lies within
+    ``radius``; then it joins the nearest such group."""
+    groups: list[_Group] = []
+    for index in members:
+        distances = [float(np.linalg.norm(colours[index] - colours[g.members[0]])) for g in groups]
+        near = [d for d in distances if d < radius]
+        if near:
+            groups[distances.index(min(near))].members.append(index)
+        else:
+            groups.append(_Group([index], []))
+    return groups
+
+
+def _palette(rgb: np.ndarray, detail: str) -> np.ndarray:
+    """The fill colours at ``detail`` (module docstring, step 1): the candidates grouped as a tree, one level per
+    detail up to this one (each level's groups within its ``merge``), each group's interior measured on its level's
+    labels; from the top, kept groups split into their kept subgroups."""
+    candidates, labels = _candidates(rgb)
+    colours = candidates.astype(np.float32)
+    depth = _LEVELS.index(detail)
+    threshold = _DETAIL[detail].min_interior * labels.size
+    roots = _split(list(range(len(candidates))), colours, _DETAIL[_LEVELS[0]].merge)
+    level = roots
+    for d in range(depth + 1):
+        if d > 0:
+            for group in level:
+                group.children = _split(group.members, colours, _DETAIL[_LEVELS[d]].merge)
+            level = [child for group in level for child in group.children]
+        mapping = np.zeros(len(candidates), dtype=np.uint8)
+        for g, group in enumerate(level):
+            mapping[group.members] = g
+        grouped = mapping[labels]
+        interior = np.bincount(grouped[_uniform_neighbourhood(grouped)], minlength=len(level))
+        for group, count in zip(level, interior, strict=True):
+            group.interior = int(count)
+
+    def fills(group: _Group) -> list[int]:
+        kept = [child for child in group.children if child.interior >= threshold]
+        return [index for child in kept for index in fills(child)] if kept else [group.members[0]]
+
+    kept = [group for group in roots if group.interior >= threshold]
+    if not kept:  # pure noise has no interior anywhere: keep the group with the most (or the most pixels)
+        sizes = [group.interior or int(np.isin(labels, group.members).sum()) for group in roots]
+        kept = [roots[int(np.argmax(sizes))]]
+    return candidates[[index for group in kept for index in fills(group)]]
 
 
 def _labels(rgb: np.ndarray, palette: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

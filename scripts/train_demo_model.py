@@ -15,12 +15,15 @@ checkpoint; every batch and noise draw is a function of (seed, stage, step), so 
    embedding) with rectified flow on the VAE latents at the demo sizes (1:1 half the time), conditioned through
    exactly ``FluxVectorPipeline.encode_prompt`` (its zero text rows counted once: ``CompressedText``), sigma shifted
    by ``flux_mu`` as the sampler shifts it, guidance 3.5; one cosine schedule (``cosine_tail``), EMA weights.
-4. ``lora``: a LoRA (attention qkv/proj and MLPs of every block) on the outlined "v3ct0r style" renders; written in
+4. ``lora``: a LoRA (attention qkv/proj and MLPs of every block) on outlined renders captioned "v3ct0r style, ..."
+   and, as many, plain renders captioned without the trigger (so that the word switches the outline on); written in
    kohya form with BFL names and alpha keys, and checked against the project's own loader.
 5. ``export``: the diffusers folder (fp16 weights), the LoRA and the size table into ``flux_vector/demo/model``.
 
-Usage: ``OMP_NUM_THREADS=2 python scripts/train_demo_model.py [--work build/demo_training] [--mini]``
-(``--mini``: a 2-3 minute run of every stage into ``<work>/mini`` to validate the recipe; nothing is exported).
+Usage: ``OMP_NUM_THREADS=2 python scripts/train_demo_model.py [--work build/demo_training] [--mini] [--lora-only]``
+(``--mini``: a 2-3 minute run of every stage into ``<work>/mini`` to validate the recipe; nothing is exported.
+``--lora-only``: stage 4 alone on the shipped model, into ``<work>/lora_only``; the new LoRA replaces the shipped
+file, the rest of the folder is untouched).
 """
 
 from __future__ import annotations
@@ -93,6 +96,7 @@ VAE_CONFIG = dict(
 )
 LORA_RANK = 8
 LORA_BATCH = 24
+LORA_STEPS = 900
 # (BFL name, diffusers sub-modules whose outputs it concatenates) per block: the LoRA's targets.
 DOUBLE_TARGETS = {
     "img_attn.qkv": ("attn.to_q", "attn.to_k", "attn.to_v"),
@@ -524,15 +528,21 @@ def fold_latent_statistics(vae, buckets, weights) -> dict:
 # ------------------------------------------------------------------------------------------- 3. transformer
 class LatentSet:
     """Scenes rendered at their bucket, VAE-encoded once (the posterior mean, in model space), with cached prompt
-    encodings; batches are drawn per step from one bucket. ``style``: the outlined renders, captioned with the
-    trigger; ``trigger_fraction``: of the plain renders, the share captioned with the trigger words all the same (the
+    encodings; batches are drawn per step from one bucket. ``style_fraction``: the share of scenes drawn outlined and
+    captioned with the trigger (the LoRA's data: the rest, plain and untriggered, teach it to stay off without the
+    word); ``trigger_fraction``: of the plain renders, the share captioned with the trigger words all the same (the
     base model learns to ignore them, as FLUX.1-dev does, and only the LoRA gives them a meaning)."""
 
-    def __init__(self, scenes, buckets, weights, vae, pipe, *, style: bool, seed: int, trigger_fraction: float = 0.0):
+    def __init__(
+        self, scenes, buckets, weights, vae, pipe, *, style_fraction: float, seed: int, trigger_fraction: float = 0.0
+    ):
         rng = np.random.default_rng(seed)
         self.buckets = buckets
         self.bucket_of = rng.choice(len(buckets), size=len(scenes), p=weights)
-        triggered = style | (rng.random(len(scenes)) < trigger_fraction)
+        plain_triggered = rng.random(len(scenes)) < trigger_fraction
+        styled = rng.random(len(scenes)) < style_fraction  # drawn after the others: the base model's data unchanged
+        triggered = styled | plain_triggered
+        self.styled_share = float(styled.mean()) if len(scenes) else 0.0
         scene_captions = [s.caption(bool(t)) for s, t in zip(scenes, triggered, strict=True)]
         captions = sorted(set(scene_captions))
         self.caption_index = {c: i for i, c in enumerate(captions)}
@@ -547,7 +557,7 @@ class LatentSet:
                 for chunk in np.array_split(members, max(1, math.ceil(len(members) / 64))):
                     if len(chunk) == 0:
                         continue
-                    x = to_tensor([render(scenes[i], w, h, style=style) for i in chunk])
+                    x = to_tensor([render(scenes[i], w, h, style=bool(styled[i])) for i in chunk])
                     z = (vae.encode(x).latent_dist.mean - LATENT_SHIFT) * LATENT_SCALE
                     for i, latent in zip(chunk, z, strict=True):
                         self.latents[i] = latent.clone()
@@ -727,13 +737,110 @@ def kohya_state_dict(wrapped: dict[str, TrainLora], config: dict, rank: int) -> 
     return out
 
 
+LORA_STYLE_FRACTION = 0.5  # of the LoRA's scenes: outlined with the trigger; the rest plain without it
+LORA_PEAK_LR = 2e-3
+
+
+def train_lora(work: Path, transformer, vae, pipe, buckets, weights, n: dict, lora_file: Path, docs) -> dict:
+    """Stage 4: the LoRA on a frozen base ``transformer``, written to ``lora_file`` in kohya form and checked
+    against the project's loader. Half its scenes are outlined and captioned "v3ct0r style, ...", the other half plain
+    and captioned without the trigger: the LoRA learns to draw the outline when the word is there and to leave the
+    base model's picture alone when it is not (the real Simple Vector LoRA is triggered by its word; trained on
+    outlined scenes only, the demo's LoRA drew the outline whatever the prompt said). Resumable (``train_loop``)."""
+    from safetensors.torch import save_file
+
+    t = time.perf_counter()
+    data = LatentSet(
+        training_scenes(n["lora_scenes"], seed=SEED + 2),
+        buckets,
+        weights,
+        vae,
+        pipe,
+        style_fraction=LORA_STYLE_FRACTION,
+        seed=2,
+    )
+    prep = time.perf_counter() - t
+    transformer.requires_grad_(False)
+    wrapped = attach_loras(transformer, LORA_RANK)
+    params = [p for lo in wrapped.values() for p in (lo.down, lo.up)]
+    lora_modules = torch.nn.ModuleDict({k.replace(".", "_"): v for k, v in wrapped.items()})
+    losses, seconds = train_loop(
+        "lora",
+        work,
+        {"lora": lora_modules},
+        params,
+        n["lora"],
+        cosine_tail(LORA_PEAK_LR, n["lora"]),
+        lambda s: flow_loss(transformer, data, "lora", s, LORA_BATCH),
+        warmup=20,
+        docs=docs,
+    )
+    save_file(kohya_state_dict(wrapped, TRANSFORMER_CONFIG, LORA_RANK), lora_file)
+    check = check_lora_file(transformer, wrapped, lora_file)
+    detach_loras(transformer, wrapped)
+    return {
+        "steps": n["lora"],
+        "batch": LORA_BATCH,
+        "rank": LORA_RANK,
+        "scenes": n["lora_scenes"],
+        "styled_share": data.styled_share,
+        "data_seconds": prep,
+        "seconds": seconds,
+        "final_loss": float(np.mean(losses[-50:])),
+        "loader_check": check,
+    }
+
+
+def lora_only(args: argparse.Namespace, n: dict) -> None:
+    """``--lora-only``: stage 4 alone, on the shipped demo model (its transformer, VAE and encoders, read from
+    flux_vector/demo/model), into ``<work>/lora_only``; the new LoRA file then replaces the shipped one (atomically)
+    and its figures replace the "lora" entry of docs/demo_training/times.json. Resumable like every stage; with
+    ``--mini`` nothing is installed."""
+    from diffusers import AutoencoderKL, FluxTransformer2DModel
+
+    work = args.work / ("mini" if args.mini else "") / "lora_only"
+    work.mkdir(parents=True, exist_ok=True)
+    times_file = work / "times.json"
+    times = json.loads(times_file.read_text()) if times_file.exists() else {}
+    lora_file = work / DEMO_LORA_FILE
+    if "lora" not in times:
+        transformer = FluxTransformer2DModel.from_pretrained(DEMO_MODEL_DIR / "transformer", torch_dtype=torch.float32)
+        vae = AutoencoderKL.from_pretrained(DEMO_MODEL_DIR / "vae", torch_dtype=torch.float32).eval()
+        vae.requires_grad_(False)
+        pipe = encoding_pipeline(DEMO_MODEL_DIR, transformer, vae)
+        sizes = demo_sizes()
+        buckets, _ = bucket_plan(sizes)
+        _, weights = bucket_plan(sizes, TRANSFORMER_SQUARE_SHARE)
+        docs = None if args.mini else DOCS
+        times["lora"] = {"base": "the shipped demo model (--lora-only)", **train_lora(
+            work, transformer, vae, pipe, buckets, weights, n, lora_file, docs
+        )}  # fmt: skip
+        times_file.write_text(json.dumps(times, indent=1))
+    print(f"lora: {json.dumps(times['lora'], indent=1)}")
+    if args.mini:
+        return
+    staging = DEMO_MODEL_DIR / (DEMO_LORA_FILE + ".tmp")
+    shutil.copy(lora_file, staging)
+    staging.replace(DEMO_MODEL_DIR / DEMO_LORA_FILE)
+    shipped_times = DOCS / "times.json"
+    figures = json.loads(shipped_times.read_text()) if shipped_times.exists() else {}
+    figures["lora"] = times["lora"]
+    shipped_times.write_text(json.dumps(figures, indent=1) + "\n")
+    print(f"installed {DEMO_MODEL_DIR / DEMO_LORA_FILE}")
+
+
 # ------------------------------------------------------------------------------------------------- the run
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--work", type=Path, default=ROOT / "build" / "demo_training")
     parser.add_argument("--mini", action="store_true", help="a 2-3 minute run of every stage; nothing exported")
     parser.add_argument("--transformer-steps", type=int, default=9700)
-    parser.add_argument("--lora-steps", type=int, default=600)
+    parser.add_argument("--lora-steps", type=int, default=LORA_STEPS)
+    parser.add_argument(
+        "--lora-only",
+        action="store_true",
+        help="train only the LoRA, on the shipped demo model, and replace the shipped LoRA file",
+    )
     args = parser.parse_args()
     torch.manual_seed(SEED)
     torch.use_deterministic_algorithms(True, warn_only=True)
@@ -748,6 +855,9 @@ def main() -> None:
     n = dict(vae=60, vae_ft=10, scenes=300, transformer=40, lora_scenes=100, lora=20) if args.mini else dict(
         vae=1300, vae_ft=100, scenes=SCENES, transformer=args.transformer_steps, lora_scenes=2000, lora=args.lora_steps
     )  # fmt: skip
+    if args.lora_only:
+        lora_only(args, n)
+        return
     times = json.loads((work / "times.json").read_text()) if (work / "times.json").exists() else {}
 
     def record(stage, figures):
@@ -784,7 +894,14 @@ def main() -> None:
         t = time.perf_counter()
         scenes = training_scenes(n["scenes"], seed=SEED)
         data = LatentSet(
-            scenes, buckets, transformer_weights, vae, pipe, style=False, seed=1, trigger_fraction=TRIGGER_FRACTION
+            scenes,
+            buckets,
+            transformer_weights,
+            vae,
+            pipe,
+            style_fraction=0.0,
+            seed=1,
+            trigger_fraction=TRIGGER_FRACTION,
         )
         prep = time.perf_counter() - t
         losses, seconds = train_loop(
@@ -809,38 +926,7 @@ def main() -> None:
 
     lora_file = work / DEMO_LORA_FILE
     if "lora" not in times:
-        t = time.perf_counter()
-        data = LatentSet(
-            training_scenes(n["lora_scenes"], seed=SEED + 2),
-            buckets,
-            transformer_weights,
-            vae,
-            pipe,
-            style=True,
-            seed=2,
-        )
-        prep = time.perf_counter() - t
-        wrapped = attach_loras(transformer, LORA_RANK)
-        params = [p for lo in wrapped.values() for p in (lo.down, lo.up)]
-        lora_modules = torch.nn.ModuleDict({k.replace(".", "_"): v for k, v in wrapped.items()})
-        losses, seconds = train_loop(
-            "lora",
-            work,
-            {"lora": lora_modules},
-            params,
-            n["lora"],
-            2e-3,
-            lambda s: flow_loss(transformer, data, "lora", s, LORA_BATCH),
-            warmup=20,
-            docs=docs,
-        )
-        from safetensors.torch import save_file
-
-        save_file(kohya_state_dict(wrapped, TRANSFORMER_CONFIG, LORA_RANK), lora_file)
-        check = check_lora_file(transformer, wrapped, lora_file)
-        detach_loras(transformer, wrapped)
-        figures = {"steps": n["lora"], "batch": LORA_BATCH, "rank": LORA_RANK, "data_seconds": prep, "seconds": seconds}
-        record("lora", {**figures, "final_loss": float(np.mean(losses[-50:])), "loader_check": check})
+        record("lora", train_lora(work, transformer, vae, pipe, buckets, transformer_weights, n, lora_file, docs))
 
     if not args.mini:
         export(folder, vae, transformer, lora_file, sizes, times)

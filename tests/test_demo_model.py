@@ -1,5 +1,6 @@
 """The shipped demo model (flux_vector/demo/model): it loads like a real FLUX folder, draws the named colour and
-shape, its LoRA switches the outline on, and a first `flux-vector generate` with no weights uses it and says so.
+shape, its LoRA switches the outline on when the prompt has the trigger word, and a first `flux-vector generate`
+with no weights uses it and says so.
 
 Fast (seconds): 128x128 images from a 2.7M-parameter transformer. The full measurement over 100 held-apart prompts is
 benchmarks/eval_demo_model.py.
@@ -94,6 +95,19 @@ def test_the_lora_draws_the_outline_and_strength_zero_does_not(demo_pipe):
         rises.append(on - off)
     assert all(r > 0 for r in rises), rises
     assert sum(rises) / len(rises) > 0.01, rises  # at least 1 % of the image turns outline-dark on average
+
+
+def test_the_trigger_word_switches_the_outline_on(demo_pipe):
+    """As with the real Simple Vector LoRA, the word does it: at strength 1, "v3ct0r style, ..." draws the thick dark
+    outline and the same prompt without the trigger much less (the LoRA shipped before issue 25 drew it either way:
+    the two differed by a few grey levels). Same held-apart prompts and seeds as the test above."""
+    scenes = [s for s in held_apart() if s.colour != "black"][:4]
+    on, off = [], []
+    for i, scene in enumerate(scenes):
+        on.append(dark_fraction(draw(demo_pipe, scene.caption(style=True), 1.0, seed=i)))
+        off.append(dark_fraction(draw(demo_pipe, scene.caption(), 1.0, seed=i)))
+    assert all(a - b >= 0.01 for a, b in zip(on, off, strict=True)), (on, off)  # each: >= 1 % of the image
+    assert sum(off) <= 0.25 * sum(on), (on, off)
 
 
 def test_aspect_ratios_map_to_the_demo_sizes_and_width_height_stay_as_given(demo_pipe):
