@@ -22,7 +22,7 @@ from ..jobs.bodies import encode_image
 from .interrupt import StopRequest, stop_on_signals
 from .manifest import MANIFEST, Manifest, write_durably
 from .names import file_names, item_key
-from .rows import BatchItem, InvalidRow, Row, by_size, expand, read_rows
+from .rows import BatchItem, InvalidRow, Row, by_size, expand, per_row_requests, read_rows
 from .summary import BatchSummary, InvalidRows
 
 
@@ -36,7 +36,7 @@ def plan_rows(
     """The valid items (file order) and the invalid rows (by line) of a batch file or of a list of parameter dicts
     (rows numbered from 1)."""
     if isinstance(source, (str, Path)):
-        rows, bad = read_rows(Path(source))
+        rows, bad = read_rows(Path(source), per_row=per_row_requests(repeat, seeds))
     else:
         rows, bad = [Row(n, dict(params)) for n, params in enumerate(source, 1)], []
     items, invalid = expand(rows, defaults, repeat=repeat, seeds=seeds)
@@ -74,6 +74,8 @@ def run_batch(
     with Manifest(Path(out)).open(reset=overwrite) as manifest:
         if manifest.dropped:
             report(f"{manifest.path}: {manifest.dropped} line(s) cut short by an earlier crash dropped")
+        for number, why in manifest.untrusted:
+            report(f"{manifest.path} line {number}: ignored, not trusted: {why}; its request is made again")
         keys = {(item.line, item.index): item_key(item, model, lora) for item in items}
         todo = [item for item in items if not manifest.is_done(item.line, keys[item.line, item.index])]
         summary.done_before = len(items) - len(todo)

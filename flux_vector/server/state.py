@@ -17,7 +17,7 @@ from starlette.concurrency import run_in_threadpool
 from ..jobs import Job, JobStore, QueueFull, Worker, result_body
 from ..jobs.bodies import Base64Images
 from ..jobs.metrics import JobMetrics
-from ..request import OverBudget, RequestError, WorkBudget, parse_request
+from ..request import GenerationRequest, OverBudget, RequestError, WorkBudget, parse_request
 from .body import parse_json_body, read_body_limited
 from .errors import ApiError, json_safe
 
@@ -151,7 +151,10 @@ class ServerState:
             )
         params = parse_json_body(raw)
         try:
-            self.budget.check(parse_request(params))
+            parsed = parse_request(params)
+            self.budget.check(parsed)
+            if parsed.output_format == "svg":
+                check_svg_size(parsed)
         except RequestError as exc:
             raise ApiError(400, str(exc), field=exc.field, value=json_safe(exc.value), allowed=exc.allowed) from None
         except OverBudget as exc:
@@ -210,3 +213,16 @@ State = Annotated[ServerState, Depends(get_state)]  # a route parameter of this 
 
 def require_key(request: Request) -> None:
     get_state(request).check_key(request)
+
+
+def check_svg_size(request: GenerationRequest) -> None:
+    """An SVG request's image is within what can be traced (``vectorize.MAX_VECTORIZE_PIXELS``), else a 400 naming
+    output_format. Today's contract (width and height up to 4096) keeps every request within it: this guards a
+    wider contract or a lower limit."""
+    from ..vectorize import MAX_VECTORIZE_PIXELS, ImageTooLarge, check_vectorize_size  # numpy: only for svg
+
+    width, height = request.size
+    try:
+        check_vectorize_size(width, height, what=f"output_format 'svg' of a {width}x{height} image")
+    except ImageTooLarge as exc:
+        raise ApiError(400, str(exc), field="output_format", limit=MAX_VECTORIZE_PIXELS) from None
