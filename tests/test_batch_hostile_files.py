@@ -96,7 +96,7 @@ def test_forged_manifest_lines_are_reported_by_line_and_their_rows_made_again_in
         shutil.move(out / record["name"], copy)  # the folder holds no image; a copy with the right hash elsewhere
         entry = json.loads(json.dumps(line))
         forged.append((entry, record, copy))
-    (e1, r1, c1), (e2, r2, c2), (e3, _, _), (e4, _, _), (e5, r5, c5) = forged
+    (e1, _, c1), (e2, r2, _), (e3, _, _), (e4, _, _), (_, r5, c5) = forged
     e1["files"][0]["name"] = str(c1)  # an absolute path with the right size and sha256
     e2["files"][0]["name"] = f"../elsewhere/{r2['name']}"  # a parent path
     e3["files"] = "abc"  # files of the wrong type
