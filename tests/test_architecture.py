@@ -28,6 +28,8 @@ LAYERS = [
         "image_metadata",
         "paths",
         "quiet",
+        "safe_files",
+        "image_chunks",
     },
     {"models"},
     {"prompt", "lora", "fast"},

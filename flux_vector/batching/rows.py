@@ -298,7 +298,8 @@ def expand(
     seed, seed+1, ... (the row's seed, else the default's). An invalid row is one ``InvalidRow`` however it expands."""
     if repeat < 1 or repeat > MAX_EXPANSION:
         raise ValueError(f"--repeat {repeat} is not allowed; --repeat must be from 1 to {MAX_EXPANSION:,}")
-    items, invalid = [], []
+    items: list[BatchItem] = []
+    invalid: list[InvalidRow] = []
     per_row = per_row_requests(repeat, seeds)
     for count, row in enumerate(rows, 1):
         check_total(count, per_row, "the batch")

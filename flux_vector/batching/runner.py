@@ -23,7 +23,7 @@ from .interrupt import StopRequest, stop_on_signals
 from .manifest import MANIFEST, Manifest, write_durably
 from .names import file_names, item_key
 from .rows import BatchItem, InvalidRow, Row, by_size, expand, per_row_requests, read_rows
-from .summary import BatchSummary, InvalidRows
+from .summary import BatchSummary, InvalidRows, line_list
 
 
 def plan_rows(
@@ -67,7 +67,7 @@ def run_batch(
     if strict and invalid:
         raise InvalidRows(
             f"{len(invalid)} invalid row{'s' if len(invalid) > 1 else ''} in the batch (lines "
-            f"{', '.join(str(r.line) for r in invalid)}) and --strict: nothing was generated; fix them or leave out "
+            f"{line_list(r.line for r in invalid)}) and --strict: nothing was generated; fix them or leave out "
             "--strict to skip them"
         )
     summary = BatchSummary(total=len(items), invalid=invalid, manifest=Path(out) / MANIFEST)
