@@ -8,14 +8,16 @@ import os
 from pathlib import Path
 
 import pytest
+from fastapi.testclient import TestClient
 from PIL import Image
 
 from flux_vector import vectorize
-from flux_vector.request import MAX_IMAGE_PIXELS, parse_request
-from flux_vector.server.errors import ApiError
-from flux_vector.server.state import check_svg_size
+from flux_vector.jobs import SQLiteJobStore, Worker
+from flux_vector.request import MAX_IMAGE_PIXELS, SLUG
+from flux_vector.server.app import create_app
 from flux_vector.vectorize import MAX_VECTORIZE_PIXELS, ImageTooLarge, image_to_svg
 from tests.cli_measure import run_cli
+from tests.fake_pipeline import FakePipeline
 from tests.png_files import write_big_png
 
 
@@ -64,13 +66,22 @@ def test_image_to_svg_checks_the_size_before_tracing():
         image_to_svg(image)
 
 
-def test_an_svg_request_over_the_limit_is_a_400_naming_output_format(monkeypatch):
-    """Today's contract keeps width x height within the limit (4096 x 4096 at most), so the check is exercised with
-    a lower limit: it reads ``vectorize.MAX_VECTORIZE_PIXELS`` when called."""
-    request = parse_request({"prompt": "a fox", "width": 128, "height": 128, "output_format": "svg"})
-    check_svg_size(request)
-    monkeypatch.setattr(vectorize, "MAX_VECTORIZE_PIXELS", 64 * 64)
-    with pytest.raises(ApiError) as caught:
-        check_svg_size(request)
-    assert caught.value.status == 400 and caught.value.extra["field"] == "output_format"
-    assert "128x128 = 16,384 pixels, over the 4,096 pixels" in caught.value.message
+def test_an_svg_request_over_the_limit_is_a_400_naming_output_format(tmp_path, monkeypatch):
+    """Today's contract keeps width x height within the limit (4096 x 4096 at most), so the server's check is
+    exercised with a lower limit (it reads ``vectorize.MAX_VECTORIZE_PIXELS`` when called), through the real app
+    in-process."""
+    store = SQLiteJobStore(tmp_path / "jobs.sqlite3")
+    store.recover()
+    worker = Worker(store, FakePipeline(), log=lambda message: None)
+    body = {"prompt": "a fox", "width": 128, "height": 128, "steps": 1, "output_format": "svg"}
+    try:
+        with TestClient(create_app(store, worker, log=lambda message: None), base_url="http://localhost") as client:
+            assert client.post(f"/v2/{SLUG}", json=body).status_code == 200  # within the limit: queued
+            monkeypatch.setattr(vectorize, "MAX_VECTORIZE_PIXELS", 64 * 64)
+            answer = client.post(f"/v2/{SLUG}", json=body)
+            assert answer.status_code == 400, answer.text
+            assert answer.json()["field"] == "output_format" and answer.json()["limit"] == 64 * 64
+            assert "128x128 = 16,384 pixels, over the 4,096 pixels" in answer.json()["error"]
+            assert client.post(f"/v2/{SLUG}", json={**body, "output_format": "png"}).status_code == 200
+    finally:
+        store.close()

@@ -317,9 +317,11 @@ def run_batch_command(args: argparse.Namespace) -> int:
         strict=args.strict,
         overwrite=args.overwrite,
         progress=not args.no_progress,
-        report=lambda line: print(line, file=sys.stderr if line.startswith("line ") else sys.stdout, flush=True),
+        report=lambda line: print(
+            printable(line), file=sys.stderr if line.startswith("line ") else sys.stdout, flush=True
+        ),
     )
-    print(summary.text(), flush=True)
+    print(printable(summary.text()), flush=True)
     if summary.interrupted:
         print("stopped: run the same command again to resume (finished requests are skipped)", file=sys.stderr)
     return summary.exit_code
