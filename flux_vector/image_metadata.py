@@ -26,14 +26,15 @@ from __future__ import annotations
 import html
 import io
 import json
-import re
 import struct
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, BinaryIO, Protocol, runtime_checkable
 
+from .image_chunks import jpeg_xmp, kind_of, png_text_chunks, svg_head, text_between, webp_xmp
 from .output_formats import FORMATS
 from .request import GenerationRequest
+from .safe_files import open_regular_for_reading
 
 RECORD_KEY = "flux_vector"
 PARAMETERS_KEY = "parameters"
@@ -69,6 +70,10 @@ def public_name(name: str | Path | None) -> str | None:
     text = str(name)
     looks_local = Path(text).expanduser().exists() or text.startswith(("/", "~", ".")) or "\\" in text
     return Path(text).name if looks_local else text
+
+
+# the record's keys as ``image_metadata`` writes them (a plugin pipeline's identity may add its own)
+RECORD_FIELDS = ("flux_vector", "model", "lora", "batch_index", "width", "height", "request")
 
 
 def image_metadata(
@@ -187,32 +192,43 @@ def svg_with_metadata(svg: str, record: Mapping[str, Any]) -> str:
 
 
 # ----------------------------------------------------------------------------------------------- reading
-_SVG_RECORD = re.compile(rf'<metadata id="{RECORD_KEY}">(.*?)</metadata>', re.DOTALL)
-_XMP_RECORD = re.compile(r"<fluxvector:record>(.*?)</fluxvector:record>", re.DOTALL)
+_SVG_OPEN, _SVG_CLOSE = f'<metadata id="{RECORD_KEY}">', "</metadata>"
+_XMP_OPEN, _XMP_CLOSE = "<fluxvector:record>", "</fluxvector:record>"
 
 
 def read_metadata(source: str | Path | bytes) -> dict[str, Any]:
     """The record in an image file flux_vector wrote (a path or the file's bytes); ``NoMetadata`` when it has none,
-    ``ValueError`` when it is not an image at all."""
-    data = source if isinstance(source, bytes) else Path(source).read_bytes()
-    head = data[:4096].lstrip()
-    if head.startswith((b"<?xml", b"<svg")) or b"<svg" in head:
-        match = _SVG_RECORD.search(data.decode("utf-8", errors="replace"))
-        return _parsed(html.unescape(match.group(1)) if match else None)
-    from PIL import Image, UnidentifiedImageError
+    ``ValueError`` when it is not an image at all (``safe_files.UnsafeFile`` when the path is not a regular file).
 
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            text = getattr(image, "text", None) or {}  # PNG text chunks
-            if RECORD_KEY in text:
-                return _parsed(text[RECORD_KEY])
-            xmp = image.info.get("xmp")
-    except UnidentifiedImageError:
-        raise ValueError("not an image this program can read (give a PNG, JPEG, WebP or SVG)") from None
-    if isinstance(xmp, bytes):
-        xmp = xmp.decode("utf-8", errors="replace")
-    match = _XMP_RECORD.search(xmp) if xmp else None
-    return _parsed(html.unescape(match.group(1)) if match else None)
+    Reading is bounded and linear in the file's size: only the metadata parts are read (``image_chunks``: at most
+    ``MAX_METADATA_BYTES``), never a pixel."""
+    if isinstance(source, bytes):
+        return _record_in(io.BytesIO(source))
+    with open_regular_for_reading(Path(source), what="image") as f:
+        return _record_in(f)
+
+
+def read_text_chunks(source: str | Path | bytes) -> dict[str, str]:
+    """A PNG's text chunks (keyword -> text), bounded as ``read_metadata``; empty for any other file."""
+    with io.BytesIO(source) if isinstance(source, bytes) else open_regular_for_reading(Path(source)) as f:
+        return png_text_chunks(f) if kind_of(f.read(4096)) == "png" else {}
+
+
+def _record_in(f: BinaryIO) -> dict[str, Any]:
+    kind = kind_of(f.read(4096))
+    if kind == "svg":
+        return _parsed(_unescaped(text_between(svg_head(f), _SVG_OPEN, _SVG_CLOSE)))
+    if kind == "png":
+        return _parsed(png_text_chunks(f).get(RECORD_KEY))
+    if kind is None:
+        raise ValueError("not an image this program can read (give a PNG, JPEG, WebP or SVG)")
+    xmp = jpeg_xmp(f) if kind == "jpeg" else webp_xmp(f)
+    text = xmp.decode("utf-8", errors="replace") if xmp else None
+    return _parsed(_unescaped(text_between(text, _XMP_OPEN, _XMP_CLOSE) if text else None))
+
+
+def _unescaped(text: str | None) -> str | None:
+    return None if text is None else html.unescape(text)
 
 
 def _parsed(record_json: str | None) -> dict[str, Any]:
@@ -222,6 +238,9 @@ def _parsed(record_json: str | None) -> dict[str, Any]:
         record = json.loads(record_json)
     except json.JSONDecodeError as exc:
         raise NoMetadata(f"the image's flux_vector record is damaged: {exc}") from None
+    except (ValueError, RecursionError) as exc:  # a number over 4300 digits; nesting deeper than Python recurses
+        reason = "nested too deep" if isinstance(exc, RecursionError) else "a number too long"
+        raise NoMetadata(f"the image's flux_vector record is damaged: {reason}") from None
     if not isinstance(record, dict) or not isinstance(record.get("request"), dict):
         raise NoMetadata("the image's flux_vector record has no request in it")
     return record

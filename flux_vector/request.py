@@ -96,8 +96,8 @@ class GenerationRequest(BaseModel):
         for name in ("lora_strength", "guidance", "cfg"):
             if not math.isfinite(getattr(self, name)):
                 raise ValueError(f"{name} must be finite")
-        if not self.prompt.strip():
-            raise ValueError("prompt must not be blank")
+        if not self.prompt.replace("\x00", "").strip():
+            raise ValueError("prompt must not be blank (only spaces or NUL characters)")
         if (self.width is None) != (self.height is None):
             raise ValueError("width and height must be given together")
         if self.output_format != "svg":

@@ -45,11 +45,29 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from .request import parse_vector_options
+from .request import MAX_IMAGE_PIXELS, parse_vector_options
+
+# The largest image traced: the same limit as the server's largest image (request.MAX_IMAGE_PIXELS). Tracing a
+# 12000x12000 image took 6.8 GB (about 47 bytes a pixel) and aborted inside vtracer (issue 28).
+MAX_VECTORIZE_PIXELS = MAX_IMAGE_PIXELS
 
 
 class VectorizeError(RuntimeError):
     """The tracer produced something this module does not accept (it is never passed through)."""
+
+
+class ImageTooLarge(ValueError):
+    """An image with more pixels than ``MAX_VECTORIZE_PIXELS``; checked before a pixel is decoded or traced."""
+
+
+def check_vectorize_size(width: int, height: int, *, what: str = "the image") -> None:
+    """``ImageTooLarge`` when a ``width`` x ``height`` image is over ``MAX_VECTORIZE_PIXELS``."""
+    limit = MAX_VECTORIZE_PIXELS
+    if width * height > limit:
+        raise ImageTooLarge(
+            f"{what} is {width}x{height} = {width * height:,} pixels, over the {limit:,} pixels "
+            "that can be traced to SVG; scale it down first"
+        )
 
 
 @dataclass(frozen=True)
@@ -77,6 +95,7 @@ def image_to_svg(image: Image.Image, **options: Any) -> str:
     if not isinstance(image, Image.Image):
         raise TypeError(f"image must be a PIL.Image.Image, not {type(image).__name__}")
     opts = parse_vector_options(options)
+    check_vectorize_size(*image.size)
     settings = _DETAIL[opts["detail"]]
     rgb, opaque = _flatten(image)
     palette = _palette(rgb, opts["detail"])

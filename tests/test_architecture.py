@@ -31,6 +31,8 @@ LAYERS = [
         "quiet",
         "version",
         "output_formats",
+        "safe_files",
+        "image_chunks",
     },
     {"models"},
     {"prompt", "lora", "fast"},

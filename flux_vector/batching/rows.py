@@ -3,23 +3,36 @@
 
 A row's number is the line of the file it starts on (1-based), so an error points at the line to fix. Blank lines
 and lines starting with ``#`` are skipped in every format (not in a CSV record's quoted cells).
+
+The file is read one line at a time, never whole: a line longer than ``MAX_LINE_BYTES`` (1 MiB), a line that is not
+UTF-8, bad JSON (a number of more than 4300 digits included), or a prompt that is empty or only NUL characters is
+that line's error; the other rows still run. A batch expands to at most ``MAX_BATCH_REQUESTS`` requests in all
+(rows x ``--repeat`` or ``--seeds``); more is one error before anything is generated.
 """
 
 from __future__ import annotations
 
+import codecs
 import csv
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..request import FIELDS, GenerationRequest, RequestError, allowed, parse_request
+from ..safe_files import open_regular_for_reading
 
 FORMATS = (".jsonl", ".csv", ".txt")
 SEED_DEFAULT = GenerationRequest.model_fields["seed"].default
 MAX_EXPANSION = 100_000  # images one row may expand to (--repeat, --seeds): a typo should not queue a billion
+MAX_BATCH_REQUESTS = 100_000  # requests one batch may hold in all, rows x --repeat/--seeds (100 days at ~1/min)
+MAX_LINE_BYTES = 1 << 20  # the longest line read (a request's two 4000-character prompts fit many times over)
+
+
+class TooManyRequests(ValueError):
+    """The batch expands to more than ``MAX_BATCH_REQUESTS`` requests."""
 
 
 @dataclass(frozen=True)
@@ -63,27 +76,94 @@ def check_batch_file(path: Path) -> Path:
     return path
 
 
-def read_rows(path: Path) -> tuple[list[Row], list[InvalidRow]]:
-    """The rows of a ``.jsonl``, ``.csv`` or ``.txt`` file and the lines that are not rows at all (bad JSON)."""
+def read_rows(path: Path, *, per_row: int = 1) -> tuple[list[Row], list[InvalidRow]]:
+    """The rows of a ``.jsonl``, ``.csv`` or ``.txt`` file and the lines that are not rows at all (bad JSON, not
+    UTF-8, too long). ``per_row``: the requests each row expands to (``--repeat``, ``--seeds``), for the
+    ``MAX_BATCH_REQUESTS`` cap, which stops the reading as soon as it is passed."""
     suffix = check_batch_file(path).suffix.lower()
-    text = path.read_text(encoding="utf-8-sig")
-    if suffix == ".csv":
-        return _csv_rows(text)
-    return (_jsonl_rows if suffix == ".jsonl" else _txt_rows)(text.splitlines())
+    counter = _Counter(path, per_row)
+    with open_regular_for_reading(path, what="REQUESTS") as f:
+        lines = _lines(f)
+        if suffix == ".csv":
+            return _csv_rows(lines, counter)
+        return (_jsonl_rows if suffix == ".jsonl" else _txt_rows)(lines, counter)
+
+
+class _Counter:
+    """Counts the rows (valid or not) as they are read; over the cap: ``TooManyRequests``."""
+
+    def __init__(self, path: Path, per_row: int):
+        self.path, self.per_row, self.rows = path, max(1, per_row), 0
+
+    def add(self) -> None:
+        self.rows += 1
+        check_total(self.rows, self.per_row, str(self.path))
+
+
+def check_total(rows: int, per_row: int, what: str) -> None:
+    """``rows`` x ``per_row`` requests is within ``MAX_BATCH_REQUESTS``."""
+    if rows * per_row > MAX_BATCH_REQUESTS:
+        times = f" x {per_row:,} (--repeat/--seeds)" if per_row > 1 else ""
+        raise TooManyRequests(
+            f"{what}: more than {MAX_BATCH_REQUESTS:,} requests in one batch ({rows:,} rows so far{times}); split "
+            "the file or ask for fewer seeds"
+        )
+
+
+_Line = tuple[int, str | None, str | None]  # (line number, its text or None, the error when None)
+
+
+def _lines(f: Any) -> Iterator[_Line]:
+    """The file's lines, one at a time, each at most ``MAX_LINE_BYTES``: (number, text with its newline, None), or
+    (number, None, why) for a line that is too long or not UTF-8 (read past, never held whole)."""
+    number = 0
+    while True:
+        raw = f.readline(MAX_LINE_BYTES + 1)
+        if not raw:
+            return
+        number += 1
+        if len(raw) > MAX_LINE_BYTES and not raw.endswith(b"\n"):
+            while raw and not raw.endswith(b"\n"):
+                raw = f.readline(1 << 16)
+            yield number, None, f"longer than {MAX_LINE_BYTES:,} bytes (the most a line may hold)"
+            continue
+        if number == 1:
+            raw = raw.removeprefix(codecs.BOM_UTF8)
+        try:
+            yield number, raw.decode("utf-8"), None
+        except UnicodeDecodeError as exc:
+            yield (
+                number,
+                None,
+                f"not UTF-8 text (byte 0x{raw[exc.start]:02x} at column {exc.start + 1}); save the file as UTF-8",
+            )
 
 
 def _skipped(line: str) -> bool:
     return not line.strip() or line.lstrip().startswith("#")
 
 
-def _txt_rows(lines: list[str]) -> tuple[list[Row], list[InvalidRow]]:
-    return [Row(n, {"prompt": line.strip()}) for n, line in enumerate(lines, 1) if not _skipped(line)], []
-
-
-def _jsonl_rows(lines: list[str]) -> tuple[list[Row], list[InvalidRow]]:
+def _txt_rows(lines: Iterable[_Line], counter: _Counter) -> tuple[list[Row], list[InvalidRow]]:
     rows, invalid = [], []
-    for n, line in enumerate(lines, 1):
-        if _skipped(line):
+    for n, line, error in lines:
+        if line is not None and _skipped(line):
+            continue
+        counter.add()
+        if line is None:
+            invalid.append(InvalidRow(n, error or ""))
+        else:
+            rows.append(Row(n, {"prompt": line.strip()}))
+    return rows, invalid
+
+
+def _jsonl_rows(lines: Iterable[_Line], counter: _Counter) -> tuple[list[Row], list[InvalidRow]]:
+    rows, invalid = [], []
+    for n, line, error in lines:
+        if line is not None and _skipped(line):
+            continue
+        counter.add()
+        if line is None:
+            invalid.append(InvalidRow(n, error or ""))
             continue
         try:
             params = json.loads(line)
@@ -96,6 +176,12 @@ def _jsonl_rows(lines: list[str]) -> tuple[list[Row], list[InvalidRow]]:
                 )
             )
             continue
+        except ValueError as exc:  # a number of more than 4300 digits (int's string conversion limit)
+            invalid.append(InvalidRow(n, f"not a request: {' '.join(str(exc).split())[:200]}"))
+            continue
+        except RecursionError:
+            invalid.append(InvalidRow(n, "not a request: JSON nested too deep"))
+            continue
         if not isinstance(params, dict):
             invalid.append(InvalidRow(n, f"a JSON {type(params).__name__}, not a request object"))
             continue
@@ -103,21 +189,50 @@ def _jsonl_rows(lines: list[str]) -> tuple[list[Row], list[InvalidRow]]:
     return rows, invalid
 
 
-def _csv_rows(text: str) -> tuple[list[Row], list[InvalidRow]]:
-    lines = text.splitlines(keepends=True)
-    # skip leading comments and blank lines before the header, keeping the line numbers
-    first = next((i for i, line in enumerate(lines) if not _skipped(line)), len(lines))
-    reader = csv.reader(lines[first:])
+def _csv_rows(lines: Iterable[_Line], counter: _Counter) -> tuple[list[Row], list[InvalidRow]]:
+    invalid: list[InvalidRow] = []
+
+    def texts() -> Iterator[str]:
+        """The lines as csv reads them; a line that is too long or not UTF-8 is reported and read as blank."""
+        for n, line, error in lines:
+            if line is None:
+                counter.add()
+                invalid.append(InvalidRow(n, error or ""))
+                yield "\n"
+            else:
+                yield line
+
+    source = texts()
+    first = 0  # leading comments and blank lines before the header, keeping the line numbers
+    header_line = None
+    for text in source:
+        if not _skipped(text):
+            header_line = text
+            break
+        first += 1
+    if header_line is None:
+        return [], invalid
+    reader = csv.reader(_chain(header_line, source))
     try:
         header = [name.strip() for name in next(reader)]
-    except StopIteration:
-        return [], []
-    rows, invalid = [], []
+    except (StopIteration, csv.Error):
+        return [], invalid
+    rows: list[Row] = []
     line = first + reader.line_num + 1
-    for record in reader:
+    while True:
+        try:
+            record = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as exc:
+            start, line = line, first + reader.line_num + 1
+            counter.add()
+            invalid.append(InvalidRow(start, f"not a CSV record ({exc})"))
+            continue
         start, line = line, first + reader.line_num + 1
         if not record or (len(record) == 1 and _skipped(record[0])) or record[0].lstrip().startswith("#"):
             continue
+        counter.add()
         if len(record) != len(header):
             invalid.append(InvalidRow(start, f"{len(record)} cells, the header has {len(header)}"))
             continue
@@ -127,7 +242,12 @@ def _csv_rows(text: str) -> tuple[list[Row], list[InvalidRow]]:
             invalid.append(InvalidRow(start, str(exc)))
             continue
         rows.append(Row(start, params))
-    return rows, invalid
+    return rows, sorted(invalid, key=lambda r: r.line)
+
+
+def _chain(first: str, rest: Iterator[str]) -> Iterator[str]:
+    yield first
+    yield from rest
 
 
 _TRUE, _FALSE = ("true", "1", "yes"), ("false", "0", "no")
@@ -178,8 +298,11 @@ def expand(
     seed, seed+1, ... (the row's seed, else the default's). An invalid row is one ``InvalidRow`` however it expands."""
     if repeat < 1 or repeat > MAX_EXPANSION:
         raise ValueError(f"--repeat {repeat} is not allowed; --repeat must be from 1 to {MAX_EXPANSION:,}")
-    items, invalid = [], []
-    for row in rows:
+    items: list[BatchItem] = []
+    invalid: list[InvalidRow] = []
+    per_row = per_row_requests(repeat, seeds)
+    for count, row in enumerate(rows, 1):
+        check_total(count, per_row, "the batch")
         params = {**defaults, **row.params}
         try:
             request = parse_request(params)
@@ -192,6 +315,11 @@ def expand(
             continue
         items.extend(BatchItem(row.line, i, r) for i, r in enumerate(requests))
     return items, invalid
+
+
+def per_row_requests(repeat: int = 1, seeds: range | None = None) -> int:
+    """The requests one row expands to."""
+    return len(seeds) if seeds is not None else repeat
 
 
 def by_size(items: Iterable[BatchItem]) -> list[BatchItem]:

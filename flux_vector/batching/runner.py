@@ -22,8 +22,8 @@ from ..output_formats import encode_image
 from .interrupt import StopRequest, stop_on_signals
 from .manifest import MANIFEST, Manifest, write_durably
 from .names import file_names, item_key
-from .rows import BatchItem, InvalidRow, Row, by_size, expand, read_rows
-from .summary import BatchSummary, InvalidRows
+from .rows import BatchItem, InvalidRow, Row, by_size, expand, per_row_requests, read_rows
+from .summary import BatchSummary, InvalidRows, line_list
 
 
 def plan_rows(
@@ -36,7 +36,7 @@ def plan_rows(
     """The valid items (file order) and the invalid rows (by line) of a batch file or of a list of parameter dicts
     (rows numbered from 1)."""
     if isinstance(source, (str, Path)):
-        rows, bad = read_rows(Path(source))
+        rows, bad = read_rows(Path(source), per_row=per_row_requests(repeat, seeds))
     else:
         rows, bad = [Row(n, dict(params)) for n, params in enumerate(source, 1)], []
     items, invalid = expand(rows, defaults, repeat=repeat, seeds=seeds)
@@ -67,13 +67,15 @@ def run_batch(
     if strict and invalid:
         raise InvalidRows(
             f"{len(invalid)} invalid row{'s' if len(invalid) > 1 else ''} in the batch (lines "
-            f"{', '.join(str(r.line) for r in invalid)}) and --strict: nothing was generated; fix them or leave out "
+            f"{line_list(r.line for r in invalid)}) and --strict: nothing was generated; fix them or leave out "
             "--strict to skip them"
         )
     summary = BatchSummary(total=len(items), invalid=invalid, manifest=Path(out) / MANIFEST)
     with Manifest(Path(out)).open(reset=overwrite) as manifest:
         if manifest.dropped:
             report(f"{manifest.path}: {manifest.dropped} line(s) cut short by an earlier crash dropped")
+        for number, why in manifest.untrusted:
+            report(f"{manifest.path} line {number}: ignored, not trusted: {why}; its request is made again")
         keys = {(item.line, item.index): item_key(item, model, lora) for item in items}
         todo = [item for item in items if not manifest.is_done(item.line, keys[item.line, item.index])]
         summary.done_before = len(items) - len(todo)

@@ -3,6 +3,7 @@ codes)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,11 +45,20 @@ class BatchSummary:
         done = self.done_before + self.done_now
         parts = [f"{done}/{self.total} requests done ({self.done_now} this run, {self.done_before} already)"]
         if self.failed:
-            lines = ", ".join(sorted({str(item.line) for item, _ in self.failed}, key=int))
+            lines = line_list(sorted({item.line for item, _ in self.failed}))
             parts.append(f"{len(self.failed)} failed (lines {lines}; errors in the manifest; a re-run retries them)")
         if self.invalid:
-            parts.append(
-                f"{len(self.invalid)} invalid rows skipped (lines {', '.join(str(r.line) for r in self.invalid)})"
-            )
+            parts.append(f"{len(self.invalid)} invalid rows skipped (lines {line_list(r.line for r in self.invalid)})")
         rate = f", {self.images_now / self.seconds * 60:.1f} images/min" if self.images_now and self.seconds else ""
         return f"batch: {'; '.join(parts)}; manifest {self.manifest}{rate}"
+
+
+LISTED_LINES = 20  # line numbers named in one summary line; the count says how many more
+
+
+def line_list(numbers: Iterable[int]) -> str:
+    """``2, 3, 7`` or, past ``LISTED_LINES``, ``2, 3, ... and 1,234 more``."""
+    numbers = list(numbers)
+    shown = ", ".join(str(n) for n in numbers[:LISTED_LINES])
+    more = len(numbers) - LISTED_LINES
+    return f"{shown} and {more:,} more" if more > 0 else shown

@@ -14,6 +14,7 @@ from ..jobs.store import StoreLocked, StoreUnavailable
 from ..request import RequestError
 from .commands import COMMANDS
 from .parser import build_parser
+from .terminal import printable
 
 __all__ = ["COMMANDS", "build_parser", "main"]
 
@@ -33,7 +34,7 @@ def error_line(exc: BaseException) -> str:
         text = getattr(exc, "cli_message", None) or str(exc) or type(exc).__name__
     else:
         text = f"{type(exc).__name__}: {exc} (unexpected: run again with --debug for the traceback)"
-    return " ".join(text.split())
+    return printable(" ".join(text.split()))
 
 
 def main(argv: list[str] | None = None) -> int:

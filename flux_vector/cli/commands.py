@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import time
 from pathlib import Path
 
 from ..output_formats import SUFFIXES
 from ..request import FIELDS, parse_request
+from .terminal import printable, printable_json
 
 # ----------------------------------------------------------------------------------------------- checks
 
@@ -109,29 +111,61 @@ def _output_format(out: Path) -> str:
 
 
 def run_vectorize_command(args: argparse.Namespace) -> int:
-    from PIL import Image, UnidentifiedImageError
-
     from ..paths import check_input_file, check_output_file
     from ..request import VECTOR_OPTIONS
+    from ..safe_files import replace_file
     from ..vectorize import image_to_svg
 
     options = {name: getattr(args, name) for name in VECTOR_OPTIONS if getattr(args, name) is not None}
     check_input_file(args.image, what="image")
     check_output_file(args.out, (".svg",))
     started = time.perf_counter()
-    try:
-        with Image.open(args.image) as image:
-            image.load()
-            svg = image_to_svg(image, **options)
-    except UnidentifiedImageError:
-        raise ValueError(f"{args.image} is not an image this program can read (give a PNG, JPEG or WebP)") from None
+    image = open_image_to_trace(args.image)
+    with image:
+        svg = image_to_svg(image, **options)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(svg, encoding="utf-8")
+    replace_file(args.out, svg.encode("utf-8"))
     print(
-        f"saved {args.out}: {image.width}x{image.height}, {svg.count('<path')} paths, "
+        f"saved {printable(str(args.out))}: {image.width}x{image.height}, {svg.count('<path')} paths, "
         f"{len(svg.encode()) / 1000:.1f} KB, {time.perf_counter() - started:.2f} s"
     )
     return 0
+
+
+VECTORIZE_FORMATS = ("PNG", "JPEG", "WEBP")
+
+
+def open_image_to_trace(path: Path):  # -> PIL.Image.Image
+    """The image at ``path`` (a regular PNG, JPEG or WebP file), its size checked against the tracing limit from its
+    header, before a pixel is decoded; then loaded."""
+    import warnings
+
+    from PIL import Image, UnidentifiedImageError
+
+    from ..safe_files import open_regular_for_reading
+    from ..vectorize import MAX_VECTORIZE_PIXELS, check_vectorize_size
+
+    f = open_regular_for_reading(path, what="image")
+    try:
+        with warnings.catch_warnings():  # Pillow's own bomb warning: our limit is far lower and says more
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(f, formats=VECTORIZE_FORMATS)
+        check_vectorize_size(image.width, image.height, what=f"image {path}")
+        image.load()
+    except UnidentifiedImageError:
+        f.close()
+        raise ValueError(f"{path} is not an image this program can read (give a PNG, JPEG or WebP)") from None
+    except Image.DecompressionBombError:
+        f.close()
+        raise ValueError(
+            f"image {path} has more pixels than Pillow opens at all, far over the {MAX_VECTORIZE_PIXELS:,} that can "
+            "be traced to SVG; scale it down first"
+        ) from None
+    except BaseException:
+        f.close()
+        raise
+    f.close()
+    return image
 
 
 def generate_model(model: str | None) -> str:
@@ -143,21 +177,63 @@ def generate_model(model: str | None) -> str:
 
 
 def _like(args: argparse.Namespace) -> tuple[dict, dict]:
-    """The request parameters and the model/LoRA names recorded in ``--like``'s image (both empty without it)."""
+    """The request parameters and the model/LoRA names recorded in ``--like``'s image (both empty without it); the
+    whole record is checked here, before any model loads."""
     if args.like is None:
         return {}, {}
-    from ..image_metadata import read_metadata
+    from ..image_metadata import RECORD_FIELDS, read_metadata
     from ..paths import check_input_file
 
     check_input_file(args.like, what="--like image")
     record = read_metadata(args.like)
-    params = {k: v for k, v in record["request"].items() if k in FIELDS and k not in ("output_format", "base64")}
+    check_like_record(record, f"--like {printable(str(args.like))}")
+    params = {k: v for k, v in record["request"].items() if k not in ("output_format", "base64")}
     if args.aspect_ratio is not None and args.width is None:  # a new ratio replaces the recorded explicit size
         params.pop("width", None), params.pop("height", None)
     made_with = {"model": record.get("model"), "lora": record.get("lora") or "none"}
     if params.get("batch_size", 1) > 1 and args.batch_size is None:
         made_with["batch_index"] = record.get("batch_index", 0)
+    unknown = sorted(set(record) - set(RECORD_FIELDS))
+    if unknown:
+        print(
+            f"note: {printable(str(args.like))}: the record's {', '.join(printable(repr(k)) for k in unknown)} not "
+            "used",
+            file=sys.stderr,
+        )
     return params, made_with
+
+
+def check_like_record(record: dict, where: str) -> None:
+    """The record as ``--like`` uses it: every request key a parameter of this version, the recorded request valid,
+    ``batch_index`` within its batch, model and LoRA names (never paths). One line naming what is wrong."""
+    request = record["request"]
+    unknown = [k for k in request if k not in FIELDS]
+    if unknown:
+        names = ", ".join(printable(repr(k)) for k in unknown[:10]) + (", ..." if len(unknown) > 10 else "")
+        raise ValueError(
+            f"{where}: the record's request has parameters this version does not know ({names}); it was made by "
+            "another version: give the parameters on the command line"
+        )
+    index, size = record.get("batch_index", 0), request.get("batch_size", 1)
+    size = size if type(size) is int and size >= 1 else 1  # a bad batch_size is the request's error, named later
+    if type(index) is not int or not 0 <= index < size:
+        raise ValueError(
+            f"{where}: the record's batch_index={printable(repr(index))[:80]} is not allowed; batch_index must be an "
+            f"integer from 0 to {size - 1} (its request's batch_size is {size})"
+        )
+    for key in ("model", "lora"):
+        name = record.get(key)
+        if name is None:
+            continue
+        if not isinstance(name, str) or not _RECORDED_NAME.fullmatch(name) or ".." in name.split("/"):
+            raise ValueError(
+                f"{where}: the record's {key}={printable(repr(name))[:120]} is not a model name (a record names a hub "
+                f"id or a file or folder name, never a path); give --{key}"
+            )
+
+
+# a hub id ("owner/name") or a file or folder name, as image_metadata.public_name records them
+_RECORDED_NAME = re.compile(r"[A-Za-z0-9._+-][A-Za-z0-9._+ -]{0,199}(/[A-Za-z0-9._+-][A-Za-z0-9._+ -]{0,199})?")
 
 
 def run_generate_command(args: argparse.Namespace) -> int:
@@ -173,6 +249,7 @@ def run_generate_command(args: argparse.Namespace) -> int:
     from ..image_metadata import image_metadata  # torch and the model libraries: only once everything checked out
     from ..output_formats import encode_image
     from ..pipeline import load_pipeline
+    from ..safe_files import replace_file
 
     pipe = load_pipeline(
         model, lora_strength=request.lora_strength, fast=args.fast, **{**_load_options(args), "lora": lora}
@@ -188,10 +265,11 @@ def run_generate_command(args: argparse.Namespace) -> int:
     for i, image in images:
         path = args.out if len(images) == 1 else args.out.with_stem(f"{args.out.stem}_{i}")
         record = image_metadata(request, pipe.identity, batch_index=i, size=image.size)
-        path.write_bytes(
-            encode_image(image, request.output_format, request.quality, metadata=record, **request.vector_options())
+        replace_file(
+            path,
+            encode_image(image, request.output_format, request.quality, metadata=record, **request.vector_options()),
         )
-        paths.append(str(path))
+        paths.append(printable(str(path)))
     elapsed = time.perf_counter() - started
     notes = {"tiny": " (the random-weight demo: noise, not a real image)", "demo": " (the demo model, not FLUX.1-dev)"}
     demo = notes.get(model, "")
@@ -241,9 +319,11 @@ def run_batch_command(args: argparse.Namespace) -> int:
         strict=args.strict,
         overwrite=args.overwrite,
         progress=not args.no_progress,
-        report=lambda line: print(line, file=sys.stderr if line.startswith("line ") else sys.stdout, flush=True),
+        report=lambda line: print(
+            printable(line), file=sys.stderr if line.startswith("line ") else sys.stdout, flush=True
+        ),
     )
-    print(summary.text(), flush=True)
+    print(printable(summary.text()), flush=True)
     if summary.interrupted:
         print("stopped: run the same command again to resume (finished requests are skipped)", file=sys.stderr)
     return summary.exit_code
@@ -258,10 +338,10 @@ def run_info_command(args: argparse.Namespace) -> int:
     check_input_file(args.image, what="image")
     record = read_metadata(args.image)
     if args.json:
-        print(json.dumps(record, indent=2, ensure_ascii=False))
+        print(printable_json(json.dumps(record, indent=2, ensure_ascii=False)))
     else:
-        print(parameters_text(record))
-        print(f"again: flux-vector generate --like {args.image} --out <file>")
+        print(printable(parameters_text(record)))
+        print(f"again: flux-vector generate --like {printable(str(args.image))} --out <file>")
     return 0
 
 

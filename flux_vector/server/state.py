@@ -154,6 +154,8 @@ class ServerState:
         try:
             parsed = parse_request(params)
             self.budget.check(parsed)
+            if parsed.output_format == "svg":
+                check_svg_size(parsed)
         except RequestError as exc:
             raise ApiError(400, str(exc), field=exc.field, value=json_safe(exc.value), allowed=exc.allowed) from None
         except OverBudget as exc:
@@ -212,3 +214,16 @@ State = Annotated[ServerState, Depends(get_state)]  # a route parameter of this 
 
 def require_key(request: Request) -> None:
     get_state(request).check_key(request)
+
+
+def check_svg_size(request: GenerationRequest) -> None:
+    """An SVG request's image is within what can be traced (``vectorize.MAX_VECTORIZE_PIXELS``), else a 400 naming
+    output_format. Today's contract (width and height up to 4096) keeps every request within it: this guards a
+    wider contract or a lower limit."""
+    from ..vectorize import MAX_VECTORIZE_PIXELS, ImageTooLarge, check_vectorize_size  # numpy: only for svg
+
+    width, height = request.size
+    try:
+        check_vectorize_size(width, height, what=f"output_format 'svg' of a {width}x{height} image")
+    except ImageTooLarge as exc:
+        raise ApiError(400, str(exc), field="output_format", limit=MAX_VECTORIZE_PIXELS) from None
