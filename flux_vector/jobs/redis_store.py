@@ -252,7 +252,7 @@ class RedisJobStore(JobStore):
 
         where = f"Redis at {self.url or 'the given client'}"
         if isinstance(exc, OutOfMemoryError):
-            self._full_at = time.monotonic()
+            self._full_at, self._memory = time.monotonic(), None
             return self._full_message(where)
         text = str(exc) if isinstance(exc, StoreUnavailable) else f"{type(exc).__name__}: {exc}"
         return f"the job store ({where}) failed: {self.redact(text)}"
@@ -686,7 +686,7 @@ class RedisJobStore(JobStore):
             self.stats["healed"] += added + dropped
             self.log(
                 f"healed the queue: {added} job(s) without a stream entry enqueued again (the queued index is the "
-                f"truth for what waits), {dropped} index entr(ies) of vanished jobs dropped"
+                f"truth for what waits), {dropped} index entries of vanished jobs dropped"
             )
         return added, dropped
 
@@ -768,6 +768,19 @@ class RedisJobStore(JobStore):
         if gone:
             self.r.zrem(self._workers, *gone)
         return out
+
+    def serving_problem(self, workers: list[dict[str, Any]]) -> str | None:
+        ready = [w for w in workers if w.get("state") not in (None, "loading") and isinstance(w.get("serves"), dict)]
+        if not ready:
+            return None  # no worker yet (or none that says what it serves): nothing to compare
+        fleets = [Fleet(**{k: str(w["serves"].get(k) or "") for k in ("model", "lora", "version")}) for w in ready]
+        if any(fleet.serves(self.fleet) for fleet in fleets):
+            return None
+        others = "; ".join(sorted({f"{w['name']}: {f.describe()}" for w, f in zip(ready, fleets, strict=True)}))
+        return (
+            f"no live worker serves {self.fleet.describe()}, which the jobs of this API process ask for: they stay "
+            f"QUEUED until one does (live workers: {others})"
+        )
 
     def leave(self) -> None:
         """Remove this worker's entry now (a clean stop)."""

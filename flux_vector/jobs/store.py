@@ -209,6 +209,11 @@ class JobStore(ABC):
         text = str(exc) if isinstance(exc, (StoreUnavailable, StoreWriteError)) else f"{type(exc).__name__}: {exc}"
         return f"the job store ({self.kind}) failed: {self.redact(text)}"
 
+    def serving_problem(self, workers: list[dict[str, Any]]) -> str | None:
+        """Why none of the live ``workers`` (as ``workers()`` lists them) can run the jobs this process accepts (a
+        shared store's mixed fleet: another model, LoRA or version); None when one can, or the store cannot tell."""
+        return None
+
     def redact(self, text: str) -> str:
         """``text`` (an error message, a log line) without the store's secrets (a password)."""
         return text

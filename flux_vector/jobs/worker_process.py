@@ -19,7 +19,14 @@ from typing import Any
 
 from ..serving import prepare_for_serving
 from .metrics import JobMetrics
-from .redis_store import DEFAULT_LEASE_S, DEFAULT_REDIS_MAX_ATTEMPTS, RedisJobStore, is_redis_url
+from .redis_store import (
+    DEFAULT_LEASE_S,
+    DEFAULT_REDIS_MAX_ATTEMPTS,
+    EVICTION_OVERRIDE,
+    Fleet,
+    RedisJobStore,
+    is_redis_url,
+)
 from .worker import Worker
 
 DEFAULT_METRICS_HOST = "127.0.0.1"
@@ -87,13 +94,18 @@ def run_worker(
     metrics_port: int = DEFAULT_METRICS_PORT,
     fuse: bool = True,
     warmup: bool = True,
+    allow_eviction: bool = False,
 ) -> int:
-    """Run until SIGTERM/SIGINT; 0 on a clean stop. Raises on a bad store URL, an unreachable Redis, missing weights."""
+    """Run until SIGTERM/SIGINT; 0 on a clean stop. Raises on a bad store URL, an unreachable Redis, missing weights,
+    a Redis user lacking a command the worker needs, an evicting Redis (unless ``allow_eviction``)."""
     check_worker_store(store)
     process = WorkerProcess(name)
     process.jobs = RedisJobStore.from_url(store, lease_s=lease_s, max_attempts=max_attempts, name=name, log=process.log)
     process.name = process.jobs.name
     try:
+        process.jobs.verify("worker", allow_eviction=allow_eviction)
+        if allow_eviction:
+            process.log(f"Redis eviction allowed ({EVICTION_OVERRIDE}): jobs may vanish when Redis fills up")
         process.start_status_server(metrics_host, metrics_port)
         process.handle_signals()
         return process.run(
@@ -135,14 +147,27 @@ class WorkerProcess:
 
     def entry(self) -> dict[str, Any]:
         current = self.worker.current_job if self.worker is not None else None
-        return {"state": self.state, "model": self.model, "current_job": current, **self.pipeline_info()}
+        fleet = self.jobs.fleet if self.jobs is not None else Fleet()
+        return {
+            "state": self.state,
+            "model": self.model,
+            "serves": {"model": fleet.model, "lora": fleet.lora, "version": fleet.version},
+            "current_job": current,
+            **self.pipeline_info(),
+        }
 
     def health(self) -> dict[str, Any]:
         alive = self.worker is not None and self.worker.running
         status = "ok" if alive else "loading" if self.state == "loading" else "unavailable"
         jobs = self.jobs
+        problem = None
+        try:
+            jobs.check()  # Redis evicting keys since the start, or full
+        except Exception as exc:
+            status, problem = "unavailable", jobs.redact(str(exc))
         return {
             "status": status,
+            **({"error": problem} if problem else {}),
             "role": "worker",
             "name": jobs.name,
             "worker": self.state,
@@ -177,12 +202,19 @@ class WorkerProcess:
         signal.signal(signal.SIGINT, on_signal)
 
     def run(self, model: str | None, *, fuse: bool, warmup: bool, **load_options: Any) -> int:
+        from ..image_metadata import identity_of, public_name
         from ..models import default_model
         from ..pipeline import load_pipeline
 
         self.model = model or default_model(log=self.log)
         self.jobs.announce(self.entry)
         self.pipe = load_pipeline(self.model, log=self.log, **load_options)
+        identity = identity_of(self.pipe)  # what it serves: it takes only jobs asking for that (or for nothing)
+        self.jobs.fleet = Fleet(
+            model=identity.get("model") or public_name(self.model) or "",
+            lora=identity.get("lora") or "",
+            version=identity.get("flux_vector") or Fleet().version,
+        )
         prepare_for_serving(self.pipe, fuse=fuse, warmup=warmup, log=self.log)
         if self.stop.is_set():
             return 0
@@ -191,7 +223,8 @@ class WorkerProcess:
         self.worker.start()
         self.jobs.beat()  # announce "idle" now rather than a heartbeat later
         self.log(
-            f"ready in {time.perf_counter() - self.started:.1f} s: model {self.model}, store {self.jobs.url}, "
+            f"ready in {time.perf_counter() - self.started:.1f} s: serving {self.jobs.fleet.describe()}, store "
+            f"{self.jobs.url}, "
             f"lease {self.jobs.lease_s:g} s, at most {self.jobs.max_attempts} attempt(s) per job"
         )
         while not self.stop.wait(1.0):
