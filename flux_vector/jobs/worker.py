@@ -327,25 +327,25 @@ class Worker:
 
     def _save(self, job: Job, what: str, save: Callable[[], Job]) -> Job:
         """``save()`` (the store's complete or fail), tried again while it raises a store error and the store's
-        settle deadline has not passed; ``_Unsettled`` naming the store's last error after that. ``LeaseLost``
+        settle deadline (as it was at the first error: at most one lease of retries, even where heartbeats still
+        renew the lease) has not passed; ``_Unsettled`` naming the store's last error after that. ``LeaseLost``
         (another worker owns the job now) goes through at once."""
-        first_error: str | None = None
+        deadline: float | None = None
         while True:
             try:
                 saved = save()
             except self.store.store_errors as exc:
                 error = self.store.describe_store_error(exc)
-                left = self.store.settle_deadline(job.id) - time.monotonic()
-                if first_error is None:
-                    first_error = error
-                    self.log(
-                        f"worker: job {job.id}: could not save {what} ({error}); retrying for {max(left, 0):.0f} s"
-                    )
+                if deadline is None:
+                    deadline = self.store.settle_deadline(job.id)
+                    left = max(deadline - time.monotonic(), 0.0)
+                    self.log(f"worker: job {job.id}: could not save {what} ({error}); retrying for {left:.0f} s")
+                left = deadline - time.monotonic()
                 if left <= 0:
                     raise _Unsettled(f"could not save {what} in time: {error}") from None
                 self._stop.wait(min(self.save_retry_s, left))
                 continue
-            if first_error is not None:
+            if deadline is not None:
                 self.log(f"worker: job {job.id}: {what} saved after the store recovered")
             return saved
 
