@@ -189,10 +189,11 @@ def test_aof_redis_killed_and_restarted_with_12_jobs_in_flight_ends_all_12(tmp_p
         api = RedisJobStore.from_url(url, lease_s=4)
         stores.append(api)
         jobs = [api.submit("s", {**P, "seed": i, "steps": 10}) for i in range(12)]
+        logs = Logs()
         for i in range(3):
-            store = RedisJobStore.from_url(url, lease_s=4, name=f"w{i}", claim_block_s=0.2)
+            store = RedisJobStore.from_url(url, lease_s=4, name=f"w{i}", claim_block_s=0.2, log=logs.append)
             stores.append(store)
-            start_worker(store, FakePipeline(step_s=0.1))
+            start_worker(store, FakePipeline(step_s=0.1), logs)
         wait_until(lambda: api.counts()[COMPLETED] >= 2, 30, "the first jobs")
         server.proc.send_signal(signal.SIGKILL)
         server.proc.wait(10)
@@ -209,6 +210,9 @@ def test_aof_redis_killed_and_restarted_with_12_jobs_in_flight_ends_all_12(tmp_p
         states = [api.get(job.id).state for job in jobs]
         assert states == [COMPLETED] * 12, states
         assert api.counts()[PROCESSING] == 0 and api.counts()[QUEUED] == 0
+        attempts = sorted(api.get(job.id).attempts for job in jobs)
+        assert "model error" not in logs.text()
+        print(f"\nAOF Redis kill -9 + restart after 5 s: 12/12 COMPLETED, attempts per job {attempts}")
     finally:
         for store in stores:
             store.close()
