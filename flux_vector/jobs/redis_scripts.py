@@ -249,14 +249,16 @@ return {added, dropped}
 
 # ARGV: command specs, each a count n then n words (the command and representative arguments)
 # The commands (with our keys) this Redis user may not run: ACL refusals found at start, not at the first job
+# (Redis < 7 has no redis.acl_check_cmd: nothing is found refused there; a command Redis does not know is skipped)
 PERMISSIONS = """
 local refused, i = {}, 1
+if not redis.acl_check_cmd then return refused end
 while i <= #ARGV do
   local n = tonumber(ARGV[i])
   local words = {}
   for j = 1, n do words[j] = ARGV[i + j] end
   local ok, allowed = pcall(redis.acl_check_cmd, unpack(words))
-  if not ok or not allowed then table.insert(refused, words[1]) end
+  if ok and not allowed then table.insert(refused, words[1]) end
   i = i + n + 1
 end
 return refused
