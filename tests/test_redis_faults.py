@@ -408,3 +408,28 @@ def test_jobs_record_what_the_api_serves(redis_db, open_store):
     assert (recorded["model"], recorded["lora"], recorded["version"]) == ("flux-dev", "simple-vector", Fleet().version)
     anyone = open_store().submit("s", P)
     assert job_hash(redis_db, anyone.id)["model"] == ""
+
+
+def test_the_api_process_records_its_model_and_healthz_says_when_no_worker_serves_it(
+    redis_server, open_store, start_worker, tmp_path
+):
+    api = ApiProcess(
+        redis_server.url(DB), tmp_path, args=("--model", "/models/flux-dev", "--lora", "vector.safetensors")
+    )
+    api.start()
+    try:
+        submitted = httpx.post(api.url + "/v2/Simple_Vector_Flux", json=P, timeout=30)
+        assert submitted.status_code == 200, submitted.text
+        request_id = submitted.json()["request_id"]
+        reader = open_store()
+        recorded = reader.r.hmget(reader.key(f"job:{request_id}"), "model", "lora", "version")
+        assert [v.decode() for v in recorded] == ["flux-dev", "vector.safetensors", Fleet().version]
+        other = open_store(name="tiny-worker", fleet=Fleet(model="tiny"))
+        start_worker(other)
+        other.announce(lambda: {"state": "idle", "serves": {"model": "tiny", "lora": "", "version": Fleet().version}})
+        other.beat()
+        health = httpx.get(api.url + "/healthz", timeout=5).json()
+        assert "no live worker serves model flux-dev, LoRA vector.safetensors" in health["serving"], health
+        assert httpx.get(f"{api.url}/v2/requests/{request_id}/status", timeout=5).json()["status"] == QUEUED
+    finally:
+        assert api.stop(), api.log()
