@@ -101,29 +101,32 @@ def job_hash(redis_db, job_id: str) -> dict[str, str]:
 
 
 # ----------------------------------------------------------------------------------- rule 1: outages while saving
-def test_a_20s_outage_at_complete_with_a_30s_lease_ends_the_job_and_answers_the_v1_caller(
-    redis_server, redis_db, open_store, start_worker, tmp_path
+@pytest.mark.parametrize("at", ["complete", "progress"])
+def test_a_20s_outage_with_a_30s_lease_ends_the_job_and_answers_the_v1_caller(
+    at, redis_server, redis_db, open_store, start_worker, tmp_path
 ):
-    """The issue's scale: a worker through the proxy loses Redis for 20 s exactly when it sends complete(); redis-py
-    retries (~10 s) run out, the worker keeps the images and saves them again while its 30 s lease holds."""
+    """The issue's scale: a worker through the proxy loses Redis for 20 s exactly when it sends complete() (or its
+    first progress write); redis-py's retries (~10 s) run out, the worker skips progress, keeps the images and saves
+    them again while its 30 s lease holds."""
     api = ApiProcess(redis_server.url(DB), tmp_path).start()
     proxy = FaultProxy(redis_server.port)
     try:
         logs = Logs()
         store = open_store(url=proxy.url(DB), lease_s=30, name="w-proxied")
-        start_worker(store, logs=logs)
-        proxy.trigger(script_sha(lua.COMPLETE), 20.0)
+        start_worker(store, FakePipeline(step_s=0.1), logs)
+        proxy.trigger(script_sha(lua.COMPLETE if at == "complete" else lua.PROGRESS), 20.0)
         started = time.monotonic()
-        answer = httpx.post(api.base_url + "/Simple_Vector_Flux", json=P, timeout=120)
+        answer = httpx.post(api.base_url + "/Simple_Vector_Flux", json={**P, "steps": 10}, timeout=120)
         elapsed = time.monotonic() - started
         assert answer.status_code == 200, answer.text
         assert answer.content[:4] == b"\x89PNG"
         assert len(proxy.outages) == 1 and elapsed >= 20.0
-        assert "could not save its result" in logs.text() and "Redis at" in logs.text()
+        assert ("could not save its result" if at == "complete" else "progress not saved") in logs.text()
+        assert "Redis at" in logs.text()
         assert "model error" not in logs.text() and "FAILED" not in logs.text()
         health = httpx.get(api.url + "/healthz", timeout=5).json()
         assert health["jobs"][PROCESSING] == 0 and health["jobs"][COMPLETED] == 1
-        print(f"\n20 s outage at complete(), 30 s lease: the /v1 caller was answered after {elapsed:.1f} s")
+        print(f"\n20 s outage at {at}, 30 s lease: the /v1 caller was answered after {elapsed:.1f} s")
     finally:
         proxy.close()
         assert api.stop(), api.log()

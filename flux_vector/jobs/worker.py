@@ -343,7 +343,8 @@ class Worker:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise _Unsettled(f"could not save {what} in time: {error}") from None
-                self._stop.wait(min(self.save_retry_s, left))
+                if self._stop.wait(min(self.save_retry_s, left)):
+                    raise _Unsettled(f"could not save {what} before the worker stopped: {error}") from None
                 continue
             if deadline is not None:
                 self.log(f"worker: job {job.id}: {what} saved after the store recovered")
