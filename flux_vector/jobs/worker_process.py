@@ -160,6 +160,7 @@ class WorkerProcess:
         alive = self.worker is not None and self.worker.running
         status = "ok" if alive else "loading" if self.state == "loading" else "unavailable"
         jobs = self.jobs
+        assert jobs is not None  # the status server starts after the store is open
         problem = None
         try:
             jobs.check()  # Redis evicting keys since the start, or full
@@ -207,10 +208,12 @@ class WorkerProcess:
         from ..pipeline import load_pipeline
 
         self.model = model or default_model(log=self.log)
-        self.jobs.announce(self.entry)
+        jobs = self.jobs
+        assert jobs is not None  # run_worker opened it
+        jobs.announce(self.entry)
         self.pipe = load_pipeline(self.model, log=self.log, **load_options)
         identity = identity_of(self.pipe)  # what it serves: it takes only jobs asking for that (or for nothing)
-        self.jobs.fleet = Fleet(
+        jobs.fleet = Fleet(
             model=identity.get("model") or public_name(self.model) or "",
             lora=identity.get("lora") or "",
             version=identity.get("flux_vector") or Fleet().version,
@@ -218,21 +221,22 @@ class WorkerProcess:
         prepare_for_serving(self.pipe, fuse=fuse, warmup=warmup, log=self.log)
         if self.stop.is_set():
             return 0
-        self.worker = Worker(self.jobs, self.pipe, log=self.log)
-        self.worker.add_listener(self.metrics.on_finished)
+        self.worker = Worker(jobs, self.pipe, log=self.log)
+        if self.metrics is not None:
+            self.worker.add_listener(self.metrics.on_finished)
         self.worker.start()
-        self.jobs.beat()  # announce "idle" now rather than a heartbeat later
+        jobs.beat()  # announce "idle" now rather than a heartbeat later
         self.log(
-            f"ready in {time.perf_counter() - self.started:.1f} s: serving {self.jobs.fleet.describe()}, store "
-            f"{self.jobs.url}, "
-            f"lease {self.jobs.lease_s:g} s, at most {self.jobs.max_attempts} attempt(s) per job"
+            f"ready in {time.perf_counter() - self.started:.1f} s: serving {jobs.fleet.describe()}, store "
+            f"{jobs.url}, "
+            f"lease {jobs.lease_s:g} s, at most {jobs.max_attempts} attempt(s) per job"
         )
         while not self.stop.wait(1.0):
             if not self.worker.running:
                 self.log("the worker thread ended unexpectedly")
                 return 1
         stopped = self.worker.stop()
-        self.jobs.leave()
+        jobs.leave()
         self.log(f"shut down {'cleanly' if stopped else 'with the worker still busy'}")
         return 0
 
