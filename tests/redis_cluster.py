@@ -39,10 +39,20 @@ def require_redis() -> None:
 
 
 class RedisServer:
-    """``redis-server`` on 127.0.0.1:<free port>, no persistence (no RDB, no AOF), killed by ``stop``."""
+    """``redis-server`` on 127.0.0.1:<free port>, no persistence (no RDB, no AOF) unless ``appendonly`` (AOF,
+    fsynced at every write), killed by ``stop``; ``extra``: more ``redis-server`` arguments."""
 
-    def __init__(self, folder: Path, port: int | None = None, password: str | None = None):
+    def __init__(
+        self,
+        folder: Path,
+        port: int | None = None,
+        password: str | None = None,
+        *,
+        appendonly: bool = False,
+        extra: tuple[str, ...] = (),
+    ):
         self.folder, self.port, self.password = Path(folder), port or free_port(), password
+        self.appendonly, self.extra = appendonly, extra
         self.proc: subprocess.Popen | None = None
 
     def url(self, db: int = 0) -> str:
@@ -63,12 +73,14 @@ class RedisServer:
                 "--save",
                 "",
                 "--appendonly",
-                "no",
+                "yes" if self.appendonly else "no",
+                *(("--appendfsync", "always") if self.appendonly else ()),
                 "--dir",
                 str(self.folder),
                 "--daemonize",
                 "no",
                 *(("--requirepass", self.password) if self.password else ()),
+                *self.extra,
             ],
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -104,6 +104,8 @@ def test_api_key_and_queue_bound_as_with_the_embedded_store(cluster, monkeypatch
             time.sleep(0.1)
             health = httpx.get(small.url + "/healthz").json()
         assert all(w["fused"] and w["lora_strength"] == 1 and w["model"] == "tiny" for w in health["workers"])
+        assert all(w["serves"]["model"] == "tiny" and w["serves"]["version"] for w in health["workers"])  # issue 32
+        assert "serving" not in health  # the API process asks for no model: every worker serves its jobs
         metrics = httpx.get(small.url + "/metrics").text
         assert metric(metrics, "flux_vector_queue_depth") == 2 and metric(metrics, "flux_vector_workers") == 3
         assert metric(metrics, 'flux_vector_jobs_rejected_total{reason="queue_full"}') == 2

@@ -240,3 +240,95 @@ def test_worker_runs_jobs_in_order_notifies_and_stop_requeues(store):
         assert back.state == QUEUED and back.attempts == 0
     finally:
         worker.stop(10)
+
+
+# ------------------------------------------------------------------------------ a store error is never a model error
+def injected_store_error(store: JobStore) -> Exception:
+    """An error of the store's own kind, as a network outage or a locked database raises it."""
+    if store.kind == "redis":
+        from redis.exceptions import ConnectionError
+
+        return ConnectionError("Error 111 connecting to 127.0.0.1: Connection refused (injected)")
+    import sqlite3
+
+    return sqlite3.OperationalError("database is locked (injected)")
+
+
+def wait_for(predicate: Callable[[], object], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+def test_a_result_the_store_cannot_save_is_kept_and_saved_again(store, monkeypatch):
+    """complete() and a progress write fail twice with the store's own error: the run goes on, the worker keeps the
+    images and saves them again; COMPLETED after one run, and nothing calls it a model error."""
+    logs: list[str] = []
+    real_complete, real_progress = store.complete, store.progress
+    calls = {"complete": 0, "progress": 0}
+
+    def flaky_complete(job_id, images, result):
+        calls["complete"] += 1
+        if calls["complete"] <= 2:
+            raise injected_store_error(store)
+        return real_complete(job_id, images, result)
+
+    def flaky_progress(job_id, step, total):
+        calls["progress"] += 1
+        if calls["progress"] <= 2:
+            raise injected_store_error(store)
+        real_progress(job_id, step, total)
+
+    monkeypatch.setattr(store, "complete", flaky_complete)
+    monkeypatch.setattr(store, "progress", flaky_progress)
+    worker = Worker(store, FakePipeline(step_s=0.01), log=logs.append, idle_poll=0.05, save_retry_s=0.05).start()
+    try:
+        job = store.submit("s", P)
+        worker.notify()
+        done = worker.wait(job.id, timeout=20)
+    finally:
+        worker.stop(10)
+    assert done.state == COMPLETED and done.attempts == 1, done
+    assert calls["complete"] == 3 and store.image(job.id, 0) is not None
+    text = "\n".join(logs)
+    assert "could not save its result" in text and "progress not saved" in text and "saved after" in text
+    assert "model error" not in text and "FAILED" not in text
+    assert ("Redis at" if store.kind == "redis" else "the job store (sqlite)") in text
+
+
+def test_a_job_whose_end_cannot_be_saved_is_given_up_and_never_stuck(backend, monkeypatch):
+    """complete() never succeeds for this worker: it retries until the store's settle deadline, then gives the job
+    up. SQLite (no other worker): FAILED with the store's reason. Redis: the lease is dropped (no more heartbeats)
+    and another worker runs the job again after the lease: COMPLETED on its second run."""
+    monkeypatch.setattr("flux_vector.jobs.store.SETTLE_RETRY_S", 0.5)
+    store = backend.open(lease_s=1.0) if backend.shared else backend.open()
+    logs: list[str] = []
+
+    def broken_complete(job_id, images, result):
+        raise injected_store_error(store)
+
+    monkeypatch.setattr(store, "complete", broken_complete)
+    stuck = Worker(store, FakePipeline(), log=logs.append, idle_poll=0.05, save_retry_s=0.05).start()
+    try:
+        job = store.submit("s", P)
+        stuck.notify()
+        wait_for(lambda: any("given up" in line for line in logs), 20, "the job to be given up")
+    finally:
+        stuck.stop(10)
+    text = "\n".join(logs)
+    assert "could not save its result" in text and "model error" not in text
+    if not backend.shared:
+        failed = store.get(job.id)
+        assert failed.state == FAILED and "the job store (sqlite) failed" in failed.error, failed
+        assert "database is locked" in failed.error
+        return
+    assert store.get(job.id).state == PROCESSING and not store._leases  # given up: nothing left to heartbeat
+    other = backend.peer(store, lease_s=1.0, name="other")
+    rescuer = Worker(other, FakePipeline(), log=lambda m: None).start()
+    try:
+        done = rescuer.wait(job.id, timeout=20)
+    finally:
+        rescuer.stop(10)
+    assert done.state == COMPLETED and done.attempts == 2, done
+    assert other.stats["reclaimed"] == 1 and store.stats["abandoned"] == 1

@@ -64,6 +64,7 @@ def run_worker_command(args: argparse.Namespace) -> int:
         max_attempts=args.max_attempts,
         metrics_host=args.metrics_host,
         metrics_port=args.metrics_port,
+        allow_eviction=args.allow_redis_eviction,
         **_serving_options(args),
     )
 
@@ -73,11 +74,12 @@ def run_serve_command(args: argparse.Namespace) -> int:
     from ..server.serve import serve
 
     if args.store is not None and is_redis_url(args.store):
-        ignored = [f"--{name}" for name in ("model", "lora", "quantize", "device") if getattr(args, name)]
+        ignored = [f"--{name}" for name in ("quantize", "device") if getattr(args, name)]
         if ignored:
             print(
                 f"flux-vector serve: {', '.join(ignored)} ignored: with a Redis store this process only serves the "
-                "API; give them to flux-vector worker",
+                "API; give them to flux-vector worker (--model and --lora, when given, are recorded in every job: "
+                "only workers serving them run it)",
                 file=sys.stderr,
             )
     else:
@@ -95,6 +97,7 @@ def run_serve_command(args: argparse.Namespace) -> int:
         **_serving_options(args),
         public_url=args.public_url,
         allow_origins=tuple(args.allow_origin),
+        allow_eviction=args.allow_redis_eviction,
         budget={
             "max_image_pixels": args.max_image_pixels,
             "max_batch_pixels": args.max_batch_pixels,

@@ -274,6 +274,18 @@ def _add_serve(sub, parents) -> None:
         ("--max-step-pixels", "pixels x batch_size x steps (default: 100 steps of 8 one-megapixel images)"),
     ):
         p.add_argument(flag, type=int, metavar="N", help=f"work budget of a request: {what}; over it: 400")
+    _add_redis_eviction(p)
+
+
+def _add_redis_eviction(p) -> None:
+    from ..jobs.redis_store import EVICTION_OVERRIDE
+
+    p.add_argument(
+        EVICTION_OVERRIDE,
+        action="store_true",
+        help="with a Redis store: start even when Redis's maxmemory-policy is not noeviction (an evicting Redis "
+        "loses accepted jobs and images without a word; default: refused)",
+    )
 
 
 def _add_worker(sub, parents) -> None:
@@ -316,6 +328,7 @@ def _add_worker(sub, parents) -> None:
         default=DEFAULT_METRICS_PORT,
         help=f"port of /metrics and /healthz (default {DEFAULT_METRICS_PORT}; 0: any free port, logged; -1: none)",
     )
+    _add_redis_eviction(p)
 
 
 def _add_doctor(sub, parents) -> None:

@@ -104,6 +104,9 @@ class _StoreCollector:
                 ("reclaimed", "Jobs this worker took over after another worker's lease ran out"),
                 ("leases_lost", "Runs this worker dropped because its lease ran out (the job ran elsewhere)"),
                 ("failed_after_attempts", "Jobs this worker FAILED because every attempt's worker had died"),
+                ("abandoned", "Jobs this worker gave up because it could not save their end while its lease held"),
+                ("left_for_others", "Jobs this worker left queued: another model, LoRA or version asked for"),
+                ("healed", "Stream entries this worker added again, and index entries of vanished jobs it dropped"),
             ):
                 yield CounterMetricFamily(f"flux_vector_{name}", help_text, value=stats.get(name, 0))
         if self.pipeline_info is not None:

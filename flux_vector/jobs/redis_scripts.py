@@ -11,7 +11,8 @@ local function now()
 end
 """
 
-# KEYS: seq, job, queued, stream   ARGV: id, slug, params, max_queue (-1: none), retention_ms
+# KEYS: seq, job, queued, stream   ARGV: id, slug, params, max_queue (-1: none), retention_ms, model, lora, version
+# (model/lora: what the accepting API process serves, '' for any; version: its flux_vector version)
 SUBMIT = (
     _NOW
     + """
@@ -25,16 +26,31 @@ if max_queue >= 0 and waiting >= max_queue then return {-1, tostring(waiting)} e
 local ts = now()
 local seq = redis.call('INCR', KEYS[1])
 redis.call('HSET', KEYS[2], 'slug', ARGV[2], 'params', ARGV[3], 'state', 'QUEUED', 'created_at', ts,
-           'attempts', 0, 'seq', seq, 'retention_ms', ARGV[5])
+           'attempts', 0, 'seq', seq, 'retention_ms', ARGV[5], 'model', ARGV[6], 'lora', ARGV[7], 'version', ARGV[8])
 redis.call('ZADD', KEYS[3], seq, ARGV[1])
 redis.call('XADD', KEYS[4], '*', 'id', ARGV[1])
 return {waiting, ts}
 """
 )
 
-# KEYS: job, queued, processing, stream, failed   ARGV: id, entry, token, worker, max_attempts, lease_ms, group, channel
+# Whether the worker (its model, LoRA and version: '' when it does not say) can serve the job in hash ``key``: a
+# job's '' asks for nothing; a job from before jobs recorded these fields asks for nothing either
+_SERVES = """
+local function serves(key, model, lora, version)
+  local want = redis.call('HMGET', key, 'model', 'lora', 'version')
+  local have = {model, lora, version}
+  for i = 1, 3 do
+    if want[i] and want[i] ~= '' and have[i] ~= '' and want[i] ~= have[i] then return false end
+  end
+  return true
+end
+"""
+
+# KEYS: job, queued, processing, stream, failed
+# ARGV: id, entry, token, worker, max_attempts, lease_ms, group, channel, model, lora, version, parked_idle_ms
 START = (
     _NOW
+    + _SERVES
     + """
 local function drop_entry()
   redis.call('XACK', KEYS[4], ARGV[7], ARGV[2])
@@ -43,6 +59,11 @@ end
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state then drop_entry() return {'gone'} end
 if state == 'COMPLETED' or state == 'FAILED' then drop_entry() return {'done'} end
+if not serves(KEYS[1], ARGV[9], ARGV[10], ARGV[11]) then
+  -- not ours to run: parked (pending, idle "for a year") for the scan of a worker that can serve it
+  redis.call('XCLAIM', KEYS[4], ARGV[7], ARGV[4], 0, ARGV[2], 'IDLE', ARGV[12], 'JUSTID')
+  return {'mismatch', redis.call('HMGET', KEYS[1], 'model', 'lora', 'version')}
+end
 local ts = now()
 if state == 'PROCESSING' then
   if redis.call('HGET', KEYS[1], 'owner') == ARGV[3] then return {'ok', state, redis.call('HGETALL', KEYS[1])} end
@@ -162,12 +183,85 @@ redis.call('XCLAIM', KEYS[4], ARGV[4], ARGV[5], 0, ARGV[3], 'IDLE', ARGV[6], 'JU
 return 1
 """
 
-# KEYS: queued, processing, completed, failed
+# KEYS: queued, processing, completed, failed   ARGV: job key prefix
+# Waiting and running jobs are counted by their hashes (one deleted by hand is not counted; HEAL drops it later);
+# read-only, so it answers while Redis is full
 COUNTS = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-return {redis.call('ZCARD', KEYS[1]), redis.call('ZCARD', KEYS[2]),
+local function live(key)
+  local n = 0
+  for _, id in ipairs(redis.call('ZRANGE', key, 0, -1)) do n = n + redis.call('EXISTS', ARGV[1] .. id) end
+  return n
+end
+return {live(KEYS[1]), live(KEYS[2]),
         redis.call('ZCOUNT', KEYS[3], '(' .. now, '+inf'), redis.call('ZCOUNT', KEYS[4], '(' .. now, '+inf')}
+"""
+
+# KEYS: stream   ARGV: group, consumer, min_idle_ms, scan, model, lora, version, job key prefix
+# Take over one pending entry idle for at least min_idle_ms (its worker died, or it was requeued or parked) whose job
+# this worker can serve; entries of jobs it cannot serve are left where they are. Returns {entry, id} or {}.
+CLAIM_STALE = (
+    _SERVES
+    + """
+local pending = redis.call('XPENDING', KEYS[1], ARGV[1], 'IDLE', ARGV[3], '-', '+', ARGV[4])
+for _, p in ipairs(pending) do
+  local entry = p[1]
+  local found = redis.call('XRANGE', KEYS[1], entry, entry)
+  local id = found[1] and found[1][2][2]
+  if not id then
+    redis.call('XACK', KEYS[1], ARGV[1], entry)  -- its entry was deleted: nothing to run
+  elseif redis.call('EXISTS', ARGV[8] .. id) == 0 or serves(ARGV[8] .. id, ARGV[5], ARGV[6], ARGV[7]) then
+    local got = redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], ARGV[3], entry, 'JUSTID')
+    if #got > 0 then return {entry, id} end
+  end
+end
+return {}
+"""
+)
+
+# KEYS: stream, queued, processing, completed, failed   ARGV: group, job key prefix
+# Self-healing, run at a worker's start, when the stream or its group is missing, and with the housekeeping: the
+# stream and the group are created when missing; every waiting or running job without an entry in the stream gets
+# one (the queued index is the truth for what waits; START tells a live run from a dead one); index entries whose
+# job hash is gone are dropped. Returns {entries added, index entries dropped}.
+HEAL = """
+local made = redis.pcall('XGROUP', 'CREATE', KEYS[1], ARGV[1], '0', 'MKSTREAM')
+local present = {}
+for _, e in ipairs(redis.call('XRANGE', KEYS[1], '-', '+')) do
+  if e[2][2] then present[e[2][2]] = true end
+end
+local added, dropped = 0, 0
+for i = 2, 5 do
+  for _, id in ipairs(redis.call('ZRANGE', KEYS[i], 0, -1)) do
+    if redis.call('EXISTS', ARGV[2] .. id) == 0 then
+      redis.call('ZREM', KEYS[i], id)
+      if i <= 3 then dropped = dropped + 1 end  -- a finished job's expiry is not news
+    elseif i <= 3 and not present[id] then
+      redis.call('XADD', KEYS[1], '*', 'id', id)
+      present[id] = true
+      added = added + 1
+    end
+  end
+end
+return {added, dropped}
+"""
+
+# ARGV: command specs, each a count n then n words (the command and representative arguments)
+# The commands (with our keys) this Redis user may not run: ACL refusals found at start, not at the first job
+# (Redis < 7 has no redis.acl_check_cmd: nothing is found refused there; a command Redis does not know is skipped)
+PERMISSIONS = """
+local refused, i = {}, 1
+if not redis.acl_check_cmd then return refused end
+while i <= #ARGV do
+  local n = tonumber(ARGV[i])
+  local words = {}
+  for j = 1, n do words[j] = ARGV[i + j] end
+  local ok, allowed = pcall(redis.acl_check_cmd, unpack(words))
+  if ok and not allowed then table.insert(refused, words[1]) end
+  i = i + n + 1
+end
+return refused
 """
 
 # KEYS: completed, failed   ARGV: now (or '' for Redis's clock)

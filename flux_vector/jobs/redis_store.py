@@ -19,6 +19,13 @@ Only Redis's own primitives, no scheduler of ours:
 - **Timestamps come from Redis's clock** (``TIME`` inside the scripts), so queue and run times are consistent across
   machines whose clocks disagree.
 - Finished jobs are announced on a pub/sub channel, which wakes ``POST /v1`` requests waiting in any API process.
+- **Faults never strand a job**: a result a worker cannot save (Redis down, full) is retried while its lease holds,
+  then the lease is dropped (``abandon``) so another worker runs the job again; a missing stream or group is made
+  again and every job in the queued index (the truth for what waits) gets an entry (``heal``); index entries whose
+  job hash vanished are dropped; a Redis that evicts keys, or a user lacking a command, is refused at start
+  (``verify``); a full Redis is ``StoreFull`` (503 at submit, ``/healthz`` says so).
+- **Mixed fleets**: a job records the model and LoRA its API process was asked to serve and the flux_vector version
+  (``Fleet``); a worker takes only jobs it can serve and parks the others for a worker that can.
 
 Keys (``<prefix>`` defaults to ``flux_vector:``; give two deployments on one Redis two databases or prefixes):
 ``job:<id>`` hash, ``img:<id>:<n>`` image bytes, ``queue`` stream, ``seq`` counter, ``queued`` (id -> seq, the FIFO
@@ -42,6 +49,7 @@ from typing import Any
 from urllib.parse import quote, unquote
 
 from ..request import GenerationRequest, from_stored, stored_params
+from ..version import __version__
 from . import redis_scripts as lua
 from .store import (
     CANCELLED_REASON,
@@ -56,7 +64,9 @@ from .store import (
     LeaseLost,
     QueueFull,
     Recovery,
+    StoreFull,
     StoreUnavailable,
+    StoreWriteError,
     new_job_id,
 )
 
@@ -64,7 +74,32 @@ DEFAULT_PREFIX = "flux_vector:"
 DEFAULT_LEASE_S = 60.0
 DEFAULT_REDIS_MAX_ATTEMPTS = 3  # a lease can also run out through a network partition, not only a crash: one more try
 GROUP = "workers"
-_REQUEUED_IDLE_MS = 365 * 24 * 3600 * 1000  # a requeued entry looks idle "for a year": the next XAUTOCLAIM takes it
+_REQUEUED_IDLE_MS = 365 * 24 * 3600 * 1000  # a requeued entry looks idle "for a year": the next scan takes it
+STALE_SCAN = 1000  # pending entries a claim looks through for one it can take over
+MEMORY_CHECK_S = 2.0  # how long INFO memory's answer is reused by check()
+FULL_FOR_S = 30.0  # /healthz says "full" this long after Redis last refused a write for memory
+EVICTION_OVERRIDE = "--allow-redis-eviction"
+
+
+@dataclass(frozen=True)
+class Fleet:
+    """Which jobs go with which workers. An API process records its ``model`` and ``lora`` (the names it was asked
+    to serve, as ``image_metadata.public_name`` publishes them; '' for any) and its flux_vector ``version`` in every
+    job it accepts; a worker's are what it loaded, and it takes only jobs whose non-empty fields equal its own."""
+
+    model: str = ""
+    lora: str = ""
+    version: str = __version__
+
+    def args(self) -> list[str]:
+        return [self.model, self.lora, self.version]
+
+    def serves(self, wanted: Fleet) -> bool:
+        return all(not want or not have or want == have for want, have in zip(wanted.args(), self.args(), strict=True))
+
+    def describe(self) -> str:
+        parts = [f"model {self.model}" if self.model else "", f"LoRA {self.lora}" if self.lora else ""]
+        return ", ".join(p for p in parts if p) + f" (flux_vector {self.version})"
 
 
 def is_redis_url(value: Any) -> bool:
@@ -76,6 +111,7 @@ class _Lease:
     job_id: str
     entry: str
     token: str
+    renewed: float  # time.monotonic() when it was last renewed (taken just before the renewing call)
 
 
 def _text(value: bytes | str | None) -> str | None:
@@ -121,6 +157,7 @@ class RedisJobStore(JobStore):
         log: Callable[[str], None] | None = None,
         url: str = "",
         secrets: tuple[str, ...] = (),
+        fleet: Fleet | None = None,
     ):
         if retention_s <= 0:
             raise ValueError(f"retention_s={retention_s!r} is not allowed; it must be a positive number of seconds")
@@ -135,7 +172,15 @@ class RedisJobStore(JobStore):
         self.prefix, self.claim_block_s = prefix, float(claim_block_s)
         self.name = name or default_worker_name()
         self.log = log or (lambda message: None)
-        self.stats: dict[str, int] = {"reclaimed": 0, "leases_lost": 0, "failed_after_attempts": 0}
+        self.fleet = fleet or Fleet()
+        self.stats: dict[str, int] = {
+            "reclaimed": 0,
+            "leases_lost": 0,
+            "failed_after_attempts": 0,
+            "abandoned": 0,
+            "left_for_others": 0,
+            "healed": 0,
+        }
         k = self.key
         self._stream, self._seq, self._queued, self._processing = k("queue"), k("seq"), k("queued"), k("processing")
         self._completed, self._failed, self._workers = k("completed"), k("failed"), k("workers")
@@ -144,6 +189,11 @@ class RedisJobStore(JobStore):
         self._submit, self._start, self._heartbeat = s(lua.SUBMIT), s(lua.START), s(lua.HEARTBEAT)
         self._progress, self._complete, self._fail = s(lua.PROGRESS), s(lua.COMPLETE), s(lua.FAIL)
         self._requeue, self._counts, self._expire = s(lua.REQUEUE), s(lua.COUNTS), s(lua.EXPIRE)
+        self._claim_stale, self._heal, self._permissions = s(lua.CLAIM_STALE), s(lua.HEAL), s(lua.PERMISSIONS)
+        self._memory: tuple[float, dict[str, Any]] | None = None
+        self._full_at = float("-inf")  # time.monotonic() when Redis last refused a write for memory
+        self._allow_eviction = False
+        self._mismatched: set[str] = set()  # jobs this worker told the log it leaves to others
         self._leases: dict[str, _Lease] = {}
         self._lost: set[str] = set()
         self._lock = threading.Lock()
@@ -193,6 +243,28 @@ class RedisJobStore(JobStore):
 
         return (StoreUnavailable, ConnectionError, TimeoutError, ReadOnlyError)
 
+    @property
+    def store_errors(self) -> tuple[type[BaseException], ...]:  # type: ignore[override]
+        from redis.exceptions import RedisError
+
+        return (StoreUnavailable, StoreWriteError, RedisError)
+
+    def describe_store_error(self, exc: BaseException) -> str:
+        from redis.exceptions import OutOfMemoryError
+
+        where = f"Redis at {self.url or 'the given client'}"
+        if isinstance(exc, OutOfMemoryError):
+            self._full_at, self._memory = time.monotonic(), None
+            return self._full_message(where)
+        text = str(exc) if isinstance(exc, StoreUnavailable) else f"{type(exc).__name__}: {exc}"
+        return f"the job store ({where}) failed: {self.redact(text)}"
+
+    def _full_message(self, where: str) -> str:
+        return (
+            f"the job store is full: {where} is out of memory (used_memory reached maxmemory, policy noeviction) "
+            "and refuses writes; free memory (shorter --retention, fewer waiting jobs) or raise Redis's maxmemory"
+        )
+
     def redact(self, text: str) -> str:
         for secret in self._secrets:
             for form in {secret, quote(secret, safe="")}:
@@ -219,6 +291,109 @@ class RedisJobStore(JobStore):
 
     def ping(self) -> bool:
         return bool(self.r.ping())
+
+    # ------------------------------------------------------------------------------------------- fitness
+    def memory(self, *, fresh: bool = False) -> dict[str, Any]:
+        """Redis's ``INFO memory`` (reused for ``MEMORY_CHECK_S``): ``maxmemory_policy``, ``maxmemory``, ..."""
+        now = time.monotonic()
+        if fresh or self._memory is None or now - self._memory[0] > MEMORY_CHECK_S:
+            self._memory = (now, dict(self.r.info("memory")))
+        return self._memory[1]
+
+    def _eviction_message(self, policy: str) -> str:
+        return (
+            f"Redis at {self.url or 'the given client'} evicts keys (maxmemory-policy {policy}): accepted jobs and "
+            "their images would vanish without a word when it fills up. Set maxmemory-policy noeviction (redis.conf, "
+            f"or CONFIG SET maxmemory-policy noeviction), or pass {EVICTION_OVERRIDE} if losing jobs is acceptable"
+        )
+
+    def verify(self, role: str, *, allow_eviction: bool = False) -> None:
+        """At the start of an API process (``role="api"``) or a worker (``"worker"``): ``StoreUnavailable`` with one
+        line saying what is wrong and how to fix it when this Redis user lacks a command the role needs (ACL), or
+        when Redis evicts keys (any ``maxmemory-policy`` but ``noeviction``) and ``allow_eviction`` is not given."""
+        self._allow_eviction = allow_eviction
+        refused = self.missing_permissions(role, info=not allow_eviction)
+        if refused:
+            user = self.r.connection_pool.connection_kwargs.get("username") or "default"
+            grants = " ".join(f"+{command.lower()}" for command in refused)
+            raise StoreUnavailable(
+                f"the Redis user {user!r} may not run {', '.join(refused)}, which a flux-vector {role} needs: grant "
+                f"it (ACL SETUSER {user} {grants}) or give --store a user that may"
+            )
+        if not allow_eviction:
+            policy = str(self.memory(fresh=True).get("maxmemory_policy", "noeviction"))
+            if policy != "noeviction":
+                raise StoreUnavailable(self._eviction_message(policy))
+
+    def missing_permissions(self, role: str, *, info: bool = True) -> list[str]:
+        """The commands (with this store's keys) the Redis user may not run, of those ``role`` needs."""
+        from redis.exceptions import NoPermissionError
+
+        job, stream, queued = self.key("job:0"), self._stream, self._queued
+        needs: list[tuple[str, ...]] = [
+            ("EXISTS", job),
+            ("HSET", job, "f", "v"),
+            ("HGET", job, "f"),
+            ("HGETALL", job),
+            ("HMGET", job, "f"),
+            ("PEXPIRE", job, "1"),
+            ("INCR", self._seq),
+            ("ZADD", queued, "1", "x"),
+            ("ZREM", queued, "x"),
+            ("ZRANK", queued, "x"),
+            ("ZCARD", queued),
+            ("ZRANGE", queued, "0", "-1"),
+            ("ZCOUNT", self._completed, "0", "1"),
+            ("XADD", stream, "*", "id", "x"),
+            ("XACK", stream, GROUP, "0-1"),
+            ("XDEL", stream, "0-1"),
+            ("GET", self.key("img:0:0")),
+            ("PUBLISH", self.channel, "x"),
+            ("SUBSCRIBE", self.channel),
+            ("TIME",),
+        ]
+        if info:
+            needs.append(("INFO", "memory"))
+        if role == "worker":
+            needs += [
+                ("XREADGROUP", "GROUP", GROUP, self.name, "COUNT", "1", "STREAMS", stream, ">"),
+                ("XPENDING", stream, GROUP, "IDLE", "0", "-", "+", "1"),
+                ("XCLAIM", stream, GROUP, self.name, "0", "0-1", "JUSTID"),
+                ("XRANGE", stream, "-", "+"),
+                ("XGROUP", "CREATE", stream, GROUP, "0", "MKSTREAM"),
+                ("XINFO", "CONSUMERS", stream, GROUP),
+                ("HDEL", job, "f"),
+                ("SET", self.key("img:0:0"), "v"),
+                ("ZREMRANGEBYSCORE", self._completed, "0", "1"),
+                ("DEL", self.key(f"worker:{self.name}")),
+            ]
+        words: list[str] = []
+        for command in needs:
+            words += [str(len(command)), *command]
+        try:
+            refused = [_text(name) or "" for name in self._permissions(args=words)]
+        except NoPermissionError as exc:  # not even the scripts: name the command Redis named
+            named = str(exc).split("'")
+            return [named[1].upper() if len(named) > 2 else "EVALSHA"]
+        return [name.upper() for name in dict.fromkeys(refused)]
+
+    def check(self) -> None:
+        """``/healthz``: ``StoreUnavailable`` when Redis evicts keys now (its policy changed since the start) or is
+        full (``StoreFull``: used_memory at maxmemory, or a write refused for memory in the last ``FULL_FOR_S``)."""
+        try:
+            memory = self.memory()
+        except Exception as exc:
+            from redis.exceptions import NoPermissionError
+
+            if isinstance(exc, NoPermissionError) and self._allow_eviction:
+                return  # INFO refused, and the operator took the risk at start
+            raise StoreUnavailable(self.describe_store_error(exc)) from None
+        policy = str(memory.get("maxmemory_policy", "noeviction"))
+        if policy != "noeviction" and not self._allow_eviction:
+            raise StoreUnavailable(self._eviction_message(policy))
+        limit, used = int(memory.get("maxmemory", 0) or 0), int(memory.get("used_memory", 0) or 0)
+        if (limit and used >= limit) or time.monotonic() - self._full_at < FULL_FOR_S:
+            raise StoreFull(self._full_message(f"Redis at {self.url or 'the given client'}"))
 
     # ------------------------------------------------------------------------------------------- reading
     def _job_from_hash(self, job_id: str, h: dict, position: int | None = None) -> Job:
@@ -263,17 +438,25 @@ class RedisJobStore(JobStore):
         return self.r.get(self._image_key(job_id, index))
 
     def counts(self) -> dict[str, int]:
-        q, p, c, f = self._counts(keys=[self._queued, self._processing, self._completed, self._failed])
+        q, p, c, f = self._counts(
+            keys=[self._queued, self._processing, self._completed, self._failed], args=[self.key("job:")]
+        )
         return {QUEUED: int(q), PROCESSING: int(p), COMPLETED: int(c), FAILED: int(f)}
 
     # ------------------------------------------------------------------------------------------- API side
     def submit(self, slug: str, request: GenerationRequest, *, max_queue: int | None = None) -> Job:
         job_id = new_job_id()
         encoded = json.dumps(stored_params(request), allow_nan=False)
-        waiting, created = self._submit(
-            keys=[self._seq, self._job_key(job_id), self._queued, self._stream],
-            args=[job_id, slug, encoded, -1 if max_queue is None else int(max_queue), int(self.retention_s * 1000)],
-        )
+        from redis.exceptions import OutOfMemoryError
+
+        bound = -1 if max_queue is None else int(max_queue)
+        try:
+            waiting, created = self._submit(
+                keys=[self._seq, self._job_key(job_id), self._queued, self._stream],
+                args=[job_id, slug, encoded, bound, int(self.retention_s * 1000), *self.fleet.args()],
+            )
+        except OutOfMemoryError as exc:
+            raise StoreFull(self.describe_store_error(exc)) from None
         if int(waiting) < 0:
             raise QueueFull(int(max_queue or 0))
         return Job(
@@ -305,17 +488,17 @@ class RedisJobStore(JobStore):
         import redis
 
         try:
-            stale = self.r.xautoclaim(
-                self._stream, GROUP, self.name, min_idle_time=int(self.lease_s * 1000), start_id="0-0", count=1
+            stale = self._claim_stale(
+                keys=[self._stream],
+                args=[GROUP, self.name, int(self.lease_s * 1000), STALE_SCAN, *self.fleet.args(), self.key("job:")],
             )
-            if stale[1]:
-                entry_id, fields = stale[1][0]
-                return _text(entry_id), _text(fields.get(b"id"))
+            if stale:
+                return _text(stale[0]), _text(stale[1])
             block_ms = int(block_s * 1000)
             got = self.r.xreadgroup(GROUP, self.name, {self._stream: ">"}, count=1, block=block_ms or None)
         except redis.ResponseError as exc:
-            if "NOGROUP" in str(exc):  # the stream was deleted (FLUSHDB): start again
-                self._ensure_group()
+            if "NOGROUP" in str(exc):  # the stream or its group was deleted (DEL, FLUSHDB): made again, refilled
+                self.heal()
                 return None
             raise
         if not got or not got[0][1]:
@@ -329,11 +512,35 @@ class RedisJobStore(JobStore):
             self.r.xdel(self._stream, entry)
             return None
         token = uuid.uuid4().hex
+        started = time.monotonic()
         reply = self._start(
             keys=[self._job_key(job_id), self._queued, self._processing, self._stream, self._failed],
-            args=[job_id, entry, token, self.name, self.max_attempts, int(self.lease_s * 1000), GROUP, self.channel],
+            args=[
+                job_id,
+                entry,
+                token,
+                self.name,
+                self.max_attempts,
+                int(self.lease_s * 1000),
+                GROUP,
+                self.channel,
+                *self.fleet.args(),
+                _REQUEUED_IDLE_MS,
+            ],
         )
         outcome = _text(reply[0])
+        if outcome == "mismatch":
+            self.stats["left_for_others"] += 1
+            if job_id not in self._mismatched:
+                if len(self._mismatched) > 10_000:
+                    self._mismatched.clear()
+                self._mismatched.add(job_id)
+                model, lora, version = (_text(v) or "" for v in reply[1])
+                self.log(
+                    f"job {job_id} asks for {Fleet(model, lora, version).describe()}; this worker serves "
+                    f"{self.fleet.describe()}: left queued for a worker that serves it"
+                )
+            return None
         if outcome == "failed":
             self.stats["failed_after_attempts"] += 1
             self.log(f"job {job_id} FAILED: {_text(reply[1])}")
@@ -349,7 +556,7 @@ class RedisJobStore(JobStore):
                 f"(attempt {_int(h.get(b'attempts'))} of {self.max_attempts})"
             )
         with self._lock:
-            self._leases[job_id] = _Lease(job_id, entry, _text(h.get(b"owner")) or token)
+            self._leases[job_id] = _Lease(job_id, entry, _text(h.get(b"owner")) or token, started)
             self._lost.discard(job_id)
         self._start_heartbeat()
         return self._job_from_hash(job_id, h)
@@ -362,6 +569,21 @@ class RedisJobStore(JobStore):
         with self._lock:
             self._leases.pop(job_id, None)
             self._lost.discard(job_id)
+
+    def settle_deadline(self, job_id: str) -> float:
+        """While this worker's lease on the job would still hold (no other worker can have taken it over)."""
+        lease = self._lease(job_id)
+        return time.monotonic() if lease is None else lease.renewed + self.lease_s
+
+    def abandon(self, job_id: str, reason: str) -> Job | None:
+        """Drop the lease (no more heartbeats): the job's entry goes idle and another worker (or this one) takes
+        it over after ``lease_s`` and runs it again (``max_attempts`` runs at most). Nothing is written."""
+        self._drop_lease(job_id)
+        self.stats["abandoned"] += 1
+        self.log(
+            f"job {job_id}: lease dropped ({reason}); another worker runs it again after the lease ({self.lease_s:g} s)"
+        )
+        return None
 
     def _lease_lost(self, job_id: str, what: str) -> LeaseLost:
         self.stats["leases_lost"] += 1
@@ -451,13 +673,36 @@ class RedisJobStore(JobStore):
         """Nothing to do at start: jobs of dead workers are taken over when their lease runs out (``claim``)."""
         if max_attempts is not None:
             self.max_attempts = int(max_attempts)
-        self._ensure_group()
+        self.heal()
         return Recovery(queued=self.counts()[QUEUED])
+
+    def heal(self) -> tuple[int, int]:
+        """Make the stream and its group again if they are missing, give every waiting or running job without a
+        stream entry one, drop index entries whose job hash vanished (``redis_scripts.HEAL``). (entries added,
+        index entries dropped)."""
+        added, dropped = (
+            int(n)
+            for n in self._heal(
+                keys=[self._stream, self._queued, self._processing, self._completed, self._failed],
+                args=[GROUP, self.key("job:")],
+            )
+        )
+        if added or dropped:
+            self.stats["healed"] += added + dropped
+            self.log(
+                f"healed the queue: {added} job(s) without a stream entry enqueued again (the queued index is the "
+                f"truth for what waits), {dropped} index entries of vanished jobs dropped"
+            )
+        return added, dropped
 
     def expire(self, now: float | None = None) -> int:
         """Redis deletes expired jobs and images itself; this trims the count indexes and forgets consumers that
         left nothing pending (dead or stopped workers). Returns how many expired jobs left the indexes."""
         removed = int(self._expire(keys=[self._completed, self._failed], args=["" if now is None else repr(now)]))
+        try:
+            self.heal()
+        except Exception as exc:  # housekeeping only
+            self.log(f"queue healing: {self.describe_store_error(exc)}")
         try:
             for consumer in self.r.xinfo_consumers(self._stream, GROUP):
                 if consumer["pending"] == 0 and consumer["idle"] > max(600_000, self.lease_s * 10_000):
@@ -495,9 +740,12 @@ class RedisJobStore(JobStore):
         with self._lock:
             leases = list(self._leases.values())
         for lease in leases:
-            if not self._heartbeat(
+            sent = time.monotonic()
+            if self._heartbeat(
                 keys=[self._job_key(lease.job_id), self._stream], args=[lease.token, lease.entry, GROUP, self.name]
             ):
+                lease.renewed = sent
+            else:
                 with self._lock:
                     self._lost.add(lease.job_id)
         if self._announce is not None:
@@ -525,6 +773,19 @@ class RedisJobStore(JobStore):
         if gone:
             self.r.zrem(self._workers, *gone)
         return out
+
+    def serving_problem(self, workers: list[dict[str, Any]]) -> str | None:
+        ready = [w for w in workers if w.get("state") not in (None, "loading") and isinstance(w.get("serves"), dict)]
+        if not ready:
+            return None  # no worker yet (or none that says what it serves): nothing to compare
+        fleets = [Fleet(**{k: str(w["serves"].get(k) or "") for k in ("model", "lora", "version")}) for w in ready]
+        if any(fleet.serves(self.fleet) for fleet in fleets):
+            return None
+        others = "; ".join(sorted({f"{w['name']}: {f.describe()}" for w, f in zip(ready, fleets, strict=True)}))
+        return (
+            f"no live worker serves {self.fleet.describe()}, which the jobs of this API process ask for: they stay "
+            f"QUEUED until one does (live workers: {others})"
+        )
 
     def leave(self) -> None:
         """Remove this worker's entry now (a clean stop)."""

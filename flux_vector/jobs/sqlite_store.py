@@ -380,6 +380,7 @@ class SQLiteJobStore(JobStore):
         return report
 
     unavailable_errors = (StoreUnavailable, sqlite3.DatabaseError)  # corrupt, locked, disk full: 503, not 500
+    store_errors = (StoreUnavailable, StoreWriteError, sqlite3.Error)
 
     def _quick_check(self) -> None:
         with self._lock:

@@ -9,6 +9,7 @@ above ``jobs/`` knows which store it talks to. ``tests/test_store_contract.py`` 
 
 from __future__ import annotations
 
+import time
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
@@ -59,6 +60,14 @@ class StoreWriteError(RuntimeError):
 
 class StoreUnavailable(RuntimeError):
     """The store cannot be reached (a shared store's server is down or the URL is wrong)."""
+
+
+class StoreFull(StoreUnavailable):
+    """The store refuses writes because it is full (Redis at its ``maxmemory``): a submit is 503 with Retry-After,
+    never a job's failure."""
+
+
+SETTLE_RETRY_S = 5.0  # how long a store without leases retries saving a result before it gives the job up
 
 
 class LeaseLost(RuntimeError):
@@ -125,6 +134,9 @@ class JobStore(ABC):
     # The exceptions that mean "the store cannot be reached now, try again" (the server answers them 503 with
     # Retry-After): a network store's connection errors; StoreUnavailable on every store
     unavailable_errors: tuple[type[Exception], ...] = (StoreUnavailable,)
+    # The exceptions that mean the store (not the model, not the request) failed: the worker never reports them as
+    # a model error; while saving a result raises one it retries until ``settle_deadline``, then ``abandon``s the job
+    store_errors: tuple[type[Exception], ...] = (StoreUnavailable, StoreWriteError)
 
     @abstractmethod
     def submit(self, slug: str, request: GenerationRequest, *, max_queue: int | None = None) -> Job:
@@ -200,6 +212,28 @@ class JobStore(ABC):
         """False once ``cancel`` (or anything else) ended a job this process is running: the worker checks it at
         every step. A store that cannot tell cheaply answers True and stops the run at its next state change."""
         return True
+
+    def settle_deadline(self, job_id: str) -> float:
+        """The ``time.monotonic()`` until which the worker may keep retrying to save ``job_id``'s result or failure
+        (a shared store: while this worker's lease on it would still hold)."""
+        return time.monotonic() + SETTLE_RETRY_S
+
+    def abandon(self, job_id: str, reason: str) -> Job | None:
+        """The worker could not save the end of ``job_id`` before ``settle_deadline``: give the job up. A store
+        without leases records it FAILED with ``reason`` (which names the store) when it can; a shared store drops
+        this worker's lease (no more heartbeats) so that another worker runs the job again. The job as recorded,
+        or None when nothing could be recorded."""
+        return self.fail(job_id, reason)
+
+    def describe_store_error(self, exc: BaseException) -> str:
+        """One line naming the store and what went wrong (never mistaken for a model error)."""
+        text = str(exc) if isinstance(exc, (StoreUnavailable, StoreWriteError)) else f"{type(exc).__name__}: {exc}"
+        return f"the job store ({self.kind}) failed: {self.redact(text)}"
+
+    def serving_problem(self, workers: list[dict[str, Any]]) -> str | None:
+        """Why none of the live ``workers`` (as ``workers()`` lists them) can run the jobs this process accepts (a
+        shared store's mixed fleet: another model, LoRA or version); None when one can, or the store cannot tell."""
+        return None
 
     def redact(self, text: str) -> str:
         """``text`` (an error message, a log line) without the store's secrets (a password)."""

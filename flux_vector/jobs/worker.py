@@ -14,8 +14,14 @@ pipeline's ``prepare`` applies the LoRA strength rules and switches the loaded (
 Tracing an image to SVG (``output_format: "svg"``) is up to a second of CPU work per image that needs no GPU: the
 worker hands the decoded images to a small CPU thread pool and claims the next job at once. Either way a job is
 settled by one call of ``_settle``, which records COMPLETED or FAILED once and tells the listeners once; a tracing
-error FAILS the job with the reason. At most ``2 x encode_threads`` jobs wait for tracing (beyond that the GPU loop
-waits); ``stop()`` lets the jobs already handed over finish (they are a few seconds of work at most).
+error FAILS the job with the reason.
+
+A store error is never a model error (one rule for every store): a progress write that fails is skipped (the run
+goes on); a result or failure that cannot be saved is kept and saved again until the store's ``settle_deadline``
+(on Redis: while this worker's lease still holds), then the job is ``abandon``ed (on Redis the lease is dropped and
+another worker runs the job again within about one lease; on SQLite it is FAILED with the store's reason).
+At most ``2 x encode_threads`` jobs wait for tracing (beyond that the GPU loop waits); ``stop()`` lets the jobs
+already handed over finish (they are a few seconds of work at most).
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ from ..output_formats import encode_image, output_format
 from ..request import GenerationRequest, ModelCannot, Prepared, RequestError
 from .store import Job, JobStore, LeaseLost, StoreUnavailable, StoreWriteError
 
+PROGRESS_PAUSE_S = 5.0  # after a progress write failed, the run skips progress writes this long
 WorkerState = Literal["stopped", "idle", "loading", "busy"]
 
 __all__ = ["GeneratingPipeline", "ModelCannot", "OutputError", "Worker", "describe_error"]
@@ -72,6 +79,10 @@ class _Interrupted(Exception):
     """The worker is stopping: the running job goes back to the queue."""
 
 
+class _Unsettled(Exception):
+    """The end of a job could not be saved before the store's settle deadline: the job is given up (``abandon``)."""
+
+
 class _Cancelled(Exception):
     """The running job was cancelled (it is FAILED in the store already): stop at this step."""
 
@@ -100,6 +111,7 @@ class Worker:
         expire_every: float | None = None,
         progress_every: float = 0.5,
         idle_poll: float = 1.0,
+        save_retry_s: float = 1.0,
         encode_threads: int | None = None,
     ):
         self.store = store
@@ -117,6 +129,7 @@ class Worker:
         self.log = log or (lambda message: print(message, file=sys.stderr))
         self.expire_every = expire_every if expire_every is not None else min(60.0, max(0.2, store.retention_s / 4))
         self.progress_every, self.idle_poll = progress_every, idle_poll
+        self.save_retry_s = save_retry_s  # the pause between two tries to save a job's end
         self.state: WorkerState = "stopped"
         self.current_job: str | None = None
         self.load_error: str | None = None
@@ -289,6 +302,8 @@ class Worker:
             self.log(f"worker: job {job.id} cancelled; stopped at its next step")
             _release_memory()
             finished = self.store.get(job.id)
+        except _Unsettled as exc:
+            finished = self._abandon(job, str(exc))
         except _Interrupted:
             self.log(f"worker: job {job.id} interrupted by shutdown; back in the queue")
             try:
@@ -296,15 +311,21 @@ class Worker:
             except Exception as exc:
                 self.log(f"worker: could not requeue {job.id}: {exc} (recovery will run it again at start)")
         except Exception as exc:
-            error = describe_error(exc, job)
+            if isinstance(exc, self.store.store_errors):  # the store failed (e.g. its pre-run check), not the model
+                error = self.store.describe_store_error(exc)
+            else:
+                error = describe_error(exc, job)
+                if not isinstance(exc, (RequestError, ModelCannot, FloatingPointError, OutputError)):
+                    self.log("".join(traceback.format_exception(exc)).rstrip())
             self.log(f"worker: job {job.id} FAILED: {error}")
-            if not isinstance(exc, (RequestError, ModelCannot, FloatingPointError)):
-                self.log("".join(traceback.format_exception(exc)).rstrip())
             _release_memory()
             try:
-                finished = self.store.fail(job.id, error)
-            except Exception as store_exc:
-                self.log(f"worker: could not record the failure of {job.id}: {store_exc}")
+                finished = self._save(job, "its failure", lambda: self.store.fail(job.id, error))
+            except LeaseLost as lost:
+                self.log(f"worker: {lost}")
+            except _Unsettled as unsettled:
+                self.log(f"worker: {unsettled}")
+                finished = self._abandon(job, error)
         if finished is not None:
             with self._finished:
                 self._finished_count += 1
@@ -316,9 +337,49 @@ class Worker:
                     self.log(f"worker: listener error: {exc}")
         return finished
 
+    def _save(self, job: Job, what: str, save: Callable[[], Job]) -> Job:
+        """``save()`` (the store's complete or fail), tried again while it raises a store error and the store's
+        settle deadline (as it was at the first error: at most one lease of retries, even where heartbeats still
+        renew the lease) has not passed; ``_Unsettled`` naming the store's last error after that. ``LeaseLost``
+        (another worker owns the job now) goes through at once."""
+        deadline: float | None = None
+        while True:
+            try:
+                saved = save()
+            except self.store.store_errors as exc:
+                error = self.store.describe_store_error(exc)
+                if deadline is None:
+                    deadline = self.store.settle_deadline(job.id)
+                    left = max(deadline - time.monotonic(), 0.0)
+                    self.log(f"worker: job {job.id}: could not save {what} ({error}); retrying for {left:.0f} s")
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise _Unsettled(f"could not save {what} in time: {error}") from None
+                if self._stop.wait(min(self.save_retry_s, left)):
+                    raise _Unsettled(f"could not save {what} before the worker stopped: {error}") from None
+                continue
+            if deadline is not None:
+                self.log(f"worker: job {job.id}: {what} saved after the store recovered")
+            return saved
+
+    def _abandon(self, job: Job, reason: str) -> Job | None:
+        """Give up a job whose end could not be saved (``JobStore.abandon``): the job as recorded, or None."""
+        self.log(f"worker: job {job.id} given up: {reason}")
+        try:
+            return self.store.abandon(job.id, reason)
+        except LeaseLost as exc:
+            self.log(f"worker: {exc}")
+        except Exception as exc:
+            self.log(
+                f"worker: job {job.id} could not be recorded either ({self.store.describe_store_error(exc)}); "
+                "it stays PROCESSING until the store's recovery runs it again"
+            )
+        return None
+
     def _run(self, job: Job) -> Job | _Handoff:
         self._checkpoint()
-        self.store.check()  # free space, a sound database: else the job FAILS now, with the reason
+        if not self.store.shared:  # free space, a sound database: else the job FAILS now, with the reason
+            self.store.check()  # (a shared store's fitness is /healthz's: a job is never failed for it)
         pipe = self.load_pipeline()
         self.state = "busy"
         request, switch_s = pipe.prepare(job.request)  # the strength rules and the LoRA switch, once
@@ -331,7 +392,14 @@ class Worker:
             now = time.monotonic()
             if step >= total or now - last[0] >= self.progress_every:
                 last[0] = now
-                self.store.progress(job.id, step, total)
+                try:
+                    self.store.progress(job.id, step, total)
+                except self.store.store_errors as exc:  # progress is not the result: skip it, the run goes on
+                    last[0] = now + PROGRESS_PAUSE_S
+                    self.log(
+                        f"worker: job {job.id}: progress not saved ({self.store.describe_store_error(exc)}); "
+                        f"generating on, next try in {PROGRESS_PAUSE_S:g} s"
+                    )
 
         result = pipe.generate(request, progress=False, on_step=on_step)
         meta = {
@@ -367,7 +435,7 @@ class Worker:
                 ) from exc
             if request.output_format == "svg":
                 meta["timings"]["vectorize_s"] = round(time.perf_counter() - started, 4)
-            return self.store.complete(job.id, images, meta)
+            return self._save(job, "its result", lambda: self.store.complete(job.id, images, meta))
 
         # tracing to SVG needs no GPU: it runs on the encoder pool while the GPU starts the next job
         return _Handoff(finish) if request.output_format == "svg" else finish()
@@ -377,8 +445,11 @@ def describe_error(exc: BaseException, job: Job) -> str:
     """A human-readable reason for a FAILED job."""
     request = job.request
     size = f"{request.width}x{request.height}" if request.width is not None else f"aspect_ratio {request.aspect_ratio}"
-    names = {cls.__name__ for cls in type(exc).__mro__}
-    if isinstance(exc, MemoryError) or "OutOfMemoryError" in names:
+    # the accelerator's out-of-memory (torch's OutOfMemoryError), never a store's (redis-py has one of that name)
+    gpu_oom = any(
+        cls.__name__ == "OutOfMemoryError" and cls.__module__.startswith("torch") for cls in type(exc).__mro__
+    )
+    if isinstance(exc, MemoryError) or gpu_oom:
         return (
             f"out of memory generating {size}, batch_size {request.batch_size}: {exc}. "
             "Try a smaller size or batch_size, or start the server with --quantize 8bit or --offload model"

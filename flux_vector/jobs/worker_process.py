@@ -20,7 +20,14 @@ from typing import Any
 from ..offload import DEFAULT_OFFLOAD
 from ..serving import DEFAULT_HOST, prepare_for_serving
 from .metrics import JobMetrics
-from .redis_store import DEFAULT_LEASE_S, DEFAULT_REDIS_MAX_ATTEMPTS, RedisJobStore, is_redis_url
+from .redis_store import (
+    DEFAULT_LEASE_S,
+    DEFAULT_REDIS_MAX_ATTEMPTS,
+    EVICTION_OVERRIDE,
+    Fleet,
+    RedisJobStore,
+    is_redis_url,
+)
 from .worker import Worker
 
 DEFAULT_METRICS_HOST = DEFAULT_HOST
@@ -89,13 +96,18 @@ def run_worker(
     fuse: bool = True,
     warmup: bool = True,
     warmup_sizes: tuple[tuple[int, int], ...] = (),
+    allow_eviction: bool = False,
 ) -> int:
-    """Run until SIGTERM/SIGINT; 0 on a clean stop. Raises on a bad store URL, an unreachable Redis, missing weights."""
+    """Run until SIGTERM/SIGINT; 0 on a clean stop. Raises on a bad store URL, an unreachable Redis, missing weights,
+    a Redis user lacking a command the worker needs, an evicting Redis (unless ``allow_eviction``)."""
     check_worker_store(store)
     process = WorkerProcess(name)
     process.jobs = RedisJobStore.from_url(store, lease_s=lease_s, max_attempts=max_attempts, name=name, log=process.log)
     process.name = process.jobs.name
     try:
+        process.jobs.verify("worker", allow_eviction=allow_eviction)
+        if allow_eviction:
+            process.log(f"Redis eviction allowed ({EVICTION_OVERRIDE}): jobs may vanish when Redis fills up")
         process.start_status_server(metrics_host, metrics_port)
         process.handle_signals()
         return process.run(
@@ -144,14 +156,28 @@ class WorkerProcess:
 
     def entry(self) -> dict[str, Any]:
         current = self.worker.current_job if self.worker is not None else None
-        return {"state": self.state, "model": self.model, "current_job": current, **self.pipeline_info()}
+        fleet = self.jobs.fleet if self.jobs is not None else Fleet()
+        return {
+            "state": self.state,
+            "model": self.model,
+            "serves": {"model": fleet.model, "lora": fleet.lora, "version": fleet.version},
+            "current_job": current,
+            **self.pipeline_info(),
+        }
 
     def health(self) -> dict[str, Any]:
         alive = self.worker is not None and self.worker.running
         status = "ok" if alive else "loading" if self.state == "loading" else "unavailable"
         jobs = self.jobs
+        assert jobs is not None  # the status server starts after the store is open
+        problem = None
+        try:
+            jobs.check()  # Redis evicting keys since the start, or full
+        except Exception as exc:
+            status, problem = "unavailable", jobs.redact(str(exc))
         return {
             "status": status,
+            **({"error": problem} if problem else {}),
             "role": "worker",
             "name": jobs.name,
             "worker": self.state,
@@ -194,29 +220,40 @@ class WorkerProcess:
         warmup_sizes: tuple[tuple[int, int], ...] = (),
         **load_options: Any,
     ) -> int:
+        from ..image_metadata import identity_of, public_name
         from ..models import default_model
         from ..pipeline import load_pipeline
 
         self.model = model or default_model(log=self.log)
-        self.jobs.announce(self.entry)
+        jobs = self.jobs
+        assert jobs is not None  # run_worker opened it
+        jobs.announce(self.entry)
         self.pipe = load_pipeline(self.model, log=self.log, **load_options)
+        identity = identity_of(self.pipe)  # what it serves: it takes only jobs asking for that (or for nothing)
+        jobs.fleet = Fleet(
+            model=identity.get("model") or public_name(self.model) or "",
+            lora=identity.get("lora") or "",
+            version=identity.get("flux_vector") or Fleet().version,
+        )
         prepare_for_serving(self.pipe, fuse=fuse, warmup=warmup, warmup_sizes=warmup_sizes, log=self.log)
         if self.stop.is_set():
             return 0
-        self.worker = Worker(self.jobs, self.pipe, log=self.log)
-        self.worker.add_listener(self.metrics.on_finished)
+        self.worker = Worker(jobs, self.pipe, log=self.log)
+        if self.metrics is not None:
+            self.worker.add_listener(self.metrics.on_finished)
         self.worker.start()
-        self.jobs.beat()  # announce "idle" now rather than a heartbeat later
+        jobs.beat()  # announce "idle" now rather than a heartbeat later
         self.log(
-            f"ready in {time.perf_counter() - self.started:.1f} s: model {self.model}, store {self.jobs.url}, "
-            f"lease {self.jobs.lease_s:g} s, at most {self.jobs.max_attempts} attempt(s) per job"
+            f"ready in {time.perf_counter() - self.started:.1f} s: serving {jobs.fleet.describe()}, store "
+            f"{jobs.url}, "
+            f"lease {jobs.lease_s:g} s, at most {jobs.max_attempts} attempt(s) per job"
         )
         while not self.stop.wait(1.0):
             if not self.worker.running:
                 self.log("the worker thread ended unexpectedly")
                 return 1
         stopped = self.worker.stop()
-        self.jobs.leave()
+        jobs.leave()
         self.log(f"shut down {'cleanly' if stopped else 'with the worker still busy'}")
         return 0
 

@@ -11,6 +11,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from ..jobs.store import StoreFull
+
 
 class ApiError(Exception):
     """An error answer: HTTP ``status`` with ``{"error": message, **extra}``."""
@@ -48,7 +50,10 @@ def install_error_handlers(app: FastAPI, store_unavailable: tuple[type[Exception
 
     async def _store_unavailable(request: Request, exc: Exception):
         store = request.app.state.flux.store
-        message = f"the job store ({store.kind}) is unavailable: {store.redact(f'{type(exc).__name__}: {exc}')}"
+        if isinstance(exc, StoreFull):  # its message names the store and what to do
+            message = store.redact(str(exc))
+        else:
+            message = f"the job store ({store.kind}) is unavailable: {store.redact(f'{type(exc).__name__}: {exc}')}"
         request.app.state.flux.log(f"503: {message}")
         return error_response(503, message + "; retry later", headers={"Retry-After": str(STORE_RETRY_AFTER_S)})
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
 
+from ..jobs.store import StoreUnavailable
 from .errors import error_response
 from .state import State
 
@@ -16,19 +17,26 @@ router = APIRouter()
 def healthz(state: State):
     store, worker = state.store, state.worker
     settings = {"max_queue": state.max_queue, "auth": bool(state.api_key)}
-    if worker is None:  # API process on a shared store: healthy while the store answers
+    if worker is None:  # API process on a shared store: healthy while the store answers and can be trusted
         try:
+            workers = store.workers()
             body = {
                 "status": "ok",
                 "role": "api",
                 "store": store.kind,
                 "slug": state.slug,
                 "worker": None,
-                "workers": store.workers(),
+                "workers": workers,
                 "jobs": store.counts(),
                 "retention_s": store.retention_s,
                 **settings,
             }
+            problem = store.serving_problem(workers)
+            if problem:
+                body["serving"] = problem
+            store.check()  # evicting since the start, or full
+        except StoreUnavailable as exc:  # reachable, but not fit: say why
+            return error_response(503, store.redact(str(exc)), headers={"Retry-After": "30"}, status="unavailable")
         except Exception as exc:
             message = f"the job store is unreachable: {store.redact(f'{type(exc).__name__}: {exc}')}"
             return error_response(503, message, headers={"Retry-After": "5"}, status="unavailable")

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from ..jobs import DEFAULT_RETENTION_S, SQLiteJobStore, Worker
-from ..jobs.redis_store import is_redis_url
+from ..jobs.redis_store import EVICTION_OVERRIDE, is_redis_url
 from ..offload import DEFAULT_OFFLOAD
 from ..request import SLUG, WorkBudget
 from ..serving import (
@@ -57,6 +57,7 @@ def serve(
     public_url: str = "",
     allow_origins: tuple[str, ...] = (),
     budget: dict[str, int | None] | None = None,
+    allow_eviction: bool = False,
 ) -> int:
     """Run the server until interrupted; 0 on a clean stop. Raises on a bad store or missing weights. ``budget``:
     ``WorkBudget`` settings overriding the defaults derived from the device's memory."""
@@ -80,6 +81,9 @@ def serve(
             log_level=log_level,
             api_key=api_key,
             log=log,
+            model=model,
+            lora=lora,
+            allow_eviction=allow_eviction,
             browser={
                 "host": host,
                 "public_url": public_url,
@@ -145,13 +149,22 @@ def serve_api(
     api_key: str | None,
     log,
     browser: dict | None = None,
+    model: str | None = None,
+    lora: str | None = None,
+    allow_eviction: bool = False,
 ) -> int:
-    """An API-only process on a Redis store: no model, no worker."""
-    from ..jobs.redis_store import RedisJobStore
+    """An API-only process on a Redis store: no model, no worker. ``model``/``lora`` (when given) are recorded in
+    every job it accepts: only workers serving them run it."""
+    from ..image_metadata import public_name
+    from ..jobs.redis_store import Fleet, RedisJobStore
     from .app import create_app
 
-    jobs = RedisJobStore.from_url(url, retention_s=retention_s, log=log)
+    fleet = Fleet(model=public_name(model) or "", lora=public_name(lora) or "")
+    jobs = RedisJobStore.from_url(url, retention_s=retention_s, log=log, fleet=fleet)
     try:
+        jobs.verify("api", allow_eviction=allow_eviction)
+        if allow_eviction:
+            log(f"Redis eviction allowed ({EVICTION_OVERRIDE}): jobs and images may vanish when Redis fills up")
         workers = jobs.workers()
         log(
             f"store {jobs.url}: {jobs.counts()['QUEUED']} queued job(s), {len(workers)} live worker(s); API only "
@@ -161,7 +174,14 @@ def serve_api(
         log(describe_urls(host, port, SLUG))
         warn_if_open(host, api_key, log)
         app = create_app(
-            jobs, None, slug=SLUG, api_key=api_key, max_queue=max_queue, model_name="", log=log, **(browser or {})
+            jobs,
+            None,
+            slug=SLUG,
+            api_key=api_key,
+            max_queue=max_queue,
+            model_name=fleet.model,
+            log=log,
+            **(browser or {}),
         )
         run_http(app, host=host, port=port, log_level=log_level)
     finally:
