@@ -23,6 +23,7 @@ from flux_vector.jobs import COMPLETED, FAILED, PROCESSING, QUEUED, Worker
 from flux_vector.jobs import redis_scripts as lua
 from flux_vector.jobs.redis_store import Fleet, RedisJobStore
 from flux_vector.jobs.store import StoreUnavailable
+from flux_vector.request import parse_request
 from tests.fake_pipeline import FakePipeline
 from tests.fault_proxy import FaultProxy, script_sha
 from tests.job_data import P
@@ -141,7 +142,7 @@ def test_an_outage_at_a_progress_write_skips_progress_and_the_run_completes(redi
         api = open_store()
         store = open_store(client=quick_client(proxy.port), lease_s=6, name="w")
         proxy.trigger(script_sha(lua.PROGRESS), 3.0)
-        job = api.submit("s", {**P, "steps": 40})
+        job = api.submit("s", parse_request({**P, "steps": 40}))
         start_worker(store, FakePipeline(step_s=0.1), logs)
         wait_until(lambda: api.get(job.id).finished, 30, "the job to end")
         done = api.get(job.id)
@@ -162,7 +163,7 @@ def test_a_result_unsaved_past_the_lease_is_dropped_and_another_worker_runs_it(r
         api = open_store()
         cut_off = open_store(client=quick_client(proxy.port), lease_s=3, name="cut-off")
         proxy.trigger(script_sha(lua.COMPLETE), 8.0)
-        job = api.submit("s", P)
+        job = api.submit("s", parse_request(P))
         start_worker(cut_off, logs=logs)
         wait_until(lambda: proxy.outages, 20, "the outage")
         start_worker(open_store(lease_s=3, name="healthy"))
@@ -191,7 +192,7 @@ def test_aof_redis_killed_and_restarted_with_12_jobs_in_flight_ends_all_12(tmp_p
         url = server.url(0)
         api = RedisJobStore.from_url(url, lease_s=4)
         stores.append(api)
-        jobs = [api.submit("s", {**P, "seed": i, "steps": 10}) for i in range(12)]
+        jobs = [api.submit("s", parse_request({**P, "seed": i, "steps": 10})) for i in range(12)]
         logs = Logs()
         for i in range(3):
             store = RedisJobStore.from_url(url, lease_s=4, name=f"w{i}", claim_block_s=0.2, log=logs.append)
@@ -277,7 +278,7 @@ def test_a_full_redis_is_a_full_store_never_gpu_memory(redis_server, redis_db, o
     try:
         logs = Logs()
         reader = open_store()
-        job = reader.submit("s", {**P, "steps": 20})
+        job = reader.submit("s", parse_request({**P, "steps": 20}))
         start_worker(open_store(lease_s=3, name="w"), FakePipeline(step_s=0.1), logs)
         wait_until(lambda: reader.get(job.id).state == PROCESSING, 20, "the job to run")
         redis_db.config_set("maxmemory", 1)  # below what Redis holds: every write is refused (noeviction)
@@ -306,11 +307,11 @@ def test_a_full_redis_is_a_full_store_never_gpu_memory(redis_server, redis_db, o
 # ----------------------------------------------------------------------------------- rule 4: self-healing
 def test_deleting_the_stream_loses_no_queued_job(redis_db, open_store, start_worker):
     api = open_store()
-    early = [api.submit("s", {**P, "seed": i}) for i in range(4)]
+    early = [api.submit("s", parse_request({**P, "seed": i})) for i in range(4)]
     redis_db.delete("flux_vector:queue")  # no worker yet: the jobs exist only in the queued index
     worker_store = open_store(name="w")
     start_worker(worker_store, FakePipeline(step_s=0.05))
-    later = [api.submit("s", {**P, "seed": 10 + i, "steps": 10}) for i in range(6)]
+    later = [api.submit("s", parse_request({**P, "seed": 10 + i, "steps": 10})) for i in range(6)]
     wait_until(lambda: api.get(later[0].id).state != QUEUED, 20, "a later job to start")
     redis_db.delete("flux_vector:queue")  # again, with a job running and five waiting
     wait_until(lambda: all(api.get(j.id).finished for j in (*early, *later)), 60, "every queued job to end")
@@ -321,7 +322,7 @@ def test_deleting_the_stream_loses_no_queued_job(redis_db, open_store, start_wor
 
 def test_a_destroyed_group_is_made_again(redis_db, open_store, start_worker):
     api = open_store()
-    jobs = [api.submit("s", {**P, "seed": i}) for i in range(3)]
+    jobs = [api.submit("s", parse_request({**P, "seed": i})) for i in range(3)]
     redis_db.xgroup_destroy("flux_vector:queue", "workers")
     start_worker(open_store(name="w"))
     wait_until(lambda: all(api.get(j.id).finished for j in jobs), 30, "the jobs to end")
@@ -330,7 +331,7 @@ def test_a_destroyed_group_is_made_again(redis_db, open_store, start_worker):
 
 def test_a_vanished_job_hash_leaves_the_counters(redis_db, open_store):
     api, worker = open_store(), open_store(name="w", lease_s=5)
-    running, waiting = api.submit("s", P), api.submit("s", P)
+    running, waiting = api.submit("s", parse_request(P)), api.submit("s", parse_request(P))
     assert worker.claim().id == running.id
     redis_db.delete(f"flux_vector:job:{running.id}", f"flux_vector:job:{waiting.id}")
     assert api.counts() == {QUEUED: 0, PROCESSING: 0, COMPLETED: 0, FAILED: 0}  # at once
@@ -380,7 +381,7 @@ def test_a_worker_lacking_a_command_is_refused_at_start_naming_it(redis_server, 
 # ----------------------------------------------------------------------------------- rule 5: mixed fleets
 def test_a_worker_with_another_model_leaves_the_job_for_one_that_matches(open_store, start_worker):
     api = open_store(fleet=Fleet(model="flux-dev", lora="simple-vector"))
-    job = api.submit("s", P)
+    job = api.submit("s", parse_request(P))
     other_logs = Logs()
     other = open_store(name="tiny-worker", fleet=Fleet(model="tiny"), log=other_logs.append)
     start_worker(other, logs=other_logs)
@@ -397,7 +398,7 @@ def test_a_worker_with_another_model_leaves_the_job_for_one_that_matches(open_st
     wait_until(lambda: api.get(job.id).finished, 20, "the matching worker to run it")
     assert api.get(job.id).state == COMPLETED and api.worker_info(job.id)["ran_on"] == ["dev-worker"]
     # a job from an API of another flux_vector version waits for a worker of that version
-    newer = open_store(fleet=Fleet(version="99.0.0")).submit("s", P)
+    newer = open_store(fleet=Fleet(version="99.0.0")).submit("s", parse_request(P))
     time.sleep(1.0)
     assert api.get(newer.id).state == QUEUED
     start_worker(open_store(name="newer-worker", fleet=Fleet(version="99.0.0")))
@@ -406,10 +407,10 @@ def test_a_worker_with_another_model_leaves_the_job_for_one_that_matches(open_st
 
 
 def test_jobs_record_what_the_api_serves(redis_db, open_store):
-    job = open_store(fleet=Fleet(model="flux-dev", lora="simple-vector")).submit("s", P)
+    job = open_store(fleet=Fleet(model="flux-dev", lora="simple-vector")).submit("s", parse_request(P))
     recorded = job_hash(redis_db, job.id)
     assert (recorded["model"], recorded["lora"], recorded["version"]) == ("flux-dev", "simple-vector", Fleet().version)
-    anyone = open_store().submit("s", P)
+    anyone = open_store().submit("s", parse_request(P))
     assert job_hash(redis_db, anyone.id)["model"] == ""
 
 

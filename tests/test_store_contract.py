@@ -284,7 +284,7 @@ def test_a_result_the_store_cannot_save_is_kept_and_saved_again(store, monkeypat
     monkeypatch.setattr(store, "progress", flaky_progress)
     worker = Worker(store, FakePipeline(step_s=0.01), log=logs.append, idle_poll=0.05, save_retry_s=0.05).start()
     try:
-        job = store.submit("s", P)
+        job = store.submit("s", parse_request(P))
         worker.notify()
         done = worker.wait(job.id, timeout=20)
     finally:
@@ -311,7 +311,7 @@ def test_a_job_whose_end_cannot_be_saved_is_given_up_and_never_stuck(backend, mo
     monkeypatch.setattr(store, "complete", broken_complete)
     stuck = Worker(store, FakePipeline(), log=logs.append, idle_poll=0.05, save_retry_s=0.05).start()
     try:
-        job = store.submit("s", P)
+        job = store.submit("s", parse_request(P))
         stuck.notify()
         wait_for(lambda: any("given up" in line for line in logs), 20, "the job to be given up")
     finally:

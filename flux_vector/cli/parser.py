@@ -355,7 +355,7 @@ def _add_info(sub, parents) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .. import __version__
+    from ..version import __version__
 
     parser = argparse.ArgumentParser(prog="flux-vector", description=DESCRIPTION)
     parser.add_argument("--version", action="version", version=f"flux-vector {__version__}")
