@@ -152,10 +152,11 @@ def http_latency(redis: RedisServer, folder: Path, params: dict, repeats: int) -
 def store_round_trip(redis: RedisServer, folder: Path, repeats: int) -> dict:
     from flux_vector.jobs import SQLiteJobStore
     from flux_vector.jobs.redis_store import RedisJobStore
+    from flux_vector.request import parse_request
 
     image = os.urandom(10_000)
     meta = {"ext": "png", "media_type": "image/png", "echo": {}, "width": 64, "height": 64, "inference_time": 0.0}
-    params = {"prompt": "v3ct0r style, a fox", "width": 64, "height": 64, "steps": 2}
+    params = parse_request({"prompt": "v3ct0r style, a fox", "width": 64, "height": 64, "steps": 2})
 
     def one(store) -> float:
         t = time.perf_counter()

@@ -278,7 +278,7 @@ def test_worker_traces_off_the_gpu_thread_and_settles_each_job_once(store, monke
     worker.add_listener(lambda job: settled.append(job.id))
     worker.start()
     try:
-        svg_job = store.submit("Simple_Vector_Flux", SMALL_SVG)
+        svg_job = store.submit("Simple_Vector_Flux", parse_request(SMALL_SVG))
         png_job = store.submit("Simple_Vector_Flux", parse_request({**SMALL_SVG, "output_format": "png"}))
         worker.notify()
         assert tracing.wait(30)
@@ -307,7 +307,7 @@ def test_a_tracing_error_fails_the_job_once_with_the_reason(store, monkeypatch):
     worker.add_listener(lambda job: settled.append(job.state))
     worker.start()
     try:
-        job = store.submit("Simple_Vector_Flux", SMALL_SVG)
+        job = store.submit("Simple_Vector_Flux", parse_request(SMALL_SVG))
         worker.notify()
         failed = wait_finished(store, job.id)
         assert failed.state == FAILED
