@@ -139,7 +139,8 @@ def _candidates(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     small = image.resize((max(1, w // factor), max(1, h // factor)), Image.Resampling.BOX)
     quantized = small.quantize(_CANDIDATES, method=Image.Quantize.FASTOCTREE)
     counts = np.bincount(np.asarray(quantized).ravel(), minlength=_CANDIDATES)
-    colours = np.array(quantized.getpalette()[: 3 * len(counts)], dtype=np.float32).reshape(-1, 3)[: len(counts)]
+    palette = quantized.getpalette() or []  # a quantized image always has one (None only types the API)
+    colours = np.array(palette[: 3 * len(counts)], dtype=np.float32).reshape(-1, 3)[: len(counts)]
     order = [int(i) for i in np.argsort(-counts, kind="stable") if counts[i] > 0]
     candidates = np.rint(colours[order]).astype(np.uint8)
     return candidates, _labels(rgb, candidates)[0]

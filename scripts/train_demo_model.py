@@ -824,6 +824,8 @@ def lora_only(args: argparse.Namespace, n: dict) -> None:
     staging.replace(DEMO_MODEL_DIR / DEMO_LORA_FILE)
     shipped_times = DOCS / "times.json"
     figures = json.loads(shipped_times.read_text()) if shipped_times.exists() else {}
+    if "lora" in figures and figures["lora"] != times["lora"]:
+        figures["lora_replaced"] = figures["lora"]  # the clocks of the LoRA this one replaces
     figures["lora"] = times["lora"]
     shipped_times.write_text(json.dumps(figures, indent=1) + "\n")
     print(f"installed {DEMO_MODEL_DIR / DEMO_LORA_FILE}")

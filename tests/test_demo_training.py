@@ -86,3 +86,29 @@ def test_the_compressed_text_forward_equals_the_pipelines_256_row_forward(train,
     transformer = FluxTransformer2DModel(**train.TRANSFORMER_CONFIG)
     pipe = train.encoding_pipeline(tmp_path / "encoders", transformer)
     assert train.check_compressed_text(pipe, transformer) < 1e-5
+
+
+def test_lora_only_mini_trains_the_lora_alone_on_the_shipped_model_and_installs_nothing(tmp_path):
+    """``--lora-only --mini``: stage 4 alone, on flux_vector/demo/model, into <work>/mini/lora_only; the shipped LoRA
+    file stays as it is; a second run finds the stage done and trains nothing."""
+    import os
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    from flux_vector.demo import DEMO_LORA_FILE, DEMO_MODEL_DIR
+    from flux_vector.lora import load_lora_file
+
+    shipped = (DEMO_MODEL_DIR / DEMO_LORA_FILE).read_bytes()
+    command = [sys.executable, str(SCRIPT), "--work", str(tmp_path), "--lora-only", "--mini"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
+    first = subprocess.run(command, capture_output=True, text=True, env=env, timeout=900)
+    assert first.returncode == 0, first.stderr[-2000:]
+    work = tmp_path / "mini" / "lora_only"
+    trained = load_file(work / DEMO_LORA_FILE)
+    assert set(trained) == set(load_file(DEMO_MODEL_DIR / DEMO_LORA_FILE)) and load_lora_file(work / DEMO_LORA_FILE)
+    assert '"styled_share"' in (work / "times.json").read_text()  # the mixed data: outlined with the trigger, plain
+    assert (DEMO_MODEL_DIR / DEMO_LORA_FILE).read_bytes() == shipped
+    second = subprocess.run(command, capture_output=True, text=True, env=env, timeout=900)
+    assert second.returncode == 0 and "lora loader check" not in second.stdout  # nothing trained again
