@@ -7,10 +7,14 @@ import re
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..output_formats import SUFFIXES
 from ..request import FIELDS, parse_request
 from .terminal import printable, printable_json
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 # ----------------------------------------------------------------------------------------------- checks
 
@@ -138,7 +142,7 @@ def run_vectorize_command(args: argparse.Namespace) -> int:
 VECTORIZE_FORMATS = ("PNG", "JPEG", "WEBP")
 
 
-def open_image_to_trace(path: Path):  # -> PIL.Image.Image
+def open_image_to_trace(path: Path) -> Image.Image:
     """The image at ``path`` (a regular PNG, JPEG or WebP file), its size checked against the tracing limit from its
     header, before a pixel is decoded; then loaded."""
     import warnings
@@ -194,28 +198,27 @@ def _like(args: argparse.Namespace) -> tuple[dict, dict]:
     if args.aspect_ratio is not None and args.width is None:  # a new ratio replaces the recorded explicit size
         params.pop("width", None), params.pop("height", None)
     made_with = {"model": record.get("model"), "lora": record.get("lora") or "none"}
-    if params.get("batch_size", 1) > 1 and args.batch_size is None:
+    batch_size = params.get("batch_size", 1)
+    if type(batch_size) is int and batch_size > 1 and args.batch_size is None:
         made_with["batch_index"] = record.get("batch_index", 0)
     unknown = sorted(set(record) - set(RECORD_FIELDS))
-    if unknown:
-        print(
-            f"note: {printable(str(args.like))}: the record's {', '.join(printable(repr(k)) for k in unknown)} not "
-            "used",
-            file=sys.stderr,
-        )
+    if unknown:  # a plugin pipeline's identity may name more: said, not an error
+        names = ", ".join(printable(repr(k))[:80] for k in unknown[:10]) + (", ..." if len(unknown) > 10 else "")
+        print(f"note: {printable(str(args.like))}: the record's keys {names} are not used", file=sys.stderr)
     return params, made_with
 
 
 def check_like_record(record: dict, where: str) -> None:
-    """The record as ``--like`` uses it: every request key a parameter of this version, the recorded request valid,
-    ``batch_index`` within its batch, model and LoRA names (never paths). One line naming what is wrong."""
+    """The record as ``--like`` uses it: every request key a parameter of this version, ``batch_index`` within its
+    batch, model and LoRA names (never paths). One line naming what is wrong. The request's values are checked by the
+    contract once the command line's overrides are merged in (``run_generate_command``), also before any model."""
     request = record["request"]
     unknown = [k for k in request if k not in FIELDS]
     if unknown:
-        names = ", ".join(printable(repr(k)) for k in unknown[:10]) + (", ..." if len(unknown) > 10 else "")
+        names = ", ".join(printable(repr(k))[:80] for k in unknown[:10]) + (", ..." if len(unknown) > 10 else "")
         raise ValueError(
             f"{where}: the record's request has parameters this version does not know ({names}); it was made by "
-            "another version: give the parameters on the command line"
+            "another version or edited: give the parameters on the command line"
         )
     index, size = record.get("batch_index", 0), request.get("batch_size", 1)
     size = size if type(size) is int and size >= 1 else 1  # a bad batch_size is the request's error, named later
