@@ -7,6 +7,8 @@ linears are swapped for ``bnb.nn.Linear8bitLt`` here; moving the module to its d
 
 from __future__ import annotations
 
+import logging
+
 import torch
 from torch import nn
 
@@ -14,9 +16,38 @@ from torch import nn
 KEEP_FULL_PRECISION = ("proj_out", "x_embedder", "context_embedder", "norm_out.linear")
 
 
+# bitsandbytes logs "MatMul8bitLt: inputs will be cast from torch.bfloat16 to float16 during quantization" on every
+# int8 matmul (every layer, every step); this logger shows each distinct message once.
+BNB_MATMUL_LOGGER = "bitsandbytes.autograd._functions"
+
+
+class OnceFilter(logging.Filter):
+    """Let each distinct message through once (the first time), drop its repeats."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if message in self.seen:
+            return False
+        self.seen.add(message)
+        return True
+
+
+def log_matmul_warnings_once() -> None:
+    """Install ``OnceFilter`` on bitsandbytes' int8 matmul logger (idempotent)."""
+    logger = logging.getLogger(BNB_MATMUL_LOGGER)
+    if not any(isinstance(f, OnceFilter) for f in logger.filters):
+        logger.addFilter(OnceFilter())
+
+
 def quantize_linears_8bit(model: nn.Module, device: torch.device | str, keep: tuple[str, ...] = KEEP_FULL_PRECISION):
     """Replace every ``nn.Linear`` of ``model`` (but ``keep``) by an int8 ``Linear8bitLt`` on ``device``."""
     import bitsandbytes as bnb
+
+    log_matmul_warnings_once()
 
     replaced = 0
     for parent_name, parent in list(model.named_modules()):
