@@ -54,6 +54,7 @@ from .offload import (
 from .prompt import encode_clip_pooled, encode_t5, tokenize_prompt, weighted_pieces
 from .request import GenerationRequest, parse_request
 from .sampling import flux_mu, ksampler, to_latent
+from .timesteps import embed_in_float32, to_device
 
 PROMPT_CACHE_SIZE = 64
 _log = logging.getLogger("flux_vector")
@@ -138,6 +139,8 @@ class FluxVectorPipeline:
         self.lora_name = lora_name if lora is not None else None
         for module in (transformer, vae, text_encoder, text_encoder_2):
             module.eval().requires_grad_(False)
+        if dtype != torch.float32:  # ComfyUI embeds timestep and guidance in float32 (timesteps.py)
+            embed_in_float32(transformer)
         # diffusers' pipeline object is kept for its helpers (prompt encoding, latent packing, offload hooks);
         # its own denoising loop is not used (it rewrites custom sigma lists).
         self._diffusers = FluxPipeline(
@@ -406,7 +409,7 @@ class FluxVectorPipeline:
             with self.transformer.cache_context(name) if step_cache else contextlib.nullcontext():
                 out = self.transformer(
                     hidden_states=packed,
-                    timestep=sigma.to(device, self.dtype),
+                    timestep=to_device(sigma, device),  # float32 (embedded in float32: timesteps.py)
                     guidance=guidance_by_batch[batch],
                     pooled_projections=pooled.expand(batch, -1),
                     encoder_hidden_states=embeds.expand(batch, -1, -1),

@@ -62,7 +62,10 @@ def quantize_linears_8bit(model: nn.Module, device: torch.device | str, keep: tu
                 has_fp16_weights=False,
                 threshold=6.0,
             )
-            quantized.weight = bnb.nn.Int8Params(child.weight.data, requires_grad=False, has_fp16_weights=False)
+            # Int8Params quantizes when it moves from the CPU to a device; weights already on the device would
+            # stay unquantized (bf16 data, no CB/SCB), so they start from a CPU copy.
+            data = child.weight.data if child.weight.device.type == "cpu" else child.weight.data.cpu()
+            quantized.weight = bnb.nn.Int8Params(data, requires_grad=False, has_fp16_weights=False)
             if child.bias is not None:
                 quantized.bias = nn.Parameter(child.bias.data, requires_grad=False)
             setattr(parent, name, quantized.to(device))

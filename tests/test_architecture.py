@@ -28,6 +28,7 @@ LAYERS = [
         "image_metadata",
         "paths",
         "quiet",
+        "timesteps",
     },
     {"models"},
     {"prompt", "lora", "fast"},

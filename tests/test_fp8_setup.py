@@ -65,7 +65,6 @@ def test_fp8_with_float16_weights_is_refused_with_the_reason():
 def test_fp8_at_load_under_float16_is_a_clear_error(tiny_dir, monkeypatch):
     """from_pretrained refuses before any weight is touched (on the CPU the plan's CUDA branch is forced)."""
     import flux_vector.fast as fast
-
     from flux_vector.pipeline import FluxVectorPipeline
 
     monkeypatch.setattr(fast, "detect_env", lambda device: SM89)
