@@ -4,6 +4,7 @@
 Modes (``--modes``, comma separated; default: all that apply):
   diffusers       plain diffusers FluxPipeline, eager, no LoRA (the baseline; the fastest plain-diffusers setup)
   ours            FluxVectorPipeline, eager, the LoRA as a runtime adapter at strength 1 (the reference latent)
+  ours-fused      ours with the LoRA fused into the weights (what serving does): also the strength-switch cost
   ours-512tok     ours with the T5 prompt padded to 512 tokens (diffusers' length) instead of ComfyUI's 256
   qkv             ours + fused QKV projections only
   attention       ours + the best attention backend for the device only
@@ -13,15 +14,18 @@ Modes (``--modes``, comma separated; default: all that apply):
   fast-cudagraphs fast(-fp8 where available) + CUDA graphs (compile mode reduce-overhead)
   step-cache      fast(-fp8 where available) + first-block step cache: APPROXIMATE, its error is in the table
   8bit            ours with the transformer in bitsandbytes int8 (memory mode)
-  8bit-offload    8bit + model CPU offload (what a 12 GB card needs; run it with --vram-limit-gib 12)
-  offload-model / offload-group / offload-sequential   ours bf16 with that offload (memory modes; CUDA only)
+  8bit-offload    8bit + model CPU offload of the text encoders and VAE (the int8 transformer stays on the GPU)
+  offload-model / offload-group / offload-sequential   ours bf16 with that offload (memory modes; sequential
+                  needs CUDA, model and group run on the CPU too: the hooks are exercised, nothing moves)
 
 Each mode builds its components afresh (same seed: same random weights), loads the LoRA, applies the mode, runs one
 warm-up generation (compiles, where the mode compiles) and ``--repeats`` timed ones, end to end: text encoding
 (the prompt cache is cleared each time), ``--steps`` euler/simple steps, VAE decode. Reported per mode: seconds per
 image, ms per step, text-encode and decode ms, peak GPU memory, load and compile seconds, speedup vs diffusers, the
 relative error of the final latent vs ``ours`` (same seed and LoRA), and for compiled modes the cost of a LoRA
-strength switch and whether it recompiled. A mode that cannot run here is listed as skipped with the reason.
+strength switch and whether it recompiled, for ours-fused the cost of a fused strength switch (a rebuild from W0)
+and where W0 is kept, and the peak GPU memory after each generation (a leak shows as growth). A mode that cannot
+run here is listed as skipped with the reason.
 ``--vram-limit-gib`` caps each mode's GPU memory once its components are built and placed (building the random
 weights on the GPU would not fit under the cap), and the peak memory is counted from there.
 
@@ -58,6 +62,7 @@ ALL_MODES = (
     "diffusers",
     "ours",
     "ours-512tok",
+    "ours-fused",
     "qkv",
     "attention",
     "compile",
@@ -80,31 +85,48 @@ GiB = 1024**3
 # ----------------------------------------------------------------------------------------------- components
 
 
+_LOADED: dict = {}  # (device, dtype) -> the tiny checkpoint's components as read from disk, copied for each mode
+
+
 def build_parts(args, device: torch.device, dtype: torch.dtype) -> dict:
-    """Fresh components (same weights every time: seeded random, or read from disk)."""
+    """Fresh components, the same weights every time: seeded random, or read from disk (the tiny checkpoint once,
+    then a deep copy per mode: each mode mutates its own)."""
     torch.manual_seed(0)
-    if args.tiny or args.model:
-        from diffusers import AutoencoderKL, FluxTransformer2DModel
-        from transformers import CLIPTextModel, CLIPTokenizer, T5EncoderModel, T5TokenizerFast
+    if args.model:
+        return _load_parts(args, device, dtype)
+    if args.tiny:  # read once (the rehearsal builds it for every mode), a deep copy per mode
+        import copy
 
-        from flux_vector.pipeline import resolve_model
-
-        folder = resolve_model("tiny" if args.tiny else args.model)
-        kw = {"dtype": dtype}
-        parts = dict(
-            transformer=FluxTransformer2DModel.from_pretrained(folder, subfolder="transformer", **kw),
-            vae=AutoencoderKL.from_pretrained(folder, subfolder="vae", **kw),
-            text_encoder=CLIPTextModel.from_pretrained(folder, subfolder="text_encoder", **kw),
-            text_encoder_2=T5EncoderModel.from_pretrained(folder, subfolder="text_encoder_2", **kw),
-            tokenizer=CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer"),
-            tokenizer_2=T5TokenizerFast.from_pretrained(folder, subfolder="tokenizer_2"),
-        )
-        for name in ("transformer", "vae", "text_encoder", "text_encoder_2"):
-            parts[name] = parts[name].to(device).eval()
-        return parts
+        key = (str(device), str(dtype))
+        if key not in _LOADED:
+            _LOADED[key] = _load_parts(args, device, dtype)
+        loaded = _LOADED[key]
+        return {name: part if name.startswith("tokenizer") else copy.deepcopy(part) for name, part in loaded.items()}
     from components import real_size_random
 
     return real_size_random(device, dtype)
+
+
+def _load_parts(args, device: torch.device, dtype: torch.dtype) -> dict:
+    """The components read from disk (the tiny checkpoint or ``--model``) on ``device``."""
+    from diffusers import AutoencoderKL, FluxTransformer2DModel
+    from transformers import CLIPTextModel, CLIPTokenizer, T5EncoderModel, T5TokenizerFast
+
+    from flux_vector.pipeline import resolve_model
+
+    folder = resolve_model("tiny" if args.tiny else args.model)
+    kw = {"dtype": dtype}
+    parts = dict(
+        transformer=FluxTransformer2DModel.from_pretrained(folder, subfolder="transformer", **kw),
+        vae=AutoencoderKL.from_pretrained(folder, subfolder="vae", **kw),
+        text_encoder=CLIPTextModel.from_pretrained(folder, subfolder="text_encoder", **kw),
+        text_encoder_2=T5EncoderModel.from_pretrained(folder, subfolder="text_encoder_2", **kw),
+        tokenizer=CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer"),
+        tokenizer_2=T5TokenizerFast.from_pretrained(folder, subfolder="tokenizer_2"),
+    )
+    for name in ("transformer", "vae", "text_encoder", "text_encoder_2"):
+        parts[name] = parts[name].to(device).eval()
+    return parts
 
 
 def lora_state_dict(args, transformer) -> dict[str, torch.Tensor]:
@@ -146,8 +168,8 @@ def fast_request(mode: str, env) -> tuple[dict | None, bool]:
 
 
 def skip_reason(mode: str, device: torch.device, env, args) -> str | None:
-    if (mode.startswith("offload-") or mode == "8bit-offload") and device.type != "cuda":
-        return "offload needs an accelerator (diffusers raises 'requires accelerator' on CPU)"
+    if mode == "offload-sequential" and device.type != "cuda":
+        return "sequential offload needs an accelerator (diffusers raises 'requires accelerator' on CPU)"
     if mode in ("8bit", "8bit-offload"):
         try:
             import bitsandbytes  # noqa: F401
@@ -156,10 +178,14 @@ def skip_reason(mode: str, device: torch.device, env, args) -> str | None:
     request, full = fast_request(mode, env)
     if request is not None:
         try:
-            choose_fast_plan(env, request, full=full)
+            choose_fast_plan(env, request, full=full, dtype=dtype_for(device, args))
         except ValueError as exc:
             return str(exc)
     return None
+
+
+def dtype_for(device: torch.device, args) -> torch.dtype:
+    return getattr(torch, args.dtype) if args.dtype else torch.bfloat16 if device.type == "cuda" else torch.float32
 
 
 def make_pipe(mode: str, args, device, dtype, env, log) -> tuple[object, dict]:
@@ -192,17 +218,33 @@ def make_pipe(mode: str, args, device, dtype, env, log) -> tuple[object, dict]:
     if mode.startswith("offload-"):
         for name in ("transformer", "vae", "text_encoder", "text_encoder_2"):
             parts[name].to("cpu")
-        torch.cuda.empty_cache()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
         offload = OffloadChoice(mode.removeprefix("offload-"), device, "bench")
     patches = parse_lora(lora_state_dict(args, parts["transformer"]), parts["transformer"], parts["text_encoder"])
     lora = apply_lora(patches, strength=1.0)
-    pipe = FluxVectorPipeline(**parts, device=device, dtype=dtype, offload=offload, lora=lora, model_name=mode)
     request, full = fast_request(mode, env)
-    if request is not None:
-        plan = pipe.enable_fast(request, full=full, log=log)
+    plan = None
+    if request is not None:  # chosen for the offload mode and applied by the pipeline (weights before offload)
+        plan = choose_fast_plan(
+            env, request, full=full, quantized_8bit="8bit" in mode, offload=offload.mode, dtype=dtype
+        )
+        for line in plan.describe():
+            log(f"fast: {line}")
+    pipe = FluxVectorPipeline(
+        **parts, device=device, dtype=dtype, offload=offload, lora=lora, model_name=mode, fast_plan=plan, log=log
+    )
+    info["offload_plan"] = pipe.offload_plan
+    if plan is not None:
         info["plan"] = plan.as_dict()
         info["plan_summary"] = plan.summary()
         info["apply_s"] = dict(pipe.fast_timings)
+    if mode == "ours-fused":
+        started = time.perf_counter()
+        pipe.lora.fuse()
+        sync(device)
+        info["fuse_s"] = time.perf_counter() - started
+        info["w0_home"] = str(pipe.lora._original_device)
     return pipe, info
 
 
@@ -253,6 +295,18 @@ def generate(mode: str, pipe, args, device) -> dict:
         "decode_s": t["decode_s"],
         "latents": result.latents,
     }
+
+
+def fused_strength_switch(pipe, device) -> dict:
+    """Switch a fused LoRA's strength three times: each rebuilds every fused weight from W0 (no generation)."""
+    switches = []
+    for strength in (0.5, -1.0, 1.0):
+        sync(device)
+        started = time.perf_counter()
+        pipe.set_lora_strength(strength)
+        sync(device)
+        switches.append(time.perf_counter() - started)
+    return {"fused_switch_ms": [1000 * s for s in switches], "fused_layers": len(pipe.lora.modules)}
 
 
 def strength_switch(pipe, args, device) -> dict:
@@ -335,8 +389,19 @@ def measure(mode: str, pipe, args, device, reference: dict) -> dict:
     """A warm-up generation (compiles, where the mode compiles), then ``--repeats`` timed ones."""
     row: dict = {}
     compiled = bool(getattr(pipe, "fast_plan", None) is not None and pipe.fast_plan.compile)
-    first = generate(mode, pipe, args, device)
-    runs = [generate(mode, pipe, args, device) for _ in range(args.repeats)]
+    peaks: list[float] = []
+
+    def generate_and_peak() -> dict:
+        run = generate(mode, pipe, args, device)
+        if device.type == "cuda":
+            peaks.append(torch.cuda.max_memory_allocated(device) / GiB)
+        return run
+
+    first = generate_and_peak()
+    runs = [generate_and_peak() for _ in range(args.repeats)]
+    if "offload" in mode and "8bit" in mode:
+        runs += [generate_and_peak() for _ in range(max(0, 2 - args.repeats))]  # three generations at least
+    row["peak_gib_by_generation"] = peaks or None
     pick = sorted(runs, key=lambda r: r["total_s"])[len(runs) // 2]  # the median run
     row.update({k: v for k, v in pick.items() if k != "latents"})
     row["total_s"] = statistics.median(r["total_s"] for r in runs)
@@ -350,6 +415,8 @@ def measure(mode: str, pipe, args, device, reference: dict) -> dict:
         row["rel_error"] = float((pick["latents"] - ref).norm() / ref.norm().clamp_min(1e-12))
     if compiled:
         row.update(strength_switch(pipe, args, device))
+    if mode == "ours-fused":
+        row.update(fused_strength_switch(pipe, device))
     return row
 
 
@@ -405,6 +472,11 @@ def markdown(result: dict) -> str:
             notes += f"; {r['text_tokens']} text tokens"
         if r.get("vram_limit_gib"):
             notes += f"; under a {r['vram_limit_gib']:g} GiB cap"
+        if r.get("fused_switch_ms"):
+            switch = ", ".join(f"{ms:.0f}" for ms in r["fused_switch_ms"])
+            notes += f"; fused strength switch {switch} ms ({r['fused_layers']} layers, W0 {r.get('w0_home')})"
+        if r.get("peak_gib_by_generation") and len(r["peak_gib_by_generation"]) > 1:
+            notes += "; peak by generation " + ", ".join(f"{p:.2f}" for p in r["peak_gib_by_generation"])
         lines.append(
             f"| {r['mode']} | {r['total_s']:.3f} | {1000 * r['per_step_s']:.1f} | {1000 * r['encode_s']:.1f} | "
             f"{1000 * r['decode_s']:.1f} | {fmt(r.get('peak_allocated_gib'))} | {r['load_s']:.1f} | "

@@ -37,6 +37,10 @@ FLUX_DEV_BYTES = {
 }
 # --quantize 8bit: the transformer's linears in int8 (one byte per weight; norms and embeddings stay bf16), about half
 FLUX_DEV_BYTES_8BIT = {**FLUX_DEV_BYTES, "transformer": FLUX_DEV_BYTES["transformer"] // 2}
+# The largest group block-level group offload onloads (offload.block_group_bytes on the real architecture): a double
+# block of the transformer in bf16; with --quantize 8bit the transformer stays on the GPU and it is a T5-XXL block.
+FLUX_DEV_LARGEST_GROUP = 679_662_592
+FLUX_DEV_LARGEST_GROUP_8BIT = 385_896_448
 
 
 @dataclass(frozen=True)
@@ -84,10 +88,19 @@ def offload_choices(gpu: Gpu | None) -> dict[str, OffloadChoice]:
     """What ``--offload auto`` picks for FLUX.1-dev in bf16 and with ``--quantize 8bit``."""
     device = torch.device("cuda" if gpu else "cpu")
     free = gpu.free_bytes if gpu else None
-    return {
-        "bf16": choose_offload(DEFAULT_OFFLOAD, device, free, FLUX_DEV_BYTES),
-        "8bit": choose_offload(DEFAULT_OFFLOAD, device, free, FLUX_DEV_BYTES_8BIT),
-    }
+    bf16 = choose_offload(DEFAULT_OFFLOAD, device, free, FLUX_DEV_BYTES, largest_group=FLUX_DEV_LARGEST_GROUP)
+    try:
+        int8 = choose_offload(
+            DEFAULT_OFFLOAD,
+            device,
+            free,
+            FLUX_DEV_BYTES_8BIT,
+            largest_group=FLUX_DEV_LARGEST_GROUP_8BIT,
+            quantized_8bit=True,
+        )
+    except ValueError as exc:  # the int8 transformer stays on the GPU and does not fit there
+        int8 = OffloadChoice("does not fit", device, str(exc))
+    return {"bf16": bf16, "8bit": int8}
 
 
 def describe_gpu(report: Report, gpu: Gpu | None) -> None:

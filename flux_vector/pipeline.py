@@ -44,11 +44,20 @@ from .models import (
     resolve_model,
     running_lora_name,
 )
-from .offload import DEFAULT_OFFLOAD, OffloadChoice, accelerator_free_bytes, apply_offload, choose_offload, module_bytes
+from .offload import (
+    DEFAULT_OFFLOAD,
+    OffloadChoice,
+    accelerator_free_bytes,
+    apply_offload,
+    largest_group_bytes,
+    module_bytes,
+    offload_plan,
+)
 from .prompt import encode_clip_pooled, encode_t5, tokenize_prompt, weighted_pieces
 from .quiet import quiet_loading
 from .request import GenerationRequest, Prepared, parse_request
 from .sampling import flux_mu, ksampler, to_latent
+from .timesteps import embed_in_float32, to_device
 
 if TYPE_CHECKING:
     from .lora import LoraHandle
@@ -120,11 +129,19 @@ class FluxVectorPipeline:
         lora: LoraHandle | None = None,
         model_name: str = "",
         lora_name: str | None = None,
+        fast_plan=None,
+        log=None,
     ):
+        """``fast_plan`` (a ``fast.FastPlan``): applied here, its weight transforms (fused QKV, fp8: new parameters)
+        before ``offload`` is applied whenever an offload mode is in use, so that the offload hooks hold the
+        parameters the model computes with; with no offload, after placing (the transforms then run on the device)."""
         from .quiet import diffusers_without_bitsandbytes
 
         diffusers_without_bitsandbytes()  # no Hub request at import (quiet.py)
         from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline
+
+        from .fast import apply_runtime_switches, apply_weight_transforms
+        from .quantize import is_quantized
 
         self.transformer, self.vae = transformer, vae
         self.text_encoder, self.tokenizer = text_encoder, tokenizer
@@ -134,6 +151,8 @@ class FluxVectorPipeline:
         self.lora_name = lora_name if lora is not None else None
         for module in (transformer, vae, text_encoder, text_encoder_2):
             module.eval().requires_grad_(False)
+        if dtype != torch.float32:  # ComfyUI embeds timestep and guidance in float32 (timesteps.py)
+            embed_in_float32(transformer)
         # diffusers' pipeline object is kept for its helpers (prompt encoding, latent packing, offload hooks);
         # its own denoising loop is not used (it rewrites custom sigma lists).
         self._diffusers = FluxPipeline(
@@ -145,10 +164,21 @@ class FluxVectorPipeline:
             tokenizer_2=tokenizer_2,
             transformer=transformer,
         )
-        apply_offload(offload, self._diffusers, self._components())
         self.prompt_cache = PromptCache()
-        self.fast_plan = None  # a fast.FastPlan once enable_fast ran
+        self.fast_plan = None  # a fast.FastPlan once applied (here or by enable_fast)
         self.fast_timings: dict[str, float] = {}
+        weights_first = offload.mode != "none"
+        if fast_plan is not None and weights_first:
+            self.fast_timings.update(apply_weight_transforms(self, fast_plan, log))
+        # how each component is placed or offloaded (offload.offload_plan): int8 weights always stay on the device
+        self.offload_plan = apply_offload(
+            offload, self._diffusers, self._components(), quantized_8bit=is_quantized(transformer)
+        )
+        if fast_plan is not None:
+            if not weights_first:
+                self.fast_timings.update(apply_weight_transforms(self, fast_plan, log))
+            self.fast_timings.update(apply_runtime_switches(self, fast_plan, log))
+            self.fast_plan = fast_plan
         # aspect_ratio -> (width, height) when the model folder has its own table (the demo model's small sizes)
         self.aspect_sizes: dict[str, tuple[int, int]] | None = None
         self.load_seconds: float | None = None  # from_pretrained: seconds to load the components and the LoRA
@@ -242,8 +272,6 @@ class FluxVectorPipeline:
             count = quantize_linears_8bit(transformer, device)
             sizes["transformer"] = module_bytes(transformer)
             log(f"quantize: {count} transformer linears in bitsandbytes int8")
-        choice = choose_offload(offload, device, accelerator_free_bytes(device), sizes)
-        log(f"offload: {choice.mode} ({choice.reason})")
 
         handle = None
         if lora_file is not None:
@@ -252,6 +280,18 @@ class FluxVectorPipeline:
             patches = parse_lora(load_lora_file(lora_file), transformer, text_encoder, text_encoder_2)
             handle = apply_lora(patches, strength=lora_strength)
             log(f"lora: {lora_file.name}, {len(patches)} layers, strength {lora_strength}")
+        plan, choice = _choose_fast_and_offload(
+            _fast_from_deprecated_compile(fast, compile),
+            offload,
+            device,
+            dtype,
+            sizes,
+            {"text_encoder": text_encoder, "text_encoder_2": text_encoder_2, "transformer": transformer},
+            quantized_8bit=quantize == "8bit",
+        )
+        log(f"offload: {choice.mode} ({choice.reason})")
+        for line in plan.describe() if plan is not None else ():
+            log(f"fast: {line}")
         pipe = cls(
             transformer=transformer,
             vae=vae,
@@ -265,17 +305,18 @@ class FluxVectorPipeline:
             lora=handle,
             model_name=model,
             lora_name=running_lora_name(lora, model),
+            fast_plan=plan,
+            log=log,
         )
-        fast = _fast_from_deprecated_compile(fast, compile)
-        if fast:
-            pipe.enable_fast(None if fast is True else fast, full=fast is True, log=log)
         pipe.aspect_sizes = None if single_file else aspect_ratio_sizes(folder)
         pipe.load_seconds = time.perf_counter() - started
         return pipe
 
     # ------------------------------------------------------------------------------------------------- fast
     def enable_fast(self, fast: Mapping[str, Any] | None = None, *, full: bool = True, log=print):
-        """Choose the fast plan for this device (see ``fast.choose_fast_plan``) and apply it; returns the plan."""
+        """Choose the fast plan for this device (see ``fast.choose_fast_plan``) and apply it; returns the plan. Under
+        group or sequential offload the hooks already hold the parameters, so fused QKV and fp8 (new parameters) are
+        refused here: ask for them at load (``from_pretrained(fast=...)``), where they run before offload."""
         from .fast import apply_fast, choose_fast_plan, detect_env
         from .quantize import is_quantized
 
@@ -287,7 +328,13 @@ class FluxVectorPipeline:
             full=full,
             quantized_8bit=is_quantized(self.transformer),
             offload=self.offload.mode,
+            dtype=self.dtype,
         )
+        if self.offload.mode in ("group", "sequential") and (plan.fuse_qkv or plan.fp8):
+            raise ValueError(
+                f"the fast mode's fused QKV / fp8 create new parameters, and offload={self.offload.mode!r} already "
+                "holds the old ones: load with from_pretrained(fast=...), which applies them before offload"
+            )
         for line in plan.describe():
             log(f"fast: {line}")
         self.fast_timings = apply_fast(self, plan, log=log)
@@ -439,7 +486,8 @@ class FluxVectorPipeline:
         return self.lora.strength if self.lora is not None and self.lora.touches_text else None
 
     def _execution_device(self) -> torch.device:
-        return self._diffusers._execution_device if self.offload.mode != "none" else self.device
+        """Where the model computes: the offload's onload device (every mode onloads there)."""
+        return self.offload.device
 
     # ------------------------------------------------------------------------------------------- sample
     def velocity_model(
@@ -462,7 +510,7 @@ class FluxVectorPipeline:
             with self.transformer.cache_context(name) if step_cache else contextlib.nullcontext():
                 out = self.transformer(
                     hidden_states=packed,
-                    timestep=sigma.to(device, self.dtype),
+                    timestep=to_device(sigma, device),  # float32 (embedded in float32: timesteps.py)
                     guidance=guidance_by_batch[batch],
                     pooled_projections=pooled.expand(batch, -1),
                     encoder_hidden_states=embeds.expand(batch, -1, -1),
@@ -553,7 +601,7 @@ class FluxVectorPipeline:
 
     def decode(self, x: torch.Tensor) -> list[Image.Image]:
         """VAE-decode model-space latents; pixels as ComfyUI's SaveImage makes them (clip, then truncate). One image
-        at a time, tiled above ``TILED_DECODE_PIXELS``: peak memory grows with one image, not with the batch."""
+        at a time, tiled from ``TILED_DECODE_PIXELS`` up: peak memory grows with one image, not with the batch."""
         latents = to_latent(x)
         return [self._decode_one(latents[i : i + 1]) for i in range(latents.shape[0])]
 
@@ -561,7 +609,7 @@ class FluxVectorPipeline:
         latent = latent.to(self._execution_device(), self.vae.dtype)
         scale = 2 ** (len(self.vae.config.block_out_channels) - 1)
         pixels = latent.shape[-2] * latent.shape[-1] * scale**2
-        tiled = pixels > TILED_DECODE_PIXELS and hasattr(self.vae, "enable_tiling")
+        tiled = pixels >= TILED_DECODE_PIXELS and hasattr(self.vae, "enable_tiling")
         if tiled:
             self.vae.enable_tiling()
         try:
@@ -574,7 +622,9 @@ class FluxVectorPipeline:
         return Image.fromarray(array)
 
 
-TILED_DECODE_PIXELS = 2048 * 2048  # larger images are VAE-decoded in overlapping tiles (bounded memory)
+# Images from 2048x2048 up are VAE-decoded in overlapping tiles (bounded memory: the VAE's mid-block attention over
+# all latent pixels is the peak; at exactly 2048x2048 that is 65536 tokens, so the boundary is tiled too).
+TILED_DECODE_PIXELS = 2048 * 2048
 
 
 def generate_many(
@@ -632,6 +682,33 @@ def load_pipeline(model: str | None = None, *, lora: str | os.PathLike | None = 
 
     factory = factory_from_env() or FluxVectorPipeline.from_pretrained
     return factory(model or default_model(log=log), lora=DEFAULT_LORA if lora is None else lora, log=log, **options)
+
+
+def _choose_fast_and_offload(
+    fast,
+    offload: str,
+    device: torch.device,
+    dtype: torch.dtype,
+    sizes: dict[str, int],
+    modules: dict,
+    *,
+    quantized_8bit: bool,
+):
+    """(the fast plan or None, the offload choice) for these loaded components (``fast.choose_fast_and_offload``)."""
+    from .fast import FastEnv, choose_fast_and_offload, detect_env, fp8_saved_bytes
+
+    return choose_fast_and_offload(
+        detect_env(device) if fast else FastEnv(device.type),
+        fast,
+        offload=offload,
+        device=device,
+        free_bytes=accelerator_free_bytes(device),
+        component_bytes=sizes,
+        largest_group=largest_group_bytes(modules, offload_plan("group", quantized_8bit=quantized_8bit)),
+        fp8_saved_bytes=fp8_saved_bytes(modules["transformer"]) if fast else 0,
+        quantized_8bit=quantized_8bit,
+        dtype=dtype,
+    )
 
 
 def _fast_from_deprecated_compile(fast, compile: bool | None):

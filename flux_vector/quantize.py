@@ -7,6 +7,7 @@ linears are swapped for ``bnb.nn.Linear8bitLt`` here; moving the module to its d
 
 from __future__ import annotations
 
+import logging
 import sys
 
 import torch
@@ -16,10 +17,38 @@ from torch import nn
 KEEP_FULL_PRECISION = ("proj_out", "x_embedder", "context_embedder", "norm_out.linear")
 
 
+# bitsandbytes logs "MatMul8bitLt: inputs will be cast from torch.bfloat16 to float16 during quantization" on every
+# int8 matmul (every layer, every step); this logger shows each distinct message once.
+BNB_MATMUL_LOGGER = "bitsandbytes.autograd._functions"
+
+
+class OnceFilter(logging.Filter):
+    """Let each distinct message through once (the first time), drop its repeats."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if message in self.seen:
+            return False
+        self.seen.add(message)
+        return True
+
+
+def log_matmul_warnings_once() -> None:
+    """Install ``OnceFilter`` on bitsandbytes' int8 matmul logger (idempotent)."""
+    logger = logging.getLogger(BNB_MATMUL_LOGGER)
+    if not any(isinstance(f, OnceFilter) for f in logger.filters):
+        logger.addFilter(OnceFilter())
+
+
 def quantize_linears_8bit(model: nn.Module, device: torch.device | str, keep: tuple[str, ...] = KEEP_FULL_PRECISION):
     """Replace every ``nn.Linear`` of ``model`` (but ``keep``) by an int8 ``Linear8bitLt`` on ``device``."""
     from .quiet import import_bitsandbytes
 
+    log_matmul_warnings_once()
     bnb = import_bitsandbytes()
     replaced = 0
     for parent_name, parent in list(model.named_modules()):
@@ -34,7 +63,10 @@ def quantize_linears_8bit(model: nn.Module, device: torch.device | str, keep: tu
                 has_fp16_weights=False,
                 threshold=6.0,
             )
-            quantized.weight = bnb.nn.Int8Params(child.weight.data, requires_grad=False, has_fp16_weights=False)
+            # Int8Params quantizes when it moves from the CPU to a device; weights already on the device would
+            # stay unquantized (bf16 data, no CB/SCB), so they start from a CPU copy.
+            data = child.weight.data if child.weight.device.type == "cpu" else child.weight.data.cpu()
+            quantized.weight = bnb.nn.Int8Params(data, requires_grad=False, has_fp16_weights=False)
             if child.bias is not None:
                 quantized.bias = nn.Parameter(child.bias.data, requires_grad=False)
             setattr(parent, name, quantized.to(device))

@@ -20,11 +20,22 @@ PACKAGES=(
   torchsde==0.2.6 trampoline==0.1.2
   pydantic==2.14.4 pydantic_core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5 typing_extensions==4.16.0
 )
-# What the GPU machine's image already holds (the device tool's KINDS.md, read 2026-11-17), lower-case, '-' form.
-GPU_HAS="accelerate anyio certifi charset-normalizer filelock fsspec h11 hf-xet httpcore httpx huggingface-hub idna
-jinja2 markupsafe mpmath networkx numpy nvidia-ml-py packaging peft pillow protobuf psutil pyyaml regex requests
-safetensors scipy sentencepiece setuptools sympy tokenizers torch tqdm transformers triton typing-extensions
-urllib3 zipp prometheus-client click"
+# What the GPU machine's image already holds (the device tool's KINDS.md, read 2026-11-17), lower-case, '-' form,
+# with the version where KINDS.md's pip list gives one (name==version); a bare name: present, version not known.
+GPU_HAS="accelerate==1.15.0 anyio certifi charset-normalizer filelock fsspec h11 hf-xet httpcore httpx
+huggingface-hub==1.33.0 idna jinja2 markupsafe mpmath networkx numpy==2.5.2 nvidia-ml-py packaging peft pillow
+protobuf psutil pyyaml regex requests safetensors==0.8.0 scipy sentencepiece==0.2.2 setuptools sympy
+tokenizers==0.23.2 torch==2.11.0 tqdm transformers==5.17.0 triton==3.6.0 typing-extensions urllib3 zipp
+prometheus-client click"
+# Requirements the GPU image does not meet that a GPU run accepts, one per line (NAME: why); any other unmet version
+# fails the build. torch cannot be carried (gigabytes against the device tool's 64 MiB); transformers 5.25 would
+# bring huggingface-hub 2.x, typer and kernels. The GPU run builds the models from configs with random weights and
+# reads the tiny checkpoint's tokenizer files (no hub, no sentencepiece model), and gpu_run.sh writes every version
+# it ran with into env.json: its figures say which torch they come from.
+ACCEPTED=${ACCEPTED:-"torch: the image's torch is used (a wheel is gigabytes); gpu_run.sh reports the version
+transformers: the image's is used (models built from configs); gpu_run.sh reports the version
+huggingface-hub: the GPU run reads no hub; gpu_run.sh reports the version
+sentencepiece: the GPU run's tokenizers are tokenizers-library files; gpu_run.sh reports the version"}
 
 mkdir -p "$DEST"
 rm -f "$DEST"/*.whl
@@ -35,12 +46,25 @@ done
 "$PYTHON" -m pip download -q --no-deps --only-binary=:all: --python-version "$PY_VERSION" --implementation cp \
   "${PLATFORMS[@]}" -d "$DEST" "${PACKAGES[@]}"
 
-"$PYTHON" - "$DEST" "$BNB_CUDA" "$CARRY_LIMIT_MIB" "$GPU_HAS" <<'PY'
-"""Slim bitsandbytes to the one CUDA build the GPU machine loads, check requirements and size."""
-import base64, hashlib, re, subprocess, sys, zipfile
+"$PYTHON" - "$DEST" "$BNB_CUDA" "$CARRY_LIMIT_MIB" "$GPU_HAS" "$ACCEPTED" "$PY_VERSION" <<'PY'
+"""Slim bitsandbytes to the one CUDA build the GPU machine loads; check every requirement's VERSION (the carried
+wheels' and flux_vector's own pyproject) against what is carried or on the GPU image; check the size."""
+import re, subprocess, sys, tomllib, zipfile
 from pathlib import Path
 
-dest, bnb_cuda, limit_mib, gpu_has = Path(sys.argv[1]), sys.argv[2], float(sys.argv[3]), set(sys.argv[4].split())
+from packaging.requirements import Requirement
+from packaging.version import Version
+
+dest, bnb_cuda, limit_mib = Path(sys.argv[1]), sys.argv[2], float(sys.argv[3])
+gpu_has = {}
+for item in sys.argv[4].split():
+    name, _, version = item.partition("==")
+    gpu_has[name] = version or None
+accepted = dict(line.split(":", 1) for line in sys.argv[5].splitlines() if ":" in line)
+accepted = {k.strip(): v.strip() for k, v in accepted.items()}
+marker_env = {"python_version": sys.argv[6], "python_full_version": sys.argv[6] + ".0", "sys_platform": "linux",
+              "platform_system": "Linux", "platform_machine": "x86_64", "implementation_name": "cpython",
+              "os_name": "posix", "extra": ""}
 
 
 def norm(name: str) -> str:
@@ -71,19 +95,55 @@ for wheel in wheels:
         print(f"bitsandbytes: kept the cpu and cuda{bnb_cuda} builds, {before / 2**20:.1f} -> "
               f"{wheel.stat().st_size / 2**20:.1f} MiB")
 
-carried, missing = set(), []
+carried = {}
 for wheel in wheels:
-    carried.add(norm(wheel.name.split("-")[0]))
+    name, version = wheel.name.split("-")[:2]
+    carried[norm(name)] = version
+
+
+def check(requirement: str, who: str, problems: list[str], notes: list[str]) -> None:
+    req = Requirement(requirement)
+    if req.marker is not None and not req.marker.evaluate(marker_env):
+        return
+    name = norm(req.name)
+    if name in carried:
+        where, version = "carried", carried[name]
+    elif name in gpu_has:
+        where, version = "on the GPU image", gpu_has[name]
+    else:
+        problems.append(f"{who}: {requirement}: neither carried nor on the GPU machine")
+        return
+    if version is None:
+        if req.specifier:
+            notes.append(f"{who}: {requirement}: {where}, its version not known (not checked)")
+        return
+    if req.specifier and not req.specifier.contains(Version(version), prereleases=True):
+        line = f"{who}: {requirement}: {where} is {version}"
+        if name in accepted and where != "carried":
+            notes.append(f"{line} -- accepted: {accepted[name]}")
+        else:
+            problems.append(line)
+
+
+problems, notes = [], []
 for wheel in wheels:
     with zipfile.ZipFile(wheel) as z:
         meta = z.read(next(n for n in z.namelist() if n.endswith(".dist-info/METADATA"))).decode()
     for line in meta.splitlines():
-        if line.startswith("Requires-Dist:") and "extra ==" not in line:
-            req = norm(re.match(r"Requires-Dist:\s*([A-Za-z0-9_.\-]+)", line).group(1))
-            if req not in carried and req not in gpu_has:
-                missing.append(f"{wheel.name}: {line.split(':', 1)[1].strip()}")
-if missing:
-    sys.exit("requirements neither carried nor on the GPU machine:\n  " + "\n  ".join(missing))
+        if line.startswith("Requires-Dist:"):
+            check(line.split(":", 1)[1].strip(), wheel.name, problems, notes)
+project = tomllib.loads(Path("pyproject.toml").read_text())["project"]
+run_needs = {"torch", "numpy", "scipy", "torchsde", "safetensors", "diffusers", "transformers", "accelerate",
+             "tokenizers", "sentencepiece", "huggingface-hub", "pydantic", "pillow", "tqdm", "bitsandbytes"}
+for dependency in project["dependencies"]:  # what the GPU run imports (not the server's packages)
+    if norm(Requirement(dependency).name) in run_needs:
+        check(dependency, "flux_vector", problems, notes)
+for dependency in project["optional-dependencies"]["fast"]:
+    check(dependency, "flux_vector[fast]", problems, notes)
+for note in notes:
+    print("note:", note)
+if problems:
+    sys.exit("requirements the GPU run would not meet:\n  " + "\n  ".join(problems))
 
 wheels_mib = sum(w.stat().st_size for w in wheels) / 2**20
 tree = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], capture_output=True,

@@ -33,6 +33,7 @@ LAYERS = [
         "output_formats",
         "safe_files",
         "image_chunks",
+        "timesteps",
     },
     {"models"},
     {"prompt", "lora", "fast"},

@@ -1,5 +1,6 @@
-"""Applying a fast plan to a loaded pipeline (``apply_fast``): fused QKV, the attention backend, fp8, the step cache
-and regional torch.compile, in that order, timing each part. Compilation itself happens on the first generation;
+"""Applying a fast plan to a loaded pipeline (``apply_fast``): the weight transforms (fused QKV, fp8: new parameters,
+applied before offload) then the runtime switches (the attention backend, the step cache, regional torch.compile),
+timing each part. Compilation itself happens on the first generation;
 ``FluxVectorPipeline.warmup`` measures it (first call minus a warm call).
 
 Compilation is regional (diffusers' ``compile_repeated_blocks``: the 19 double and 38 single blocks share a few
@@ -104,13 +105,43 @@ def fp8_filter(transformer: torch.nn.Module):
     return keep_fn
 
 
-def quantize_fp8(transformer: torch.nn.Module) -> int:
-    """torchao float8 dynamic activation + weight quantization (rowwise) of the block linears, in place."""
-    from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
+def fp8_saved_bytes(transformer: torch.nn.Module) -> int:
+    """What fp8 would save on ``transformer``: one byte per weight of each linear ``fp8_filter`` picks kept instead
+    of its current element size (the offload choice weighs the fp8 transformer, see ``choose_fast_and_offload``)."""
+    keep = fp8_filter(transformer)
+    return sum(
+        m.weight.numel() * (m.weight.element_size() - 1) for name, m in transformer.named_modules() if keep(m, name)
+    )
+
+
+def fp8_config():
+    """torchao's float8 dynamic activation + weight config, rowwise. ``set_inductor_config=False``: torchao's default
+    switches inductor to coordinate-descent tuning for the whole process (``recommended_inductor_config_setter``),
+    which makes every later compile much slower; the compile settings are ours (``enable_compile_cache``)."""
+    from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow
+
+    return Float8DynamicActivationFloat8WeightConfig(granularity=PerRow(), set_inductor_config=False)
+
+
+def quantize_fp8(transformer: torch.nn.Module, device: torch.device | str | None = None) -> int:
+    """torchao float8 dynamic activation + weight quantization (rowwise) of the block linears, in place.
+
+    ``device``: where to quantize linears whose weights are elsewhere (before offload the weights are on the CPU):
+    each is moved there, quantized and moved back, one at a time, so the device holds one bf16 linear at most."""
+    from torchao.quantization import quantize_
 
     keep = fp8_filter(transformer)
-    chosen = [name for name, m in transformer.named_modules() if keep(m, name)]
-    quantize_(transformer, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()), filter_fn=keep)
+    chosen = [(name, m) for name, m in transformer.named_modules() if keep(m, name)]
+    config = fp8_config()
+    target = torch.device(device) if device is not None else None
+    for _name, module in chosen:
+        home = module.weight.device
+        if target is None or home == target:
+            quantize_(module, config, filter_fn=lambda m, _fqn, module=module: m is module)
+            continue
+        module.to(target)
+        quantize_(module, config, filter_fn=lambda m, _fqn, module=module: m is module)
+        module.to(home)
     return len(chosen)
 
 
@@ -122,11 +153,32 @@ def enable_step_cache(transformer: torch.nn.Module, threshold: float) -> None:
     transformer.enable_cache(FirstBlockCacheConfig(threshold=threshold))
 
 
-def apply_fast(pipe, plan: FastPlan, log=None) -> dict[str, float]:
-    """Apply ``plan`` to ``pipe`` (a FluxVectorPipeline) in place; the seconds each part took (compilation itself
-    happens on the first generation: see ``FluxVectorPipeline.warmup``)."""
+def apply_weight_transforms(pipe, plan: FastPlan, log=None) -> dict[str, float]:
+    """The parts of ``plan`` that create new parameters (fused QKV, fp8): they run before offload is applied, so that
+    an offload hook holds the parameters the model computes with (group offload keys its pinned copies by the
+    parameter objects that exist when it is applied). The seconds each took."""
     from ..lora import fuse_qkv_projections
 
+    transformer = pipe.transformer
+    timings: dict[str, float] = {}
+    if plan.fuse_qkv:
+        handles = [pipe.lora] if getattr(pipe, "lora", None) is not None else []
+        started = time.perf_counter()
+        fuse_qkv_projections(transformer, handles)
+        share_unfused_weights(transformer)
+        timings["fuse_qkv_s"] = time.perf_counter() - started
+    if plan.fp8:
+        started = time.perf_counter()
+        count = quantize_fp8(transformer, device=pipe.device)
+        timings["fp8_s"] = time.perf_counter() - started
+        if log:
+            log(f"fast: {count} block linears in float8 (torchao)")
+    return timings
+
+
+def apply_runtime_switches(pipe, plan: FastPlan, log=None) -> dict[str, float]:
+    """The parts of ``plan`` that change how the model runs, not its parameters (attention backend, step cache,
+    regional compile); after offload. The seconds each took (compilation itself happens on the first generation)."""
     transformer = pipe.transformer
     timings: dict[str, float] = {}
 
@@ -136,15 +188,8 @@ def apply_fast(pipe, plan: FastPlan, log=None) -> dict[str, float]:
         timings[f"{name}_s"] = time.perf_counter() - started
         return result
 
-    if plan.fuse_qkv:
-        handles = [pipe.lora] if getattr(pipe, "lora", None) is not None else []
-        step("fuse_qkv", lambda: (fuse_qkv_projections(transformer, handles), share_unfused_weights(transformer)))
     if plan.attention != "native":
         step("attention", lambda: transformer.set_attention_backend(plan.attention))
-    if plan.fp8:
-        count = step("fp8", lambda: quantize_fp8(transformer))
-        if log:
-            log(f"fast: {count} block linears in float8 (torchao)")
     if plan.step_cache is not None:
         step("step_cache", lambda: enable_step_cache(transformer, plan.step_cache))
     if plan.compile:
@@ -165,5 +210,14 @@ def apply_fast(pipe, plan: FastPlan, log=None) -> dict[str, float]:
         folder = step("compile_setup", compile_blocks)
         if log:
             log(f"fast: compiled graphs cached in {folder} (the first generation at each size compiles)")
+    return timings
+
+
+def apply_fast(pipe, plan: FastPlan, log=None) -> dict[str, float]:
+    """Apply ``plan`` to ``pipe`` (a FluxVectorPipeline) in place, weights first; the seconds each part took. Under an
+    offload that holds parameters (group, sequential) the pipeline applies the weight transforms before offload
+    instead (``FluxVectorPipeline.__init__``)."""
+    timings = apply_weight_transforms(pipe, plan, log)
+    timings.update(apply_runtime_switches(pipe, plan, log))
     pipe.fast_plan = plan
     return timings

@@ -15,9 +15,12 @@ import os
 import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+if TYPE_CHECKING:
+    from ..offload import OffloadChoice
 
 SWITCHES = ("fuse_qkv", "attention", "compile", "fp8", "cuda_graphs", "step_cache")
 AUTO = "auto"
@@ -137,6 +140,7 @@ class _Request:
     default: bool | str  # for a switch not in ``switches``: "auto" (full fast mode) or False
     quantized_8bit: bool
     offload: str
+    dtype: torch.dtype | None = None  # the weights' dtype (None: not known, not checked)
 
     @property
     def cuda(self) -> bool:
@@ -216,6 +220,14 @@ def _fp8_blocker(req: _Request) -> str | None:
         return f"fp8 tensor cores need sm89+ (Ada/Hopper); this GPU is sm{env.capability[0]}{env.capability[1]}"
     if req.quantized_8bit:
         return "the transformer is already 8-bit (bitsandbytes); fp8 replaces it, not stacks on it"
+    if req.dtype is not None and req.dtype != torch.bfloat16:
+        loaded = str(req.dtype).removeprefix("torch.")
+        return f"torchao's rowwise float8 needs bfloat16 weights; this pipeline loads {loaded} (use bfloat16)"
+    if req.offload == "sequential":
+        return (
+            "offload='sequential' rebuilds every parameter from its CPU copy per layer call; torchao's float8 tensors "
+            "are not known to survive that (group and model offload carry them)"
+        )
     if not env.has("torchao"):
         return "torchao is not installed (pip install torchao)"
     return None
@@ -272,13 +284,15 @@ def choose_fast_plan(
     full: bool = True,
     quantized_8bit: bool = False,
     offload: str = "none",
+    dtype: torch.dtype | None = None,
 ) -> FastPlan:
-    """The fast plan for ``env`` (pure). ``full``: switches not in ``requested`` are "auto" (else off)."""
+    """The fast plan for ``env`` (pure). ``full``: switches not in ``requested`` are "auto" (else off). ``dtype``: the
+    weights' dtype (fp8 needs bfloat16)."""
     requested = dict(requested or {})
     unknown = sorted(set(requested) - set(SWITCHES))
     if unknown:
         raise ValueError(f"unknown fast switch(es) {', '.join(unknown)}; known: {', '.join(SWITCHES)}")
-    req = _Request(env, requested, AUTO if full else False, quantized_8bit, offload)
+    req = _Request(env, requested, AUTO if full else False, quantized_8bit, offload, dtype)
     fuse_qkv, why_fuse = _choose_fuse_qkv(req)
     attention, why_attention = _choose_attention(req)
     compiled, fullgraph, why_compile = _choose_compile(req)
@@ -306,3 +320,39 @@ def choose_fast_plan(
         fullgraph=fullgraph,
         reasons=tuple((name, reasons[name]) for name in SWITCHES),
     )
+
+
+def choose_fast_and_offload(
+    env: FastEnv,
+    fast: bool | Mapping[str, Any] | None,
+    *,
+    offload: str,
+    device: torch.device,
+    free_bytes: int | None,
+    component_bytes: Mapping[str, int],
+    largest_group: int | None = None,
+    fp8_saved_bytes: int = 0,
+    quantized_8bit: bool = False,
+    dtype: torch.dtype | None = None,
+    full: bool | None = None,
+) -> tuple[FastPlan | None, OffloadChoice]:
+    """The fast plan and the offload mode, chosen together (pure): fp8 halves the block linears, which the offload
+    choice weighs (``fp8_saved_bytes``: what fp8 would save, ``fast.fp8_saved_bytes``), and the offload mode limits
+    the plan (no compile under group or sequential offload, no fp8 under sequential). ``fast``: None/False (no fast
+    mode: the plan is None), True (the whole mode) or switches. ``full`` defaults to ``fast is True``."""
+    from ..offload import choose_offload
+
+    wanted = bool(fast)
+    switches = None if isinstance(fast, bool) or fast is None else dict(fast)
+    full = fast is True if full is None else full
+
+    def plan_for(mode: str) -> FastPlan:
+        return choose_fast_plan(env, switches, full=full, quantized_8bit=quantized_8bit, offload=mode, dtype=dtype)
+
+    sizes = dict(component_bytes)
+    if wanted and plan_for("none" if offload == "auto" else offload).fp8:
+        sizes["transformer"] = max(sizes.get("transformer", 0) - fp8_saved_bytes, 0)
+    choice = choose_offload(
+        offload, device, free_bytes, sizes, largest_group=largest_group, quantized_8bit=quantized_8bit
+    )
+    return (plan_for(choice.mode) if wanted else None), choice

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import LoraError, LoraPatch, check_strength, format_problems
-from .fuse import FUSABLE_DTYPES, fuse_error, write_fused_weight
+from .fuse import FUSABLE_DTYPES, W0_DEVICE, choose_w0_home, fuse_error, keep_w0, stage_w0, write_fused_weight
 from .projections import redirect_fused_projections
 
 
@@ -140,17 +140,18 @@ class LoraLinear(nn.Module):
         return fuse_error(self.base)
 
     @torch.no_grad()
-    def refresh_fused(self, original_device: torch.device | str = "cpu") -> None:
-        """Rewrite ``base.weight`` as W0 plus every fused adapter's delta (or W0 itself, bitwise)."""
+    def refresh_fused(self, original_device: torch.device | str = W0_DEVICE) -> None:
+        """Rewrite ``base.weight`` as W0 plus every fused adapter's delta (or W0 itself, bitwise). W0 is kept at
+        ``original_device`` (``fuse.keep_w0``: "device", "pinned" or a device)."""
         fused = [a for a in self.adapters if a.fused]
         weight = self.base.weight
         if not fused:
             if self._w0 is not None:
-                weight.copy_(self._w0)
+                weight.copy_(stage_w0(self._w0, weight.device))
                 self._w0 = None
             return
         if self._w0 is None:
-            self._w0 = weight.detach().to(original_device, copy=True)
+            self._w0 = keep_w0(weight, original_device)
         write_fused_weight(weight, self._w0, [(a.cell.value, a.patches) for a in fused])
 
     def extra_repr(self) -> str:
@@ -166,7 +167,7 @@ class LoraHandle:
         self._cell = cell
         self.patches = list(patches)
         self._fused = False
-        self._original_device: torch.device | str = "cpu"
+        self._original_device: torch.device | str = W0_DEVICE  # where W0 is kept while fused (fuse.keep_w0)
         self._removed = False
 
     @property
@@ -204,8 +205,9 @@ class LoraHandle:
             for wrapper in self._wrappers:
                 wrapper.refresh_fused(self._original_device)
 
-    def fuse(self, original_device: torch.device | str = "cpu") -> None:
-        """Write the deltas into the base weights (plain nn.Linear only), keeping W0 on ``original_device``."""
+    def fuse(self, original_device: torch.device | str | None = None) -> None:
+        """Write the deltas into the base weights (plain nn.Linear only), keeping W0 at ``original_device``: None
+        chooses where a strength switch is cheap (``w0_home``), else "device", "pinned" or a device."""
         self._live()
         if self._fused:
             return
@@ -217,12 +219,23 @@ class LoraHandle:
         bad = sorted(bad)
         if bad:
             raise LoraError("cannot fuse this LoRA into:\n  " + "\n  ".join(bad), keys=bad)
-        self._original_device = original_device
+        self._original_device = self.w0_home() if original_device is None else original_device
         self._fused = True
         for adapter in self._adapters:
             adapter.fused = True
         for wrapper in self._wrappers:
-            wrapper.refresh_fused(original_device)
+            wrapper.refresh_fused(self._original_device)
+
+    def w0_home(self) -> str:
+        """Where fusing keeps W0 (``fuse.choose_w0_home``): on the weights' device when all W0 copies fit there with
+        ``fuse.W0_HEADROOM`` to spare, else pinned host memory; beside CPU weights."""
+        weights = [w.base.weight for w in self._wrappers]
+        device = weights[0].device if weights else torch.device("cpu")
+        w0_bytes = sum(w.numel() * w.element_size() for w in weights)
+        free = None
+        if device.type == "cuda":
+            free, _total = torch.cuda.mem_get_info(device)
+        return choose_w0_home(device, w0_bytes, free)
 
     def unfuse(self) -> None:
         """Back to the runtime adapter; weights with no other fused LoRA get W0 back bitwise."""
