@@ -296,22 +296,34 @@ class FluxVectorPipeline:
         from . import __version__
         from .image_metadata import public_name
 
-        return {"flux_vector": __version__, "model": public_name(self.model_name), "lora": public_name(self.lora_name)}
+        identity = {
+            "flux_vector": __version__,
+            "model": public_name(self.model_name),
+            "lora": public_name(self.lora_name),
+        }
+        if not hasattr(self, "_weight_files"):  # A1111's hashes of the files read (comfy/hashes.py), computed once
+            from .comfy.hashes import weights_identity
+
+            self._weight_files = weights_identity(self.model_name, self.lora_name if self.lora is not None else None)
+        return {**identity, **self._weight_files}
 
     @property
     def lora_strength(self) -> float | None:
         return None if self.lora is None else self.lora.strength
 
-    def set_lora_strength(self, strength: float) -> None:
-        """Switch the LoRA strength (any s in [-10, 10]); costs no reload and accumulates no drift."""
+    def set_lora_strength(self, strength: float, text_strength: float | None = None) -> None:
+        """Switch the LoRA strength (any s in [-10, 10]; ``text_strength``: its text-encoder layers', default
+        ``strength``, as ComfyUI's strength_clip); costs no reload and accumulates no drift."""
         from .lora import check_strength, strength_without_lora
 
         check_strength(strength)
+        text = strength if text_strength is None else check_strength(text_strength)
         if self.lora is None:
             strength_without_lora(strength, explicit=True)
+            strength_without_lora(text, explicit=True)
             return
-        if strength != self.lora.strength:
-            self.lora.set_strength(strength)
+        if (strength, text) != (self.lora.strength, self.lora.text_strength):
+            self.lora.set_strength(strength, text)
 
     # ------------------------------------------------------------------------------------------- encode
     def tokenize(self, prompt: str):
@@ -336,7 +348,7 @@ class FluxVectorPipeline:
         return self.prompt_cache.get((prompt, id(self.lora), self._text_lora_strength()), compute)
 
     def _text_lora_strength(self) -> float | None:
-        return self.lora.strength if self.lora is not None and self.lora.touches_text else None
+        return self.lora.text_strength if self.lora is not None and self.lora.touches_text else None
 
     def _execution_device(self) -> torch.device:
         return self._diffusers._execution_device if self.offload.mode != "none" else self.device
@@ -391,11 +403,13 @@ class FluxVectorPipeline:
         timings: dict[str, float] = {}
         started = time.perf_counter()
         if self.lora is not None:
-            self.set_lora_strength(request.lora_strength)
+            self.set_lora_strength(request.lora_strength, request.text_lora_strength)
         else:
             from .lora import strength_without_lora
 
             strength_without_lora(request.lora_strength, explicit="lora_strength" in request.model_fields_set)
+            if request.lora_strength_clip is not None:
+                strength_without_lora(request.lora_strength_clip, explicit=True)
         width, height = self.size_of(request)
         if self._step_cache_on():  # cached residuals belong to one generation
             self.transformer._reset_stateful_cache()

@@ -153,6 +153,13 @@ def _like(args: argparse.Namespace) -> tuple[dict, dict]:
     params = {k: v for k, v in record["request"].items() if k in FIELDS and k not in ("output_format", "base64")}
     if args.aspect_ratio is not None and args.width is None:  # a new ratio replaces the recorded explicit size
         params.pop("width", None), params.pop("height", None)
+    if record.get("source"):  # another tool's image: its file names are that install's own
+        for flag, name, named in (("--model", "model", "model_file"), ("--lora", "lora", "lora_file")):
+            if record.get(name) is None and getattr(args, name) is None:
+                raise ValueError(
+                    f"{args.like} was made by {record['source']} with the {name} file {record.get(named)!r}, which "
+                    f"flux_vector does not know by that name: give {flag} (the same weights here)"
+                )
     made_with = {"model": record.get("model"), "lora": record.get("lora") or "none"}
     if params.get("batch_size", 1) > 1 and args.batch_size is None:
         made_with["batch_index"] = record.get("batch_index", 0)

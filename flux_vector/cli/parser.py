@@ -123,7 +123,7 @@ def _request_flags(group, fields: tuple[str, ...]) -> None:
             _request_flag(group, field, metavar="NAME")
         elif annotation in (int, int | None):
             _request_flag(group, field, type=int)
-        elif annotation is float:
+        elif annotation in (float, float | None):
             _request_flag(group, field, type=float)
         else:
             _request_flag(group, field)

@@ -378,11 +378,13 @@ def switch_lora_strength(pipe, strength: float) -> float | None:
 
 def adapt_to_pipeline(request: GenerationRequest, params: dict[str, Any], pipe) -> GenerationRequest:
     """A pipeline loaded without a LoRA serves lora_strength 0 only (``lora.strength_without_lora``)."""
-    if getattr(pipe, "lora", True) is None and request.lora_strength != 0:
+    if getattr(pipe, "lora", True) is None and (request.lora_strength != 0 or request.text_lora_strength != 0):
         from ..lora.base import NoLoraLoaded, strength_without_lora
 
         try:
             strength_without_lora(request.lora_strength, explicit="lora_strength" in params)
+            if request.lora_strength_clip is not None:
+                strength_without_lora(request.lora_strength_clip, explicit=True)
         except NoLoraLoaded as exc:
             raise ModelCannot(str(exc)) from None
         request = request.model_copy(update={"lora_strength": 0.0})
