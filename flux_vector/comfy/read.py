@@ -45,6 +45,7 @@ KNOWN_NODES = frozenset(
     }
 )
 OUTPUT_NODES = ("SaveImage", "PreviewImage")
+_LORA_NODES = ("LoraLoader", "LoraLoaderModelOnly")
 # samplers whose KSampler sigma list (steps+1, the next-to-last dropped) BasicScheduler does not make
 DISCARD_PENULTIMATE = frozenset({"uni_pc", "uni_pc_bh2", "dpm_2", "dpm_2_ancestral"})
 # samplers that evaluate the negative prompt even at cfg 1
@@ -165,8 +166,17 @@ class _Reader:
             lora = _Lora(
                 lora_node, self.value(lora_node, "lora_name", str), self.value(lora_node, "strength_model", float)
             )
-            source = self.link(lora_node, "model", allowed=("UNETLoader", "CheckpointLoaderSimple"))
+            source = self.link(lora_node, "model", allowed=(*_LORA_NODES, "UNETLoader", "CheckpointLoaderSimple"))
+            self.one_lora(lora_node, source[0])
         return shift, lora, self.loader_name(source, "MODEL")
+
+    def one_lora(self, lora_node: str, below: str) -> None:
+        if self.cls(below) in _LORA_NODES:
+            raise self.fail(
+                lora_node,
+                f"a second LoRA ({self.value(lora_node, 'lora_name', str)} over "
+                f"{self.value(below, 'lora_name', str)}): flux_vector applies one",
+            )
 
     def loader_name(self, source: tuple[str, int], what: str) -> str:
         node, output = source
@@ -196,7 +206,8 @@ class _Reader:
             if output != 1:
                 raise self.fail(node, "its MODEL output used as a CLIP")
             lora = _Lora(node, self.value(node, "lora_name", str), self.value(node, "strength_clip", float))
-            link = self.link(node, "clip", allowed=("DualCLIPLoader", "CheckpointLoaderSimple"))
+            link = self.link(node, "clip", allowed=("LoraLoader", "DualCLIPLoader", "CheckpointLoaderSimple"))
+            self.one_lora(node, link[0])
         return lora, self.loader_name(link, "CLIP")
 
     def conditioning(self, link: tuple[str, int], *, negative: bool) -> tuple[str | None, float, Any]:
