@@ -235,3 +235,27 @@ def test_the_lora_files_we_use_and_their_text_encoder_keys(tiny_dir):
         tiny = list(f.keys())
     assert any(k.startswith("lora_te1_") for k in reference)
     assert tiny and not any(k.startswith("lora_te") for k in tiny)
+
+
+def test_a_fused_lora_switches_the_text_strength_alone():
+    """Fused (as the server runs it): a text-only switch rewrites the text encoder's weights, not the transformer's,
+    and gives the unfused adapter's conditioning."""
+    pipe = flux_vector.FluxVectorPipeline.from_pretrained(
+        str(E2E_MODEL), lora=str(E2E_LORA), device="cpu", dtype=torch.float32, log=lambda *_: None
+    )
+    prompt = "v3ct0r style, a red fox"
+    pipe.set_lora_strength(1.0, -2.5)
+    _, unfused = pipe.encode_prompt(prompt)
+    pipe.lora.fuse()
+    transformer = [w for w in pipe.lora.modules if w in set(pipe.transformer.modules())]
+    before = [w.base.weight.clone() for w in transformer]
+    rewritten = []
+    for wrapper in transformer:  # count the transformer layers a switch rewrites
+        wrapper.refresh_fused = lambda *a, _w=wrapper, _f=wrapper.refresh_fused: (rewritten.append(_w), _f(*a))
+    pipe.set_lora_strength(1.0, 0.0)
+    pipe.set_lora_strength(1.0, -2.5)
+    assert rewritten == [] and transformer
+    assert all(torch.equal(w.base.weight, b) for w, b in zip(transformer, before, strict=True))
+    pipe.prompt_cache.entries.clear()
+    _, fused = pipe.encode_prompt(prompt)
+    assert (fused - unfused).abs().max() < 1e-5

@@ -266,7 +266,8 @@ def run_info_command(args: argparse.Namespace) -> int:
         print(json.dumps(record, indent=2, ensure_ascii=False))
     else:
         print(parameters_text(record))
-        print(f"again: flux-vector generate --like {args.image} --out <file>")
+        names = " (--model/--lora: the weights here)" if record.get("source") else ""
+        print(f"again: flux-vector generate --like {args.image} --out <file>{names}")
     return 0
 
 

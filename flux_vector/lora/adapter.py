@@ -216,12 +216,14 @@ class LoraHandle:
         value = check_strength(strength)
         text_value = value if text_strength is None else check_strength(text_strength)
         self._live()
+        changed = {id(c) for c, v in ((self._cell, value), (self._text_cell, text_value)) if c.value != v}
         self._cell.value, self._text_cell.value = value, text_value
         _fill_strength([a for a in self._adapters if a.cell is self._cell], value)
         _fill_strength([a for a in self._adapters if a.cell is self._text_cell], text_value)
-        if self._fused:
-            for wrapper in self._wrappers:
-                wrapper.refresh_fused(self._original_device)
+        if self._fused:  # only the layers whose strength changed (a text-only switch leaves the transformer alone)
+            for wrapper, adapter in zip(self._wrappers, self._adapters, strict=True):
+                if id(adapter.cell) in changed:
+                    wrapper.refresh_fused(self._original_device)
 
     def fuse(self, original_device: torch.device | str = "cpu") -> None:
         """Write the deltas into the base weights (plain nn.Linear only), keeping W0 on ``original_device``."""
