@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .comfy.graph import NEGATIVE_GUIDANCE  # what the negative prompt runs at (no FluxGuidance on it)
 from .models import (
     DEFAULT_LORA,
     DEFAULT_MODEL,
@@ -50,7 +51,6 @@ from .sampling import flux_mu, ksampler, to_latent
 
 PROMPT_CACHE_SIZE = 64
 _log = logging.getLogger("flux_vector")
-NEGATIVE_GUIDANCE = 3.5  # ComfyUI's default for a conditioning without FluxGuidance (the negative prompt)
 
 
 @dataclass

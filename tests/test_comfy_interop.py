@@ -95,6 +95,16 @@ def test_the_graph_of_a_request_passes_comfyuis_checks_and_reads_back_to_it(para
     assert lora["lora_name"] == "Simple_Vector_Flux_v2_renderartist.safetensors"
 
 
+def test_the_graph_shifts_as_the_pipeline_samples():
+    import inspect
+
+    from flux_vector.comfy.graph import BASE_SHIFT, MAX_SHIFT
+    from flux_vector.sampling import flux_mu
+
+    defaults = inspect.signature(flux_mu).parameters
+    assert (defaults["max_shift"].default, defaults["base_shift"].default) == (MAX_SHIFT, BASE_SHIFT)
+
+
 def test_seeds_above_2_53_are_exact_and_say_how_to_keep_them():
     big = graph_for(parse_request({"prompt": "a", "seed": 2**53 + 1}), IDENTITY)["3"]
     small = graph_for(parse_request({"prompt": "a", "seed": 2**53}), IDENTITY)["3"]

@@ -26,8 +26,9 @@ from ..request import GenerationRequest
 from ..sampling.names import PP_MIGRATION
 from .names import file_names, lora_file_name
 
-MAX_SHIFT, BASE_SHIFT = 1.15, 0.5  # ModelSamplingFlux, as the pipeline's flux_mu
-NEGATIVE_GUIDANCE = 3.5  # what a conditioning without FluxGuidance runs at (the negative prompt)
+# ModelSamplingFlux's shifts: sampling.flux_mu's defaults (a test holds them equal; this module stays torch-free)
+MAX_SHIFT, BASE_SHIFT = 1.15, 0.5
+NEGATIVE_GUIDANCE = 3.5  # ComfyUI's guidance for a conditioning without FluxGuidance (the negative prompt)
 BROWSER_SAFE_SEED = 2**53  # integers up to this are exact as JSON doubles
 CFG_MAX = 100.0  # KSampler's cfg bound (node_inputs.json)
 

@@ -126,9 +126,12 @@ class _Reader:
             return float(value)
         if kind is int and isinstance(value, int) and not isinstance(value, bool):
             return value
+        if kind is int and isinstance(value, float) and value.is_integer():  # ComfyUI reads 4.0 as the INT 4
+            return int(value)
         if kind is str and isinstance(value, str):
             return value
-        raise self.fail(node_id, f"input {name}={value!r} is not {'a number' if kind is not str else 'a text'}")
+        what = {int: "an integer", float: "a number", str: "a text"}[kind]
+        raise self.fail(node_id, f"input {name}={value!r} is not {what}")
 
     def field(self, name: str, node_id: str, value: Any) -> Any:
         self.fields[name] = node_id
