@@ -218,6 +218,7 @@ REFUSALS = [
     ("K1", _flux_encode, r"node 6 \(CLIPTextEncodeFlux\): different texts"),
     ("K1", _set("6", text=["99", 0]), r"node 6 \(CLIPTextEncode\): input text comes from another node"),
     ("K1", lambda g: g.update({"90": {**g["9"]}}), r"2 image outputs"),
+    ("K1", _set("26", conditioning=["26", 0]), r"node 26 \(FluxGuidance\): its conditioning links round in a loop"),
 ]
 
 

@@ -217,7 +217,11 @@ class _Reader:
         """(text, guidance, clip chain) of a conditioning; text None: ConditioningZeroOut."""
         node, _ = link
         guidance: float | None = None
+        seen: set[str] = set()
         while self.cls(node) == "FluxGuidance":
+            if node in seen:
+                raise self.fail(node, "its conditioning links round in a loop")
+            seen.add(node)
             if guidance is None:  # the outermost FluxGuidance sets the value the model sees
                 guidance = self.field(
                     "negative_guidance" if negative else "guidance", node, self.value(node, "guidance", float)

@@ -30,11 +30,16 @@ class ForeignMetadataError(ValueError):
 def record_from_foreign(texts: Mapping[str, str]) -> dict[str, Any]:
     """The record of an image carrying a ComfyUI graph (``texts["prompt"]``) or a ``parameters`` text. Raises
     ``read.Unreproducible`` for a graph flux_vector cannot reproduce, ``ForeignMetadataError`` for damaged data."""
+    graph: Any = None
     if COMFY_KEY in texts:
         try:
             graph = json.loads(texts[COMFY_KEY])
         except json.JSONDecodeError as exc:
-            raise ForeignMetadataError(f"the image's ComfyUI graph (PNG chunk 'prompt') is damaged: {exc}") from None
+            if PARAMETERS_KEY not in texts:  # another tool's "prompt" text: its parameters, when it has them
+                raise ForeignMetadataError(
+                    f"the image's ComfyUI graph (PNG chunk 'prompt') is damaged: {exc}"
+                ) from None
+    if graph is not None and (isinstance(graph, dict) or PARAMETERS_KEY not in texts):
         image = read_graph(graph)
         model = model_for_unet(image.unet_name)
         return _record(
