@@ -121,6 +121,7 @@ class FluxVectorPipeline:
         self.text_encoder_2, self.tokenizer_2 = text_encoder_2, tokenizer_2
         self.device, self.dtype, self.offload, self.lora, self.model_name = device, dtype, offload, lora, model_name
         self.lora_name = lora_name if lora is not None else None
+        self._weight_files: dict[str, str] | None = None  # identity's file names and hashes, once asked for
         for module in (transformer, vae, text_encoder, text_encoder_2):
             module.eval().requires_grad_(False)
         # diffusers' pipeline object is kept for its helpers (prompt encoding, latent packing, offload hooks);
@@ -301,7 +302,7 @@ class FluxVectorPipeline:
             "model": public_name(self.model_name),
             "lora": public_name(self.lora_name),
         }
-        if not hasattr(self, "_weight_files"):  # A1111's hashes of the files read (comfy/hashes.py), computed once
+        if self._weight_files is None:  # A1111's hashes of the files read (comfy/hashes.py), computed once
             from .comfy.hashes import weights_identity
 
             self._weight_files = weights_identity(self.model_name, self.lora_name if self.lora is not None else None)
