@@ -2,8 +2,9 @@
 
 The record is one JSON object::
 
-    {"flux_vector": "0.1.0", "model": "black-forest-labs/FLUX.1-dev", "lora": "...", "batch_index": 0,
-     "width": 832, "height": 1216, "request": {<every request parameter, defaults filled in>}}
+    {"flux_vector": "0.1.0", "model": "black-forest-labs/FLUX.1-dev", "lora": "...", "lora_file": "...",
+     "lora_hash": "...", "batch_index": 0, "width": 832, "height": 1216,
+     "request": {<every request parameter, defaults filled in>}}
 
 and a ``parameters`` text in the form other tools write and read (AUTOMATIC1111, Forge, ComfyUI loaders)::
 
@@ -12,10 +13,14 @@ and a ``parameters`` text in the form other tools write and read (AUTOMATIC1111,
 
 Where each format keeps them:
 
-- PNG: text chunks ``flux_vector`` (the JSON) and ``parameters``.
+- PNG: text chunks ``flux_vector`` (the JSON), ``parameters`` and ``prompt``: the ComfyUI API-format graph that makes
+  the same image (``comfy.graph_for``; ComfyUI loads it when the PNG is dropped on its page).
 - JPEG and WebP: an XMP packet with both (``fluxvector:record`` holds the JSON) and the ``parameters`` text in the
   EXIF UserComment (type UNDEFINED, ``UNICODE`` character set), where those tools look.
 - SVG: ``<metadata id="flux_vector">`` with the JSON, XML-escaped.
+
+Reading also accepts other tools' images (``comfy/record.py``): a ComfyUI PNG's ``prompt`` graph, else an
+A1111/Forge ``parameters`` text (PNG chunk or EXIF UserComment).
 
 Nothing private goes in: the request's own fields, the model and LoRA names (a local path is reduced to its last
 component), the version. No key, no folder.
@@ -99,6 +104,9 @@ def image_metadata(
 def parameters_text(record: Mapping[str, Any]) -> str:
     """The record as the ``parameters`` text of AUTOMATIC1111/Forge (prompt, negative, then ``Key: value`` pairs)."""
     request = record.get("request", {})
+    foreign = bool(record.get("source"))  # another tool's image: the file names it gives
+    lora = record.get("lora_file") if foreign else record.get("lora")
+    lora = None if lora == "none" else lora
     lines = [str(request.get("prompt", ""))]
     if request.get("negative_prompt"):
         lines.append(f"Negative prompt: {request['negative_prompt']}")
@@ -111,12 +119,16 @@ def parameters_text(record: Mapping[str, Any]) -> str:
         "Distilled CFG Scale": request.get("guidance"),
         "Seed": request.get("seed"),
         "Size": f"{width}x{height}" if width else None,
-        "Model": record.get("model"),
-        "Lora": record.get("lora"),
-        "Lora strength": request.get("lora_strength") if record.get("lora") else None,
+        "Model hash": record.get("model_hash"),
+        "Model": record.get("model_file") if foreign else record.get("model"),
+        "Lora": lora,
+        "Lora strength": request.get("lora_strength") if lora else None,
+        "Lora strength clip": request.get("lora_strength_clip") if lora else None,
+        "Lora hashes": f"{Path(record['lora_file']).stem}: {record['lora_hash']}" if record.get("lora_hash") else None,
         "Batch size": request.get("batch_size") if request.get("batch_size", 1) != 1 else None,
         "Batch pos": record.get("batch_index") if request.get("batch_size", 1) != 1 else None,
-        "Version": f"flux_vector {record.get('flux_vector')}",
+        "Version": f"flux_vector {record['flux_vector']}" if record.get("flux_vector") else None,
+        "Source": record.get("source"),  # another tool's image (comfy/record.py)
     }
     lines.append(", ".join(f"{key}: {_quoted(value)}" for key, value in pairs.items() if value is not None))
     return "\n".join(lines)
@@ -135,9 +147,14 @@ def save_options(output_format: str, record: Mapping[str, Any]) -> dict[str, Any
     record_json = json.dumps(record, ensure_ascii=False, separators=(",", ":"))
     parameters = parameters_text(record)
     if FORMATS[output_format].metadata == "png-text":
+        from .comfy import COMFY_KEY, graph_for_record
+
         info = PngImagePlugin.PngInfo()
         info.add_itxt(RECORD_KEY, record_json)
         info.add_itxt(PARAMETERS_KEY, parameters)
+        graph = graph_for_record(record)  # the API-format graph, as ComfyUI's SaveImage writes it (tEXt, ASCII)
+        if graph is not None:
+            info.add_text(COMFY_KEY, json.dumps(graph))
         return {"pnginfo": info}
     return {"exif": exif_user_comment(parameters), "xmp": _xmp_packet(record_json, parameters)}
 
@@ -219,21 +236,73 @@ def _record_in(f: BinaryIO) -> dict[str, Any]:
     if kind == "svg":
         return _parsed(_unescaped(text_between(svg_head(f), _SVG_OPEN, _SVG_CLOSE)))
     if kind == "png":
-        return _parsed(png_text_chunks(f).get(RECORD_KEY))
+        chunks = png_text_chunks(f)
+        if RECORD_KEY in chunks:
+            return _parsed(chunks[RECORD_KEY])
+        return _foreign_or_none({k: chunks[k] for k in ("prompt", PARAMETERS_KEY) if k in chunks})
     if kind is None:
         raise ValueError("not an image this program can read (give a PNG, JPEG, WebP or SVG)")
     xmp = jpeg_xmp(f) if kind == "jpeg" else webp_xmp(f)
     text = xmp.decode("utf-8", errors="replace") if xmp else None
-    return _parsed(_unescaped(text_between(text, _XMP_OPEN, _XMP_CLOSE) if text else None))
+    record_text = text_between(text, _XMP_OPEN, _XMP_CLOSE) if text else None
+    if record_text is None:  # another tool's JPEG/WebP: A1111/Forge keep their parameters in the EXIF UserComment
+        f.seek(0)
+        return _foreign_or_none(_exif_parameters_of(f))
+    return _parsed(_unescaped(record_text))
+
+
+def _foreign_or_none(foreign: dict[str, str]) -> dict[str, Any]:
+    """Another tool's image: a ComfyUI graph or an A1111/Forge parameters text as a record; else ``NoMetadata``."""
+    if not foreign:
+        return _parsed(None)
+    from .comfy import record_from_foreign
+
+    return record_from_foreign(foreign)
+
+
+def _exif_parameters_of(f: BinaryIO) -> dict[str, str]:
+    """The EXIF ``parameters`` of a JPEG/WebP: Pillow reads the header segments only (no pixel is decoded)."""
+    import warnings
+
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(f) as image:
+                return _exif_parameters(image)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+        return {}
 
 
 def _unescaped(text: str | None) -> str | None:
     return None if text is None else html.unescape(text)
 
 
+def _exif_parameters(image: Any) -> dict[str, str]:
+    """The ``parameters`` text A1111/Forge keep in a JPEG/WebP's EXIF UserComment (none: empty)."""
+    comment = image.getexif().get_ifd(_EXIF_IFD).get(_USER_COMMENT)
+    if not isinstance(comment, bytes) or len(comment) <= 8:
+        return {}
+    prefix, body = comment[:8], comment[8:]
+    if prefix == _UNICODE_PREFIX:
+        # the standard is big-endian; some tools write little-endian: keep the reading that is mostly ASCII
+        readings = [body.decode(codec, errors="replace") for codec in ("utf-16-be", "utf-16-le")]
+        text = max(readings, key=lambda t: sum(c < "\x80" for c in t))
+    elif prefix.startswith(b"ASCII"):
+        text = body.decode("ascii", errors="replace")
+    else:
+        return {}
+    text = text.rstrip("\x00")
+    return {PARAMETERS_KEY: text} if "Steps: " in text else {}
+
+
 def _parsed(record_json: str | None) -> dict[str, Any]:
     if record_json is None:
-        raise NoMetadata("the image carries no flux_vector record (not made by flux_vector, or it was stripped)")
+        raise NoMetadata(
+            "the image carries no flux_vector record, ComfyUI graph or parameters text (not made by flux_vector, "
+            "ComfyUI or A1111/Forge, or its metadata was stripped)"
+        )
     try:
         record = json.loads(record_json)
     except json.JSONDecodeError as exc:

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .comfy.graph import NEGATIVE_GUIDANCE  # what the negative prompt runs at (no FluxGuidance on it)
 from .models import (
     DEFAULT_LORA,
     DEFAULT_MODEL,
@@ -65,7 +66,6 @@ if TYPE_CHECKING:
 PROMPT_CACHE_SIZE = 64
 _log = logging.getLogger("flux_vector")
 WARMUP_PROMPT = "warm-up"
-NEGATIVE_GUIDANCE = 3.5  # ComfyUI's default for a conditioning without FluxGuidance (the negative prompt)
 
 
 @dataclass
@@ -149,6 +149,7 @@ class FluxVectorPipeline:
         self.device, self.dtype, self.offload, self.model_name = device, dtype, offload, model_name
         self.lora: LoraHandle | None = lora  # the LoRA as runtime adapters (fusable); None: loaded without one
         self.lora_name = lora_name if lora is not None else None
+        self._weight_files: dict[str, str] | None = None  # identity's file names and hashes, once asked for
         for module in (transformer, vae, text_encoder, text_encoder_2):
             module.eval().requires_grad_(False)
         if dtype != torch.float32:  # ComfyUI embeds timestep and guidance in float32 (timesteps.py)
@@ -389,23 +390,34 @@ class FluxVectorPipeline:
         from .image_metadata import public_name
         from .version import __version__
 
-        return {"flux_vector": __version__, "model": public_name(self.model_name), "lora": public_name(self.lora_name)}
+        identity = {
+            "flux_vector": __version__,
+            "model": public_name(self.model_name),
+            "lora": public_name(self.lora_name),
+        }
+        if self._weight_files is None:  # A1111's hashes of the files read (comfy/hashes.py), computed once
+            from .comfy.hashes import weights_identity
+
+            self._weight_files = weights_identity(self.model_name, self.lora_name if self.lora is not None else None)
+        return {**identity, **self._weight_files}
 
     @property
     def lora_strength(self) -> float | None:
         return None if self.lora is None else self.lora.strength
 
-    def set_lora_strength(self, strength: float) -> None:
-        """Switch the LoRA strength (any s in [-10, 10]); costs no reload and accumulates no drift. Without a LoRA,
-        only 0 (``lora.strength_without_lora``). Requests take ``prepare``, which the contract has checked already."""
+    def set_lora_strength(self, strength: float, text_strength: float | None = None) -> None:
+        """Switch the LoRA strength (any s in [-10, 10]; ``text_strength``: its text-encoder layers', default
+        ``strength``, as ComfyUI's strength_clip); costs no reload and accumulates no drift."""
         from .lora import check_strength, strength_without_lora
 
-        value = check_strength(strength)  # a caller's value, not through the contract: True is not 1.0
+        check_strength(strength)  # a caller's value, not through the contract: True is not 1.0
+        text = strength if text_strength is None else check_strength(text_strength)
         if self.lora is None:
-            strength_without_lora(value, explicit=True)
+            strength_without_lora(strength, explicit=True)
+            strength_without_lora(text, explicit=True)
             return
-        if value != self.lora.strength:
-            self.lora.set_strength(value)
+        if (strength, text) != (self.lora.strength, self.lora.text_strength):
+            self.lora.set_strength(strength, text)
 
     def prepare(self, request: GenerationRequest) -> Prepared:
         """The request as this pipeline draws it, with the LoRA set for it: the one place the strength rules run.
@@ -413,18 +425,21 @@ class FluxVectorPipeline:
         ``request.ModelCannot``); with one, the LoRA is switched to the request's strength (fused: recomputed in place
         from the kept W0, no reload), timed. A prepared request prepares again at no cost."""
         if self.lora is None:
-            if request.lora_strength == 0:
+            if request.lora_strength == 0 and request.text_lora_strength == 0:
                 return Prepared(request)
             from .lora import strength_without_lora
 
             strength = strength_without_lora(
                 request.lora_strength, explicit="lora_strength" in request.model_fields_set
             )
+            if request.lora_strength_clip is not None:
+                strength_without_lora(request.lora_strength_clip, explicit=True)
             return Prepared(request.model_copy(update={"lora_strength": strength}))
-        if request.lora_strength == self.lora.strength:
+        text_strength = request.text_lora_strength
+        if (request.lora_strength, text_strength) == (self.lora.strength, self.lora.text_strength):
             return Prepared(request)
         started = time.perf_counter()
-        self.lora.set_strength(request.lora_strength)
+        self.lora.set_strength(request.lora_strength, text_strength)
         _sync(self.device)
         return Prepared(request, time.perf_counter() - started)
 
@@ -483,7 +498,7 @@ class FluxVectorPipeline:
         return self.prompt_cache.get((prompt, id(self.lora), self._text_lora_strength()), compute)
 
     def _text_lora_strength(self) -> float | None:
-        return self.lora.strength if self.lora is not None and self.lora.touches_text else None
+        return self.lora.text_strength if self.lora is not None and self.lora.touches_text else None
 
     def _execution_device(self) -> torch.device:
         """Where the model computes: the offload's onload device (every mode onloads there)."""

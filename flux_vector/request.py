@@ -70,6 +70,13 @@ class GenerationRequest(BaseModel):
     )
     aspect_ratio: AspectRatio = Field("2:3", description="Aspect ratio; maps to the 13-entry SDXL size table.")
     lora_strength: float = Field(1.0, ge=-10, le=10, description="Strength of the Simple Vector LoRA.")
+    lora_strength_clip: float | None = Field(
+        None,
+        ge=-10,
+        le=10,
+        description="Strength of the LoRA's text-encoder layers (ComfyUI LoraLoader's strength_clip; 0: the LoRA on "
+        "the transformer only, as LoraLoaderModelOnly); null: lora_strength.",
+    )
     sampler_name: SamplerName = Field("euler", description="ComfyUI sampler name.")
     scheduler: SchedulerName = Field("simple", description="ComfyUI scheduler name.")
     seed: int = Field(6652105, ge=0, le=2**64 - 1, description="Seed of the initial and sampler noise.")
@@ -93,9 +100,12 @@ class GenerationRequest(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> GenerationRequest:
-        for name in ("lora_strength", "guidance", "cfg"):
-            if not math.isfinite(getattr(self, name)):
+        for name in ("lora_strength", "lora_strength_clip", "guidance", "cfg"):
+            value = getattr(self, name)
+            if value is not None and not math.isfinite(value):
                 raise ValueError(f"{name} must be finite")
+        if self.lora_strength_clip == self.lora_strength:  # one form per image: null means "the same"
+            object.__setattr__(self, "lora_strength_clip", None)
         if not self.prompt.replace("\x00", "").strip():
             raise ValueError("prompt must not be blank (only spaces or NUL characters)")
         if (self.width is None) != (self.height is None):
@@ -114,6 +124,11 @@ class GenerationRequest(BaseModel):
         if self.width is not None and self.height is not None:
             return self.width, self.height
         return ASPECT_RATIOS[self.aspect_ratio]
+
+    @property
+    def text_lora_strength(self) -> float:
+        """The strength of the LoRA's text-encoder layers: ``lora_strength_clip``, else ``lora_strength``."""
+        return self.lora_strength if self.lora_strength_clip is None else self.lora_strength_clip
 
     def vector_options(self) -> dict[str, Any]:
         """The ``image_to_svg`` options of this request."""

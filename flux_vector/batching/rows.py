@@ -266,7 +266,7 @@ def _from_text(field: str, text: str) -> Any:
             raise ValueError(text)
         if annotation in (int, int | None):
             return int(text)
-        if annotation is float:
+        if annotation in (float, float | None):
             return float(text)
     except ValueError:
         raise RequestError(field, text, allowed(field)) from None

@@ -197,6 +197,13 @@ def _like(args: argparse.Namespace) -> tuple[dict, dict]:
     params = {k: v for k, v in record["request"].items() if k not in ("output_format", "base64")}
     if args.aspect_ratio is not None and args.width is None:  # a new ratio replaces the recorded explicit size
         params.pop("width", None), params.pop("height", None)
+    if record.get("source"):  # another tool's image: its file names are that install's own
+        for flag, name, named in (("--model", "model", "model_file"), ("--lora", "lora", "lora_file")):
+            if record.get(name) is None and getattr(args, name) is None:
+                raise ValueError(
+                    f"{args.like} was made by {record['source']} with the {name} file {record.get(named)!r}, which "
+                    f"flux_vector does not know by that name: give {flag} (the same weights here)"
+                )
     made_with = {"model": record.get("model"), "lora": record.get("lora") or "none"}
     batch_size = params.get("batch_size", 1)
     if type(batch_size) is int and batch_size > 1 and args.batch_size is None:
@@ -347,7 +354,8 @@ def run_info_command(args: argparse.Namespace) -> int:
         print(printable_json(json.dumps(record, indent=2, ensure_ascii=False)))
     else:
         print(printable(parameters_text(record)))
-        print(f"again: flux-vector generate --like {printable(str(args.image))} --out <file>")
+        names = " (--model/--lora: the weights here)" if record.get("source") else ""
+        print(f"again: flux-vector generate --like {printable(str(args.image))} --out <file>{names}")
     return 0
 
 

@@ -120,8 +120,9 @@ def _add_generate(sub, parents) -> None:
         "--like",
         type=Path,
         metavar="IMAGE",
-        help="start from the parameters, model and LoRA recorded in an image flux_vector made (`flux-vector info` "
-        "shows them); the other flags override them (default: none)",
+        help="start from the parameters, model and LoRA recorded in an image flux_vector made, a ComfyUI PNG (its "
+        "graph) or an A1111/Forge image (its parameters text); `flux-vector info` shows them; the other flags "
+        "override them (default: none)",
     )
     p.add_argument(
         "--out",
@@ -146,7 +147,7 @@ def _request_flags(group, fields: tuple[str, ...]) -> None:
             _request_flag(group, field, metavar="NAME")
         elif annotation in (int, int | None):
             _request_flag(group, field, type=int)
-        elif annotation is float:
+        elif annotation in (float, float | None):
             _request_flag(group, field, type=float)
         else:
             _request_flag(group, field)
@@ -349,9 +350,10 @@ def _add_info(sub, parents) -> None:
         parents=parents,
         help="show how an image was made",
         description="Print the parameters, model and LoRA recorded in an image flux_vector wrote (PNG, JPEG, WebP, "
-        "SVG); `flux-vector generate --like IMAGE` makes it again.",
+        "SVG), a ComfyUI PNG (read from its graph) or an A1111/Forge image (its parameters text); "
+        "`flux-vector generate --like IMAGE` makes it again.",
     )
-    p.add_argument("image", type=Path, help="an image flux_vector wrote")
+    p.add_argument("image", type=Path, help="an image flux_vector, ComfyUI or A1111/Forge wrote")
     p.add_argument("--json", action="store_true", help="print the record as JSON (default: readable text)")
 
 

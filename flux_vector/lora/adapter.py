@@ -161,10 +161,19 @@ class LoraLinear(nn.Module):
 class LoraHandle:
     """The LoRA installed by one ``apply_lora`` call: switch its strength, fuse/unfuse it, or remove it."""
 
-    def __init__(self, wrappers: list[LoraLinear], adapters: list[_Adapter], cell: _Strength, patches):
+    def __init__(
+        self,
+        wrappers: list[LoraLinear],
+        adapters: list[_Adapter],
+        cell: _Strength,
+        patches,
+        text_cell: _Strength | None = None,
+    ):
         self._wrappers = wrappers
         self._adapters = adapters
         self._cell = cell
+        # the text encoders' layers have a strength of their own (ComfyUI LoraLoader's strength_clip)
+        self._text_cell = text_cell if text_cell is not None else _Strength(cell.value)
         self.patches = list(patches)
         self._fused = False
         self._original_device: torch.device | str = W0_DEVICE  # where W0 is kept while fused (fuse.keep_w0)
@@ -172,7 +181,13 @@ class LoraHandle:
 
     @property
     def strength(self) -> float:
+        """The strength of the transformer's layers."""
         return self._cell.value
+
+    @property
+    def text_strength(self) -> float:
+        """The strength of the text encoders' layers (equal to ``strength`` unless set apart)."""
+        return self._text_cell.value
 
     @property
     def fused(self) -> bool:
@@ -195,15 +210,21 @@ class LoraHandle:
         if self._removed:
             raise RuntimeError("this LoRA was removed; apply it again")
 
-    def set_strength(self, strength) -> None:
-        """Any finite float in [-10, 10]. Unfused: one assignment. Fused: weights recomputed from W0 (no drift)."""
+    def set_strength(self, strength, text_strength=None) -> None:
+        """Any finite float in [-10, 10]; ``text_strength``: the text encoders' layers (default: ``strength``, as
+        ComfyUI's LoraLoader with strength_clip = strength_model). Unfused: one assignment. Fused: weights recomputed
+        from W0 (no drift)."""
         value = check_strength(strength)
+        text_value = value if text_strength is None else check_strength(text_strength)
         self._live()
-        self._cell.value = value
-        _fill_strength(self._adapters, value)
-        if self._fused:
-            for wrapper in self._wrappers:
-                wrapper.refresh_fused(self._original_device)
+        changed = {id(c) for c, v in ((self._cell, value), (self._text_cell, text_value)) if c.value != v}
+        self._cell.value, self._text_cell.value = value, text_value
+        _fill_strength([a for a in self._adapters if a.cell is self._cell], value)
+        _fill_strength([a for a in self._adapters if a.cell is self._text_cell], text_value)
+        if self._fused:  # only the layers whose strength changed (a text-only switch leaves the transformer alone)
+            for wrapper, adapter in zip(self._wrappers, self._adapters, strict=True):
+                if id(adapter.cell) in changed:
+                    wrapper.refresh_fused(self._original_device)
 
     def fuse(self, original_device: torch.device | str | None = None) -> None:
         """Write the deltas into the base weights (plain nn.Linear only), keeping W0 at ``original_device``: None
@@ -269,12 +290,14 @@ class LoraHandle:
         """Become ``fresh`` (the same patches installed again, see ``fuse_qkv_projections``): callers keep holding
         this handle object."""
         self._wrappers, self._adapters, self._cell = fresh._wrappers, fresh._adapters, fresh._cell
+        self._text_cell = fresh._text_cell
         self.patches, self._fused, self._removed = fresh.patches, fresh._fused, fresh._removed
         self._original_device = fresh._original_device
 
     def __repr__(self) -> str:
         state = "removed" if self._removed else ("fused" if self._fused else "adapter")
-        return f"LoraHandle({len(self._wrappers)} layers, strength={self.strength:g}, {state})"
+        text = f", text_strength={self.text_strength:g}" if self.text_strength != self.strength else ""
+        return f"LoraHandle({len(self._wrappers)} layers, strength={self.strength:g}{text}, {state})"
 
 
 def _adapter_dtype(base: nn.Module):
@@ -285,10 +308,18 @@ def _adapter_dtype(base: nn.Module):
     return device, None  # quantized base: keep the file's dtype, cast to the input's dtype per call
 
 
-def apply_lora(patches: Iterable[LoraPatch], strength=1.0, *, models: Iterable[nn.Module] | None = None) -> LoraHandle:
-    """Install patches as runtime adapters at ``strength``. The modules are looked up in ``models``, by default the
-    models ``parse_lora`` was given (each patch's ``root``)."""
+def apply_lora(
+    patches: Iterable[LoraPatch],
+    strength=1.0,
+    *,
+    models: Iterable[nn.Module] | None = None,
+    text_strength=None,
+) -> LoraHandle:
+    """Install patches as runtime adapters at ``strength`` (the text encoders' layers at ``text_strength``, default
+    ``strength``). The modules are looked up in ``models``, by default the models ``parse_lora`` was given (each
+    patch's ``root``)."""
     value = check_strength(strength)
+    text_value = value if text_strength is None else check_strength(text_strength)
     patches = list(patches)
     if not all(isinstance(p, LoraPatch) for p in patches):
         raise TypeError("apply_lora needs LoraPatch objects (from parse_lora)")
@@ -334,7 +365,7 @@ def apply_lora(patches: Iterable[LoraPatch], strength=1.0, *, models: Iterable[n
     if problems:
         raise LoraError(format_problems(problems, "cannot apply the LoRA to"), keys=sorted(problems))
 
-    cell = _Strength(value)
+    cell, text_cell = _Strength(value), _Strength(text_value)
     wrappers: list[LoraLinear] = []
     adapters: list[_Adapter] = []
     for wrapper, (parent, attr, module), group in groups.values():
@@ -343,8 +374,9 @@ def apply_lora(patches: Iterable[LoraPatch], strength=1.0, *, models: Iterable[n
             setattr(parent, attr, wrapper)
             wrapper._home = (parent, attr)
         device, dtype = _adapter_dtype(wrapper.base)
-        adapter = _Adapter(group, cell, device, dtype)
+        # a module belongs to one model, so every patch of the group has the same component
+        adapter = _Adapter(group, cell if group[0].component == "transformer" else text_cell, device, dtype)
         wrapper.adapters.append(adapter)
         wrappers.append(wrapper)
         adapters.append(adapter)
-    return LoraHandle(wrappers, adapters, cell, patches)
+    return LoraHandle(wrappers, adapters, cell, patches, text_cell)

@@ -41,14 +41,14 @@ def fuse_qkv_projections(transformer: nn.Module, handles: Iterable[LoraHandle] =
         raise LoraError(format_problems(problems, "cannot fuse the q/k/v projections of"), keys=sorted(problems))
     if not todo:
         return 0
-    states = [(h, h.strength, h.fused, h._original_device, list(h.patches)) for h in handles]
+    states = [(h, h.strength, h.text_strength, h.fused, h._original_device, list(h.patches)) for h in handles]
     for h in handles:
         h.remove()
     transformer.fuse_qkv_projections()
-    for h, strength, was_fused, device, patches in states:
+    for h, strength, text_strength, was_fused, device, patches in states:
         roots = {id(p.root): p.root for p in patches if p.root is not None}
         roots.setdefault(id(transformer), transformer)
-        h._reinstalled(apply_lora(patches, strength, models=list(roots.values())))
+        h._reinstalled(apply_lora(patches, strength, models=list(roots.values()), text_strength=text_strength))
         if was_fused:
             h.fuse(device)
     return len(todo)
