@@ -33,8 +33,12 @@ LAYERS = [
         "safe_files",
         "image_chunks",
         "timesteps",
+        # which weights, and how an image records (and reads back) how it was made: they import only leaves, and
+        # output_formats (a leaf) writes each image's record through image_metadata
+        "models",
+        "image_metadata",
+        "comfy",
     },
-    {"models", "image_metadata", "comfy"},
     {"prompt", "lora", "fast"},
     {"pipeline"},
     {"jobs", "serving", "batching"},

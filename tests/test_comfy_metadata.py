@@ -22,7 +22,7 @@ from flux_vector.comfy import request_from
 from flux_vector.comfy.a1111 import parse_parameters
 from flux_vector.comfy.hashes import lora_hash, model_hash
 from flux_vector.image_metadata import image_metadata, parameters_text, read_metadata
-from flux_vector.jobs.bodies import encode_image
+from flux_vector.output_formats import encode_image
 from flux_vector.request import parse_request
 
 from .comfy_nodes import problems

@@ -16,7 +16,7 @@ from PIL import Image
 
 from flux_vector.image_chunks import MAX_METADATA_BYTES
 from flux_vector.image_metadata import RECORD_FIELDS, NoMetadata, image_metadata, read_metadata
-from flux_vector.jobs.bodies import encode_image
+from flux_vector.output_formats import encode_image
 from flux_vector.request import parse_request
 from tests.cli_measure import run_cli
 from tests.png_files import chunk, write_big_png
