@@ -10,7 +10,7 @@ messages and its sampling progress bar are not touched.
   they read at import and the level of the loggers they warn through); ``--verbose`` calls
   ``show_third_party_output()`` instead.
 - The Python API: ``FluxVectorPipeline.from_pretrained`` runs inside ``quiet_loading()``, which silences the same
-  output while it loads and restores the loggers, bars and warning filters afterwards;
+  logged output while it loads and restores the loggers and bars afterwards;
   ``show_third_party_output()`` turns that off.
 
 Network, everywhere (the command line and the Python API): flux_vector reads local files only, but importing
@@ -81,7 +81,9 @@ def show_third_party_output() -> None:
 
 @contextlib.contextmanager
 def quiet_loading() -> Iterator[None]:
-    """The libraries' warnings and loading bars off while this block runs (a model loading), then as they were."""
+    """The libraries' logged warnings and loading bars off while this block runs (a model loading), then as they
+    were. Python ``warnings`` filters are left alone: ``catch_warnings`` swaps the process-wide filter list, which
+    races with other threads (sampling/noise.py); what loading prints comes through logging."""
     if _show_third_party:
         yield
         return
@@ -96,8 +98,6 @@ def quiet_loading() -> Iterator[None]:
     with contextlib.ExitStack() as stack:
         for name in NOISY_LOGGERS:
             stack.enter_context(_logger_at_error(name))
-        stack.enter_context(warnings.catch_warnings())
-        warnings.filterwarnings("ignore", module=NOISY_WARNING_MODULES)
         for _, _, disable in bars:
             disable()
         try:
