@@ -88,7 +88,8 @@ def _serving_options() -> argparse.ArgumentParser:
         type=size,
         metavar="WxH",
         help="also warm up at this size, WIDTHxHEIGHT or an aspect ratio such as 16:9 (repeatable): the sizes "
-        "clients ask for; with --fast each size compiles once, at start, not on its first job",
+        "clients ask for; with --fast each size compiles once, at start, not on its first job (default: none, only "
+        "the default size)",
     )
     return p
 
