@@ -19,6 +19,7 @@ from .store import (
     QueueFull,
     Recovery,
     StoreLocked,
+    UserQueueFull,
 )
 from .worker import ModelCannot, Worker, describe_error
 
@@ -40,6 +41,7 @@ __all__ = [
     "Recovery",
     "SQLiteJobStore",
     "StoreLocked",
+    "UserQueueFull",
     "Worker",
     "describe_error",
     "encode_image",

@@ -11,7 +11,8 @@ local function now()
 end
 """
 
-# KEYS: seq, job, queued, stream   ARGV: id, slug, params, max_queue (-1: none), retention_ms
+# KEYS: seq, job, queued, stream, fair_users, fair_queue (this user's), fair_served
+# ARGV: id, slug, params, max_queue (-1: none), retention_ms, user, max_queue_per_user (-1: none)
 SUBMIT = (
     _NOW
     + """
@@ -22,11 +23,17 @@ end
 local waiting = redis.call('ZCARD', KEYS[3])
 local max_queue = tonumber(ARGV[4])
 if max_queue >= 0 and waiting >= max_queue then return {-1, tostring(waiting)} end
+local max_user = tonumber(ARGV[7])
+if max_user >= 0 and redis.call('ZCARD', KEYS[6]) >= max_user then return {-2, tostring(waiting)} end
 local ts = now()
 local seq = redis.call('INCR', KEYS[1])
 redis.call('HSET', KEYS[2], 'slug', ARGV[2], 'params', ARGV[3], 'state', 'QUEUED', 'created_at', ts,
-           'attempts', 0, 'seq', seq, 'retention_ms', ARGV[5])
+           'attempts', 0, 'seq', seq, 'retention_ms', ARGV[5], 'user', ARGV[6])
 redis.call('ZADD', KEYS[3], seq, ARGV[1])
+redis.call('ZADD', KEYS[6], seq, ARGV[1])  -- fair share (redis_fair.py): this user's waiting jobs
+if not redis.call('ZSCORE', KEYS[5], ARGV[6]) then
+  redis.call('ZADD', KEYS[5], tonumber(redis.call('HGET', KEYS[7], ARGV[6]) or '0'), ARGV[6])
+end
 redis.call('XADD', KEYS[4], '*', 'id', ARGV[1])
 return {waiting, ts}
 """
@@ -119,7 +126,8 @@ return {1, ts}
 """
 )
 
-# KEYS: job, processing, failed, stream, queued   ARGV: id, token ('' = no lease), entry, group, error, channel
+# KEYS: job, processing, failed, stream, queued
+# ARGV: id, token ('' = no lease), entry, group, error, channel, fair queue key prefix
 FAIL = (
     _NOW
     + """
@@ -138,6 +146,7 @@ redis.call('HSET', KEYS[1], 'state', 'FAILED', 'finished_at', ts, 'error', ARGV[
 redis.call('PEXPIRE', KEYS[1], ttl)
 redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('ZREM', KEYS[5], ARGV[1])
+redis.call('ZREM', ARGV[7] .. (redis.call('HGET', KEYS[1], 'user') or ''), ARGV[1])
 redis.call('ZADD', KEYS[3], tonumber(ts) + tonumber(ttl) / 1000, ARGV[1])
 if ARGV[3] ~= '' then
   redis.call('XACK', KEYS[4], ARGV[4], ARGV[3])

@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, unquote
 
+from . import redis_fair
 from . import redis_scripts as lua
 from .store import (
     CANCELLED,
@@ -55,6 +56,7 @@ from .store import (
     QueueFull,
     Recovery,
     StoreUnavailable,
+    UserQueueFull,
     new_job_id,
 )
 
@@ -138,10 +140,14 @@ class RedisJobStore(JobStore):
         self._stream, self._seq, self._queued, self._processing = k("queue"), k("seq"), k("queued"), k("processing")
         self._completed, self._failed, self._workers = k("completed"), k("failed"), k("workers")
         self.channel = k("events")
+        # fair share (redis_fair.py): per-user waiting jobs, users by last service, entry -> job bindings
+        self._fair_users, self._fair_served, self._fair_tick = k("fair:users"), k("fair:served"), k("fair:tick")
+        self._fair_queue_prefix, self._tickets = k("fair:q:"), k("fair:tickets")
         s = client.register_script
         self._submit, self._start, self._heartbeat = s(lua.SUBMIT), s(lua.START), s(lua.HEARTBEAT)
         self._progress, self._complete, self._fail = s(lua.PROGRESS), s(lua.COMPLETE), s(lua.FAIL)
         self._requeue, self._counts, self._expire = s(lua.REQUEUE), s(lua.COUNTS), s(lua.EXPIRE)
+        self._pick = s(redis_fair.PICK)
         self._leases: dict[str, _Lease] = {}
         self._lost: set[str] = set()
         self._lock = threading.Lock()
@@ -236,6 +242,7 @@ class RedisJobStore(JobStore):
             error=_text(g.get("error")),
             result=json.loads(result) if result else {},
             position=position,
+            user=_text(g.get("user")) or "",
         )
 
     def get(self, job_id: str) -> Job | None:
@@ -265,13 +272,39 @@ class RedisJobStore(JobStore):
         return {QUEUED: int(q), PROCESSING: int(p), COMPLETED: int(c), FAILED: int(f)}
 
     # ------------------------------------------------------------------------------------------- API side
-    def submit(self, slug: str, params: dict[str, Any], *, max_queue: int | None = None) -> Job:
+    def submit(
+        self,
+        slug: str,
+        params: dict[str, Any],
+        *,
+        max_queue: int | None = None,
+        user: str = "",
+        max_queue_per_user: int | None = None,
+    ) -> Job:
         job_id = new_job_id()
         encoded = json.dumps(dict(params), allow_nan=False)
         waiting, created = self._submit(
-            keys=[self._seq, self._job_key(job_id), self._queued, self._stream],
-            args=[job_id, slug, encoded, -1 if max_queue is None else int(max_queue), int(self.retention_s * 1000)],
+            keys=[
+                self._seq,
+                self._job_key(job_id),
+                self._queued,
+                self._stream,
+                self._fair_users,
+                self._fair_queue_prefix + user,
+                self._fair_served,
+            ],
+            args=[
+                job_id,
+                slug,
+                encoded,
+                -1 if max_queue is None else int(max_queue),
+                int(self.retention_s * 1000),
+                user,
+                -1 if max_queue_per_user is None else int(max_queue_per_user),
+            ],
         )
+        if int(waiting) == -2:
+            raise UserQueueFull(int(max_queue_per_user or 0), user)
         if int(waiting) < 0:
             raise QueueFull(int(max_queue or 0))
         return Job(
@@ -281,6 +314,7 @@ class RedisJobStore(JobStore):
             state=QUEUED,
             created_at=float(_text(created)),
             position=int(waiting),
+            user=user,
         )
 
     # ------------------------------------------------------------------------------------------- worker side
@@ -322,7 +356,21 @@ class RedisJobStore(JobStore):
         return _text(entry_id), _text(fields.get(b"id"))
 
     def _begin(self, entry: str, job_id: str | None) -> Job | None:
-        if not job_id:  # not one of ours: drop it
+        if job_id:  # a ticket (redis_fair.py): the job it is bound to, else the one the fair order says is next
+            job_id = _text(
+                self._pick(
+                    keys=[
+                        self._tickets,
+                        self._fair_users,
+                        self._fair_served,
+                        self._fair_tick,
+                        self._queued,
+                        self._stream,
+                    ],
+                    args=[entry, self.key("job:"), self._fair_queue_prefix, GROUP],
+                )
+            )
+        if not job_id:  # not one of ours, or nothing left to run for this ticket: drop it
             self.r.xack(self._stream, GROUP, entry)
             self.r.xdel(self._stream, entry)
             return None
@@ -332,6 +380,8 @@ class RedisJobStore(JobStore):
             args=[job_id, entry, token, self.name, self.max_attempts, int(self.lease_s * 1000), GROUP, self.channel],
         )
         outcome = _text(reply[0])
+        if outcome in ("failed", "gone", "done"):  # START dropped the entry: forget its binding
+            self.r.hdel(self._tickets, entry)
         if outcome == "failed":
             self.stats["failed_after_attempts"] += 1
             self.log(f"job {job_id} FAILED: {_text(reply[1])}")
@@ -395,6 +445,7 @@ class RedisJobStore(JobStore):
         )
         if int(reply[0]) == 0:
             raise self._lease_lost(job_id, "its images were")
+        self.r.hdel(self._tickets, lease.entry)  # COMPLETE removed the entry
         self._drop_lease(job_id)
         return self.get(job_id) or Job(id=job_id, slug="", params={}, state=COMPLETED, created_at=0.0, result=result)
 
@@ -409,6 +460,7 @@ class RedisJobStore(JobStore):
                 GROUP,
                 str(error) or "the job failed",
                 self.channel,
+                self._fair_queue_prefix,
             ],
         )
         if int(reply[0]) == 0:
@@ -418,6 +470,8 @@ class RedisJobStore(JobStore):
             if state in (COMPLETED, FAILED):  # settled already: a settled job never changes again
                 raise LeaseLost(f"job {job_id} is {state}, not PROCESSING; its failure was not recorded")
             raise KeyError(f"job {job_id!r} is {state}; it cannot be failed")
+        if lease is not None:
+            self.r.hdel(self._tickets, lease.entry)  # FAIL removed the entry
         self._drop_lease(job_id)
         job = self.get(job_id)
         if job is None:
@@ -428,7 +482,7 @@ class RedisJobStore(JobStore):
         """FAIL without a lease: the worker running it gets LeaseLost at its next progress write and stops."""
         self._fail(
             keys=[self._job_key(job_id), self._processing, self._failed, self._stream, self._queued],
-            args=[job_id, "", "", GROUP, reason, self.channel],
+            args=[job_id, "", "", GROUP, reason, self.channel, self._fair_queue_prefix],
         )
         return self.get(job_id)
 
