@@ -48,12 +48,27 @@ HOSTED_FIELDS = ("prompt", "aspect_ratio", "lora_strength", "sampler_name", "sch
 VECTOR_OPTIONS = ("detail", "transparent_background")
 
 
+QUOTE_CHARS = 200  # the most of a bad value an error message (and an error body's ``value``) quotes
+
+
+def shorten(value: Any, limit: int = QUOTE_CHARS) -> Any:
+    """``value`` as an error may quote it: a string (or a list/dict's repr) over ``limit`` characters is cut to
+    ``limit`` and says how long it was."""
+    if isinstance(value, str):
+        return value if len(value) <= limit else f"{value[:limit]}... ({len(value):,} characters)"
+    if isinstance(value, list | dict | tuple):
+        text = repr(value)
+        return value if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
+    return value
+
+
 class RequestError(ValueError):
-    """An invalid parameter: ``field``, the ``value`` given and a description of what is ``allowed``."""
+    """An invalid parameter: ``field``, the ``value`` given and a description of what is ``allowed``. The message
+    quotes at most ``QUOTE_CHARS`` characters of the value."""
 
     def __init__(self, field: str, value: Any, allowed: str, problem: str | None = None):
         self.field, self.value, self.allowed = field, value, allowed
-        head = f"{field} is missing" if value is _MISSING else f"{field}={value!r} is not allowed"
+        head = f"{field} is missing" if value is _MISSING else f"{field}={shorten(value)!r} is not allowed"
         super().__init__(f"{head}{': ' + problem if problem else ''}; {field} must be {allowed}")
 
 

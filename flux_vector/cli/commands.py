@@ -70,11 +70,11 @@ def run_serve_command(args: argparse.Namespace) -> int:
     from ..server.serve import serve
 
     if args.store is not None and is_redis_url(args.store):
-        ignored = [f"--{name}" for name in ("model", "lora", "quantize", "device") if getattr(args, name)]
+        ignored = [f"--{name}" for name in ("lora", "quantize", "device") if getattr(args, name)]
         if ignored:
             print(
                 f"flux-vector serve: {', '.join(ignored)} ignored: with a Redis store this process only serves the "
-                "API; give them to flux-vector worker",
+                "API (--model names the tokenizers that count prompt tokens); give them to flux-vector worker",
                 file=sys.stderr,
             )
     else:
@@ -95,8 +95,12 @@ def run_serve_command(args: argparse.Namespace) -> int:
         budget={
             "max_image_pixels": args.max_image_pixels,
             "max_batch_pixels": args.max_batch_pixels,
-            "max_step_pixels": args.max_step_pixels,
+            "max_work": args.max_work,
+            "max_prompt_tokens": args.max_prompt_tokens,
         },
+        api_keys_file=args.api_keys,
+        public_metrics=args.public_metrics,
+        max_queue_per_user=args.max_queue_per_user,
     )
 
 
