@@ -31,8 +31,9 @@ redis.call('HSET', KEYS[2], 'slug', ARGV[2], 'params', ARGV[3], 'state', 'QUEUED
            'attempts', 0, 'seq', seq, 'retention_ms', ARGV[5], 'user', ARGV[6])
 redis.call('ZADD', KEYS[3], seq, ARGV[1])
 redis.call('ZADD', KEYS[6], seq, ARGV[1])  -- fair share (redis_fair.py): this user's waiting jobs
-if not redis.call('ZSCORE', KEYS[5], ARGV[6]) then
-  redis.call('ZADD', KEYS[5], tonumber(redis.call('HGET', KEYS[7], ARGV[6]) or '0'), ARGV[6])
+if not redis.call('ZSCORE', KEYS[5], ARGV[6]) then  -- never served: before every served user, by first job
+  local served = redis.call('HGET', KEYS[7], ARGV[6])
+  redis.call('ZADD', KEYS[5], served and tonumber(served) or (seq - 1e15), ARGV[6])
 end
 redis.call('XADD', KEYS[4], '*', 'id', ARGV[1])
 return {waiting, ts}

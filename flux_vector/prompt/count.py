@@ -9,7 +9,8 @@ prompt can become 72,000 characters and 24,000 tokens. A piece is therefore neve
 is cut into slices of at most ``SLICE_CHARS`` characters, at a whitespace where there is one (T5 splits words at
 whitespace before its model runs, so those cuts change no token), and the count stops as soon as it passes
 ``stop_after``. Memory is bounded by one slice (at most 18 x ``SLICE_CHARS`` normalised characters) whatever the
-prompt; only a "word" longer than a slice is counted in parts, which may differ from the whole by a token per cut.
+prompt; only a "word" longer than a slice is counted in parts, which may count a token or two more per cut
+(measured: 24,032 for the 24,002 tokens of "\\ufdfa" * 4000, cut 15 times).
 """
 
 from __future__ import annotations
