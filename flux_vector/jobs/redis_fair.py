@@ -9,10 +9,11 @@ submitted job, so every queued job finds one; a ticket with nothing left to run 
 
 The fair order: ``fair:q:<user>`` holds each user's waiting jobs that no ticket is bound to (scored by submit order),
 ``fair:users`` the users that have some, scored by when each was last served (``fair:served``, a ``fair:tick``
-counter; a user never served scores its first job's seq - 1e15: before the served ones, by first job). ``PICK`` takes the least recently served user's oldest job: users take turns,
-first in first out within a user. These keys only order the work: ``queued`` (id -> seq) stays the truth for what
-waits. A queued job that no user index holds and no live ticket is bound to (queued by an older version, or an index
-entry lost) is picked from ``queued`` in submit order once the user indexes are empty.
+counter; a user never served scores its first job's seq - 1e15: before the served ones, by first job). ``PICK``
+takes the least recently served user's oldest job: users take turns, first in first out within a user. These keys
+only order the work: ``queued`` (id -> seq) stays the truth for what waits. A queued job that no user index holds
+and no live ticket is bound to (queued by an older version, or an index entry lost) is picked from ``queued`` in
+submit order once the user indexes are empty.
 """
 
 from __future__ import annotations
