@@ -31,7 +31,7 @@ def healthz(request: Request, state: State):
                 "store": store.kind,
                 "slug": state.slug,
                 "worker": None,
-                "workers": store.workers(),
+                "workers": [_without_others_job(state, w, user) for w in store.workers()] if user is not None else [],
                 "jobs": store.counts(),
                 "retention_s": store.retention_s,
                 **settings,
@@ -64,6 +64,13 @@ def healthz(request: Request, state: State):
         **settings,
     }
     return JSONResponse(body, status_code=status)
+
+
+def _without_others_job(state, worker: dict, user: str) -> dict:
+    """A worker's announced entry with its ``current_job`` hidden unless ``user`` submitted that job."""
+    if "current_job" in worker:
+        worker = {**worker, "current_job": _own_job(state, worker["current_job"], user)}
+    return worker
 
 
 def _own_job(state, job_id: str | None, user: str) -> str | None:

@@ -148,7 +148,7 @@ class ServerState:
             return ANONYMOUS
         given = key_from_headers(request.headers)
         if not given:
-            raise ApiError(401, "missing API key: send it in the x-api-key header (or Authorization: Bearer KEY)")
+            raise ApiError(401, "missing API key: send it in the x-api-key header")
         user = self.users.identify(given)
         if user is None:
             raise ApiError(401, "invalid API key")
