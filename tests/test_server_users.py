@@ -158,14 +158,31 @@ def test_another_users_job_is_not_found(server):
     assert httpx.get(f"{server.url}/v2/requests/{job}", headers=B, timeout=10).status_code == 404
 
 
-def test_a_users_one_job_is_not_stuck_behind_anothers_thirty(server):
-    a_jobs = [submit(server.url, A).json()["request_id"] for _ in range(30)]
-    b_job = submit(server.url, B).json()["request_id"]
-    assert wait_done(server.url, b_job, B)["status"] == "COMPLETED"
-    states = [httpx.get(f"{server.url}/v2/requests/{j}/status", headers=A, timeout=10).json()["status"] for j in a_jobs]
+def thirty_then_one(url: str) -> tuple[list[str], str]:
+    """Alice queues 30 jobs behind a long one of hers (so that they all wait, however slowly this machine takes the
+    submits), then bob submits one and alice cancels her long job: the worker picks the next job."""
+    blocker = submit(url, A, steps=100).json()["request_id"]  # 10 s
+    deadline = time.monotonic() + 60
+    while httpx.get(f"{url}/v2/requests/{blocker}/status", headers=A, timeout=10).json()["status"] != "PROCESSING":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    a_jobs = [submit(url, A).json()["request_id"] for _ in range(30)]
+    b_job = submit(url, B).json()["request_id"]
+    assert httpx.delete(f"{url}/v2/requests/{blocker}", headers=A, timeout=10).status_code == 200
+    return a_jobs, b_job
+
+
+def check_bob_went_first(url: str, a_jobs: list[str], b_job: str) -> None:
+    assert wait_done(url, b_job, B)["status"] == "COMPLETED"
+    states = [httpx.get(f"{url}/v2/requests/{j}/status", headers=A, timeout=10).json()["status"] for j in a_jobs]
     assert sum(state != "COMPLETED" for state in states) >= 20, states
     for job_id in a_jobs:
-        wait_done(server.url, job_id, A)
+        assert wait_done(url, job_id, A)["status"] == "COMPLETED"  # in the order alice submitted them
+
+
+def test_a_users_one_job_is_not_stuck_behind_anothers_thirty(server):
+    a_jobs, b_job = thirty_then_one(server.url)
+    check_bob_went_first(server.url, a_jobs, b_job)
 
 
 def test_metrics_need_a_key_and_name_users_never_keys(server):
@@ -281,7 +298,7 @@ def redis_cluster(tmp_path_factory):
     folder = tmp_path_factory.mktemp("redis-users")
     redis = RedisServer(folder).start()
     url = redis.url(0)
-    worker = WorkerProcess(url, folder, "w0", env={**FAKE_ENV, FAKE_STEP_ENV: "0.1"}).start()
+    worker = WorkerProcess(url, folder, "w0", args=("--lease", "3"), env={**FAKE_ENV, FAKE_STEP_ENV: "0.1"}).start()
     api = ApiProcess(url, folder, args=("--model", "demo", "--api-keys", str(keys_file(folder))))
     try:
         api.start()
@@ -297,17 +314,18 @@ def redis_cluster(tmp_path_factory):
 def test_on_redis_users_are_apart_and_take_turns(redis_cluster):
     url = redis_cluster.api.url
     assert httpx.get(url + "/healthz", timeout=5).json() == {"status": "ok"}
-    a_jobs = [submit(url, A).json()["request_id"] for _ in range(30)]
-    b_job = submit(url, B).json()["request_id"]
-    for method, path in (("GET", "/status"), ("GET", ""), ("DELETE", "")):
-        assert httpx.request(method, f"{url}/v2/requests/{a_jobs[-1]}{path}", headers=B).status_code == 404
+    running = submit(url, A, steps=50).json()["request_id"]  # 5 s
+    deadline = time.monotonic() + 5  # the worker announces its job with every heartbeat (lease / 3 = 1 s)
+    while running not in [w.get("current_job") for w in httpx.get(url + "/healthz", headers=A).json()["workers"]]:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
     health = httpx.get(url + "/healthz", headers=B, timeout=5).json()
-    assert all(w.get("current_job") in (None, b_job) for w in health["workers"])  # never one of alice's
-    assert wait_done(url, b_job, B)["status"] == "COMPLETED"
-    states = [httpx.get(f"{url}/v2/requests/{j}/status", headers=A, timeout=10).json()["status"] for j in a_jobs]
-    assert sum(state != "COMPLETED" for state in states) >= 20, states
-    for job_id in a_jobs:
-        assert wait_done(url, job_id, A)["status"] == "COMPLETED"  # bob's DELETE cancelled nothing
+    assert health["workers"] and all(w.get("current_job") is None for w in health["workers"])  # not alice's
+    for method, path in (("GET", "/status"), ("GET", ""), ("DELETE", "")):
+        assert httpx.request(method, f"{url}/v2/requests/{running}{path}", headers=B).status_code == 404
+    assert wait_done(url, running, A)["status"] == "COMPLETED"  # bob's DELETE cancelled nothing
+    a_jobs, b_job = thirty_then_one(url)
+    check_bob_went_first(url, a_jobs, b_job)
 
 
 @pytest.mark.redis
