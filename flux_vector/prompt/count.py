@@ -19,7 +19,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .weights import weighted_pieces
+from ..request import GenerationRequest, RequestError, TextTokens, uses_negative
+from .weights import PromptError, check_prompt, weighted_pieces
 
 SLICE_CHARS = 256
 
@@ -48,6 +49,25 @@ class PromptTokenCounter:
                 if stop_after is not None and total > stop_after:
                     return total
         return total
+
+
+def request_tokens(request: GenerationRequest, counter: PromptTokenCounter | None) -> TextTokens | None:
+    """The T5 tokens of a request's prompt, and of its negative prompt when sampling evaluates it (cfg != 1, a cfg_pp
+    sampler); without a ``counter`` only the grammar is checked (None). ``RequestError`` naming ``prompt`` or
+    ``negative_prompt`` for a prompt over the grammar's limits."""
+    fields = ("prompt", "negative_prompt") if uses_negative(request) else ("prompt",)
+    counts: dict[str, int] = {}
+    for name in fields:
+        value = getattr(request, name)
+        try:
+            if counter is None:
+                check_prompt(value)
+            else:
+                counts[name] = counter.count(value)
+        except PromptError as exc:
+            allowed = "text whose (...) groups and weights the prompt grammar accepts"
+            raise RequestError(name, value, allowed, str(exc)) from None
+    return None if counter is None else TextTokens(counts["prompt"], counts.get("negative_prompt"))
 
 
 def slices(text: str, size: int) -> list[str]:

@@ -26,7 +26,6 @@ from ..request import (
     WorkBudget,
     parse_request,
     shorten,
-    uses_negative,
 )
 from .body import parse_json_body, read_body_limited
 from .errors import ApiError, json_safe
@@ -202,25 +201,10 @@ class ServerState:
         return params
 
     def count_text(self, request: GenerationRequest) -> TextTokens | None:
-        """The T5 tokens of the prompt (and of the negative prompt when sampling evaluates it), in bounded memory
-        (``prompt.count``); the grammar's limits checked on both (``RequestError`` naming the field)."""
-        from ..prompt import PromptError, check_prompt
+        """The prompts' T5 tokens in bounded memory (``prompt.count``), their grammar checked."""
+        from ..prompt.count import request_tokens
 
-        fields = ("prompt", "negative_prompt") if uses_negative(request) else ("prompt",)
-        counts: dict[str, int] = {}
-        for name in fields:
-            value = getattr(request, name)
-            try:
-                if self.token_counter is None:
-                    check_prompt(value)
-                else:
-                    counts[name] = self.token_counter.count(value)
-            except PromptError as exc:
-                allowed = "text whose (...) groups and weights the prompt grammar accepts"
-                raise RequestError(name, value, allowed, str(exc)) from None
-        if self.token_counter is None:
-            return None
-        return TextTokens(counts["prompt"], counts.get("negative_prompt"))
+        return request_tokens(request, self.token_counter)
 
     # ------------------------------------------------------------------------------------------- jobs
     async def submit(self, params: dict[str, Any], user: str = ANONYMOUS) -> Job:
