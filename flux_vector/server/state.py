@@ -162,7 +162,7 @@ class ServerState:
 
     def check_slug(self, requested: str) -> None:
         if requested != self.slug:
-            raise ApiError(404, f"model {requested!r} not found: this server serves {self.slug!r}")
+            raise ApiError(404, f"model {shorten(requested, 80)!r} not found: this server serves {self.slug!r}")
 
     async def read_request(self, request: Request) -> dict[str, Any]:
         """The body's parameters, validated by the contract (400 naming the field), or an ApiError."""
