@@ -13,7 +13,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from .errors import error_response
-from .state import State
+from .state import ServerState, State
 
 router = APIRouter()
 
@@ -66,14 +66,14 @@ def healthz(request: Request, state: State):
     return JSONResponse(body, status_code=status)
 
 
-def _without_others_job(state, worker: dict, user: str) -> dict:
+def _without_others_job(state: ServerState, worker: dict, user: str) -> dict:
     """A worker's announced entry with its ``current_job`` hidden unless ``user`` submitted that job."""
     if "current_job" in worker:
         worker = {**worker, "current_job": _own_job(state, worker["current_job"], user)}
     return worker
 
 
-def _own_job(state, job_id: str | None, user: str) -> str | None:
+def _own_job(state: ServerState, job_id: str | None, user: str) -> str | None:
     """The running job's id when ``user`` may see it (it submitted it, or the server has no keys), else None."""
     if job_id is None or not state.users.required:
         return job_id

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from ..jobs import DEFAULT_RETENTION_S, SQLiteJobStore, Worker
 from ..jobs.redis_store import is_redis_url
@@ -23,6 +25,9 @@ from ..serving import (
     warn_if_open,
     work_budget,
 )
+
+if TYPE_CHECKING:
+    from ..prompt.count import PromptTokenCounter
 
 DEFAULT_PORT = 8000
 DEFAULT_MAX_QUEUE = 100
@@ -75,7 +80,7 @@ def serve(
         raise ValueError(f"--max-queue-per-user={max_queue_per_user} is not allowed; it must be at least 1")
     api_key = os.environ.get(API_KEY_ENV) or None
     users = load_users(api_keys_file, api_key)
-    options = {
+    options: dict[str, Any] = {
         "host": host,
         "public_url": public_url,
         "allow_origins": allow_origins,
@@ -185,7 +190,7 @@ def describe_user_cap(max_queue_per_user: int | None) -> str:
     return "" if max_queue_per_user is None else f" ({max_queue_per_user} per user)"
 
 
-def prompt_token_counter(model: str, pipe, log):
+def prompt_token_counter(model: str, pipe: Any, log: Callable[[str], None]) -> PromptTokenCounter | None:
     """What counts prompts' T5 tokens at submit: the loaded pipeline's tokenizer, else the tokenizer files of the
     model's folder (an API-only process loads no weights). None, with a warning, when neither exists: prompts are then
     priced at the padded minimum and ``--max-prompt-tokens`` cannot be enforced."""
