@@ -254,8 +254,8 @@ class OverBudget(ValueError):
         self.fields, self.amount, self.limit, self.setting = fields, amount, limit, setting
         flag = "--" + setting.replace("_", "-")
         super().__init__(
-            f"{' x '.join(fields)} = {amount:,} {what} is over this server's limit of {limit:,} ({setting}, "
-            f"flux-vector serve {flag}); {hint}"
+            f"{' x '.join(fields)} = {amount:,} {what} is over this server's limit of {limit:,} ({setting}); {hint} "
+            f"(the limit is flux-vector serve {flag})"
         )
 
 
