@@ -48,12 +48,27 @@ HOSTED_FIELDS = ("prompt", "aspect_ratio", "lora_strength", "sampler_name", "sch
 VECTOR_OPTIONS = ("detail", "transparent_background")
 
 
+QUOTE_CHARS = 200  # the most of a bad value an error message (and an error body's ``value``) quotes
+
+
+def shorten(value: Any, limit: int = QUOTE_CHARS) -> Any:
+    """``value`` as an error may quote it: a string (or a list/dict's repr) over ``limit`` characters is cut to
+    ``limit`` and says how long it was."""
+    if isinstance(value, str):
+        return value if len(value) <= limit else f"{value[:limit]}... ({len(value):,} characters)"
+    if isinstance(value, list | dict | tuple):
+        text = repr(value)
+        return value if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
+    return value
+
+
 class RequestError(ValueError):
-    """An invalid parameter: ``field``, the ``value`` given and a description of what is ``allowed``."""
+    """An invalid parameter: ``field``, the ``value`` given and a description of what is ``allowed``. The message
+    quotes at most ``QUOTE_CHARS`` characters of the value."""
 
     def __init__(self, field: str, value: Any, allowed: str, problem: str | None = None):
         self.field, self.value, self.allowed = field, value, allowed
-        head = f"{field} is missing" if value is _MISSING else f"{field}={value!r} is not allowed"
+        head = f"{field} is missing" if value is _MISSING else f"{field}={shorten(value)!r} is not allowed"
         super().__init__(f"{head}{': ' + problem if problem else ''}; {field} must be {allowed}")
 
 
@@ -245,40 +260,126 @@ def parse_vector_options(options: dict[str, Any]) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------- server settings
 BYTES_PER_IMAGE_PIXEL = 1024  # device memory a pixel of one image may claim (transformer, one-image VAE decode)
 MIN_IMAGE_PIXELS, MAX_IMAGE_PIXELS = 1024 * 1024, 4096 * 4096
-# steps x pixels x batch: a batch of 8 hosted-size (1 MP) images at the 100-step maximum is the most work allowed
-DEFAULT_MAX_STEP_PIXELS = 100 * 8 * 1024 * 1024
+
+# The work of a request, in token-calls (what the transformer is run over):
+#
+#     work = batch_size x steps x sampler calls per step x sum over the conditionings evaluated of
+#            (image tokens + text tokens)
+#
+# image tokens = (width / 16) x (height / 16)  (the VAE's 8x downscale, then Flux's 2x2 patches);
+# text tokens  = the T5 sequence: the prompt's T5 tokens + 1 end token, padded to at least 256 (prompt/tokens.py);
+# sampler calls per step: 1, 2 (heun, dpm_2, dpm_2_ancestral, dpmpp_2s_ancestral, dpmpp_sde), 3 (heunpp2,
+#   dpm_adaptive), read from the sampler registry (``SamplerSpec.model_calls``);
+# conditionings: the prompt, plus the negative prompt when cfg != 1 or the sampler evaluates it anyway (cfg_pp).
+IMAGE_TOKEN_PIXELS = 16 * 16
+T5_MIN_TOKENS = 256  # the padded T5 length (prompt/tokens.T5_MIN_LENGTH; a test keeps the two equal)
+# The largest prompt accepted, in T5 tokens (``--max-prompt-tokens``). English reads 3.75-4.0 characters a T5
+# token (measured on the golden prompts of tests/data/comfy_e2e), so the contract's 4000 characters of real text are
+# at most ~1070 tokens; 1536 leaves half as much again for number- and punctuation-heavy prompts. The 4 KB prompts
+# that are not text ("a " * 2000, "(" * 4000: 4000 tokens; "\ufdfa" * 4000: 24002 after NFKC) are over it.
+DEFAULT_MAX_PROMPT_TOKENS = 1536
+# The default work limit: a batch of 8 hosted-size images (1024x1024: 4096 image tokens) with a 512-token prompt,
+# 100 steps, one call a step: the most the hosted API's parameters ask for at cfg 1 with a one-call sampler.
+DEFAULT_MAX_WORK = 100 * 8 * (1024 * 1024 // IMAGE_TOKEN_PIXELS + 512)
 
 
 class OverBudget(ValueError):
     """A valid request that is more work than this server accepts: the ``fields`` involved and the ``limit``."""
 
-    def __init__(self, fields: tuple[str, ...], amount: int, limit: int, what: str, setting: str):
+    def __init__(
+        self,
+        fields: tuple[str, ...],
+        amount: int,
+        limit: int,
+        what: str,
+        setting: str,
+        hint: str = "ask for fewer pixels, images or steps",
+    ):
         self.fields, self.amount, self.limit, self.setting = fields, amount, limit, setting
+        flag = "--" + setting.replace("_", "-")
         super().__init__(
-            f"{' x '.join(fields)} = {amount:,} {what} is over this server's limit of {limit:,} ({setting}); "
-            "ask for fewer pixels, images or steps"
+            f"{' x '.join(fields)} = {amount:,} {what} is over this server's limit of {limit:,} ({setting}); {hint} "
+            f"(the limit is flux-vector serve {flag})"
         )
+
+
+@dataclass(frozen=True)
+class TextTokens:
+    """The T5 tokens of a request's prompt and negative prompt (before the end token and the padding), counted with
+    the model's own tokenizer (``prompt.count``); ``negative`` is None when the request never evaluates it."""
+
+    prompt: int
+    negative: int | None = None
+
+
+def image_tokens(width: int, height: int) -> int:
+    return (width * height) // IMAGE_TOKEN_PIXELS
+
+
+def t5_sequence_length(tokens: int) -> int:
+    """The length of the T5 sequence the model sees for a prompt of ``tokens`` tokens."""
+    return max(T5_MIN_TOKENS, tokens + 1)
+
+
+def uses_negative(request: GenerationRequest) -> bool:
+    """Whether sampling evaluates the negative prompt: cfg != 1 (after a ``*_pp`` name's doubling) or a sampler that
+    always needs the uncond prediction."""
+    from .sampling.sample import resolve_sampler
+
+    spec, cfg = resolve_sampler(request.sampler_name, request.cfg)
+    return spec.needs_uncond or not math.isclose(cfg, 1.0)
+
+
+def sampler_model_calls(request: GenerationRequest) -> int:
+    """Denoiser calls per step of the request's sampler, from the sampler registry."""
+    from .sampling.sample import resolve_sampler
+
+    return resolve_sampler(request.sampler_name, request.cfg)[0].model_calls
+
+
+def work_of(request: GenerationRequest, text: TextTokens | None = None) -> int:
+    """The request's work in token-calls (the formula above). Without ``text`` every prompt counts as the padded
+    minimum (256 tokens)."""
+    width, height = request.size
+    image = image_tokens(width, height)
+    per_call = image + t5_sequence_length(text.prompt if text else 0)
+    if uses_negative(request):
+        negative = text.negative if text is not None and text.negative is not None else 0
+        per_call += image + t5_sequence_length(negative)
+    return request.batch_size * request.steps * sampler_model_calls(request) * per_call
 
 
 @dataclass(frozen=True)
 class WorkBudget:
     """How much work one request may ask for (``flux-vector serve --max-image-pixels/--max-batch-pixels/
-    --max-step-pixels``); defaults from the device's memory (``for_memory``)."""
+    --max-work/--max-prompt-tokens``); defaults from the device's memory (``for_memory``)."""
 
     max_image_pixels: int = MAX_IMAGE_PIXELS
     max_batch_pixels: int = 2 * MAX_IMAGE_PIXELS
-    max_step_pixels: int = DEFAULT_MAX_STEP_PIXELS
+    max_work: int = DEFAULT_MAX_WORK
+    max_prompt_tokens: int = DEFAULT_MAX_PROMPT_TOKENS
 
     @classmethod
     def for_memory(cls, memory_bytes: int) -> WorkBudget:
         """Per image: 1 KiB of device memory per pixel, between 1024x1024 and 4096x4096 (the VAE decodes one image
-        at a time, tiled above ``pipeline.TILED_DECODE_PIXELS``); a batch: twice that; work:
-        ``DEFAULT_MAX_STEP_PIXELS``."""
+        at a time, tiled above ``pipeline.TILED_DECODE_PIXELS``); a batch: twice that; work: ``DEFAULT_MAX_WORK``."""
         image = max(MIN_IMAGE_PIXELS, min(MAX_IMAGE_PIXELS, memory_bytes // BYTES_PER_IMAGE_PIXEL))
-        return cls(max_image_pixels=image, max_batch_pixels=2 * image, max_step_pixels=DEFAULT_MAX_STEP_PIXELS)
+        return cls(max_image_pixels=image, max_batch_pixels=2 * image)
 
-    def check(self, request: GenerationRequest) -> None:
-        """Raise ``OverBudget`` naming the fields and the limit the request exceeds."""
+    def check_text(self, text: TextTokens) -> None:
+        """Raise ``OverBudget`` naming ``prompt`` or ``negative_prompt`` when it has more T5 tokens than allowed."""
+        for field, count in (("prompt", text.prompt), ("negative_prompt", text.negative)):
+            if count is not None and count > self.max_prompt_tokens:
+                raise OverBudget(
+                    (field,), count, self.max_prompt_tokens, "T5 tokens", "max_prompt_tokens", f"shorten the {field}"
+                )
+
+    def check(self, request: GenerationRequest, text: TextTokens | None = None) -> None:
+        """Raise ``OverBudget`` naming the fields and the limit the request exceeds. ``text``: the counted prompt
+        tokens (checked against ``max_prompt_tokens`` and priced in the work); None prices every prompt at the
+        padded minimum."""
+        if text is not None:
+            self.check_text(text)
         width, height = request.size
         size_fields = ("width", "height") if request.width is not None else ("aspect_ratio",)
         image = width * height
@@ -289,8 +390,22 @@ class WorkBudget:
             raise OverBudget(
                 (*size_fields, "batch_size"), batch, self.max_batch_pixels, "pixels per batch", "max_batch_pixels"
             )
-        work = batch * request.steps
-        if work > self.max_step_pixels:
+        work = work_of(request, text)
+        if work > self.max_work:
+            fields = (*size_fields, "batch_size", "steps")
+            if sampler_model_calls(request) > 1:
+                fields += ("sampler_name",)
+            if uses_negative(request):
+                fields += ("cfg",)
+            if text is not None and text.prompt >= T5_MIN_TOKENS:
+                fields += ("prompt",)
+            if text is not None and (text.negative or 0) >= T5_MIN_TOKENS:
+                fields += ("negative_prompt",)
             raise OverBudget(
-                (*size_fields, "batch_size", "steps"), work, self.max_step_pixels, "pixel-steps", "max_step_pixels"
+                fields,
+                work,
+                self.max_work,
+                "token-calls (image + text tokens x model calls x steps x batch)",
+                "max_work",
+                "ask for fewer pixels, images, steps or prompt tokens, cfg 1 or a one-call sampler",
             )

@@ -87,7 +87,7 @@ def warn_if_demo_model(model: str, log) -> None:
         )
 
 
-def warn_if_open(host: str, api_key: str | None, log) -> None:
+def warn_if_open(host: str, api_key: str | bool | None, log) -> None:
     if not api_key and host not in LOOPBACK_HOSTS:
         log(
             f"warning: listening on {host} without an API key: anyone who can reach the port can queue jobs "

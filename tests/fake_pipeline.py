@@ -137,3 +137,17 @@ def load_with_faults(model: str, **options: Any) -> FaultInjectingPipeline:
     from flux_vector.pipeline import FluxVectorPipeline
 
     return with_fault_markers(FluxVectorPipeline.from_pretrained(model, **options))
+
+
+FAKE_STEP_ENV = "FLUX_VECTOR_FAKE_STEP_S"
+FAKE_ENV = {
+    "FLUX_VECTOR_PIPELINE_FACTORY": "tests.fake_pipeline:load_fake",
+    "PYTHONPATH": FAULTS_ENV["PYTHONPATH"],
+}
+
+
+def load_fake(model: str, **options: Any) -> FakePipeline:
+    """A ``FLUX_VECTOR_PIPELINE_FACTORY``: ``FakePipeline`` (no model; ``$FLUX_VECTOR_FAKE_STEP_S`` seconds a step),
+    for server tests about the queue and the API rather than the pixels. The server still reads ``model``'s
+    tokenizer files to count prompt tokens."""
+    return FakePipeline(step_s=float(os.environ.get(FAKE_STEP_ENV, "0")), lora=None)

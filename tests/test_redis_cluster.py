@@ -21,6 +21,7 @@ from tests.segmind_script import SLUG, SMALL, run_script
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]  # processes: an API server and three workers
 KEY = "redis-test-key-42"
+KEYED = {"x-api-key": KEY}  # issue 27: with a key configured, /healthz says more and /metrics answers only with it
 LEASE_S = 4.0  # a SIGKILLed worker's job runs again this long after its last heartbeat
 RETENTION_S = 25.0  # longer than the 300-job run, so every result can still be checked at its end
 JOBS, CLIENTS = 300, 8
@@ -96,17 +97,17 @@ def test_api_key_and_queue_bound_as_with_the_embedded_store(cluster, monkeypatch
         with pytest.raises(segmind.SegmindError) as full_sync:
             client.run_sync(SLUG, prompt="one too many", **SMALL)
         assert full_sync.value.status == 429
-        health = httpx.get(small.url + "/healthz").json()
+        health = httpx.get(small.url + "/healthz", headers=KEYED).json()
         assert health["role"] == "api" and health["store"] == "redis" and health["jobs"]["QUEUED"] == 2
         assert sorted(w["name"] for w in health["workers"]) == ["w0", "w1", "w2"]
         while not all(w["state"] == "busy" for w in health["workers"]):  # entries refresh every lease/3
             assert time.monotonic() < deadline, health
             time.sleep(0.1)
-            health = httpx.get(small.url + "/healthz").json()
+            health = httpx.get(small.url + "/healthz", headers=KEYED).json()
         assert all(w["fused"] and w["lora_strength"] == 1 and w["model"] == "tiny" for w in health["workers"])
         assert all(w["serves"]["model"] == "tiny" and w["serves"]["version"] for w in health["workers"])  # issue 32
         assert "serving" not in health  # the API process asks for no model: every worker serves its jobs
-        metrics = httpx.get(small.url + "/metrics").text
+        metrics = httpx.get(small.url + "/metrics", headers=KEYED).text
         assert metric(metrics, "flux_vector_queue_depth") == 2 and metric(metrics, "flux_vector_workers") == 3
         assert metric(metrics, 'flux_vector_jobs_rejected_total{reason="queue_full"}') == 2
         assert metric(metrics, 'flux_vector_jobs{state="PROCESSING"}') == 3
@@ -206,12 +207,13 @@ def test_300_jobs_from_8_clients_survive_a_sigkilled_worker_then_expire(cluster)
         assert own.status_code == other.status_code == 200 and own.content == other.content
         assert Image.open(io.BytesIO(own.content)).size == (64, 64)
     submitted = sum(
-        metric(httpx.get(api.url + "/metrics").text, "flux_vector_jobs_submitted_total") for api in cluster.apis
+        metric(httpx.get(api.url + "/metrics", headers=KEYED).text, "flux_vector_jobs_submitted_total")
+        for api in cluster.apis
     )
     assert submitted >= JOBS
     # the dead worker drops out of /healthz once its entry's lease runs out
     deadline = time.monotonic() + 3 * LEASE_S
-    while len(httpx.get(cluster.apis[0].url + "/healthz").json()["workers"]) != 2:
+    while len(httpx.get(cluster.apis[0].url + "/healthz", headers=KEYED).json()["workers"]) != 2:
         assert time.monotonic() < deadline
         time.sleep(0.2)
     print(
@@ -231,5 +233,5 @@ def test_300_jobs_from_8_clients_survive_a_sigkilled_worker_then_expire(cluster)
     while list(rc.scan_iter("flux_vector:job:*", count=1000)) or list(rc.scan_iter("flux_vector:img:*", count=1000)):
         assert time.monotonic() < deadline, [(key, rc.pttl(key)) for key in rc.scan_iter("flux_vector:*")]
         time.sleep(0.1)
-    health = httpx.get(cluster.apis[0].url + "/healthz").json()
+    health = httpx.get(cluster.apis[0].url + "/healthz", headers=KEYED).json()
     assert health["jobs"] == {"QUEUED": 0, "PROCESSING": 0, "COMPLETED": 0, "FAILED": 0}

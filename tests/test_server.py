@@ -147,13 +147,14 @@ def test_429_when_the_queue_is_full_and_http_stays_responsive(client, server):
     for _ in range(20):
         busy.status()
     assert (time.perf_counter() - started) / 20 < 0.25
-    health = httpx.get(server.url + "/healthz").json()
+    keyed = {"x-api-key": KEY}  # issue 27: with a key configured, /healthz without one says liveness only
+    health = httpx.get(server.url + "/healthz", headers=keyed).json()
     assert health["worker"] == "busy" and health["jobs"]["QUEUED"] == 2 and health["auth"] is True
-    metrics = httpx.get(server.url + "/metrics").text
+    metrics = httpx.get(server.url + "/metrics", headers=keyed).text  # /metrics needs the key
     assert "flux_vector_queue_depth 2.0" in metrics and 'flux_vector_jobs{state="PROCESSING"} 1.0' in metrics
     for job in (busy, *waiting):
         assert job.wait(timeout=60, interval=0.05)["status"] == "COMPLETED"
-    metrics = httpx.get(server.url + "/metrics").text
+    metrics = httpx.get(server.url + "/metrics", headers=keyed).text
     assert "flux_vector_queue_depth 0.0" in metrics and "flux_vector_inference_seconds_count" in metrics
     assert 'flux_vector_jobs_finished_total{state="COMPLETED"}' in metrics
 

@@ -150,6 +150,53 @@ def test_queue_bound_counts_waiting_jobs_across_processes(backend, store):
     api_b.submit("s", parse_request(P), max_queue=2)
 
 
+# ----------------------------------------------------------------------------------------------- users
+def test_a_job_belongs_to_the_user_who_submitted_it(backend, store):
+    job = store.submit("s", parse_request(P), user="alice")
+    other = backend.peer(store)
+    assert job.user == "alice" and store.get(job.id).user == "alice" and other.get(job.id).user == "alice"
+    assert store.submit("s", parse_request(P)).user == "" and other.claim().user == "alice"
+
+
+def test_claim_takes_users_in_turns_first_in_first_out_within_each(backend, store):
+    """Fair share: the user served least recently goes next (never served: by their first job), a user's own jobs in
+    the order submitted; whichever process submitted them."""
+    api, worker = store, backend.peer(store)
+    a = [api.submit("s", parse_request({**P, "seed": i}), user="alice") for i in range(4)]
+    b = [api.submit("s", parse_request({**P, "seed": 10 + i}), user="bob") for i in range(2)]
+    first = worker.claim()
+    c = api.submit("s", parse_request(P), user="carol")  # never served: before alice and bob, who have been
+    order = [first.id] + [worker.claim().id for _ in range(6)]
+    assert order == [a[0].id, b[0].id, c.id, a[1].id, b[1].id, a[2].id, a[3].id]
+    assert worker.claim() is None
+
+
+def test_a_requeued_or_cancelled_job_keeps_the_turns_right(backend, store):
+    api, worker = store, backend.peer(store)
+    a1, a2 = api.submit("s", parse_request(P), user="alice"), api.submit("s", parse_request(P), user="alice")
+    b1 = api.submit("s", parse_request(P), user="bob")
+    assert worker.claim().id == a1.id
+    worker.requeue(a1.id)  # back in the queue: it keeps its place in alice's line
+    api.cancel(b1.id)
+    assert worker.claim().id == a1.id and worker.claim().id == a2.id and worker.claim() is None
+
+
+def test_per_user_queue_cap(backend, store):
+    from flux_vector.jobs.store import UserQueueFull
+
+    api, other = store, backend.peer(store)
+    jobs = [api.submit("s", parse_request(P), user="alice", max_queue_per_user=2) for _ in range(2)]
+    with pytest.raises(UserQueueFull) as info:
+        other.submit("s", parse_request(P), user="alice", max_queue_per_user=2)
+    assert info.value.max_queue == 2 and info.value.user == "alice" and "2 jobs waiting" in str(info.value)
+    assert isinstance(info.value, QueueFull)  # a full queue either way for a caller that only knows QueueFull
+    other.submit("s", parse_request(P), user="bob", max_queue_per_user=2)  # another user's share is their own
+    api.cancel(jobs[0].id)  # a cancelled job waits no more
+    api.submit("s", parse_request(P), user="alice", max_queue_per_user=2)
+    with pytest.raises(UserQueueFull):
+        api.submit("s", parse_request(P), user="alice", max_queue_per_user=2)
+
+
 def test_requeue_keeps_place_and_attempts(backend, store):
     first, second = store.submit("s", parse_request(P)), store.submit("s", parse_request(P))
     store.claim()

@@ -37,7 +37,8 @@ def test_the_issue_request_is_over_the_budget_of_an_8_gib_device(tmp_path):
         assert answer["fields"] == ["width", "height", "batch_size"] and answer["setting"] == "max_batch_pixels"
         body.update(batch_size=3, steps=100)
         answer = post(client, json.dumps(body)).json()
-        assert answer["fields"] == ["width", "height", "batch_size", "steps"] and "pixel-steps" in answer["error"]
+        # issue 27: the work is priced in token-calls (image + text tokens x model calls x steps x batch)
+        assert answer["fields"] == ["width", "height", "batch_size", "steps"] and "token-calls" in answer["error"]
         body.update(steps=20, width=64, height=64)
         assert post(client, json.dumps(body)).status_code == 200
     store.close()

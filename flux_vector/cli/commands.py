@@ -83,7 +83,7 @@ def run_serve_command(args: argparse.Namespace) -> int:
             print(
                 f"flux-vector serve: {', '.join(ignored)} ignored: with a Redis store this process only serves the "
                 "API; give them to flux-vector worker (--model and --lora, when given, are recorded in every job: "
-                "only workers serving them run it)",
+                "only workers serving them run it; --model also names the tokenizers that count prompt tokens)",
                 file=sys.stderr,
             )
     else:
@@ -105,8 +105,12 @@ def run_serve_command(args: argparse.Namespace) -> int:
         budget={
             "max_image_pixels": args.max_image_pixels,
             "max_batch_pixels": args.max_batch_pixels,
-            "max_step_pixels": args.max_step_pixels,
+            "max_work": args.max_work,
+            "max_prompt_tokens": args.max_prompt_tokens,
         },
+        api_keys_file=args.api_keys,
+        public_metrics=args.public_metrics,
+        max_queue_per_user=args.max_queue_per_user,
     )
 
 

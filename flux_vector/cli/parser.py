@@ -221,7 +221,7 @@ def _add_serve(sub, parents) -> None:
         help="serve the Segmind-compatible HTTP API",
         description="Serve POST /v1/Simple_Vector_Flux, the /v2 queue, the playground at /, /healthz, /metrics and "
         "/docs. Point the segmind SDK at it with SegmindClient(base_url='http://HOST:PORT/v1'). Set "
-        f"{API_KEY_ENV} to require x-api-key.",
+        f"{API_KEY_ENV} to require x-api-key, or give each user a key with --api-keys FILE.",
     )
     p.add_argument("--host", default=DEFAULT_HOST, help=f"default {DEFAULT_HOST} (loopback only)")
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"default {DEFAULT_PORT}")
@@ -235,6 +235,24 @@ def _add_serve(sub, parents) -> None:
         type=int,
         default=DEFAULT_MAX_QUEUE,
         help=f"jobs waiting before submits get 429 (default {DEFAULT_MAX_QUEUE})",
+    )
+    p.add_argument(
+        "--max-queue-per-user",
+        type=int,
+        metavar="N",
+        help="jobs one user may have waiting before its submits get 429 with Retry-After (default: no cap; the "
+        "worker takes the users' jobs in turns whatever each queued)",
+    )
+    p.add_argument(
+        "--api-keys",
+        metavar="FILE",
+        help="one 'NAME KEY' pair a line (# comments): each user's key; a job is seen and cancelled only by its "
+        f"user. Refused if readable by all (chmod 600). {API_KEY_ENV} adds the user 'default'",
+    )
+    p.add_argument(
+        "--public-metrics",
+        action="store_true",
+        help="serve /metrics without a key (default: a key, in x-api-key or Authorization: Bearer)",
     )
     p.add_argument(
         "--retention",
@@ -264,10 +282,22 @@ def _add_serve(sub, parents) -> None:
         help="a web origin (https://app.example) whose pages may call this API from a browser; repeatable "
         "(default: none, so pages of other origins get 403)",
     )
+    from ..request import DEFAULT_MAX_PROMPT_TOKENS, DEFAULT_MAX_WORK
+
     for flag, what in (
         ("--max-image-pixels", "pixels of one image (default: 1 KiB of device memory per pixel, 1024^2..4096^2)"),
         ("--max-batch-pixels", "pixels x batch_size (default: twice the image limit)"),
-        ("--max-step-pixels", "pixels x batch_size x steps (default: 100 steps of 8 one-megapixel images)"),
+        (
+            "--max-work",
+            "token-calls: (image tokens + T5 tokens) per model call x calls per step (cfg != 1, two-call samplers) "
+            f"x steps x batch_size (default {DEFAULT_MAX_WORK:,}: 100 steps of 8 one-megapixel images, 512-token "
+            "prompt)",
+        ),
+        (
+            "--max-prompt-tokens",
+            f"T5 tokens of prompt or negative_prompt (default {DEFAULT_MAX_PROMPT_TOKENS}: 4000 characters of "
+            "English are ~1070)",
+        ),
     ):
         p.add_argument(flag, type=int, metavar="N", help=f"work budget of a request: {what}; over it: 400")
 

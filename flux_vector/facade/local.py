@@ -77,13 +77,25 @@ class LocalEngine:
         self._budget = WorkBudget.for_memory(device_memory_bytes(self.worker.load_pipeline()))
         return self._budget
 
+    def _token_counter(self):
+        """The loaded pipeline's T5 tokenizer as a prompt-token counter (None before it is loaded: the prompts'
+        grammar is still checked, and they are priced at the padded minimum)."""
+        from ..prompt.count import PromptTokenCounter
+
+        if not self.worker.pipeline_loaded:
+            return None
+        tokenizer = getattr(self.worker.load_pipeline(), "tokenizer_2", None)
+        return None if tokenizer is None else PromptTokenCounter(tokenizer)
+
     # -- SegmindClient backend
     def _enqueue(self, slug: str, params: dict[str, Any]):
         if slug != SLUG:
             raise SegmindError(status=404, detail=f"model {slug!r} not found: flux_vector runs {SLUG!r}")
+        from ..prompt.count import request_tokens  # the tokenizers' module: loaded with the first request
+
         try:
             request = parse_request(params)  # once, here at the edge: the store keeps the parsed request
-            self.budget().check(request)
+            self.budget().check(request, request_tokens(request, self._token_counter()))
         except (RequestError, OverBudget) as exc:
             raise SegmindError(status=400, detail=str(exc)) from None
         try:

@@ -19,6 +19,7 @@ from .store import (
     QueueFull,
     Recovery,
     StoreLocked,
+    UserQueueFull,
 )
 from .worker import ModelCannot, Worker, describe_error
 
@@ -38,6 +39,7 @@ __all__ = [
     "Recovery",
     "SQLiteJobStore",
     "StoreLocked",
+    "UserQueueFull",
     "Worker",
     "describe_error",
     "result_body",

@@ -50,7 +50,37 @@ class JobMetrics:
             ["reason"],
             registry=api_registry,
         )
+        # per user (the name of the key, never the key): what this API process accepted, refused and cancelled
+        self.user_submitted_total = Counter(
+            "flux_vector_user_jobs_submitted",
+            "Jobs this API process accepted, by user",
+            ["user"],
+            registry=api_registry,
+        )
+        self.user_rejected_total = Counter(
+            "flux_vector_user_jobs_rejected",
+            "Submits this API process refused with a 429, by user and reason",
+            ["user", "reason"],
+            registry=api_registry,
+        )
+        self.cancelled_total = Counter(
+            "flux_vector_jobs_cancelled",
+            "Jobs cancelled through this API process (DELETE), by user",
+            ["user"],
+            registry=api_registry,
+        )
         registry.register(_StoreCollector(store, worker, pipeline_info))
+
+    def inference_mean(self) -> tuple[float, float]:
+        """(count, sum) of the model seconds of the jobs this process's worker completed."""
+        count = total = 0.0
+        for metric in self.inference_seconds.collect():
+            for sample in metric.samples:
+                if sample.name.endswith("_count"):
+                    count = sample.value
+                elif sample.name.endswith("_sum"):
+                    total = sample.value
+        return count, total
 
     def on_finished(self, job: Job) -> None:
         """A worker listener: count a job this process's worker finished."""

@@ -11,7 +11,8 @@ local function now()
 end
 """
 
-# KEYS: seq, job, queued, stream   ARGV: id, slug, params, max_queue (-1: none), retention_ms, model, lora, version
+# KEYS: seq, job, queued, stream, fair_users, fair_queue (this user's), fair_served
+# ARGV: id, slug, params, max_queue (-1: none), retention_ms, user, max_queue_per_user (-1: none), model, lora, version
 # (model/lora: what the accepting API process serves, '' for any; version: its flux_vector version)
 SUBMIT = (
     _NOW
@@ -23,11 +24,19 @@ end
 local waiting = redis.call('ZCARD', KEYS[3])
 local max_queue = tonumber(ARGV[4])
 if max_queue >= 0 and waiting >= max_queue then return {-1, tostring(waiting)} end
+local max_user = tonumber(ARGV[7])
+if max_user >= 0 and redis.call('ZCARD', KEYS[6]) >= max_user then return {-2, tostring(waiting)} end
 local ts = now()
 local seq = redis.call('INCR', KEYS[1])
 redis.call('HSET', KEYS[2], 'slug', ARGV[2], 'params', ARGV[3], 'state', 'QUEUED', 'created_at', ts,
-           'attempts', 0, 'seq', seq, 'retention_ms', ARGV[5], 'model', ARGV[6], 'lora', ARGV[7], 'version', ARGV[8])
+           'attempts', 0, 'seq', seq, 'retention_ms', ARGV[5], 'user', ARGV[6], 'model', ARGV[8], 'lora', ARGV[9],
+           'version', ARGV[10])
 redis.call('ZADD', KEYS[3], seq, ARGV[1])
+redis.call('ZADD', KEYS[6], seq, ARGV[1])  -- fair share (redis_fair.py): this user's waiting jobs
+if not redis.call('ZSCORE', KEYS[5], ARGV[6]) then  -- never served: before every served user, by first job
+  local served = redis.call('HGET', KEYS[7], ARGV[6])
+  redis.call('ZADD', KEYS[5], served and tonumber(served) or (seq - 1e15), ARGV[6])
+end
 redis.call('XADD', KEYS[4], '*', 'id', ARGV[1])
 return {waiting, ts}
 """
@@ -140,7 +149,8 @@ return {1, ts}
 """
 )
 
-# KEYS: job, processing, failed, stream, queued   ARGV: id, token ('' = no lease), entry, group, error, channel
+# KEYS: job, processing, failed, stream, queued
+# ARGV: id, token ('' = no lease), entry, group, error, channel, fair queue key prefix
 FAIL = (
     _NOW
     + """
@@ -159,6 +169,7 @@ redis.call('HSET', KEYS[1], 'state', 'FAILED', 'finished_at', ts, 'error', ARGV[
 redis.call('PEXPIRE', KEYS[1], ttl)
 redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('ZREM', KEYS[5], ARGV[1])
+redis.call('ZREM', ARGV[7] .. (redis.call('HGET', KEYS[1], 'user') or ''), ARGV[1])
 redis.call('ZADD', KEYS[3], tonumber(ts) + tonumber(ttl) / 1000, ARGV[1])
 if ARGV[3] ~= '' then
   redis.call('XACK', KEYS[4], ARGV[4], ARGV[3])
@@ -198,9 +209,10 @@ return {live(KEYS[1]), live(KEYS[2]),
         redis.call('ZCOUNT', KEYS[3], '(' .. now, '+inf'), redis.call('ZCOUNT', KEYS[4], '(' .. now, '+inf')}
 """
 
-# KEYS: stream   ARGV: group, consumer, min_idle_ms, scan, model, lora, version, job key prefix
+# KEYS: stream, tickets   ARGV: group, consumer, min_idle_ms, scan, model, lora, version, job key prefix
 # Take over one pending entry idle for at least min_idle_ms (its worker died, or it was requeued or parked) whose job
-# this worker can serve; entries of jobs it cannot serve are left where they are. Returns {entry, id} or {}.
+# this worker can serve; entries of jobs it cannot serve are left where they are. An entry's job is the one its
+# ticket is bound to (redis_fair.py), else the one it was added with. Returns {entry, id} or {}.
 CLAIM_STALE = (
     _SERVES
     + """
@@ -208,7 +220,7 @@ local pending = redis.call('XPENDING', KEYS[1], ARGV[1], 'IDLE', ARGV[3], '-', '
 for _, p in ipairs(pending) do
   local entry = p[1]
   local found = redis.call('XRANGE', KEYS[1], entry, entry)
-  local id = found[1] and found[1][2][2]
+  local id = found[1] and (redis.call('HGET', KEYS[2], entry) or found[1][2][2])
   if not id then
     redis.call('XACK', KEYS[1], ARGV[1], entry)  -- its entry was deleted: nothing to run
   elseif redis.call('EXISTS', ARGV[8] .. id) == 0 or serves(ARGV[8] .. id, ARGV[5], ARGV[6], ARGV[7]) then
@@ -220,7 +232,7 @@ return {}
 """
 )
 
-# KEYS: stream, queued, processing, completed, failed   ARGV: group, job key prefix
+# KEYS: stream, queued, processing, completed, failed, tickets   ARGV: group, job key prefix
 # Self-healing, run at a worker's start, when the stream or its group is missing, and with the housekeeping: the
 # stream and the group are created when missing; every waiting or running job without an entry in the stream gets
 # one (the queued index is the truth for what waits; START tells a live run from a dead one); index entries whose
@@ -229,7 +241,8 @@ HEAL = """
 local made = redis.pcall('XGROUP', 'CREATE', KEYS[1], ARGV[1], '0', 'MKSTREAM')
 local present = {}
 for _, e in ipairs(redis.call('XRANGE', KEYS[1], '-', '+')) do
-  if e[2][2] then present[e[2][2]] = true end
+  local id = redis.call('HGET', KEYS[6], e[1]) or e[2][2]  -- a ticket stands for the job it is bound to
+  if id then present[id] = true end
 end
 local added, dropped = 0, 0
 for i = 2, 5 do

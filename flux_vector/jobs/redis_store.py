@@ -50,6 +50,7 @@ from urllib.parse import quote, unquote
 
 from ..request import GenerationRequest, from_stored, stored_params
 from ..version import __version__
+from . import redis_fair
 from . import redis_scripts as lua
 from .store import (
     CANCELLED_REASON,
@@ -67,6 +68,7 @@ from .store import (
     StoreFull,
     StoreUnavailable,
     StoreWriteError,
+    UserQueueFull,
     new_job_id,
 )
 
@@ -185,6 +187,9 @@ class RedisJobStore(JobStore):
         self._stream, self._seq, self._queued, self._processing = k("queue"), k("seq"), k("queued"), k("processing")
         self._completed, self._failed, self._workers = k("completed"), k("failed"), k("workers")
         self.channel = k("events")
+        # fair share (redis_fair.py): per-user waiting jobs, users by last service, entry -> job bindings
+        self._fair_users, self._fair_served, self._fair_tick = k("fair:users"), k("fair:served"), k("fair:tick")
+        self._fair_queue_prefix, self._tickets = k("fair:q:"), k("fair:tickets")
         s = client.register_script
         self._submit, self._start, self._heartbeat = s(lua.SUBMIT), s(lua.START), s(lua.HEARTBEAT)
         self._progress, self._complete, self._fail = s(lua.PROGRESS), s(lua.COMPLETE), s(lua.FAIL)
@@ -194,6 +199,7 @@ class RedisJobStore(JobStore):
         self._full_at = float("-inf")  # time.monotonic() when Redis last refused a write for memory
         self._allow_eviction = False
         self._mismatched: set[str] = set()  # jobs this worker told the log it leaves to others
+        self._pick = s(redis_fair.PICK)
         self._leases: dict[str, _Lease] = {}
         self._lost: set[str] = set()
         self._lock = threading.Lock()
@@ -413,6 +419,7 @@ class RedisJobStore(JobStore):
             error=_text(g.get("error")),
             result=json.loads(result) if result else {},
             position=position,
+            user=_text(g.get("user")) or "",
         )
 
     def get(self, job_id: str) -> Job | None:
@@ -444,19 +451,45 @@ class RedisJobStore(JobStore):
         return {QUEUED: int(q), PROCESSING: int(p), COMPLETED: int(c), FAILED: int(f)}
 
     # ------------------------------------------------------------------------------------------- API side
-    def submit(self, slug: str, request: GenerationRequest, *, max_queue: int | None = None) -> Job:
+    def submit(
+        self,
+        slug: str,
+        request: GenerationRequest,
+        *,
+        max_queue: int | None = None,
+        user: str = "",
+        max_queue_per_user: int | None = None,
+    ) -> Job:
         job_id = new_job_id()
         encoded = json.dumps(stored_params(request), allow_nan=False)
         from redis.exceptions import OutOfMemoryError
 
-        bound = -1 if max_queue is None else int(max_queue)
         try:
             waiting, created = self._submit(
-                keys=[self._seq, self._job_key(job_id), self._queued, self._stream],
-                args=[job_id, slug, encoded, bound, int(self.retention_s * 1000), *self.fleet.args()],
+                keys=[
+                    self._seq,
+                    self._job_key(job_id),
+                    self._queued,
+                    self._stream,
+                    self._fair_users,
+                    self._fair_queue_prefix + user,
+                    self._fair_served,
+                ],
+                args=[
+                    job_id,
+                    slug,
+                    encoded,
+                    -1 if max_queue is None else int(max_queue),
+                    int(self.retention_s * 1000),
+                    user,
+                    -1 if max_queue_per_user is None else int(max_queue_per_user),
+                    *self.fleet.args(),
+                ],
             )
         except OutOfMemoryError as exc:
             raise StoreFull(self.describe_store_error(exc)) from None
+        if int(waiting) == -2:
+            raise UserQueueFull(int(max_queue_per_user or 0), user)
         if int(waiting) < 0:
             raise QueueFull(int(max_queue or 0))
         return Job(
@@ -466,6 +499,7 @@ class RedisJobStore(JobStore):
             state=QUEUED,
             created_at=float(_text(created)),
             position=int(waiting),
+            user=user,
         )
 
     # ------------------------------------------------------------------------------------------- worker side
@@ -489,7 +523,7 @@ class RedisJobStore(JobStore):
 
         try:
             stale = self._claim_stale(
-                keys=[self._stream],
+                keys=[self._stream, self._tickets],
                 args=[GROUP, self.name, int(self.lease_s * 1000), STALE_SCAN, *self.fleet.args(), self.key("job:")],
             )
             if stale:
@@ -507,7 +541,21 @@ class RedisJobStore(JobStore):
         return _text(entry_id), _text(fields.get(b"id"))
 
     def _begin(self, entry: str, job_id: str | None) -> Job | None:
-        if not job_id:  # not one of ours: drop it
+        if job_id:  # a ticket (redis_fair.py): the job it is bound to, else the one the fair order says is next
+            job_id = _text(
+                self._pick(
+                    keys=[
+                        self._tickets,
+                        self._fair_users,
+                        self._fair_served,
+                        self._fair_tick,
+                        self._queued,
+                        self._stream,
+                    ],
+                    args=[entry, self.key("job:"), self._fair_queue_prefix, GROUP],
+                )
+            )
+        if not job_id:  # not one of ours, or nothing left to run for this ticket: drop it
             self.r.xack(self._stream, GROUP, entry)
             self.r.xdel(self._stream, entry)
             return None
@@ -540,7 +588,9 @@ class RedisJobStore(JobStore):
                     f"job {job_id} asks for {Fleet(model, lora, version).describe()}; this worker serves "
                     f"{self.fleet.describe()}: left queued for a worker that serves it"
                 )
-            return None
+            return None  # the ticket stays bound to the job: a worker that serves it takes it over
+        if outcome in ("failed", "gone", "done"):  # START dropped the entry: forget its binding
+            self.r.hdel(self._tickets, entry)
         if outcome == "failed":
             self.stats["failed_after_attempts"] += 1
             self.log(f"job {job_id} FAILED: {_text(reply[1])}")
@@ -619,6 +669,7 @@ class RedisJobStore(JobStore):
         )
         if int(reply[0]) == 0:
             raise self._lease_lost(job_id, "its images were")
+        self.r.hdel(self._tickets, lease.entry)  # COMPLETE removed the entry
         self._drop_lease(job_id)
         job = self.get(job_id)
         if job is None:  # completed, then gone at once (FLUSHDB, a retention shorter than the call)
@@ -636,6 +687,7 @@ class RedisJobStore(JobStore):
                 GROUP,
                 str(error) or "the job failed",
                 self.channel,
+                self._fair_queue_prefix,
             ],
         )
         if int(reply[0]) == 0:
@@ -645,6 +697,8 @@ class RedisJobStore(JobStore):
             if state in (COMPLETED, FAILED):  # settled already: a settled job never changes again
                 raise LeaseLost(f"job {job_id} is {state}, not PROCESSING; its failure was not recorded")
             raise KeyError(f"job {job_id!r} is {state}; it cannot be failed")
+        if lease is not None:
+            self.r.hdel(self._tickets, lease.entry)  # FAIL removed the entry
         self._drop_lease(job_id)
         job = self.get(job_id)
         if job is None:
@@ -655,7 +709,7 @@ class RedisJobStore(JobStore):
         """FAIL without a lease: the worker running it gets LeaseLost at its next progress write and stops."""
         self._fail(
             keys=[self._job_key(job_id), self._processing, self._failed, self._stream, self._queued],
-            args=[job_id, "", "", GROUP, reason, self.channel],
+            args=[job_id, "", "", GROUP, reason, self.channel, self._fair_queue_prefix],
         )
         return self.get(job_id)
 
@@ -683,7 +737,7 @@ class RedisJobStore(JobStore):
         added, dropped = (
             int(n)
             for n in self._heal(
-                keys=[self._stream, self._queued, self._processing, self._completed, self._failed],
+                keys=[self._stream, self._queued, self._processing, self._completed, self._failed, self._tickets],
                 args=[GROUP, self.key("job:")],
             )
         )

@@ -39,6 +39,7 @@ from .store import (
     StoreLocked,
     StoreUnavailable,
     StoreWriteError,
+    UserQueueFull,
     new_job_id,
 )
 
@@ -56,14 +57,28 @@ CREATE TABLE IF NOT EXISTS jobs (
     step INTEGER,
     total_steps INTEGER,
     error TEXT,
-    result TEXT
+    result TEXT,
+    user TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS jobs_state_seq ON jobs (state, seq);
+CREATE TABLE IF NOT EXISTS users_served (
+    user TEXT PRIMARY KEY,
+    served INTEGER NOT NULL
+);
 CREATE INDEX IF NOT EXISTS jobs_finished ON jobs (finished_at) WHERE finished_at IS NOT NULL;
 """
 _COLUMNS = (
-    "seq, id, slug, params, state, created_at, started_at, finished_at, attempts, step, total_steps, error, result"
+    "seq, id, slug, params, state, created_at, started_at, finished_at, attempts, step, total_steps, error, result, "
+    "user"
 )
+_USER_INDEX = "CREATE INDEX IF NOT EXISTS jobs_state_user_seq ON jobs (state, user, seq)"
+# Fair share: the users with queued jobs, the one served least recently first (never served: 0), then by their
+# oldest job; that user's oldest job is next.
+_NEXT_JOB = """
+SELECT q.first FROM (SELECT user, MIN(seq) AS first FROM jobs WHERE state = ? GROUP BY user) AS q
+LEFT JOIN users_served AS s ON s.user = q.user
+ORDER BY COALESCE(s.served, 0), q.first LIMIT 1
+"""
 
 
 class SQLiteJobStore(JobStore):
@@ -121,6 +136,7 @@ class SQLiteJobStore(JobStore):
             self._db.execute(f"PRAGMA synchronous={synchronous}")
             self._db.execute("PRAGMA foreign_keys=ON")
             self._db.executescript(_SCHEMA)
+            self._add_user_column()
             self._quick_check()
             self._reserve_space()
         except sqlite3.DatabaseError as exc:
@@ -148,6 +164,13 @@ class SQLiteJobStore(JobStore):
                 raise
             self._db.execute("COMMIT")
 
+    def _add_user_column(self) -> None:
+        """A store written before jobs had owners: the column added (their jobs belong to "")."""
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(jobs)")}
+        if "user" not in columns:
+            self._db.execute("ALTER TABLE jobs ADD COLUMN user TEXT NOT NULL DEFAULT ''")
+        self._db.execute(_USER_INDEX)
+
     def _cutoff(self, now: float | None = None) -> float:
         return (self.clock() if now is None else now) - self.retention_s
 
@@ -166,6 +189,7 @@ class SQLiteJobStore(JobStore):
             error=row["error"],
             result=json.loads(row["result"]) if row["result"] else {},
             position=position,
+            user=row["user"],
         )
 
     def _fetch(self, db, job_id: str) -> sqlite3.Row:
@@ -179,25 +203,46 @@ class SQLiteJobStore(JobStore):
         return self.image_dir / f"{job_id}-{index}.{ext}"
 
     # ------------------------------------------------------------------------------------------- interface
-    def submit(self, slug: str, request: GenerationRequest, *, max_queue: int | None = None) -> Job:
-        job = Job(id=new_job_id(), slug=slug, request=request, state=QUEUED, created_at=self.clock())
+    def submit(
+        self,
+        slug: str,
+        request: GenerationRequest,
+        *,
+        max_queue: int | None = None,
+        user: str = "",
+        max_queue_per_user: int | None = None,
+    ) -> Job:
+        job = Job(id=new_job_id(), slug=slug, request=request, state=QUEUED, created_at=self.clock(), user=user)
         encoded = json.dumps(stored_params(request), allow_nan=False)
         with self._tx() as db:
             waiting = db.execute("SELECT COUNT(*) FROM jobs WHERE state = ?", (QUEUED,)).fetchone()[0]
             if max_queue is not None and waiting >= max_queue:
                 raise QueueFull(max_queue)
+            if max_queue_per_user is not None:
+                mine = db.execute("SELECT COUNT(*) FROM jobs WHERE state = ? AND user = ?", (QUEUED, user)).fetchone()[
+                    0
+                ]
+                if mine >= max_queue_per_user:
+                    raise UserQueueFull(max_queue_per_user, user)
             db.execute(
-                "INSERT INTO jobs (id, slug, params, state, created_at) VALUES (?, ?, ?, ?, ?)",
-                (job.id, slug, encoded, QUEUED, job.created_at),
+                "INSERT INTO jobs (id, slug, params, state, created_at, user) VALUES (?, ?, ?, ?, ?, ?)",
+                (job.id, slug, encoded, QUEUED, job.created_at, user),
             )
         job.position = waiting
         return job
 
     def claim(self) -> Job | None:
         with self._tx() as db:
-            row = db.execute(f"SELECT {_COLUMNS} FROM jobs WHERE state = ? ORDER BY seq LIMIT 1", (QUEUED,)).fetchone()
-            if row is None:
+            first = db.execute(_NEXT_JOB, (QUEUED,)).fetchone()
+            if first is None:
                 return None
+            row = db.execute(f"SELECT {_COLUMNS} FROM jobs WHERE seq = ?", (first[0],)).fetchone()
+            db.execute(
+                "INSERT INTO users_served (user, served) "
+                "VALUES (?, (SELECT COALESCE(MAX(served), 0) + 1 FROM users_served)) "
+                "ON CONFLICT (user) DO UPDATE SET served = excluded.served",
+                (row["user"],),
+            )
             db.execute(
                 "UPDATE jobs SET state = ?, started_at = ?, attempts = attempts + 1, step = 0, total_steps = NULL "
                 "WHERE seq = ?",

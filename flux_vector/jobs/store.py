@@ -46,6 +46,18 @@ class QueueFull(RuntimeError):
         super().__init__(f"the queue is full ({max_queue} jobs waiting); retry later")
 
 
+class UserQueueFull(QueueFull):
+    """``submit`` found ``max_queue_per_user`` jobs of this user already waiting."""
+
+    def __init__(self, max_queue_per_user: int, user: str):
+        self.max_queue, self.user = max_queue_per_user, user
+        RuntimeError.__init__(
+            self,
+            f"you have {max_queue_per_user} jobs waiting, the most one user may queue on this server; retry when one "
+            "has started",
+        )
+
+
 class StoreLocked(RuntimeError):
     """Another process already serves this store."""
 
@@ -93,7 +105,8 @@ class Job:
     error: str | None = None
     # COMPLETED: what the worker recorded (echoed parameters, sizes, timings, media type, image count).
     result: dict[str, Any] = field(default_factory=dict)
-    position: int | None = None  # QUEUED: jobs ahead of this one
+    position: int | None = None  # QUEUED: jobs submitted before this one and still waiting (all users)
+    user: str = ""  # who submitted it (the name of its API key; "" on a server without keys)
 
     @property
     def finished(self) -> bool:
@@ -139,13 +152,25 @@ class JobStore(ABC):
     store_errors: tuple[type[Exception], ...] = (StoreUnavailable, StoreWriteError)
 
     @abstractmethod
-    def submit(self, slug: str, request: GenerationRequest, *, max_queue: int | None = None) -> Job:
-        """Enqueue a job (state QUEUED) for a request parsed at the edge (stored as ``request.stored_params``);
-        raise ``QueueFull`` when ``max_queue`` jobs are already waiting."""
+    def submit(
+        self,
+        slug: str,
+        request: GenerationRequest,
+        *,
+        max_queue: int | None = None,
+        user: str = "",
+        max_queue_per_user: int | None = None,
+    ) -> Job:
+        """Enqueue a job of ``user`` (state QUEUED) for a request parsed at the edge (stored as
+        ``request.stored_params``); raise ``QueueFull`` when ``max_queue`` jobs are already waiting,
+        ``UserQueueFull`` when ``max_queue_per_user`` of this user's are."""
 
     @abstractmethod
     def claim(self) -> Job | None:
-        """Take the oldest QUEUED job: it becomes PROCESSING (``attempts`` + 1). None when the queue is empty."""
+        """Take the next QUEUED job: it becomes PROCESSING (``attempts`` + 1). None when the queue is empty.
+
+        Fair share: the next job is the oldest of the user served least recently (a user never served first, then
+        by their oldest job), so users take turns whatever one of them queued; within a user, first in first out."""
 
     @abstractmethod
     def progress(self, job_id: str, step: int, total: int) -> None:

@@ -6,13 +6,17 @@ T5 sequence with the model folder's tokenizers, ``encode`` runs the text encoder
 
 from .encode import encode_clip_pooled, encode_t5
 from .tokens import CLIP_CHUNK, T5_MIN_LENGTH, PromptTokens, clip_clean, tokenize_prompt
-from .weights import WeightedPrompt, parse_weights, weighted_pieces
+from .weights import MAX_NESTING, MAX_WEIGHT, PromptError, WeightedPrompt, check_prompt, parse_weights, weighted_pieces
 
 __all__ = [
     "CLIP_CHUNK",
+    "MAX_NESTING",
+    "MAX_WEIGHT",
     "T5_MIN_LENGTH",
+    "PromptError",
     "PromptTokens",
     "WeightedPrompt",
+    "check_prompt",
     "clip_clean",
     "encode_clip_pooled",
     "encode_t5",

@@ -18,11 +18,12 @@ from __future__ import annotations
 import unicodedata
 from dataclasses import dataclass
 
+from ..request import T5_MIN_TOKENS
 from .weights import WeightedPrompt
 
 CLIP_CHUNK = 77
 LONG_PIECE = 8  # pieces of at least this many tokens are split across CLIP chunks; shorter ones move whole
-T5_MIN_LENGTH = 256
+T5_MIN_LENGTH = T5_MIN_TOKENS  # defined with the work budget that prices it
 
 Token = tuple[int, float]
 

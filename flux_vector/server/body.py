@@ -10,8 +10,12 @@ from typing import Any
 
 from fastapi import Request
 
+from ..request import shorten
 from .errors import ApiError
 
+# A 413 closes the connection: the rest of the body is never read (the server would otherwise drain it to reach the
+# next request on a keep-alive connection)
+_CLOSE = {"Connection": "close"}
 MAX_JSON_DEPTH = 32  # the parameter object is flat; 32 leaves room for any future nested option
 
 
@@ -21,15 +25,19 @@ async def read_body_limited(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None:
         if not declared.isascii() or not declared.strip().isdigit():
-            raise ApiError(400, f"Content-Length {declared!r} is not a number of bytes", field="Content-Length")
+            raise ApiError(
+                400, f"Content-Length {shorten(declared, 40)!r} is not a number of bytes", field="Content-Length"
+            )
         if int(declared) > limit:
-            raise ApiError(413, f"the request body is {int(declared)} bytes; at most {limit} are accepted")
+            raise ApiError(
+                413, f"the request body is {int(declared)} bytes; at most {limit} are accepted", headers=_CLOSE
+            )
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            raise ApiError(413, f"the request body is over {limit} bytes; at most {limit} are accepted")
+            raise ApiError(413, f"the request body is over {limit} bytes; at most {limit} are accepted", headers=_CLOSE)
         chunks.append(chunk)
     return b"".join(chunks)
 
@@ -57,7 +65,7 @@ def parse_json_body(raw: bytes) -> Any:
 class _DuplicateKey(ValueError):
     def __init__(self, key: str):
         super().__init__(key)
-        self.key = key if _utf8_ok(key) else ascii(key)
+        self.key = shorten(key if _utf8_ok(key) else ascii(key), 80)
 
 
 def _object_without_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

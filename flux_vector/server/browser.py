@@ -20,6 +20,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from ..request import shorten
 from .docs import add_local_docs
 from .errors import error_response
 
@@ -64,7 +65,7 @@ class BrowserGuard:
         if not (_is_ip(name) or name in self.host_names):
             answer = error_response(
                 400,
-                f"Host {host!r} is not a name of this server; it answers to an IP address, localhost"
+                f"Host {shorten(host, 80)!r} is not a name of this server; it answers to an IP address, localhost"
                 + "".join(f", {n}" for n in sorted(self.host_names - {"localhost"}))
                 + " (flux-vector serve --public-url https://NAME adds one)",
                 field="Host",
@@ -74,8 +75,8 @@ class BrowserGuard:
         if origin is not None and not self._origin_allowed(origin.lower(), host.lower()):
             answer = error_response(
                 403,
-                f"requests from the web page at Origin {origin!r} are refused: only this server's own pages may "
-                "call it (flux-vector serve --allow-origin ORIGIN allows another)",
+                f"requests from the web page at Origin {shorten(origin, 80)!r} are refused: only this server's own "
+                "pages may call it (flux-vector serve --allow-origin ORIGIN allows another)",
                 field="Origin",
             )
             return await answer(scope, receive, send)

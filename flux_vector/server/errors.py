@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..jobs.store import StoreFull
+from ..request import shorten
 
 
 class ApiError(Exception):
@@ -67,10 +68,11 @@ def install_error_handlers(app: FastAPI, store_unavailable: tuple[type[Exception
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException):
+        path = shorten(request.url.path)
         if exc.status_code == 404:
-            message = f"not found: {request.method} {request.url.path} is not an endpoint of this server (see /docs)"
+            message = f"not found: {request.method} {path} is not an endpoint of this server (see /docs)"
         elif exc.status_code == 405:
-            message = f"method not allowed: {request.method} {request.url.path} (see /docs)"
+            message = f"method not allowed: {request.method} {path} (see /docs)"
         else:
             message = str(exc.detail)
         return error_response(exc.status_code, message, headers=getattr(exc, "headers", None))
@@ -83,4 +85,4 @@ def install_error_handlers(app: FastAPI, store_unavailable: tuple[type[Exception
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception):
-        return error_response(500, f"internal server error: {type(exc).__name__}: {exc}")
+        return error_response(500, f"internal server error: {type(exc).__name__}: {shorten(str(exc))}")

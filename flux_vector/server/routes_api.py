@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
@@ -14,7 +14,7 @@ from ..jobs import COMPLETED, FAILED, QUEUED, status_body
 from ..jobs.store import CANCELLED_REASON
 from ..request import GenerationRequest
 from .errors import ApiError, error_response
-from .state import State, require_key
+from .state import State, User
 
 # Every image response: never sniffed as another type, and opened directly (an SVG is a document) it may load and run
 # nothing. Our SVGs hold only paths (flux_vector/vectorize.py); this is the second wall.
@@ -32,30 +32,28 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     for code, text in (
         (400, "Invalid parameter"),
         (401, "Missing or invalid x-api-key"),
-        (404, "Unknown model slug"),
+        (404, "Unknown model slug; unknown, expired or another user's request"),
         (413, "The body is over 1 MiB"),
         (409, "Nothing to cancel: the request finished already"),
         (415, "The body is not application/json"),
-        (429, "The queue is full"),
+        (429, "The queue is full, or this user's share of it (x-rate-limit-reset-at-utc, Retry-After)"),
     )
 }
 
 _IMAGE_INDEX = re.compile(r"[0-9]{1,6}")  # ASCII digits only: "²".isdigit() is True and int("²") raises
 
 router = APIRouter()
-auth = [Depends(require_key)]
 
 
 @router.post(
     "/v1/{model_slug}",
-    dependencies=auth,
     openapi_extra=_BODY_DOC,
     responses=_ERRORS,
     summary="Generate and wait (sync): the image bytes, or JSON with base64",
 )
-async def run_sync(model_slug: str, request: Request, state: State):
+async def run_sync(model_slug: str, request: Request, state: State, user: User):
     state.check_slug(model_slug)
-    job = await state.submit(await state.read_request(request))
+    job = await state.submit(await state.read_request(request), user)
     job = await state.wait_finished(job.id)
     if job.state == FAILED:
         return error_response(500, job.error or "the job failed", request_id=job.id, status=FAILED)
@@ -75,14 +73,13 @@ async def run_sync(model_slug: str, request: Request, state: State):
 
 @router.post(
     "/v2/{model_slug}",
-    dependencies=auth,
     openapi_extra=_BODY_DOC,
     responses=_ERRORS,
     summary="Submit to the queue (async)",
 )
-async def submit_async(model_slug: str, request: Request, state: State):
+async def submit_async(model_slug: str, request: Request, state: State, user: User):
     state.check_slug(model_slug)
-    job = await state.submit(await state.read_request(request))
+    job = await state.submit(await state.read_request(request), user)
     return {
         "request_id": job.id,
         "status": QUEUED,
@@ -92,34 +89,38 @@ async def submit_async(model_slug: str, request: Request, state: State):
     }
 
 
-@router.get("/v2/requests/{request_id}/status", dependencies=auth, name="job_status", summary="Poll a request")
-def job_status(request_id: str, state: State):
-    job = state.get_job(request_id)
+@router.get("/v2/requests/{request_id}/status", name="job_status", summary="Poll a request")
+def job_status(request_id: str, state: State, user: User):
+    job = state.get_job(request_id, user)
     return JSONResponse(status_body(job), status_code=422 if job.state == FAILED else 200)
 
 
-@router.get("/v2/requests/{request_id}", dependencies=auth, name="job_result", summary="The final body")
-def job_result(request_id: str, request: Request, state: State):
-    job = state.get_job(request_id)
+@router.get("/v2/requests/{request_id}", name="job_result", summary="The final body")
+def job_result(request_id: str, request: Request, state: State, user: User):
+    job = state.get_job(request_id, user)
     code = {COMPLETED: 200, FAILED: 422}.get(job.state, 202)
     return JSONResponse(state.final_body(request, job), status_code=code)
 
 
 @router.delete(
     "/v2/requests/{request_id}",
-    dependencies=auth,
     name="job_cancel",
     summary="Cancel: a queued job never runs, a running one stops at its next step (FAILED, 'cancelled')",
 )
-async def job_cancel(request_id: str, state: State):
+async def job_cancel(request_id: str, state: State, user: User):
+    # another user's job: the same 404 as an unknown one
+    before = await run_in_threadpool(state.get_job, request_id, user)
     job = await run_in_threadpool(state.store.cancel, request_id)
     if job is None:
-        job = state.get_job(request_id)  # the 404 naming why (unknown or expired)
+        job = state.get_job(request_id)  # the 404 naming why (it expired meanwhile)
     if job.error != CANCELLED_REASON:
         raise ApiError(
             409, f"request {request_id!r} is {job.state} already; there is nothing to cancel", status=job.state
         )
     state.waiters.wake(job.id, job)  # a /v1 caller waiting for it is answered now
+    if not before.finished:
+        state.metrics.cancelled_total.labels(user).inc()
+        state.log(f"request {job.id} cancelled by {f'user {user}' if user else 'the client'}")
     return status_body(job)
 
 

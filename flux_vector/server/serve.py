@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from ..jobs import DEFAULT_RETENTION_S, SQLiteJobStore, Worker
 from ..jobs.redis_store import EVICTION_OVERRIDE, is_redis_url
@@ -19,7 +21,6 @@ from ..serving import (
     DEFAULT_HOST,
     DEFAULT_MAX_QUEUE,
     DEFAULT_PORT,
-    describe_api_key,
     describe_urls,
     device_memory_bytes,
     prepare_for_serving,
@@ -28,6 +29,9 @@ from ..serving import (
     warn_if_open,
     work_budget,
 )
+
+if TYPE_CHECKING:
+    from ..prompt.count import PromptTokenCounter
 
 DEFAULT_LOG_LEVEL = "info"
 
@@ -58,10 +62,15 @@ def serve(
     allow_origins: tuple[str, ...] = (),
     budget: dict[str, int | None] | None = None,
     allow_eviction: bool = False,
+    api_keys_file: str | os.PathLike | None = None,
+    public_metrics: bool = False,
+    max_queue_per_user: int | None = None,
 ) -> int:
-    """Run the server until interrupted; 0 on a clean stop. Raises on a bad store or missing weights. ``budget``:
-    ``WorkBudget`` settings overriding the defaults derived from the device's memory."""
+    """Run the server until interrupted; 0 on a clean stop. Raises on a bad store or missing weights, a
+    world-readable or malformed ``api_keys_file``. ``budget``: ``WorkBudget`` settings overriding the defaults derived
+    from the device's memory."""
     from .app import create_app
+    from .users import load_users
 
     def log(message: str) -> None:
         print(f"flux-vector serve: {message}", file=sys.stderr, flush=True)
@@ -70,26 +79,35 @@ def serve(
         raise ValueError(f"--public-url={public_url!r} is not allowed; it must be an http:// or https:// URL")
     if max_queue < 1:
         raise ValueError(f"--max-queue={max_queue} is not allowed; it must be at least 1")
+    if max_queue_per_user is not None and max_queue_per_user < 1:
+        raise ValueError(f"--max-queue-per-user={max_queue_per_user} is not allowed; it must be at least 1")
     api_key = os.environ.get(API_KEY_ENV) or None
+    users = load_users(api_keys_file, api_key)
+    options: dict[str, Any] = {
+        "host": host,
+        "public_url": public_url,
+        "allow_origins": allow_origins,
+        "users": users,
+        "public_metrics": public_metrics,
+        "max_queue_per_user": max_queue_per_user,
+    }
     if store is not None and is_redis_url(store):
+        from ..models import default_model
+
+        given_model = model  # recorded in every job (workers serving it run it); none given: any model
+        model = model or default_model(log=log)  # whose tokenizers count the prompts' tokens
+        limits = work_budget(WorkBudget(), **(budget or {}))
         return serve_api(
             url=str(store),
-            host=host,
             port=port,
             max_queue=max_queue,
             retention_s=retention_s,
             log_level=log_level,
-            api_key=api_key,
             log=log,
-            model=model,
+            fleet_model=given_model,
             lora=lora,
             allow_eviction=allow_eviction,
-            browser={
-                "host": host,
-                "public_url": public_url,
-                "allow_origins": allow_origins,
-                "budget": work_budget(WorkBudget(), **(budget or {})),
-            },
+            app_options={**options, "budget": limits, "token_counter": prompt_token_counter(model, None, log)},
         )
 
     from ..models import default_model
@@ -109,29 +127,24 @@ def serve(
         prepare_for_serving(pipe, fuse=fuse, warmup=warmup, warmup_sizes=warmup_sizes, log=log)
         worker = Worker(jobs, pipe, log=log)
         limits = work_budget(WorkBudget.for_memory(device_memory_bytes(pipe)), **(budget or {}))
-        log(
-            f"work budget: {limits.max_image_pixels:,} pixels per image, {limits.max_batch_pixels:,} per batch, "
-            f"{limits.max_step_pixels:,} pixel-steps per request"
-        )
+        log(describe_budget(limits))
         app = create_app(
             jobs,
             worker,
             slug=SLUG,
-            api_key=api_key,
             max_queue=max_queue,
             model_name=model,
-            host=host,
-            public_url=public_url,
-            allow_origins=allow_origins,
             budget=limits,
+            token_counter=prompt_token_counter(model, pipe, log),
+            **options,
         )
         log(
-            f"model {model} loaded in {getattr(pipe, 'load_seconds', 0):.1f} s; API key {describe_api_key(api_key)}; "
-            f"max queue {max_queue}; results kept {retention_s:g} s"
+            f"model {model} loaded in {getattr(pipe, 'load_seconds', 0):.1f} s; API key {users.describe()}; "
+            f"max queue {max_queue}{describe_user_cap(max_queue_per_user)}; results kept {retention_s:g} s"
         )
         log(describe_urls(host, port, SLUG))
         warn_if_demo_model(model, log)
-        warn_if_open(host, api_key, log)
+        warn_if_open(host, users.required, log)
         run_http(app, host=host, port=port, log_level=log_level)
     finally:
         jobs.close()
@@ -141,25 +154,25 @@ def serve(
 def serve_api(
     *,
     url: str,
-    host: str,
     port: int,
     max_queue: int,
     retention_s: float,
     log_level: str,
-    api_key: str | None,
     log,
-    browser: dict | None = None,
-    model: str | None = None,
+    app_options: dict,
+    fleet_model: str | None = None,
     lora: str | None = None,
     allow_eviction: bool = False,
 ) -> int:
-    """An API-only process on a Redis store: no model, no worker. ``model``/``lora`` (when given) are recorded in
-    every job it accepts: only workers serving them run it."""
+    """An API-only process on a Redis store: no model, no worker. ``app_options``: ``create_app``'s keyword
+    arguments (``host`` and ``users`` among them). ``fleet_model``/``lora`` (when given) are recorded in every job it
+    accepts: only workers serving them run it."""
     from ..image_metadata import public_name
     from ..jobs.redis_store import Fleet, RedisJobStore
     from .app import create_app
 
-    fleet = Fleet(model=public_name(model) or "", lora=public_name(lora) or "")
+    host, users = app_options["host"], app_options["users"]
+    fleet = Fleet(model=public_name(fleet_model) or "", lora=public_name(lora) or "")
     jobs = RedisJobStore.from_url(url, retention_s=retention_s, log=log, fleet=fleet)
     try:
         jobs.verify("api", allow_eviction=allow_eviction)
@@ -168,22 +181,47 @@ def serve_api(
         workers = jobs.workers()
         log(
             f"store {jobs.url}: {jobs.counts()['QUEUED']} queued job(s), {len(workers)} live worker(s); API only "
-            f"(run the model with: flux-vector worker --store {jobs.url} --model ...); API key "
-            f"{describe_api_key(api_key)}; max queue {max_queue}; results kept {retention_s:g} s"
+            f"(run the model with: flux-vector worker --store {jobs.url} --model ...); API key {users.describe()}; "
+            f"max queue {max_queue}{describe_user_cap(app_options.get('max_queue_per_user'))}; "
+            f"results kept {retention_s:g} s"
         )
+        log(describe_budget(app_options["budget"]))
         log(describe_urls(host, port, SLUG))
-        warn_if_open(host, api_key, log)
-        app = create_app(
-            jobs,
-            None,
-            slug=SLUG,
-            api_key=api_key,
-            max_queue=max_queue,
-            model_name=fleet.model,
-            log=log,
-            **(browser or {}),
-        )
+        warn_if_open(host, users.required, log)
+        app = create_app(jobs, None, slug=SLUG, max_queue=max_queue, model_name=fleet.model, log=log, **app_options)
         run_http(app, host=host, port=port, log_level=log_level)
     finally:
         jobs.close()
     return 0
+
+
+def describe_budget(limits: WorkBudget) -> str:
+    return (
+        f"work budget: {limits.max_image_pixels:,} pixels per image, {limits.max_batch_pixels:,} per batch, "
+        f"{limits.max_work:,} token-calls per request, prompts of at most {limits.max_prompt_tokens:,} T5 tokens"
+    )
+
+
+def describe_user_cap(max_queue_per_user: int | None) -> str:
+    return "" if max_queue_per_user is None else f" ({max_queue_per_user} per user)"
+
+
+def prompt_token_counter(model: str, pipe: Any, log: Callable[[str], None]) -> PromptTokenCounter | None:
+    """What counts prompts' T5 tokens at submit: the loaded pipeline's tokenizer, else the tokenizer files of the
+    model's folder (an API-only process loads no weights). None, with a warning, when neither exists: prompts are then
+    priced at the padded minimum and ``--max-prompt-tokens`` cannot be enforced."""
+    from ..prompt.count import PromptTokenCounter
+
+    tokenizer = getattr(pipe, "tokenizer_2", None)
+    if tokenizer is not None:
+        return PromptTokenCounter(tokenizer)
+    try:
+        from ..models import resolve_model
+
+        return PromptTokenCounter.from_folder(resolve_model(model))
+    except Exception as exc:
+        log(
+            f"warning: no T5 tokenizer found for {model} ({type(exc).__name__}: {str(exc)[:200]}); prompts are priced "
+            "at 256 tokens and --max-prompt-tokens is not enforced"
+        )
+        return None

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
+import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Annotated, Any
@@ -14,12 +15,21 @@ from typing import Annotated, Any
 from fastapi import Depends, Request
 from starlette.concurrency import run_in_threadpool
 
-from ..jobs import Job, JobStore, QueueFull, Worker, result_body
+from ..jobs import Job, JobStore, QueueFull, UserQueueFull, Worker, result_body
 from ..jobs.bodies import Base64Images
 from ..jobs.metrics import JobMetrics
-from ..request import GenerationRequest, OverBudget, RequestError, WorkBudget, parse_request
+from ..request import (
+    GenerationRequest,
+    OverBudget,
+    RequestError,
+    TextTokens,
+    WorkBudget,
+    parse_request,
+    shorten,
+)
 from .body import parse_json_body, read_body_limited
 from .errors import ApiError, json_safe
+from .users import ANONYMOUS, Users, key_from_headers
 
 MAX_BODY_BYTES = 1 << 20
 
@@ -105,11 +115,20 @@ class ServerState:
     log: Callable[[str], None]
     public_url: str = ""  # the base of the URLs handed out; "" builds them from the request
     budget: WorkBudget = field(default_factory=WorkBudget)
+    users: Users = field(default_factory=Users)  # the keys and their users (with ``api_key``: the user "default")
+    public_metrics: bool = False  # /metrics without a key
+    max_queue_per_user: int | None = None
+    # counts prompt tokens with the model's tokenizer (None: the grammar is checked, prompts priced at the minimum)
+    token_counter: Any = None
     metrics: JobMetrics = field(init=False)
     waiters: FinishedWaiters = field(init=False)
     base64_images: Base64Images = field(init=False, default_factory=Base64Images)
 
     def __post_init__(self) -> None:
+        if self.api_key and not self.users.required:
+            from .users import load_users
+
+            self.users = load_users(None, self.api_key)
         self.metrics = JobMetrics(self.store, self.worker)
         if self.worker is not None:
             self.worker.add_listener(self._on_finished)
@@ -122,18 +141,28 @@ class ServerState:
         self.waiters.wake(job.id, job)
 
     # ------------------------------------------------------------------------------------------- checks
-    def check_key(self, request: Request) -> None:
-        if not self.api_key:
-            return
-        given = request.headers.get("x-api-key")
+    def authenticate(self, request: Request) -> str:
+        """The calling user's name (``ANONYMOUS`` on a server without keys), or a 401."""
+        if not self.users.required:
+            return ANONYMOUS
+        given = key_from_headers(request.headers)
         if not given:
             raise ApiError(401, "missing API key: send it in the x-api-key header")
-        if not hmac.compare_digest(given.encode("utf-8"), self.api_key.encode("utf-8")):
+        user = self.users.identify(given)
+        if user is None:
             raise ApiError(401, "invalid API key")
+        return user
+
+    def caller(self, request: Request) -> str | None:
+        """The user a request's key names; None without a valid key (no 401: for routes that answer anyone)."""
+        if not self.users.required:
+            return ANONYMOUS
+        given = key_from_headers(request.headers)
+        return self.users.identify(given) if given else None
 
     def check_slug(self, requested: str) -> None:
         if requested != self.slug:
-            raise ApiError(404, f"model {requested!r} not found: this server serves {self.slug!r}")
+            raise ApiError(404, f"model {shorten(requested, 80)!r} not found: this server serves {self.slug!r}")
 
     async def read_request(self, request: Request) -> GenerationRequest:
         """The body parsed by the contract, once, here at the edge (400 naming the field), within the work budget;
@@ -153,36 +182,74 @@ class ServerState:
         params = parse_json_body(raw)
         try:
             parsed = parse_request(params)
-            self.budget.check(parsed)
+            text = await run_in_threadpool(self.count_text, parsed)
+            self.budget.check(parsed, text)
             if parsed.output_format == "svg":
                 check_svg_size(parsed)
         except RequestError as exc:
-            raise ApiError(400, str(exc), field=exc.field, value=json_safe(exc.value), allowed=exc.allowed) from None
+            raise ApiError(
+                400, str(exc), field=exc.field, value=shorten(json_safe(exc.value)), allowed=exc.allowed
+            ) from None
         except OverBudget as exc:
             self.metrics.rejected_total.labels("over_budget").inc()
             raise ApiError(
-                400, str(exc), field=exc.fields[0], fields=list(exc.fields), limit=exc.limit, setting=exc.setting
+                400,
+                str(exc),
+                field=exc.fields[0],
+                fields=list(exc.fields),
+                count=exc.amount,
+                limit=exc.limit,
+                setting=exc.setting,
             ) from None
         return parsed
 
+    def count_text(self, request: GenerationRequest) -> TextTokens | None:
+        """The prompts' T5 tokens in bounded memory (``prompt.count``), their grammar checked."""
+        from ..prompt.count import request_tokens
+
+        return request_tokens(request, self.token_counter)
+
     # ------------------------------------------------------------------------------------------- jobs
-    async def submit(self, request: GenerationRequest) -> Job:
+    async def submit(self, request: GenerationRequest, user: str = ANONYMOUS) -> Job:
         try:
-            job = await run_in_threadpool(self.store.submit, self.slug, request, max_queue=self.max_queue)
+            job = await run_in_threadpool(
+                lambda: self.store.submit(
+                    self.slug, request, max_queue=self.max_queue, user=user, max_queue_per_user=self.max_queue_per_user
+                )
+            )
+        except UserQueueFull as exc:
+            self.metrics.rejected_total.labels("user_queue_full").inc()
+            self.metrics.user_rejected_total.labels(user, "user_queue_full").inc()
+            wait = self.retry_after_s()
+            headers = {
+                "Retry-After": str(wait),
+                "x-rate-limit-reset-at-utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + wait)),
+            }
+            raise ApiError(429, str(exc), headers=headers, max_queue_per_user=exc.max_queue) from None
         except QueueFull as exc:
             self.metrics.rejected_total.labels("queue_full").inc()
+            self.metrics.user_rejected_total.labels(user, "queue_full").inc()
             raise ApiError(429, str(exc), max_queue=exc.max_queue) from None
         self.metrics.submitted_total.inc()
+        self.metrics.user_submitted_total.labels(user).inc()
         if self.worker is not None:
             self.worker.notify()
         return job
 
-    def get_job(self, request_id: str) -> Job:
+    def retry_after_s(self) -> int:
+        """Seconds until a queued job of a capped user is likely to have started: the mean model time of the jobs
+        this process saw finish (at least 1 s), 10 s before any did."""
+        count, total = self.metrics.inference_mean()
+        return max(1, math.ceil(total / count)) if count else DEFAULT_RETRY_AFTER_S
+
+    def get_job(self, request_id: str, user: str | None = None) -> Job:
+        """The job, or a 404 for an unknown, expired or (``user`` given, keys configured) another user's job: the
+        same answer, so an id of someone else's job tells nothing."""
         job = self.store.get(request_id)
-        if job is None:
+        if job is None or (user is not None and self.users.required and job.user != user):
             raise ApiError(
                 404,
-                f"request {request_id!r} not found: unknown, or its result expired "
+                f"request {shorten(request_id, 80)!r} not found: unknown, or its result expired "
                 f"({self.store.retention_s:g} s after it finished)",
             )
         return job
@@ -212,8 +279,14 @@ def get_state(request: Request) -> ServerState:
 State = Annotated[ServerState, Depends(get_state)]  # a route parameter of this type receives the state
 
 
-def require_key(request: Request) -> None:
-    get_state(request).check_key(request)
+DEFAULT_RETRY_AFTER_S = 10
+
+
+def authenticated_user(request: Request) -> str:
+    return get_state(request).authenticate(request)
+
+
+User = Annotated[str, Depends(authenticated_user)]  # a route parameter of this type receives the caller's user name
 
 
 def check_svg_size(request: GenerationRequest) -> None:

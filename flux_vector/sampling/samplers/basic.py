@@ -67,7 +67,7 @@ def sample_euler_cfg_pp(model, x, sigmas, *, noise=None, callback=None):
     return sample_euler_ancestral_cfg_pp(model, x, sigmas, noise=None, callback=callback, eta=0.0)
 
 
-@register("heun")
+@register("heun", model_calls=2)
 def sample_heun(model, x, sigmas, *, noise=None, callback=None):
     """Heun's method in sigma; the last interval (to 0) is a single Euler step."""
     for i in range(len(sigmas) - 1):
@@ -84,7 +84,7 @@ def sample_heun(model, x, sigmas, *, noise=None, callback=None):
     return x
 
 
-@register("heunpp2")
+@register("heunpp2", model_calls=3)
 def sample_heunpp2(model, x, sigmas, *, noise=None, callback=None):
     """Heun++: up to three slope evaluations per step, weighted by where they sit relative to sigma_0."""
     sigma_end, sigma_0 = sigmas[-1], sigmas[0]
@@ -120,7 +120,7 @@ def _dpm_2_step(model, x, d, sigma, sigma_to):
     return x + d_2 * (sigma_to - sigma)
 
 
-@register("dpm_2", discard_penultimate=True)
+@register("dpm_2", discard_penultimate=True, model_calls=2)
 def sample_dpm_2(model, x, sigmas, *, noise=None, callback=None):
     for i in range(len(sigmas) - 1):
         denoised = model(x, sigmas[i])
@@ -133,7 +133,7 @@ def sample_dpm_2(model, x, sigmas, *, noise=None, callback=None):
     return x
 
 
-@register("dpm_2_ancestral", noise="seeded", discard_penultimate=True)
+@register("dpm_2_ancestral", noise="seeded", discard_penultimate=True, model_calls=2)
 def sample_dpm_2_ancestral(model, x, sigmas, *, noise, callback=None, eta=1.0, s_noise=1.0):
     for i in range(len(sigmas) - 1):
         denoised = model(x, sigmas[i])
@@ -148,7 +148,7 @@ def sample_dpm_2_ancestral(model, x, sigmas, *, noise, callback=None, eta=1.0, s
     return x
 
 
-@register("dpmpp_2s_ancestral", noise="seeded")
+@register("dpmpp_2s_ancestral", noise="seeded", model_calls=2)
 def sample_dpmpp_2s_ancestral(model, x, sigmas, *, noise, callback=None, eta=1.0, s_noise=1.0):
     """DPM-Solver++(2S): an extra evaluation at sigma_s, the lambda-midpoint of sigma and sigma_down."""
     for i in range(len(sigmas) - 1):

@@ -90,7 +90,7 @@ def sample_dpm_fast(model, x, sigmas, *, noise=None, callback=None):
     return x
 
 
-@register("dpm_adaptive")
+@register("dpm_adaptive", model_calls=3)
 def sample_dpm_adaptive(
     model,
     x,

@@ -28,17 +28,26 @@ class SamplerSpec:
     noise: NoiseKind = "none"
     discard_penultimate: bool = False  # the KSampler node computes steps+1 sigmas and drops the second-to-last
     needs_uncond: bool = False  # evaluates the negative prompt even at cfg 1 (ComfyUI's disable_cfg1_optimization)
+    # Denoiser calls per step at most (heun: 2, heunpp2: 3): what the server's work budget prices. dpm_adaptive's
+    # count follows its error estimate, not ``steps``: it is priced at its 3 calls per attempt, one attempt per step.
+    model_calls: int = 1
 
 
 SAMPLERS: dict[str, SamplerSpec] = {}
 
 
-def register(*names: str, noise: NoiseKind = "none", discard_penultimate: bool = False, needs_uncond: bool = False):
+def register(
+    *names: str,
+    noise: NoiseKind = "none",
+    discard_penultimate: bool = False,
+    needs_uncond: bool = False,
+    model_calls: int = 1,
+):
     def decorate(fn: SamplerFn) -> SamplerFn:
         for name in names:
             if name in SAMPLERS:
                 raise RuntimeError(f"sampler {name!r} registered twice")
-            SAMPLERS[name] = SamplerSpec(name, fn, noise, discard_penultimate, needs_uncond)
+            SAMPLERS[name] = SamplerSpec(name, fn, noise, discard_penultimate, needs_uncond, model_calls)
         return fn
 
     return decorate

@@ -15,7 +15,7 @@ def _alpha(sigma, lam):
     return sigma * lam.exp()
 
 
-@register("dpmpp_sde", "dpmpp_sde_gpu", noise="brownian")
+@register("dpmpp_sde", "dpmpp_sde_gpu", noise="brownian", model_calls=2)
 def sample_dpmpp_sde(model, x, sigmas, *, noise, callback=None, eta=1.0, s_noise=1.0, r=0.5):
     """DPM-Solver++(2S) SDE: a stage at lambda + r h, then the full step; each stage an ancestral split in
     rho = e^-lambda (sigma/alpha). Both draws start at sigma: (sigma, sigma_1) and (sigma, sigma')."""
