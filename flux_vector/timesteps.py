@@ -41,7 +41,8 @@ def embed_in_float32(transformer: torch.nn.Module) -> None:
 
     transformer.register_forward_pre_hook(keep, with_kwargs=True)
     embedder.register_forward_pre_hook(swap)
-    transformer._flux_vector_fp32_embedding = True
+    # a marker on the module (nn.Module types its attributes Tensor | Module): installed once
+    setattr(transformer, "_flux_vector_fp32_embedding", True)  # noqa: B010
 
 
 def to_device(sigma: torch.Tensor, device: torch.device) -> torch.Tensor:
