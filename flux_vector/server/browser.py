@@ -95,7 +95,7 @@ def add_browser_safety(app: FastAPI, *, bind_host: str, public_url: str, allow_o
             CORSMiddleware,
             allow_origins=sorted({origin_of(o) for o in allow_origins}),
             allow_methods=["GET", "POST", "DELETE"],
-            allow_headers=["content-type", "x-api-key"],
+            allow_headers=["content-type", "x-api-key", "authorization"],
             expose_headers=["x-request-id", "x-image-count", "x-inference-time"],
         )
     app.add_middleware(BrowserGuard, host_names=names, allow_origins=allow_origins, public_url=public_url)
