@@ -12,7 +12,8 @@ from ..request import FIELDS, GenerationRequest, allowed
 
 DESCRIPTION = "FLUX.1-dev + the Simple Vector LoRA locally, as Segmind's Simple_Vector_Flux API."
 # request fields generate takes as flags (prompt is required; output_format comes from --out's suffix)
-GENERATE_FIELDS = tuple(f for f in FIELDS if f not in ("prompt", "output_format", "quality", "base64"))
+# output_format comes from --out's suffix; quality applies to .jpg/.webp (ignored for .png/.svg, as in the API)
+GENERATE_FIELDS = tuple(f for f in FIELDS if f not in ("prompt", "output_format", "base64"))
 # the request defaults batch takes as flags (a row gives its prompt; files are written, never base64)
 BATCH_FIELDS = tuple(f for f in FIELDS if f not in ("prompt", "base64"))
 
@@ -24,7 +25,7 @@ def _model_options(*, falls_back_to_demo: bool) -> argparse.ArgumentParser:
     """--model/--lora/--quantize/--offload/--device: what every command that loads the model takes.
     ``falls_back_to_demo``: without --model and $FLUX_VECTOR_MODEL, a missing FLUX.1-dev means the shipped demo model
     (generate, serve, worker: they say so on the console, the banner and the playground)."""
-    from ..models import DEFAULT_LORA, MODEL_ENV
+    from ..models import DEFAULT_LORA, DEMO_MODEL, MODEL_ENV, builtin_lora_name
     from ..offload import DEFAULT_OFFLOAD, OFFLOAD_MODES
 
     otherwise = "else FLUX.1-dev if downloaded, else demo" if falls_back_to_demo else "else FLUX.1-dev"
@@ -35,7 +36,11 @@ def _model_options(*, falls_back_to_demo: bool) -> argparse.ArgumentParser:
         help="demo (the shipped toy: simple shapes at 128 px) | tiny (random weights: noise) | a diffusers folder | "
         f"a hub id in the local cache | a BFL .safetensors (default: ${MODEL_ENV}, {otherwise})",
     )
-    g.add_argument("--lora", help=f"LoRA file or hub id, or 'none' (default: {DEFAULT_LORA})")
+    g.add_argument(
+        "--lora",
+        help=f"LoRA file or hub id, or 'none' (default: the model's: {DEFAULT_LORA}, Simple Vector, for FLUX.1-dev "
+        f"and other models; {builtin_lora_name(DEMO_MODEL)}, the demo's outline LoRA, for demo; its own for tiny)",
+    )
     g.add_argument("--quantize", choices=["8bit"], help="bitsandbytes int8 transformer (default: none)")
     g.add_argument(
         "--offload",
@@ -88,8 +93,8 @@ def _serving_options() -> argparse.ArgumentParser:
         type=size,
         metavar="WxH",
         help="also warm up at this size, WIDTHxHEIGHT or an aspect ratio such as 16:9 (repeatable): the sizes "
-        "clients ask for; with --fast each size compiles once, at start, not on its first job (default: none, only "
-        "the default size)",
+        "clients ask for; with --fast each size compiles once, at start, not on its first job (default: none, only the "
+        "default size)",
     )
     return p
 
@@ -115,8 +120,9 @@ def _add_generate(sub, parents) -> None:
         "--like",
         type=Path,
         metavar="IMAGE",
-        help="start from the parameters, model and LoRA recorded in an image flux_vector made (`flux-vector info` "
-        "shows them); the other flags override them (default: none)",
+        help="start from the parameters, model and LoRA recorded in an image flux_vector made, a ComfyUI PNG (its "
+        "graph) or an A1111/Forge image (its parameters text); `flux-vector info` shows them; the other flags "
+        "override them (default: none)",
     )
     p.add_argument(
         "--out",
@@ -141,7 +147,7 @@ def _request_flags(group, fields: tuple[str, ...]) -> None:
             _request_flag(group, field, metavar="NAME")
         elif annotation in (int, int | None):
             _request_flag(group, field, type=int)
-        elif annotation is float:
+        elif annotation in (float, float | None):
             _request_flag(group, field, type=float)
         else:
             _request_flag(group, field)
@@ -300,6 +306,18 @@ def _add_serve(sub, parents) -> None:
         ),
     ):
         p.add_argument(flag, type=int, metavar="N", help=f"work budget of a request: {what}; over it: 400")
+    _add_redis_eviction(p)
+
+
+def _add_redis_eviction(p) -> None:
+    from ..jobs.redis_store import EVICTION_OVERRIDE
+
+    p.add_argument(
+        EVICTION_OVERRIDE,
+        action="store_true",
+        help="with a Redis store: start even when Redis's maxmemory-policy is not noeviction (an evicting Redis "
+        "loses accepted jobs and images without a word; default: refused)",
+    )
 
 
 def _add_worker(sub, parents) -> None:
@@ -342,6 +360,7 @@ def _add_worker(sub, parents) -> None:
         default=DEFAULT_METRICS_PORT,
         help=f"port of /metrics and /healthz (default {DEFAULT_METRICS_PORT}; 0: any free port, logged; -1: none)",
     )
+    _add_redis_eviction(p)
 
 
 def _add_doctor(sub, parents) -> None:
@@ -361,14 +380,18 @@ def _add_info(sub, parents) -> None:
         parents=parents,
         help="show how an image was made",
         description="Print the parameters, model and LoRA recorded in an image flux_vector wrote (PNG, JPEG, WebP, "
-        "SVG); `flux-vector generate --like IMAGE` makes it again.",
+        "SVG), a ComfyUI PNG (read from its graph) or an A1111/Forge image (its parameters text); "
+        "`flux-vector generate --like IMAGE` makes it again.",
     )
-    p.add_argument("image", type=Path, help="an image flux_vector wrote")
+    p.add_argument("image", type=Path, help="an image flux_vector, ComfyUI or A1111/Forge wrote")
     p.add_argument("--json", action="store_true", help="print the record as JSON (default: readable text)")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from ..version import __version__
+
     parser = argparse.ArgumentParser(prog="flux-vector", description=DESCRIPTION)
+    parser.add_argument("--version", action="version", version=f"flux-vector {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     output, serving = _output_options(), _serving_options()
     falling_back = _model_options(falls_back_to_demo=True)
