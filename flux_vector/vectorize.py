@@ -9,11 +9,14 @@ So the image is first made truly flat, then traced:
    ``merge`` of low detail (24) of a more frequent one form a group, each group splits into subgroups at medium's
    (12), each of those at high's (8). A group is a fill when it has an interior: pixels whose 3x3 neighbourhood lies
    all in the group, at least ``min_interior`` of the image; colours that exist only as thin bands are the
-   anti-aliasing between two fills and are dropped. From the top: a fill group is split into its subgroups that are
-   fills themselves, down to the requested detail; a fill none of whose subgroups is one (a thin dark outline whose
-   noisy pixels spread over several close shades, none with an interior of its own) stays one colour. So a colour
-   kept at one detail is kept at every higher one (the palette only grows with ``detail``), and an outline is never
-   lost by splitting it finer. What is left is the number of colours this image has.
+   anti-aliasing between two fills and are dropped. Interiors are counted on each level's own labels (each pixel to
+   the nearest group colour of that level). From the top: a fill group is split into its subgroups that are fills
+   themselves, down to the requested detail; a fill none of whose subgroups is one (a thin dark outline whose noisy
+   pixels spread over several close shades, none with an interior of its own) stays one colour, unless it is no fill
+   at low detail either and its colour lies within ``_BLUR_DISTANCE`` of the line between two of low detail's fills:
+   then it is the blur between them, not an outline, and is dropped. So a colour kept at one detail is kept at every
+   higher one (the palette only grows with ``detail``), and an outline is never lost by splitting it finer. What is
+   left is the number of colours this image has.
 2. **Labels.** Each pixel takes the nearest palette colour (exactly, through a 6-bit-per-channel lookup table), so
    an anti-aliased edge pixel goes to the side it is closer to: the edge lands where the renderer put it.
 3. **Edge-preserving denoise** in label space: a 3x3 majority vote on the pixels that have a differently labelled
@@ -85,6 +88,7 @@ _DETAIL = {
     "high": _Settings(merge=8.0, min_interior=1e-5, speckle=2),
 }
 _LEVELS = tuple(_DETAIL)
+_BLUR_DISTANCE = 8.0  # RGB distance from the line between two fills under which a thin band is their blur
 _CANDIDATES = 32
 _LUT_BITS = 6
 
@@ -130,9 +134,8 @@ def _flatten(image: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
     return np.asarray(Image.alpha_composite(white, rgba).convert("RGB")), (None if opaque.all() else opaque)
 
 
-def _candidates(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Up to ``_CANDIDATES`` colours of the image (octree on a box-downsampled copy), most frequent first, and each
-    pixel's nearest one."""
+def _candidates(rgb: np.ndarray) -> np.ndarray:
+    """Up to ``_CANDIDATES`` colours of the image (octree on a box-downsampled copy), most frequent first."""
     h, w = rgb.shape[:2]
     image = Image.fromarray(rgb)
     factor = max(1, min(4, min(h, w) // 64))
@@ -143,7 +146,7 @@ def _candidates(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     colours = np.array(palette[: 3 * len(counts)], dtype=np.float32).reshape(-1, 3)[: len(counts)]
     order = [int(i) for i in np.argsort(-counts, kind="stable") if counts[i] > 0]
     candidates = np.rint(colours[order]).astype(np.uint8)
-    return candidates, _labels(rgb, candidates)[0]
+    return candidates
 
 
 @dataclass
@@ -173,10 +176,11 @@ def _palette(rgb: np.ndarray, detail: str) -> np.ndarray:
     """The fill colours at ``detail`` (module docstring, step 1): the candidates grouped as a tree, one level per
     detail up to this one (each level's groups within its ``merge``), each group's interior measured on its level's
     labels; from the top, kept groups split into their kept subgroups."""
-    candidates, labels = _candidates(rgb)
+    candidates = _candidates(rgb)
     colours = candidates.astype(np.float32)
     depth = _LEVELS.index(detail)
-    threshold = _DETAIL[detail].min_interior * labels.size
+    pixels = rgb.shape[0] * rgb.shape[1]
+    threshold = _DETAIL[detail].min_interior * pixels
     roots = _split(list(range(len(candidates))), colours, _DETAIL[_LEVELS[0]].merge)
     level = roots
     for d in range(depth + 1):
@@ -184,11 +188,11 @@ def _palette(rgb: np.ndarray, detail: str) -> np.ndarray:
             for group in level:
                 group.children = _split(group.members, colours, _DETAIL[_LEVELS[d]].merge)
             level = [child for group in level for child in group.children]
-        mapping = np.zeros(len(candidates), dtype=np.uint8)
-        for g, group in enumerate(level):
-            mapping[group.members] = g
-        grouped = mapping[labels]
-        interior = np.bincount(grouped[_uniform_neighbourhood(grouped)], minlength=len(level))
+        # each pixel to the nearest group colour of this level (at low detail: the labels a flat palette gives)
+        grouped, same = _labels(rgb, candidates[[group.members[0] for group in level]])
+        interior = np.bincount(grouped[same], minlength=len(level))
+        if d == 0:
+            root_pixels = np.bincount(grouped.ravel(), minlength=len(level))
         for group, count in zip(level, interior, strict=True):
             group.interior = int(count)
 
@@ -196,10 +200,27 @@ def _palette(rgb: np.ndarray, detail: str) -> np.ndarray:
         kept = [child for child in group.children if child.interior >= threshold]
         return [index for child in kept for index in fills(child)] if kept else [group.members[0]]
 
-    kept = [group for group in roots if group.interior >= threshold]
+    # A group kept whole below low detail, without a fill among its subgroups, is a thin band: an outline, or the
+    # blur between two fills. The blur lies on the line between them (the fills at low detail, the same at every
+    # detail, so that the choice never changes with it): dropped; an outline is no mix of its neighbours: kept.
+    low_threshold = _DETAIL[_LEVELS[0]].min_interior * pixels
+    main_fills = [colours[group.members[0]] for group in roots if group.interior >= low_threshold]
+
+    def is_blur(group: _Group) -> bool:
+        if group.interior >= low_threshold or any(child.interior >= threshold for child in group.children):
+            return False
+        colour = colours[group.members[0]]
+        for i, a in enumerate(main_fills):
+            for b in main_fills[i + 1 :]:
+                t = float(np.clip(np.dot(colour - a, b - a) / max(float(np.dot(b - a, b - a)), 1e-6), 0.0, 1.0))
+                if 0.0 < t < 1.0 and float(np.linalg.norm(a + t * (b - a) - colour)) < _BLUR_DISTANCE:
+                    return True
+        return False
+
+    kept = [group for group in roots if group.interior >= threshold and not is_blur(group)]
     if not kept:  # pure noise has no interior anywhere: keep the group with the most (or the most pixels)
-        sizes = [group.interior or int(np.isin(labels, group.members).sum()) for group in roots]
-        kept = [roots[int(np.argmax(sizes))]]
+        most = [group.interior for group in roots] if any(g.interior for g in roots) else list(root_pixels)
+        kept = [roots[int(np.argmax(most))]]
     return candidates[[index for group in kept for index in fills(group)]]
 
 
