@@ -298,7 +298,10 @@ def redis_cluster(tmp_path_factory):
     folder = tmp_path_factory.mktemp("redis-users")
     redis = RedisServer(folder).start()
     url = redis.url(0)
-    worker = WorkerProcess(url, folder, "w0", args=("--lease", "3"), env={**FAKE_ENV, FAKE_STEP_ENV: "0.1"}).start()
+    # --model demo as the API's: an API given --model records it in every job, and only a worker serving it runs them
+    worker = WorkerProcess(
+        url, folder, "w0", args=("--lease", "3", "--model", "demo"), env={**FAKE_ENV, FAKE_STEP_ENV: "0.1"}
+    ).start()
     api = ApiProcess(url, folder, args=("--model", "demo", "--api-keys", str(keys_file(folder))))
     try:
         api.start()

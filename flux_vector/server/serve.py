@@ -95,7 +95,8 @@ def serve(
         from ..models import default_model
 
         given_model = model  # recorded in every job (workers serving it run it); none given: any model
-        model = model or default_model(log=log)  # whose tokenizers count the prompts' tokens
+        # whose tokenizers count the prompts' tokens (said in the banner, after Redis is checked)
+        model = model or default_model(log=lambda _message: None)
         limits = work_budget(WorkBudget(), **(budget or {}))
         return serve_api(
             url=str(store),
@@ -105,6 +106,7 @@ def serve(
             log_level=log_level,
             log=log,
             fleet_model=given_model,
+            token_model=model,
             lora=lora,
             allow_eviction=allow_eviction,
             app_options={**options, "budget": limits, "token_counter": prompt_token_counter(model, None, log)},
@@ -161,6 +163,7 @@ def serve_api(
     log,
     app_options: dict,
     fleet_model: str | None = None,
+    token_model: str = "",
     lora: str | None = None,
     allow_eviction: bool = False,
 ) -> int:
@@ -185,7 +188,10 @@ def serve_api(
             f"max queue {max_queue}{describe_user_cap(app_options.get('max_queue_per_user'))}; "
             f"results kept {retention_s:g} s"
         )
-        log(describe_budget(app_options["budget"]))
+        log(
+            describe_budget(app_options["budget"])
+            + (f" (counted with {token_model}'s tokenizers)" if token_model else "")
+        )
         log(describe_urls(host, port, SLUG))
         warn_if_open(host, users.required, log)
         app = create_app(jobs, None, slug=SLUG, max_queue=max_queue, model_name=fleet.model, log=log, **app_options)
