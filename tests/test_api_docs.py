@@ -148,6 +148,11 @@ def test_docs_render_every_operation_in_a_browser_offline(server, chromium):
             # open the submit operation: its request body schema (the parameter contract) is drawn
             page.click("#operations-default-submit_async_v2__model_slug__post .opblock-summary")
             page.wait_for_selector("#operations-default-submit_async_v2__model_slug__post .opblock-body")
+            # the body's schema example is drawn after the block opens: wait for it (a failure times out here)
+            page.wait_for_function(
+                "() => (document.querySelector('#operations-default-submit_async_v2__model_slug__post')"
+                " ?.innerText || '').includes('lora_strength')"
+            )
             opened = page.inner_text("#operations-default-submit_async_v2__model_slug__post")
         finally:
             browser.close()
