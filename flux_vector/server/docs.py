@@ -2,7 +2,7 @@
 
 The app describes itself as OpenAPI 3.1 (``/openapi.json``, what FastAPI writes). ``swagger-ui-bundle`` 1.1.0, the
 newest on PyPI, ships Swagger UI 4.15, which refuses 3.1 ("Unable to render this definition"). So ``/docs`` reads
-``/docs/openapi-3.0.json``: the same document written as OpenAPI 3.0.3 by ``openapi_3_0``, which rewrites the few
+``/openapi-3.0.json``: the same document written as OpenAPI 3.0.3 by ``openapi_3_0``, which rewrites the few
 JSON Schema 2020-12 forms FastAPI emits into their 3.0 equivalents. ``/openapi.json`` stays 3.1 for other tools.
 """
 
@@ -21,7 +21,7 @@ DOCS_CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
     "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 )
-DOCS_SCHEMA_PATH = "/docs/openapi-3.0.json"
+DOCS_SCHEMA_PATH = "/openapi-3.0.json"
 _DOCS_FILES = {"swagger-ui.css": "text/css", "swagger-ui-bundle.js": "text/javascript"}
 _DOCS_PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>flux_vector API</title>
