@@ -53,7 +53,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, overload
 from urllib.parse import quote, unquote
 
 from ..request import GenerationRequest, from_stored, stored_params
@@ -124,7 +124,14 @@ class _Lease:
     renewed: float  # time.monotonic() when it was last renewed (taken just before the renewing call)
 
 
+@overload
+def _text(value: bytes | str) -> str: ...
+@overload
+def _text(value: None) -> None: ...
+@overload
+def _text(value: bytes | str | None) -> str | None: ...
 def _text(value: bytes | str | None) -> str | None:
+    """A Redis reply (bytes) as text; None stays None (a missing field or key)."""
     return value.decode("utf-8") if isinstance(value, bytes) else value
 
 

@@ -190,6 +190,7 @@ class WorkerProcess:
     # the steps of a run
     def start_status_server(self, host: str, port: int) -> None:
         """/metrics and /healthz, bound before the (slow) model load so that a port clash fails at once."""
+        assert self.jobs is not None  # run_worker opened it
         self.metrics = JobMetrics(self.jobs, self, pipeline_info=self.pipeline_info, api=False)
         if port < 0:
             return
