@@ -123,6 +123,25 @@ def test_a_dead_workers_job_runs_again_then_fails_after_max_attempts(make_store)
     assert c.r.xlen(c.key("queue")) == 1  # job's entry is gone; later's is pending on c
 
 
+def test_a_job_read_but_not_started_waits_one_lease_on_an_injected_clock(make_store):
+    """A worker that dies between reading an entry and starting its job: on Redis's clock the entry's idle time
+    keeps it from others for a lease (test_redis_fair_share.py); on an injected clock the job's ``picked_at`` does."""
+    clock = FakeClock()
+    dead = make_store(name="dead", lease_s=30, clock=clock)
+    job = dead.submit("s", parse_request(P))
+    entry, _ = dead._next_entry(0.1)
+    dead._pick(  # read and bound to its job, then the process "dies" before START
+        keys=[dead._tickets, dead._fair_users, dead._fair_served, dead._fair_tick, dead._queued, dead._stream],
+        args=[entry, dead.key("job:"), dead._fair_queue_prefix, "workers", dead._now()],
+    )
+    other = make_store(name="other", lease_s=30, clock=clock)
+    clock.advance(29.9)
+    assert other.claim() is None and other.get(job.id).state == QUEUED
+    clock.advance(0.2)
+    taken = other.claim()
+    assert taken.id == job.id and taken.attempts == 1
+
+
 def test_a_live_worker_keeps_its_job_past_the_lease(make_store):
     clock = FakeClock()
     a = make_store(name="a", lease_s=30, clock=clock)

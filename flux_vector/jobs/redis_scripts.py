@@ -6,12 +6,12 @@ checks the expected state and the owner's lease token before it writes (so a job
 **Time.** Every script that reads the time takes ``now`` in one ARGV: '' (production) means Redis's own clock
 (``TIME``), one clock for a whole fleet; a number is the store's injected ``clock`` (tests: a clock they move by
 hand). With an injected clock nothing may depend on time Redis keeps itself, so retention is by timestamp instead of
-native key expiry (``_SETTLE``, ``EXPIRE``) and a lease's idle time is read from the job's ``heartbeat_at`` instead of
-the stream entry's idle time (``CLAIM_STALE``).
+native key expiry (``_SETTLE``, ``EXPIRE``) and a lease's idle time is read from the job's ``heartbeat_at`` (or,
+before its run starts, ``picked_at``: ``redis_fair.PICK``) instead of the stream entry's idle time (``CLAIM_STALE``).
 """
 
 
-def _now(index: int) -> str:
+def lua_now(index: int) -> str:
     """Lua ``now()`` (seconds as a string, microseconds) and ``faked`` (a clock was injected) from ``ARGV[index]``."""
     return f"""
 local faked = ARGV[{index}] ~= nil and ARGV[{index}] ~= ''
@@ -23,7 +23,7 @@ end
 """
 
 
-# A settled job's retention (needs _now): ``expires_at`` in its hash, and on Redis's clock a native PEXPIRE of
+# A settled job's retention (needs lua_now): ``expires_at`` in its hash, and on Redis's clock a native PEXPIRE of
 # ``ttl`` ms too. With an injected clock Redis cannot know when the job expires: no native expiry (it would run on the
 # real clock, not the injected one); readers compare ``expires_at`` with the clock and ``EXPIRE`` deletes the keys
 _SETTLE = """
@@ -38,7 +38,7 @@ end
 # now ('' for Redis's clock)
 # (model/lora: what the accepting API process serves, '' for any; version: its flux_vector version)
 SUBMIT = (
-    _now(11)
+    lua_now(11)
     + """
 if redis.call('EXISTS', KEYS[2]) == 1 then  -- a client retry of a submit that went through
   local rank = redis.call('ZRANK', KEYS[3], ARGV[1])
@@ -81,7 +81,7 @@ end
 # KEYS: job, queued, processing, stream, failed
 # ARGV: id, entry, token, worker, max_attempts, lease_ms, group, channel, model, lora, version, parked_idle_ms, now
 START = (
-    _now(13)
+    lua_now(13)
     + _SETTLE
     + _SERVES
     + """
@@ -95,6 +95,7 @@ if state == 'COMPLETED' or state == 'FAILED' then drop_entry() return {'done'} e
 if not serves(KEYS[1], ARGV[9], ARGV[10], ARGV[11]) then
   -- not ours to run: parked (pending, idle "for a year") for the scan of a worker that can serve it
   redis.call('XCLAIM', KEYS[4], ARGV[7], ARGV[4], 0, ARGV[2], 'IDLE', ARGV[12], 'JUSTID')
+  redis.call('HDEL', KEYS[1], 'picked_at')
   return {'mismatch', redis.call('HMGET', KEYS[1], 'model', 'lora', 'version')}
 end
 local ts = now()
@@ -130,7 +131,7 @@ return {'ok', state, redis.call('HGETALL', KEYS[1])}
 
 # KEYS: job, stream   ARGV: token, entry, group, consumer, now
 HEARTBEAT = (
-    _now(5)
+    lua_now(5)
     + """
 if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] or redis.call('HGET', KEYS[1], 'state') ~= 'PROCESSING' then
   return 0
@@ -153,7 +154,7 @@ return 1
 # KEYS: job, processing, completed, stream, image keys...
 # ARGV: id, token, entry, group, result, channel, now, images...
 COMPLETE = (
-    _now(7)
+    lua_now(7)
     + _SETTLE
     + """
 local state = redis.call('HGET', KEYS[1], 'state')
@@ -180,7 +181,7 @@ return {1, ts}
 # KEYS: job, processing, failed, stream, queued
 # ARGV: id, token ('' = no lease), entry, group, error, channel, fair queue key prefix, now
 FAIL = (
-    _now(8)
+    lua_now(8)
     + _SETTLE
     + """
 local state = redis.call('HGET', KEYS[1], 'state')
@@ -216,7 +217,7 @@ if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[2] or redis.call('HGET', KEYS[1]
 end
 local attempts = tonumber(redis.call('HGET', KEYS[1], 'attempts') or '1')
 redis.call('HSET', KEYS[1], 'state', 'QUEUED', 'attempts', math.max(attempts - 1, 0))
-redis.call('HDEL', KEYS[1], 'owner', 'started_at', 'step', 'total_steps', 'heartbeat_at')
+redis.call('HDEL', KEYS[1], 'owner', 'started_at', 'step', 'total_steps', 'heartbeat_at', 'picked_at')
 redis.call('ZADD', KEYS[2], redis.call('HGET', KEYS[1], 'seq'), ARGV[1])
 redis.call('ZREM', KEYS[3], ARGV[1])
 redis.call('XCLAIM', KEYS[4], ARGV[4], ARGV[5], 0, ARGV[3], 'IDLE', ARGV[6], 'JUSTID')
@@ -227,7 +228,7 @@ return 1
 # Waiting and running jobs are counted by their hashes (one deleted by hand is not counted; HEAL drops it later);
 # finished ones by their expiry time; read-only, so it answers while Redis is full
 COUNTS = (
-    _now(2)
+    lua_now(2)
     + """
 local function live(key)
   local n = 0
@@ -245,17 +246,21 @@ return {live(KEYS[1]), live(KEYS[2]),
 # this worker can serve; entries of jobs it cannot serve are left where they are. An entry's job is the one its
 # ticket is bound to (redis_fair.py), else the one it was added with. Returns {entry, id} or {}.
 # With an injected clock the entries' idle time (Redis's clock) means nothing: every pending entry is a candidate, and
-# one whose job is PROCESSING with a heartbeat_at less than min_idle_ms before now is alive and left alone (an entry
-# read a moment ago by a worker that has not started its job yet is a candidate too: START lets one run win).
+# one is alive (left alone) while its job is PROCESSING with a heartbeat_at, or QUEUED with a picked_at (a worker read
+# and bound it and is about to start it: PICK), less than min_idle_ms before now. A requeued or parked job has no
+# picked_at: taken at once, as its entry "idle for a year" is on Redis's clock.
 CLAIM_STALE = (
-    _now(9)
+    lua_now(9)
     + _SERVES
     + """
 local min_idle = faked and 0 or ARGV[3]
 local function alive(key)
-  if not faked or redis.call('HGET', key, 'state') ~= 'PROCESSING' then return false end
-  local beat = tonumber(redis.call('HGET', key, 'heartbeat_at') or '0')
-  return (tonumber(now()) - beat) * 1000 < tonumber(ARGV[3])
+  if not faked then return false end
+  local state = redis.call('HGET', key, 'state')
+  local field = (state == 'PROCESSING' and 'heartbeat_at') or (state == 'QUEUED' and 'picked_at')
+  if not field then return false end
+  local touched = tonumber(redis.call('HGET', key, field) or '')
+  return touched ~= nil and (tonumber(now()) - touched) * 1000 < tonumber(ARGV[3])
 end
 local pending = redis.call('XPENDING', KEYS[1], ARGV[1], 'IDLE', min_idle, '-', '+', ARGV[4])
 for _, p in ipairs(pending) do
@@ -323,7 +328,7 @@ return refused
 # The finished jobs whose expiry time has come leave the indexes, and their hash and images are deleted (on Redis's
 # clock native key expiry deleted them already; with an injected clock this is what deletes them). Returns how many.
 EXPIRE = (
-    _now(1)
+    lua_now(1)
     + """
 local ts = now()
 local removed = 0

@@ -23,7 +23,8 @@ Only Redis's own primitives, no scheduler of ours:
   Redis's: every script gets ``now`` from it, and nothing may run on time Redis keeps itself. So retention becomes
   a timestamp (``expires_at`` in the hash; ``get``/``image``/``counts`` treat a job past it as gone, ``expire``
   deletes its keys: no native TTL, which would run on the real clock), and a lease is judged by the job's
-  ``heartbeat_at`` against the clock instead of the stream entry's idle time. The worker side's own deadlines
+  ``heartbeat_at`` (``picked_at`` between a worker's read and the run's start) against the clock instead of the
+  stream entry's idle time. The worker side's own deadlines
   (``settle_deadline``, the heartbeat period) stay on the process's monotonic clock, as they are on SQLite. Not for
   a fleet: processes with different clocks would disagree about leases and expiry.
 - Finished jobs are announced on a pub/sub channel, which wakes ``POST /v1`` requests waiting in any API process.
@@ -593,7 +594,7 @@ class RedisJobStore(JobStore):
                         self._queued,
                         self._stream,
                     ],
-                    args=[entry, self.key("job:"), self._fair_queue_prefix, GROUP],
+                    args=[entry, self.key("job:"), self._fair_queue_prefix, GROUP, self._now()],
                 )
             )
         if not job_id:  # not one of ours, or nothing left to run for this ticket: drop it
