@@ -1,0 +1,19 @@
+"""Single-file FLUX weights as ComfyUI users keep them: a BFL-layout transformer (bf16, fp8, ComfyUI's prefix, the
+all-in-one checkpoint) with ``clip_l`` / ``t5xxl_*`` / ``ae`` files, given one by one or found in a ComfyUI
+``models/`` folder; FLUX.1-dev's configs ship in ``configs/``, so no diffusers folder or Hub cache is needed.
+
+``find.py`` chooses the files (names only), ``load.py`` builds the components, ``vae_names.py`` is the VAE's name
+table, ``write.py`` the other direction (a pipeline's components as those files)."""
+
+from .find import ComponentFilesError, Plan, find_model_file, plan_files
+from .load import Components, load_single_file, plan_single_file
+
+__all__ = [
+    "ComponentFilesError",
+    "Components",
+    "Plan",
+    "find_model_file",
+    "load_single_file",
+    "plan_files",
+    "plan_single_file",
+]
