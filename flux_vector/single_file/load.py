@@ -107,8 +107,9 @@ def _cast(sd: dict[str, torch.Tensor], dtype: torch.dtype, keep_fp8: set[str] = 
     return out
 
 
-def _assign(model: torch.nn.Module, sd: dict[str, torch.Tensor], what: str, where: str) -> torch.nn.Module:
+def _assign(model: torch.nn.Module, sd: dict[str, torch.Tensor], what: str, configs: _Configs) -> torch.nn.Module:
     """Load ``sd`` into the meta-device ``model`` by assignment, after checking names and shapes."""
+    where, hint = configs.where, configs.hint
     shapes = {k: v.shape for k, v in model.state_dict().items()}
     missing = sorted(set(shapes) - set(sd))
     extra = sorted(set(sd) - set(shapes))
@@ -121,7 +122,7 @@ def _assign(model: torch.nn.Module, sd: dict[str, torch.Tensor], what: str, wher
             parts.append(f"{len(missing)} missing, e.g. {missing[:3]}")
         if extra:
             parts.append(f"{len(extra)} with no place, e.g. {extra[:3]}")
-        raise ComponentFilesError(f"the {what} file does not fit {where}: {'; '.join(parts)}")
+        raise ComponentFilesError(f"the {what} file does not fit {where}: {'; '.join(parts)}{hint}")
     model.load_state_dict(sd, strict=True, assign=True)
     return model.eval()
 
@@ -132,6 +133,11 @@ class _Configs:
     def __init__(self, folder: Path | None):
         self.folder = folder
         self.where = f"the config of {folder}" if folder is not None else SHIPPED
+        self.hint = (
+            f" (the file is not of the model {folder} describes?)"
+            if folder is not None
+            else " (not a FLUX.1-dev file? another model's needs --base with its diffusers folder, base= in Python)"
+        )
 
     def diffusers(self, cls, name: str) -> dict:
         if self.folder is not None:
@@ -170,10 +176,10 @@ def load_transformer(plan: Plan, configs: _Configs, dtype: torch.dtype, keep_fp8
     try:
         converted = from_bfl(sd, model)
     except ValueError as exc:
-        raise ComponentFilesError(f"{plan.transformer} does not fit {configs.where}: {exc}") from exc
+        raise ComponentFilesError(f"{plan.transformer} does not fit {configs.where}: {exc}{configs.hint}") from exc
     linears = {f"{n}.weight" for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
     converted = _cast(converted, dtype, keep_fp8=linears if keep_fp8 else set())
-    return _assign(model, converted, f"transformer {plan.transformer}", configs.where)
+    return _assign(model, converted, f"transformer {plan.transformer}", configs)
 
 
 def _fit_names(sd: dict[str, torch.Tensor], names: set[str], extras: tuple[str, ...]) -> dict:
@@ -198,7 +204,7 @@ def load_clip(source: Source, configs: _Configs, dtype: torch.dtype) -> torch.nn
     config = configs.transformers(CLIPTextConfig, "text_encoder")
     model = _empty(lambda: CLIPTextModel(config))
     sd = _fit_names(_read(source), set(model.state_dict()), CLIP_EXTRAS)
-    return _assign(model, _cast(sd, dtype), f"CLIP-L {source.describe()}", configs.where)
+    return _assign(model, _cast(sd, dtype), f"CLIP-L {source.describe()}", configs)
 
 
 def load_t5(source: Source, configs: _Configs, dtype: torch.dtype) -> torch.nn.Module:
@@ -211,7 +217,7 @@ def load_t5(source: Source, configs: _Configs, dtype: torch.dtype) -> torch.nn.M
     for a, b in (("shared.weight", "encoder.embed_tokens.weight"), ("encoder.embed_tokens.weight", "shared.weight")):
         if a in sd and b not in sd:
             sd[b] = sd[a]
-    return _assign(model, _cast(sd, dtype), f"T5 {source.describe()}", configs.where)
+    return _assign(model, _cast(sd, dtype), f"T5 {source.describe()}", configs)
 
 
 def load_vae(source: Source, configs: _Configs, dtype: torch.dtype) -> torch.nn.Module:
@@ -223,8 +229,8 @@ def load_vae(source: Source, configs: _Configs, dtype: torch.dtype) -> torch.nn.
     try:
         sd = vae_from_ldm(_read(source), shapes, len(config["block_out_channels"]))
     except ValueError as exc:
-        raise ComponentFilesError(f"the VAE {source.describe()} does not fit {configs.where}: {exc}") from exc
-    return _assign(model, _cast(sd, dtype), f"VAE {source.describe()}", configs.where)
+        raise ComponentFilesError(f"the VAE {source.describe()} does not fit {configs.where}: {exc}{configs.hint}") from exc
+    return _assign(model, _cast(sd, dtype), f"VAE {source.describe()}", configs)
 
 
 def _base_folder(plan: Plan, base: str | None, comfyui_models) -> Path | None:
