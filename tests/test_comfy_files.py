@@ -110,7 +110,7 @@ def test_the_shipped_configs_build_flux_dev_at_its_sizes():
         for name, m in models.items()
     }
     assert 11.85e9 < counts["transformer"] < 11.95e9  # "12B"
-    assert 4.70e9 < counts["t5"] < 4.80e9  # T5 v1.1 XXL's encoder 
+    assert 4.70e9 < counts["t5"] < 4.80e9  # T5 v1.1 XXL's encoder
     assert 120e6 < counts["clip"] < 126e6  # CLIP ViT-L/14's text tower
     assert 80e6 < counts["vae"] < 86e6
     assert models["vae"].config.latent_channels == models["transformer"].config.in_channels // 4 == 16
@@ -306,7 +306,7 @@ def test_a_missing_component_names_it_and_where_it_looked(files, tmp_path):
     message = str(caught.value)
     assert "VAE" in message and f"{models / 'vae'}/" in message and "--vae FILE" in message
     assert "CLIP" not in message.split("Give")[0]  # only what is missing is named
-    with pytest.raises(WeightsNotFound, match="--clip-l .*nothere.safetensors: not found"):
+    with pytest.raises(WeightsNotFound, match=r"--clip-l .*nothere\.safetensors: not found"):
         plan_files(files / "flux1-tiny-fp8.safetensors", clip_l_file=tmp_path / "nothere.safetensors")
     with pytest.raises(WeightsNotFound, match=r"looked in diffusion_models/, unet/, checkpoints/"):
         FluxVectorPipeline.from_pretrained("flux1-nothere.safetensors", comfyui_models=models, **QUIET)

@@ -9,11 +9,14 @@ component is one error naming it, where it was looked for, and the flag that giv
 from __future__ import annotations
 
 import json
+import os
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..models import WeightsNotFound
+
+PathArg = str | os.PathLike
 
 SUFFIXES = (".safetensors", ".sft")
 # where ComfyUI keeps each kind of file under its models/ folder, in the order searched
@@ -106,7 +109,7 @@ def transformer_prefix(path: Path, names: list[str]) -> str:
     )
 
 
-def find_model_file(model: str, comfyui_models: str | Path | None) -> Path | None:
+def find_model_file(model: str, comfyui_models: PathArg | None) -> Path | None:
     """``model`` as a file: a path, or (with ``comfyui_models``) a bare file name found in its diffusion_models/,
     unet/ or checkpoints/ folder (the first in that order that holds it). None when it is not a file (a folder, a
     hub id, "tiny")."""
@@ -178,10 +181,10 @@ def _embedded(names: list[str], kind: str) -> str | None:
 def plan_files(
     model_file: Path,
     *,
-    clip_l_file: str | Path | None = None,
-    t5_file: str | Path | None = None,
-    vae_file: str | Path | None = None,
-    comfyui_models: str | Path | None = None,
+    clip_l_file: PathArg | None = None,
+    t5_file: PathArg | None = None,
+    vae_file: PathArg | None = None,
+    comfyui_models: PathArg | None = None,
     base: str | None = None,
 ) -> Plan:
     """Each component's source: the flag's file, else the checkpoint's own copy, else the ComfyUI folder's file,
@@ -224,7 +227,7 @@ def plan_files(
     return plan
 
 
-def where_looked(kind: str, comfyui_models: str | Path | None) -> str:
+def where_looked(kind: str, comfyui_models: PathArg | None) -> str:
     folders = VAE_FOLDERS if kind == "vae" else TEXT_ENCODER_FOLDERS
     places = [f"{FLAGS[kind]} ({KEYWORDS[kind]}=)", "inside the model file"]
     if comfyui_models is not None:

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from ..models import DEFAULT_MODEL, WeightsNotFound, resolve_model
-from .find import TITLES, ComponentFilesError, Plan, Source, plan_files, where_looked
+from .find import TITLES, ComponentFilesError, PathArg, Plan, Source, plan_files, where_looked
 from .vae_names import vae_from_ldm
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
@@ -68,8 +68,10 @@ def transformer_tier(quantize: str | None, plan: Plan, log: Callable[[str], None
     if not fp8_tier_available():
         log("quantize: the file's weights are float8 and this build has no fp8 tier: upcast to the pipeline's dtype")
         return None
-    log("quantize: fp8 (the file's weights are float8: kept so, computed in the pipeline's dtype; quantize='none' "
-        "upcasts them)")
+    log(
+        "quantize: fp8 (the file's weights are float8: kept so, computed in the pipeline's dtype; quantize='none' "
+        "upcasts them)"
+    )
     return "fp8"
 
 
@@ -113,7 +115,11 @@ def _assign(model: torch.nn.Module, sd: dict[str, torch.Tensor], what: str, conf
     shapes = {k: v.shape for k, v in model.state_dict().items()}
     missing = sorted(set(shapes) - set(sd))
     extra = sorted(set(sd) - set(shapes))
-    wrong = [f"{k} {tuple(sd[k].shape)} (the config wants {tuple(shapes[k])})" for k in shapes if k in sd and sd[k].shape != shapes[k]]
+    wrong = [
+        f"{k} {tuple(sd[k].shape)} (the config wants {tuple(shapes[k])})"
+        for k in shapes
+        if k in sd and sd[k].shape != shapes[k]
+    ]
     if missing or extra or wrong:
         parts = []
         if wrong:
@@ -229,7 +235,9 @@ def load_vae(source: Source, configs: _Configs, dtype: torch.dtype) -> torch.nn.
     try:
         sd = vae_from_ldm(_read(source), shapes, len(config["block_out_channels"]))
     except ValueError as exc:
-        raise ComponentFilesError(f"the VAE {source.describe()} does not fit {configs.where}: {exc}{configs.hint}") from exc
+        raise ComponentFilesError(
+            f"the VAE {source.describe()} does not fit {configs.where}: {exc}{configs.hint}"
+        ) from exc
     return _assign(model, _cast(sd, dtype), f"VAE {source.describe()}", configs)
 
 
@@ -276,10 +284,10 @@ def load_single_file(
     base: str | None,
     quantize: str | None,
     dtype: torch.dtype,
-    clip_l_file: str | Path | None = None,
-    t5_file: str | Path | None = None,
-    vae_file: str | Path | None = None,
-    comfyui_models: str | Path | None = None,
+    clip_l_file: PathArg | None = None,
+    t5_file: PathArg | None = None,
+    vae_file: PathArg | None = None,
+    comfyui_models: PathArg | None = None,
     log: Callable[[str], None] = print,
 ) -> Components:
     """Every component of a pipeline whose transformer is ``model_file`` (see the module's docstring)."""
@@ -300,7 +308,8 @@ def load_single_file(
     configs = _Configs(folder)
     for line in plan.describe():
         log(f"files: {line}")
-    log(f"files: configs and tokenizers from {folder if folder is not None else SHIPPED + ' (and the demo tokenizers)'}")
+    source = str(folder) if folder is not None else f"{SHIPPED} (and the demo model's tokenizers)"
+    log(f"files: configs and tokenizers from {source}")
     tier = transformer_tier(quantize, plan, log)
     transformer = load_transformer(plan, configs, dtype, tier == "fp8", log)
     sources = plan.components
