@@ -119,14 +119,15 @@ def check_weights(model: str, lora: str | os.PathLike | None, *, base: str | Non
     ``single_file`` would load, ``files`` being from_pretrained's ``clip_l_file``/``t5_file``/``vae_file``/
     ``comfyui_models``, and its ``base``) or the LoRA cannot be found locally. Reads only the file system, the
     files' headers and the cache index."""
-    from .single_file import find_model_file, plan_single_file
+    from .single_file import find_model_file, lora_in_comfyui_models, plan_single_file
 
     model_file = find_model_file(model, files.get("comfyui_models"))
     if model_file is not None:
         plan_single_file(model_file, base=base, **files)
     else:
         resolve_model(model)
-    resolve_lora(lora, base if model_file is not None and base == "tiny" else model)
+    if lora_in_comfyui_models(lora, files.get("comfyui_models")) is None:
+        resolve_lora(lora, base if model_file is not None and base == "tiny" else model)
 
 
 def builtin_lora_name(model: str) -> str | None:

@@ -241,12 +241,12 @@ class FluxVectorPipeline:
         from diffusers import AutoencoderKL, FluxTransformer2DModel
         from transformers import CLIPTextModel, CLIPTokenizer, T5EncoderModel, T5TokenizerFast
 
+        from .single_file import find_model_file, load_single_file, lora_in_comfyui_models
+
         if quantize not in (None, "8bit"):
             raise ValueError(f"quantize={quantize!r} is not allowed; quantize must be None or '8bit'")
         device = torch.device(device) if device is not None else default_device()
         dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype or default_dtype(device)
-        from .single_file import find_model_file, load_single_file
-
         model_file = find_model_file(model, comfyui_models)
         single_file = model_file is not None
         files = {"clip_l_file": clip_l_file, "t5_file": t5_file, "vae_file": vae_file, "comfyui_models": comfyui_models}
@@ -254,7 +254,9 @@ class FluxVectorPipeline:
             given = ", ".join(f"{k}=" for k, v in files.items() if v is not None)
             raise ValueError(f"{given} go with a single-file model (a .safetensors transformer), not model={model!r}")
         folder = None if single_file else resolve_model(model)
-        lora_file = resolve_lora(lora, base if single_file and base == "tiny" else model)
+        lora_file = lora_in_comfyui_models(lora, comfyui_models) or resolve_lora(
+            lora, base if single_file and base == "tiny" else model
+        )
         started = time.perf_counter()
         if model == "tiny":
             log("model: tiny random-weight FLUX checkpoint (a structural demo: its images are noise-like)")

@@ -89,6 +89,7 @@ def test_the_shipped_tokenizers_are_clip_l_and_t5():
     assert t5("a cat").input_ids == [3, 9, 1712, 1]
 
 
+@pytest.mark.slow  # builds the 12B transformer and T5-XXL on the meta device: ~10 s on a CPU
 def test_the_shipped_configs_build_flux_dev_at_its_sizes():
     """Each shipped config builds its model (on the meta device) with FLUX.1-dev's published parameter counts."""
     from accelerate import init_empty_weights
@@ -195,6 +196,34 @@ def test_fp8_transformer_file_generates(files, ref, where):
     assert 25 < value < float("inf")  # fp8 rounding shows, and does not destroy the picture
 
 
+@pytest.mark.parametrize("asked", [None, "8bit"])
+def test_an_fp8_file_keeps_its_float8_weights_for_the_fp8_tier(files, monkeypatch, asked):
+    """The contract with the fp8 tier (``quantize.quantize_linears_fp8``): for an fp8 file and no tier asked, the
+    loader hands over the linears with the file's float8 weights (not upcast: 12B of them) and says "fp8"; any tier
+    asked gets them upcast. Checked on the loader alone, so it holds whether or not this build has the tier."""
+    from safetensors.torch import load_file
+
+    from flux_vector.single_file import load
+
+    monkeypatch.setattr(load, "fp8_tier_available", lambda: True)
+    path = files / "flux1-tiny-fp8.safetensors"
+    parts = load.load_single_file(path, base="tiny", quantize=asked, dtype=torch.float32, log=lambda *_: None)
+    assert parts.quantize == ("fp8" if asked is None else asked)
+    block = parts.transformer.transformer_blocks[0]
+    stored = load_file(str(path))
+    q_rows = block.attn.to_q.weight.shape[0]
+    if asked is None:
+        assert block.attn.to_q.weight.dtype == torch.float8_e4m3fn
+        assert torch.equal(
+            block.attn.to_q.weight.view(torch.uint8),
+            stored["double_blocks.0.img_attn.qkv.weight"][:q_rows].view(torch.uint8),
+        )
+        assert block.attn.norm_q.weight.dtype == torch.float32  # norms and biases: the pipeline's dtype
+        assert block.attn.to_q.bias.dtype == torch.float32
+    else:
+        assert all(p.dtype == torch.float32 for p in parts.transformer.parameters())
+
+
 def test_all_in_one_checkpoint_uses_its_own_encoders_and_vae(files):
     path = files / "models" / "checkpoints" / "flux1-tiny-fp8-aio.safetensors"
     plan = plan_files(path, comfyui_models=files / "models")  # the folder's files lose to the checkpoint's own
@@ -222,6 +251,8 @@ def test_an_fp8_t5_file_is_upcast(files, tmp_path, transformer_file_run):
         **QUIET,
     )
     assert all(p.dtype == torch.float32 for p in pipe.text_encoder_2.parameters())
+    t5 = pipe.text_encoder_2  # the embedding stored once in the file is one tensor in memory
+    assert t5.shared.weight.data_ptr() == t5.encoder.embed_tokens.weight.data_ptr()
     value = psnr(pipe("a red fox", **RUN).image, transformer_file_run.image)
     print(f"fp8 T5 file vs the f32 folder's T5: PSNR {value:.1f} dB")
     assert 25 < value < float("inf")
@@ -259,8 +290,10 @@ def _no_folder(model):
     raise AssertionError(f"resolve_model({model!r}) called: the shipped path needs no diffusers folder")
 
 
-def test_a_comfyui_lora_file_applies(files):
-    """The user's LoRA from models/loras/ on a single-file model (the LoRA tables read the BFL names)."""
+def test_a_comfyui_lora_file_applies(files, tmp_path):
+    """The user's LoRA from models/loras/ on a single-file model (the LoRA tables read the BFL names); the default
+    LoRA (Simple Vector) is found there by its file name."""
+    from flux_vector.models import DEFAULT_LORA, DEFAULT_LORA_FILE
     from flux_vector.tiny import KOHYA_LORA
 
     lines = []
@@ -272,6 +305,14 @@ def test_a_comfyui_lora_file_applies(files):
         log=lines.append,
     )
     assert any(line.startswith(f"lora: {KOHYA_LORA}") for line in lines)
+    models = tmp_path / "models"
+    (models / "loras").mkdir(parents=True)
+    (models / "loras" / DEFAULT_LORA_FILE).write_bytes((files / "models" / "loras" / KOHYA_LORA).read_bytes())
+    lines.clear()
+    model = files / "models" / "diffusion_models" / "flux1-tiny.safetensors"
+    default = FluxVectorPipeline.from_pretrained(str(model), comfyui_models=models, base="tiny", log=lines.append)
+    assert any(line.startswith(f"lora: {DEFAULT_LORA_FILE}") for line in lines)
+    assert default.lora_name == DEFAULT_LORA  # records name the LoRA as always
     plain = pipe("a red fox", **RUN, lora_strength=0.0)
     styled = pipe("a red fox", **RUN, lora_strength=1.0)
     assert not np.array_equal(np.asarray(plain.image), np.asarray(styled.image))

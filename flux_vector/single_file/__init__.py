@@ -5,7 +5,7 @@ all-in-one checkpoint) with ``clip_l`` / ``t5xxl_*`` / ``ae`` files, given one b
 ``find.py`` chooses the files (names only), ``load.py`` builds the components, ``vae_names.py`` is the VAE's name
 table, ``write.py`` the other direction (a pipeline's components as those files)."""
 
-from .find import ComponentFilesError, Plan, find_model_file, plan_files
+from .find import ComponentFilesError, Plan, find_model_file, lora_in_comfyui_models, plan_files
 from .load import Components, load_single_file, plan_single_file
 
 __all__ = [
@@ -14,6 +14,7 @@ __all__ = [
     "Plan",
     "find_model_file",
     "load_single_file",
+    "lora_in_comfyui_models",
     "plan_files",
     "plan_single_file",
 ]

@@ -128,6 +128,17 @@ def find_model_file(model: str, comfyui_models: PathArg | None) -> Path | None:
     )
 
 
+def lora_in_comfyui_models(lora, comfyui_models: PathArg | None) -> Path | None:
+    """The default LoRA (Simple Vector) from ``DIR/loras`` when the user keeps it there, else None (the usual
+    resolution: a path, or the local Hugging Face cache)."""
+    from ..models import DEFAULT_LORA, DEFAULT_LORA_FILE
+
+    if comfyui_models is None or lora != DEFAULT_LORA:
+        return None
+    path = Path(comfyui_models).expanduser() / "loras" / DEFAULT_LORA_FILE
+    return path if path.is_file() else None
+
+
 def _candidates(root: Path, folders: tuple[str, ...]) -> list[Path]:
     found: dict[Path, Path] = {}
     for folder in folders:

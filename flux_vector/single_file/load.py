@@ -16,7 +16,7 @@ while upcasting.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -91,12 +91,13 @@ def _read(source: Source, exclude: tuple[str, ...] = ()) -> dict[str, torch.Tens
     return out
 
 
-def _cast(sd: dict[str, torch.Tensor], dtype: torch.dtype, keep_fp8: set[str] = frozenset()) -> dict:  # type: ignore[assignment]
+def _cast(sd: dict[str, torch.Tensor], dtype: torch.dtype, keep_fp8: Collection[str] = ()) -> dict:
     """``sd`` in ``dtype``: float8 tensors upcast (times their ``.scale_weight`` in a scaled file), except the
-    names in ``keep_fp8``, which stay float8."""
+    names in ``keep_fp8``, which stay float8. Empties ``sd``."""
     scales = {k.removesuffix(".scale_weight"): v for k, v in sd.items() if k.endswith(".scale_weight")}
     out = {}
-    for name, tensor in sd.items():
+    for name in list(sd):
+        tensor = sd.pop(name)  # the file's copy goes as its cast one comes (a 12B model's peak stays near 1x)
         if name.endswith(".scale_weight") or name in ("scaled_fp8", "scale_input"):
             continue
         owner = name.rsplit(".", 1)[0]
@@ -184,7 +185,7 @@ def load_transformer(plan: Plan, configs: _Configs, dtype: torch.dtype, keep_fp8
     except ValueError as exc:
         raise ComponentFilesError(f"{plan.transformer} does not fit {configs.where}: {exc}{configs.hint}") from exc
     linears = {f"{n}.weight" for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
-    converted = _cast(converted, dtype, keep_fp8=linears if keep_fp8 else set())
+    converted = _cast(converted, dtype, keep_fp8=linears if keep_fp8 else ())
     return _assign(model, converted, f"transformer {plan.transformer}", configs)
 
 
@@ -218,12 +219,12 @@ def load_t5(source: Source, configs: _Configs, dtype: torch.dtype) -> torch.nn.M
 
     config = configs.transformers(T5Config, "text_encoder_2")
     model = _empty(lambda: T5EncoderModel(config))
-    sd = _read(source)
-    # the token embedding is stored once: as shared.weight (HF) or encoder.embed_tokens.weight
+    sd = _cast(_read(source), dtype)
+    # the token embedding is stored once, as shared.weight (HF) or encoder.embed_tokens.weight: one tensor for both
     for a, b in (("shared.weight", "encoder.embed_tokens.weight"), ("encoder.embed_tokens.weight", "shared.weight")):
         if a in sd and b not in sd:
             sd[b] = sd[a]
-    return _assign(model, _cast(sd, dtype), f"T5 {source.describe()}", configs)
+    return _assign(model, sd, f"T5 {source.describe()}", configs)
 
 
 def load_vae(source: Source, configs: _Configs, dtype: torch.dtype) -> torch.nn.Module:
