@@ -258,25 +258,70 @@ def test_an_fp8_t5_file_is_upcast(files, tmp_path, transformer_file_run):
     assert 25 < value < float("inf")
 
 
-def test_no_base_uses_the_shipped_configs_and_tokenizers(files, ref, tmp_path, monkeypatch, transformer_file_run):
-    """Without base, the configs and tokenizers are the package's: here the tiny model's stand in for FLUX.1-dev's
-    (the 12B ones do not fit a test), through exactly the code a ComfyUI user's run takes; no Hub, no folder."""
+def _scaled_fp8(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``sd`` as ComfyUI's ``*_fp8_scaled`` files store it: each 2-D weight divided by a per-tensor scale, in fp8."""
+    out: dict[str, torch.Tensor] = {"scaled_fp8": torch.zeros(0, dtype=torch.float8_e4m3fn)}
+    for name, tensor in sd.items():
+        if name.endswith(".weight") and tensor.dim() == 2:
+            scale = (tensor.abs().max().float() / 448).clamp(min=1e-12)
+            out[name] = (tensor.float() / scale).to(torch.float8_e4m3fn)
+            out[name.removesuffix(".weight") + ".scale_weight"] = scale.reshape(1)
+        else:
+            out[name] = tensor
+    return out
+
+
+def test_scaled_fp8_files_are_dequantized(files, ref, tmp_path, transformer_file_run):
+    """ComfyUI's ``*_fp8_scaled`` files (a per-tensor scale beside each fp8 weight): the scales applied, before the
+    fused qkv is split; such a transformer is upcast (not handed to the fp8 tier as float8)."""
+    t5_path, model_path = tmp_path / "t5xxl_fp8_e4m3fn_scaled.safetensors", tmp_path / "flux1-tiny-scaled.safetensors"
+    save_file(_scaled_fp8(write.t5_tensors(ref.text_encoder_2)), t5_path)
+    save_file(_scaled_fp8(write.transformer_tensors(ref.transformer)), model_path)
+    plan = plan_files(model_path)
+    assert not plan.fp8 and any("scaled fp8" in note for note in plan.notes)
+    pipe = FluxVectorPipeline.from_pretrained(str(model_path), t5_file=t5_path, base="tiny", **QUIET)
+    q = ref.text_encoder_2.encoder.block[0].layer[0].SelfAttention.q.weight
+    ours = pipe.text_encoder_2.encoder.block[0].layer[0].SelfAttention.q.weight
+    assert ours.dtype == torch.float32 and (ours - q).abs().max() <= 0.07 * q.abs().max()  # fp8's rounding, no more
+    value = psnr(pipe("a red fox", **RUN).image, transformer_file_run.image)
+    print(f"scaled fp8 transformer and T5 vs f32: PSNR {value:.1f} dB")
+    assert 25 < value < float("inf")
+
+
+@pytest.fixture
+def shipped_as_tiny(tmp_path, monkeypatch):
+    """The package's configs and tokenizers replaced by the tiny model's (FLUX.1-dev's 12B ones do not fit a test),
+    and any diffusers folder lookup an error: the code a ComfyUI user's run takes, at the tiny size."""
     from flux_vector.single_file import load
     from flux_vector.tiny import tiny_checkpoint_dir
 
     tiny = tiny_checkpoint_dir()
     configs = tmp_path / "configs"
     configs.mkdir()
-    for name, source in (
-        ("transformer", "transformer/config.json"),
-        ("vae", "vae/config.json"),
-        ("text_encoder", "text_encoder/config.json"),
-        ("text_encoder_2", "text_encoder_2/config.json"),
-    ):
-        (configs / f"{name}.json").write_text((tiny / source).read_text())
+    for name in ("transformer", "vae", "text_encoder", "text_encoder_2"):
+        (configs / f"{name}.json").write_text((tiny / name / "config.json").read_text())
     monkeypatch.setattr(load, "CONFIG_DIR", configs)
     monkeypatch.setattr(load, "tokenizer_dir", lambda: tiny)
     monkeypatch.setattr(load, "resolve_model", _no_folder)
+
+
+def test_a_transformer_without_guidance_loads_with_the_shipped_config(files, ref, tmp_path, shipped_as_tiny):
+    """A FLUX.1-schnell-like file (no guidance embedder) with the shipped (dev) config: guidance_embeds off, said."""
+    sd = {k: v for k, v in write.transformer_tensors(ref.transformer).items() if not k.startswith("guidance_in.")}
+    save_file(sd, tmp_path / "flux1-tiny-schnell.safetensors")
+    lines = []
+    pipe = FluxVectorPipeline.from_pretrained(
+        str(tmp_path / "flux1-tiny-schnell.safetensors"),
+        comfyui_models=files / "models",
+        lora="none",
+        log=lines.append,
+    )
+    assert not pipe.transformer.config.guidance_embeds and any("guidance_embeds off" in line for line in lines)
+
+
+def test_no_base_uses_the_shipped_configs_and_tokenizers(files, shipped_as_tiny, transformer_file_run):
+    """Without base, the configs and tokenizers are the package's (here the tiny model's stand in for FLUX.1-dev's):
+    no Hub, no diffusers folder, and the pixels of the run whose components came from the folder."""
     lines = []
     pipe = FluxVectorPipeline.from_pretrained(
         "flux1-tiny.safetensors", comfyui_models=files / "models", lora="none", log=lines.append

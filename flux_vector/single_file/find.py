@@ -210,6 +210,9 @@ def plan_files(
         if n.startswith(f"{prefix}double_blocks.")
     )
     plan = Plan(model_file, prefix, fp8, base=base)
+    if fp8 and any(n.endswith(".scale_weight") for n in names):  # ComfyUI's *_fp8_scaled: per-tensor scales
+        plan.fp8 = False
+        plan.notes.append("the transformer is scaled fp8: dequantized to the pipeline's dtype")
     given = {"clip_l": clip_l_file, "t5": t5_file, "vae": vae_file}
     root = Path(comfyui_models).expanduser() if comfyui_models is not None else None
     if root is not None and not root.is_dir():

@@ -9,8 +9,8 @@ assigned to it (no second copy); a file whose shapes do not fit the config is on
 
 fp8: a transformer whose linear weights are float8 keeps them in float8 when the pipeline runs the fp8 tier
 (``quantize`` None becomes "fp8" for such a file; an explicit tier upcasts them first). T5 files in fp8
-(``t5xxl_fp8_e4m3fn``) are upcast to the pipeline's dtype. A ``*_scaled`` fp8 file's per-tensor scales are applied
-while upcasting.
+(``t5xxl_fp8_e4m3fn``) are upcast to the pipeline's dtype. A ``*_fp8_scaled`` file's per-tensor scales are applied
+while upcasting (such a transformer is upcast too: the fp8 tier then quantizes it itself).
 """
 
 from __future__ import annotations
@@ -91,22 +91,27 @@ def _read(source: Source, exclude: tuple[str, ...] = ()) -> dict[str, torch.Tens
     return out
 
 
+def _unscale(sd: dict[str, torch.Tensor], dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """A ``*_fp8_scaled`` file's weights times their ``.scale_weight``, in ``dtype``; its markers dropped. Runs before
+    any renaming (a fused qkv's scale is the fused tensor's). A file without scales comes back as it is."""
+    scales = {k.removesuffix(".scale_weight"): sd.pop(k) for k in [k for k in sd if k.endswith(".scale_weight")]}
+    for marker in ("scaled_fp8", *[k for k in sd if k.endswith(".scale_input")]):
+        sd.pop(marker, None)
+    for owner, scale in scales.items():
+        if f"{owner}.weight" in sd:
+            weight = sd[f"{owner}.weight"].to(torch.float32) * scale.to(torch.float32)
+            sd[f"{owner}.weight"] = weight.to(dtype)
+    return sd
+
+
 def _cast(sd: dict[str, torch.Tensor], dtype: torch.dtype, keep_fp8: Collection[str] = ()) -> dict:
-    """``sd`` in ``dtype``: float8 tensors upcast (times their ``.scale_weight`` in a scaled file), except the
-    names in ``keep_fp8``, which stay float8. Empties ``sd``."""
-    scales = {k.removesuffix(".scale_weight"): v for k, v in sd.items() if k.endswith(".scale_weight")}
+    """``sd`` in ``dtype`` (float8 tensors upcast), except the float8 tensors named in ``keep_fp8``. Empties
+    ``sd``: the file's copy goes as its cast one comes, so a 12B model's peak stays near one copy."""
     out = {}
     for name in list(sd):
-        tensor = sd.pop(name)  # the file's copy goes as its cast one comes (a 12B model's peak stays near 1x)
-        if name.endswith(".scale_weight") or name in ("scaled_fp8", "scale_input"):
-            continue
-        owner = name.rsplit(".", 1)[0]
-        if tensor.dtype in FP8_DTYPES and name in keep_fp8 and owner not in scales:
-            out[name] = tensor
-        elif owner in scales and name.endswith(".weight"):
-            out[name] = (tensor.to(torch.float32) * scales[owner].to(torch.float32)).to(dtype)
-        else:
-            out[name] = tensor.to(dtype)
+        tensor = sd.pop(name)
+        keep = tensor.dtype in FP8_DTYPES and name in keep_fp8
+        out[name] = tensor if keep else tensor.to(dtype)
     return out
 
 
@@ -174,7 +179,7 @@ def load_transformer(plan: Plan, configs: _Configs, dtype: torch.dtype, keep_fp8
     from .find import CLIP_PREFIXES, T5_PREFIXES, VAE_PREFIXES
 
     others = CLIP_PREFIXES + T5_PREFIXES + VAE_PREFIXES
-    sd = _read(Source(plan.transformer, plan.transformer_prefix), exclude=others)
+    sd = _unscale(_read(Source(plan.transformer, plan.transformer_prefix), exclude=others), dtype)
     config = dict(configs.diffusers(FluxTransformer2DModel, "transformer"))
     if configs.folder is None and config["guidance_embeds"] and "guidance_in.in_layer.weight" not in sd:
         config["guidance_embeds"] = False
@@ -210,7 +215,7 @@ def load_clip(source: Source, configs: _Configs, dtype: torch.dtype) -> torch.nn
 
     config = configs.transformers(CLIPTextConfig, "text_encoder")
     model = _empty(lambda: CLIPTextModel(config))
-    sd = _fit_names(_read(source), set(model.state_dict()), CLIP_EXTRAS)
+    sd = _fit_names(_unscale(_read(source), dtype), set(model.state_dict()), CLIP_EXTRAS)
     return _assign(model, _cast(sd, dtype), f"CLIP-L {source.describe()}", configs)
 
 
@@ -219,7 +224,7 @@ def load_t5(source: Source, configs: _Configs, dtype: torch.dtype) -> torch.nn.M
 
     config = configs.transformers(T5Config, "text_encoder_2")
     model = _empty(lambda: T5EncoderModel(config))
-    sd = _cast(_read(source), dtype)
+    sd = _cast(_unscale(_read(source), dtype), dtype)
     # the token embedding is stored once, as shared.weight (HF) or encoder.embed_tokens.weight: one tensor for both
     for a, b in (("shared.weight", "encoder.embed_tokens.weight"), ("encoder.embed_tokens.weight", "shared.weight")):
         if a in sd and b not in sd:
@@ -234,7 +239,7 @@ def load_vae(source: Source, configs: _Configs, dtype: torch.dtype) -> torch.nn.
     model = _empty(lambda: AutoencoderKL.from_config(config))
     shapes = {k: v.shape for k, v in model.state_dict().items()}
     try:
-        sd = vae_from_ldm(_read(source), shapes, len(config["block_out_channels"]))
+        sd = vae_from_ldm(_unscale(_read(source), dtype), shapes, len(config["block_out_channels"]))
     except ValueError as exc:
         raise ComponentFilesError(
             f"the VAE {source.describe()} does not fit {configs.where}: {exc}{configs.hint}"
