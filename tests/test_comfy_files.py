@@ -196,7 +196,7 @@ def test_fp8_transformer_file_generates(files, ref, where):
     assert 25 < value < float("inf")  # fp8 rounding shows, and does not destroy the picture
 
 
-@pytest.mark.parametrize("asked", [None, "8bit"])
+@pytest.mark.parametrize("asked", [None, "fp8", "8bit"])
 def test_an_fp8_file_keeps_its_float8_weights_for_the_fp8_tier(files, monkeypatch, asked):
     """The contract with the fp8 tier (``quantize.quantize_linears_fp8``): for an fp8 file and no tier asked, the
     loader hands over the linears with the file's float8 weights (not upcast: 12B of them) and says "fp8"; any tier
@@ -208,11 +208,11 @@ def test_an_fp8_file_keeps_its_float8_weights_for_the_fp8_tier(files, monkeypatc
     monkeypatch.setattr(load, "fp8_tier_available", lambda: True)
     path = files / "flux1-tiny-fp8.safetensors"
     parts = load.load_single_file(path, base="tiny", quantize=asked, dtype=torch.float32, log=lambda *_: None)
-    assert parts.quantize == ("fp8" if asked is None else asked)
+    assert parts.quantize == (asked or "fp8")
     block = parts.transformer.transformer_blocks[0]
     stored = load_file(str(path))
     q_rows = block.attn.to_q.weight.shape[0]
-    if asked is None:
+    if asked in (None, "fp8"):
         assert block.attn.to_q.weight.dtype == torch.float8_e4m3fn
         assert torch.equal(
             block.attn.to_q.weight.view(torch.uint8),

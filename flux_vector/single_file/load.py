@@ -60,14 +60,15 @@ def fp8_tier_available() -> bool:
 
 
 def transformer_tier(quantize: str | None, plan: Plan, log: Callable[[str], None]) -> str | None:
-    """The tier the transformer runs: an fp8 file with no tier asked runs the fp8 tier (its weights stay float8)."""
-    if not plan.fp8 or quantize is not None:
+    """The tier the transformer runs: an fp8 file with no tier asked (or "fp8") runs the fp8 tier, its weights kept
+    float8; any other tier asked ("none", "8bit", ...) gets them upcast first."""
+    if not plan.fp8 or quantize not in (None, "fp8"):
         if plan.fp8:
             log(f"quantize: {quantize}: the file's float8 weights are upcast first")
         return quantize
     if not fp8_tier_available():
         log("quantize: the file's weights are float8 and this build has no fp8 tier: upcast to the pipeline's dtype")
-        return None
+        return quantize
     log(
         "quantize: fp8 (the file's weights are float8: kept so, computed in the pipeline's dtype; quantize='none' "
         "upcasts them)"
