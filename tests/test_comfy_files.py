@@ -87,6 +87,11 @@ def test_the_shipped_tokenizers_are_clip_l_and_t5():
     # CLIP's start/end tokens and BPE words, T5's sentencepiece pieces and end token
     assert clip("a cat").input_ids == [49406, 320, 2368, 49407]
     assert t5("a cat").input_ids == [3, 9, 1712, 1]
+    # an API-only process (serve on Redis) counts a single-file model's prompt tokens with them
+    from flux_vector.server.serve import prompt_token_counter
+
+    counter = prompt_token_counter("flux1-dev-fp8.safetensors", None, log=print)
+    assert counter is not None and counter.count("a cat") == len(t5("a cat").input_ids) - 1  # no end token
 
 
 @pytest.mark.slow  # builds the 12B transformer and T5-XXL on the meta device: ~10 s on a CPU

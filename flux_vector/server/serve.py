@@ -227,8 +227,9 @@ def prompt_token_counter(model: str, pipe: Any, log: Callable[[str], None]) -> P
         return PromptTokenCounter(tokenizer)
     try:
         from ..models import resolve_model
+        from ..single_file import shipped_tokenizers_for
 
-        return PromptTokenCounter.from_folder(resolve_model(model))
+        return PromptTokenCounter.from_folder(shipped_tokenizers_for(model) or resolve_model(model))
     except Exception as exc:
         log(
             f"warning: no T5 tokenizer found for {model} ({type(exc).__name__}: {str(exc)[:200]}); prompts are priced "

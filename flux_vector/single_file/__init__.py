@@ -6,7 +6,7 @@ all-in-one checkpoint) with ``clip_l`` / ``t5xxl_*`` / ``ae`` files, given one b
 table, ``write.py`` the other direction (a pipeline's components as those files)."""
 
 from .find import ComponentFilesError, Plan, find_model_file, lora_in_comfyui_models, plan_files
-from .load import Components, load_single_file, plan_single_file
+from .load import Components, load_single_file, plan_single_file, shipped_tokenizers_for
 
 __all__ = [
     "ComponentFilesError",
@@ -17,4 +17,5 @@ __all__ = [
     "lora_in_comfyui_models",
     "plan_files",
     "plan_single_file",
+    "shipped_tokenizers_for",
 ]

@@ -41,6 +41,14 @@ def tokenizer_dir() -> Path:
     return DEMO_MODEL_DIR
 
 
+def shipped_tokenizers_for(model: str) -> Path | None:
+    """The shipped tokenizers' folder for a single-file ``model`` name (FLUX's CLIP-L and T5 tokenizers, whatever
+    the file), else None: what an API-only process, which loads no file, counts prompt tokens with."""
+    from .find import SUFFIXES
+
+    return tokenizer_dir() if Path(model).suffix in SUFFIXES else None
+
+
 @dataclass
 class Components:
     transformer: Any
