@@ -264,14 +264,9 @@ class FluxVectorPipeline:
             log(f"model: {DEMO_NOTICE}")
 
         if model_file is not None:  # the files people have (single_file/): quantize None is "fp8" for an fp8 file
-            parts = load_single_file(model_file, base=base, quantize=quantize, dtype=dtype, log=log, **files)
-            transformer, vae, text_encoder, text_encoder_2 = (
-                parts.transformer,
-                parts.vae,
-                parts.text_encoder,
-                parts.text_encoder_2,
+            transformer, vae, text_encoder, tokenizer, text_encoder_2, tokenizer_2, quantize = load_single_file(
+                model_file, base=base, quantize=quantize, dtype=dtype, log=log, **files
             )
-            tokenizer, tokenizer_2, quantize = parts.tokenizer, parts.tokenizer_2, parts.quantize
         else:
             transformer = FluxTransformer2DModel.from_pretrained(folder, subfolder="transformer", dtype=dtype)
             vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", dtype=dtype)

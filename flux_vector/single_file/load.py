@@ -59,6 +59,20 @@ class Components:
     tokenizer_2: Any
     quantize: str | None  # the transformer's tier: "fp8" when its float8 weights were kept
 
+    def __iter__(self):
+        """In the field order: ``transformer, vae, text_encoder, tokenizer, text_encoder_2, tokenizer_2, quantize``."""
+        return iter(
+            (
+                self.transformer,
+                self.vae,
+                self.text_encoder,
+                self.tokenizer,
+                self.text_encoder_2,
+                self.tokenizer_2,
+                self.quantize,
+            )
+        )
+
 
 def fp8_tier_available() -> bool:
     """Whether this build has the fp8 storage tier (``quantize.quantize_linears_fp8``) that runs float8 weights."""
