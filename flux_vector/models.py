@@ -119,7 +119,7 @@ def check_weights(model: str, lora: str | os.PathLike | None, *, base: str | Non
     ``single_file`` would load, ``files`` being from_pretrained's ``clip_l_file``/``t5_file``/``vae_file``/
     ``comfyui_models``, and its ``base``) or the LoRA cannot be found locally. Reads only the file system, the
     files' headers and the cache index."""
-    from .single_file import find_model_file, lora_in_comfyui_models, plan_single_file
+    from .single_file.find import find_model_file, lora_in_comfyui_models, plan_single_file
 
     model_file = find_model_file(model, files.get("comfyui_models"))
     if model_file is not None:

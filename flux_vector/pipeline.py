@@ -241,7 +241,8 @@ class FluxVectorPipeline:
         from diffusers import AutoencoderKL, FluxTransformer2DModel
         from transformers import CLIPTextModel, CLIPTokenizer, T5EncoderModel, T5TokenizerFast
 
-        from .single_file import find_model_file, load_single_file, lora_in_comfyui_models
+        from .single_file.find import find_model_file, lora_in_comfyui_models
+        from .single_file.load import load_single_file
 
         if quantize not in (None, "8bit"):
             raise ValueError(f"quantize={quantize!r} is not allowed; quantize must be None or '8bit'")

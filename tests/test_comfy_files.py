@@ -297,7 +297,7 @@ def test_scaled_fp8_files_are_dequantized(files, ref, tmp_path, transformer_file
 def shipped_as_tiny(tmp_path, monkeypatch):
     """The package's configs and tokenizers replaced by the tiny model's (FLUX.1-dev's 12B ones do not fit a test),
     and any diffusers folder lookup an error: the code a ComfyUI user's run takes, at the tiny size."""
-    from flux_vector.single_file import load
+    from flux_vector.single_file import find, load
     from flux_vector.tiny import tiny_checkpoint_dir
 
     tiny = tiny_checkpoint_dir()
@@ -307,7 +307,7 @@ def shipped_as_tiny(tmp_path, monkeypatch):
         (configs / f"{name}.json").write_text((tiny / name / "config.json").read_text())
     monkeypatch.setattr(load, "CONFIG_DIR", configs)
     monkeypatch.setattr(load, "tokenizer_dir", lambda: tiny)
-    monkeypatch.setattr(load, "resolve_model", _no_folder)
+    monkeypatch.setattr(find, "resolve_model", _no_folder)
 
 
 def test_a_transformer_without_guidance_loads_with_the_shipped_config(files, ref, tmp_path, shipped_as_tiny):

@@ -62,11 +62,12 @@ def _single_file_options(g) -> None:
         metavar="DIR",
         help="ComfyUI's models/ folder: a bare --model file name is looked up in its diffusion_models/, unet/ and "
         "checkpoints/, the text encoders in text_encoders/ or clip/ (clip_l*, t5*: fp16 preferred over fp8), "
-        "the VAE in vae/ (ae.safetensors)",
+        "the VAE in vae/ (ae.safetensors) (default: none)",
     )
-    g.add_argument("--clip-l", metavar="FILE", help="with a single-file --model: the CLIP-L file (clip_l.safetensors)")
-    g.add_argument("--t5", metavar="FILE", help="with a single-file --model: the T5-XXL file (t5xxl_fp16.safetensors)")
-    g.add_argument("--vae", metavar="FILE", help="with a single-file --model: the VAE file (ae.safetensors)")
+    found = "(default: the model file's own, else found in --comfyui-models, else --base's)"
+    g.add_argument("--clip-l", metavar="FILE", help=f"with a single-file --model: the CLIP-L file {found}")
+    g.add_argument("--t5", metavar="FILE", help=f"with a single-file --model: the T5-XXL file, fp16 or fp8 {found}")
+    g.add_argument("--vae", metavar="FILE", help=f"with a single-file --model: the VAE file (ae.safetensors) {found}")
     g.add_argument(
         "--base",
         metavar="MODEL",

@@ -227,7 +227,7 @@ def prompt_token_counter(model: str, pipe: Any, log: Callable[[str], None]) -> P
         return PromptTokenCounter(tokenizer)
     try:
         from ..models import resolve_model
-        from ..single_file import shipped_tokenizers_for
+        from ..single_file.load import shipped_tokenizers_for
 
         return PromptTokenCounter.from_folder(shipped_tokenizers_for(model) or resolve_model(model))
     except Exception as exc:

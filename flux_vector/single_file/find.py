@@ -14,7 +14,7 @@ import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..models import WeightsNotFound
+from ..models import DEFAULT_MODEL, WeightsNotFound, resolve_model
 
 PathArg = str | os.PathLike
 
@@ -250,3 +250,40 @@ def where_looked(kind: str, comfyui_models: PathArg | None) -> str:
     else:
         places.append("no --comfyui-models folder given")
     return ", ".join(places)
+
+
+def _base_folder(plan: Plan, base: str | None, comfyui_models) -> Path | None:
+    """The diffusers folder for configs, tokenizers and the components no file gave: ``base``; without it FLUX.1-dev
+    from the local cache when a component is missing (the configs are then the shipped ones), else None."""
+    if base is not None:
+        return resolve_model(base)
+    missing = plan.missing()
+    if not missing:
+        return None
+    try:
+        return resolve_model(DEFAULT_MODEL)
+    except WeightsNotFound:
+        pass
+    lines = "; ".join(f"{TITLES[kind]} (looked at: {where_looked(kind, comfyui_models)})" for kind in missing)
+    flags = " ".join(f"--{k.replace('_', '-')} FILE" for k in missing)
+    raise WeightsNotFound(
+        f"{plan.transformer} is a transformer alone: no {lines}. Give {flags}, or --comfyui-models DIR (ComfyUI's "
+        f"models/ folder), or --base with a diffusers folder ({DEFAULT_MODEL} is not in the local Hugging Face cache)"
+    )
+
+
+def plan_single_file(
+    model_file: Path, *, base: str | None, clip_l_file=None, t5_file=None, vae_file=None, comfyui_models=None
+) -> tuple[Plan, Path | None]:
+    """The files and the diffusers folder (or None) a single-file model loads from: names only, no tensor read."""
+    plan = plan_files(
+        model_file,
+        clip_l_file=clip_l_file,
+        t5_file=t5_file,
+        vae_file=vae_file,
+        comfyui_models=comfyui_models,
+        base=base,
+    )
+    folder = _base_folder(plan, base, comfyui_models)
+    plan.base = str(folder) if folder is not None else None
+    return plan, folder

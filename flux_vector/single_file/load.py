@@ -23,8 +23,7 @@ from typing import Any
 
 import torch
 
-from ..models import DEFAULT_MODEL, WeightsNotFound, resolve_model
-from .find import TITLES, ComponentFilesError, PathArg, Plan, Source, plan_files, where_looked
+from .find import ComponentFilesError, PathArg, Plan, Source, plan_single_file
 from .vae_names import vae_from_ldm
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
@@ -268,43 +267,6 @@ def load_vae(source: Source, configs: _Configs, dtype: torch.dtype) -> torch.nn.
             f"the VAE {source.describe()} does not fit {configs.where}: {exc}{configs.hint}"
         ) from exc
     return _assign(model, _cast(sd, dtype), f"VAE {source.describe()}", configs)
-
-
-def _base_folder(plan: Plan, base: str | None, comfyui_models) -> Path | None:
-    """The diffusers folder for configs, tokenizers and the components no file gave: ``base``; without it FLUX.1-dev
-    from the local cache when a component is missing (the configs are then the shipped ones), else None."""
-    if base is not None:
-        return resolve_model(base)
-    missing = plan.missing()
-    if not missing:
-        return None
-    try:
-        return resolve_model(DEFAULT_MODEL)
-    except WeightsNotFound:
-        pass
-    lines = "; ".join(f"{TITLES[kind]} (looked at: {where_looked(kind, comfyui_models)})" for kind in missing)
-    flags = " ".join(f"--{k.replace('_', '-')} FILE" for k in missing)
-    raise WeightsNotFound(
-        f"{plan.transformer} is a transformer alone: no {lines}. Give {flags}, or --comfyui-models DIR (ComfyUI's "
-        f"models/ folder), or --base with a diffusers folder ({DEFAULT_MODEL} is not in the local Hugging Face cache)"
-    )
-
-
-def plan_single_file(
-    model_file: Path, *, base: str | None, clip_l_file=None, t5_file=None, vae_file=None, comfyui_models=None
-) -> tuple[Plan, Path | None]:
-    """The files and the diffusers folder (or None) a single-file model loads from: names only, no tensor read."""
-    plan = plan_files(
-        model_file,
-        clip_l_file=clip_l_file,
-        t5_file=t5_file,
-        vae_file=vae_file,
-        comfyui_models=comfyui_models,
-        base=base,
-    )
-    folder = _base_folder(plan, base, comfyui_models)
-    plan.base = str(folder) if folder is not None else None
-    return plan, folder
 
 
 def load_single_file(
