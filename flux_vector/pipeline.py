@@ -45,6 +45,7 @@ from .models import (
     resolve_model,
     running_lora_name,
 )
+from .gguf_model import check_quantize_for_gguf, fast_for_gguf, is_gguf_file, load_gguf_transformer
 from .offload import (
     DEFAULT_OFFLOAD,
     OffloadChoice,
@@ -220,8 +221,9 @@ class FluxVectorPipeline:
         """Load the components and the LoRA; nothing is downloaded.
 
         ``model``: "demo" (the shipped toy that draws shapes), "tiny" (random weights), a diffusers folder, a hub id
-        in the local cache, or a single-file BFL-layout transformer (``flux1-dev.safetensors``), whose config, text
-        encoders and VAE then come from ``base`` (default FLUX.1-dev).
+        in the local cache, or a single-file BFL-layout transformer (``flux1-dev.safetensors``, or a GGUF file such as
+        ``flux1-dev-Q8_0.gguf``: ``gguf_model.py``, with ``quantize`` None), whose config, text encoders and VAE
+        then come from ``base`` (default FLUX.1-dev).
         ``fast=True``: the whole fast mode for this device (``fast.choose_fast_plan``: fused QKV, the best attention
         backend, regional torch.compile, fp8 on sm89+ with torchao); ``fast={...}``: only the switches named
         (``{"fuse_qkv": True}``; ``{**fast.FULL, "fp8": False}`` is the whole mode without fp8). ``compile=True`` is
@@ -233,6 +235,9 @@ class FluxVectorPipeline:
         from diffusers import AutoencoderKL, FluxTransformer2DModel
         from transformers import CLIPTextModel, CLIPTokenizer, T5EncoderModel, T5TokenizerFast
 
+        gguf = is_gguf_file(model)  # a GGUF transformer: a quantize tier of its own (gguf_model.py)
+        if gguf:
+            check_quantize_for_gguf(quantize)
         if quantize not in (None, "8bit"):
             raise ValueError(f"quantize={quantize!r} is not allowed; quantize must be None or '8bit'")
         device = torch.device(device) if device is not None else default_device()
@@ -246,7 +251,12 @@ class FluxVectorPipeline:
         elif model == DEMO_MODEL:
             log(f"model: {DEMO_NOTICE}")
 
-        if single_file:
+        if gguf:
+            transformer = load_gguf_transformer(model, folder, dtype, log)
+            from .fast import FULL
+
+            fast, compile = fast_for_gguf(_fast_from_deprecated_compile(fast, compile), FULL), None
+        elif single_file:
             from .bfl import load_bfl_transformer
 
             transformer = load_bfl_transformer(model, folder, dtype)
