@@ -19,14 +19,15 @@ if TYPE_CHECKING:
 # ----------------------------------------------------------------------------------------------- checks
 
 
-def _check_weights(model: str | None, lora: str | None) -> None:
-    """The model and the LoRA exist locally, checked before anything loads (a --model of a plugin factory,
-    ``$FLUX_VECTOR_PIPELINE_FACTORY``, means what the factory says, so it is not checked here)."""
-    from ..models import DEFAULT_LORA, check_weights
+def _check_weights(model: str | None, lora: str | None, base: str | None = None) -> None:
+    """The model and the LoRA (and a single-file model's ``base``) exist locally, checked before anything loads (a
+    --model of a plugin factory, ``$FLUX_VECTOR_PIPELINE_FACTORY``, means what the factory says, so it is not checked
+    here)."""
+    from ..models import DEFAULT_LORA, DEFAULT_MODEL, check_weights
     from ..pipeline_factory import factory_from_env
 
     if model is not None and factory_from_env() is None:
-        check_weights(model, DEFAULT_LORA if lora is None else lora)
+        check_weights(model, DEFAULT_LORA if lora is None else lora, base=base or DEFAULT_MODEL)
 
 
 def _check_store(store: str | None) -> None:
@@ -45,7 +46,8 @@ def _check_store(store: str | None) -> None:
 
 def _load_options(args: argparse.Namespace) -> dict:
     """The shared model options (``parser._model_options``) as ``load_pipeline`` keywords."""
-    return {"lora": args.lora, "quantize": args.quantize, "offload": args.offload, "device": args.device}
+    options = {"lora": args.lora, "quantize": args.quantize, "offload": args.offload, "device": args.device}
+    return {**options, "base": args.base} if getattr(args, "base", None) else options
 
 
 def _serving_options(args: argparse.Namespace) -> dict:
@@ -58,7 +60,7 @@ def run_worker_command(args: argparse.Namespace) -> int:
     from ..jobs.worker_process import check_worker_store, run_worker
 
     check_worker_store(args.store)
-    _check_weights(args.model, args.lora)
+    _check_weights(args.model, args.lora, args.base)
     return run_worker(
         store=args.store,
         model=args.model,
@@ -88,7 +90,7 @@ def run_serve_command(args: argparse.Namespace) -> int:
             )
     else:
         _check_store(args.store)
-        _check_weights(args.model, args.lora)
+        _check_weights(args.model, args.lora, args.base)
     return serve(
         model=args.model,
         **_load_options(args),
@@ -262,7 +264,7 @@ def run_generate_command(args: argparse.Namespace) -> int:
     request = parse_request(params)  # fail fast, before loading any weights
     model = generate_model(args.model or made_with.get("model"))
     lora = args.lora or made_with.get("lora")
-    _check_weights(model, lora)
+    _check_weights(model, lora, args.base)
     from ..image_metadata import image_metadata  # torch and the model libraries: only once everything checked out
     from ..output_formats import encode_image
     from ..pipeline import load_pipeline
@@ -314,7 +316,7 @@ def run_batch_command(args: argparse.Namespace) -> int:
     model = generate_model(args.model)
     lora = running_lora_name(DEFAULT_LORA if args.lora is None else args.lora, model)  # what runs: keys, manifest
 
-    _check_weights(model, args.lora)
+    _check_weights(model, args.lora, args.base)
 
     def load():
         from ..pipeline import load_pipeline

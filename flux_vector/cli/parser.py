@@ -34,7 +34,13 @@ def _model_options(*, falls_back_to_demo: bool) -> argparse.ArgumentParser:
     g.add_argument(
         "--model",
         help="demo (the shipped toy: simple shapes at 128 px) | tiny (random weights: noise) | a diffusers folder | "
-        f"a hub id in the local cache | a BFL .safetensors (default: ${MODEL_ENV}, {otherwise})",
+        f"a hub id in the local cache | a BFL .safetensors | a GGUF transformer .gguf (default: ${MODEL_ENV}, "
+        f"{otherwise})",
+    )
+    g.add_argument(
+        "--base",
+        help="with a single-file --model (.safetensors, .gguf): the diffusers folder or hub id its config, text "
+        "encoders and VAE come from (default: FLUX.1-dev)",
     )
     g.add_argument(
         "--lora",

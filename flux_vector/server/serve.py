@@ -49,6 +49,7 @@ def serve(
     quantize: str | None = None,
     offload: str = DEFAULT_OFFLOAD,
     device: str | None = None,
+    base: str | None = None,
     host: str = DEFAULT_HOST,
     port: int = DEFAULT_PORT,
     store: str | os.PathLike | None = None,
@@ -125,7 +126,8 @@ def serve(
             + (f", {len(recovery.failed)} interrupted too often and FAILED" if recovery.failed else "")
         )
         model = model or default_model(log=log)
-        pipe = load_pipeline(model, lora=lora, quantize=quantize, offload=offload, device=device, log=log)
+        based = {"base": base} if base else {}  # a single-file model's config, text encoders and VAE
+        pipe = load_pipeline(model, lora=lora, quantize=quantize, offload=offload, device=device, log=log, **based)
         prepare_for_serving(pipe, fuse=fuse, warmup=warmup, warmup_sizes=warmup_sizes, log=log)
         worker = Worker(jobs, pipe, log=log)
         limits = work_budget(WorkBudget.for_memory(device_memory_bytes(pipe)), **(budget or {}))
