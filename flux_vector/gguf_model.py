@@ -270,9 +270,7 @@ def check_quantize_for_gguf(quantize: str | None) -> None:
         )
 
 
-def fast_for_gguf(
-    fast: bool | Mapping[str, Any] | None, full: Mapping[str, Any]
-) -> bool | Mapping[str, Any] | None:
+def fast_for_gguf(fast: bool | Mapping[str, Any] | None, full: Mapping[str, Any]) -> bool | Mapping[str, Any] | None:
     """The fast mode's switches for a GGUF transformer (``full``: the whole mode's switches, ``fast.FULL``): fused
     QKV concatenates float weights and fp8 replaces them, neither applies to quantized bytes, so both are off (asked
     for explicitly: an error); the rest is unchanged."""

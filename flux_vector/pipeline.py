@@ -33,6 +33,7 @@ import torch
 from PIL import Image
 
 from .comfy.graph import NEGATIVE_GUIDANCE  # what the negative prompt runs at (no FluxGuidance on it)
+from .gguf_model import check_quantize_for_gguf, fast_for_gguf, gguf_layers, is_gguf_file, load_gguf_transformer
 from .models import (
     DEFAULT_LORA,
     DEFAULT_MODEL,
@@ -45,7 +46,6 @@ from .models import (
     resolve_model,
     running_lora_name,
 )
-from .gguf_model import check_quantize_for_gguf, fast_for_gguf, is_gguf_file, load_gguf_transformer
 from .offload import (
     DEFAULT_OFFLOAD,
     OffloadChoice,
@@ -455,8 +455,8 @@ class FluxVectorPipeline:
 
     def fuse_lora(self, log: Callable[[str], None] = print) -> bool:
         """Fuse the LoRA into the weights once where this pipeline can hold fused weights (a strength switch then
-        recomputes them from the kept originals); True when fused. An 8-bit transformer or weights kept off the device
-        (sequential or group offload) keep it as a runtime adapter, as does a LoRA the fusing code refuses."""
+        recomputes them from the kept originals); True when fused. An 8-bit or GGUF transformer or weights kept off the
+        device (sequential or group offload) keep it as a runtime adapter, as does a LoRA the fusing code refuses."""
         if self.lora is None:
             log("lora: none loaded (lora_strength 0 only)")
             return False
@@ -468,6 +468,8 @@ class FluxVectorPipeline:
         reason = None
         if is_quantized(self.transformer):
             reason = "the transformer is 8-bit quantized"
+        elif gguf_layers(self.transformer):
+            reason = "the transformer's GGUF weights stay quantized and are dequantized per call: nothing to fuse into"
         elif self.offload.mode in ("sequential", "group"):
             reason = f"offload {self.offload.mode} keeps the weights off the device"
         if reason is None:
