@@ -320,7 +320,7 @@ def write_flux_gguf(
     from .bfl import to_bfl
 
     if isinstance(source, nn.Module):
-        config = source.config
+        config: Any = source.config
         plain = {k.replace(".base.", "."): v for k, v in source.state_dict().items()}  # LoRA wrappers' base weights
         bfl = to_bfl(plain, config.num_layers, config.num_single_layers)
     else:
