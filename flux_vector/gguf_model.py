@@ -10,6 +10,10 @@
   offload hooks and ``module_bytes`` see an ordinary tensor) and are dequantized per forward, with diffusers'
   dequantization functions (``diffusers.quantizers.gguf.utils``), into the input's dtype. The quant types are the
   ones diffusers dequantizes (``SUPPORTED_GGUF_QUANT_TYPES``); F32/F16/BF16 tensors load as plain weights.
+* Offload: the bytes are plain uint8 parameters, so every offload mode moves them like any weights (diffusers' group
+  offload and accelerate's sequential offload rebuild them as uint8; ``module.to(dtype)`` leaves them alone) and
+  ``offload.offload_plan`` treats a GGUF transformer as a float one; ``module_bytes`` counts the quantized bytes,
+  so ``--offload auto`` weighs the file's real size.
 * ``write_flux_gguf`` writes such a file (tests, or a user making a small file) with ``gguf.GGUFWriter`` and
   ``gguf.quants``.
 

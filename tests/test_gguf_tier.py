@@ -83,6 +83,21 @@ def test_quantized_rows_split_exactly(files, tiny_pipe):
             assert (err <= step + 1e-6).all(), name
 
 
+def _forward_inputs() -> dict:
+    """One call's inputs for the tiny transformer (16 image tokens, 8 text tokens)."""
+    torch.manual_seed(0)
+    return dict(
+        hidden_states=torch.randn(1, 16, 64),
+        encoder_hidden_states=torch.randn(1, 8, 32),
+        pooled_projections=torch.randn(1, 32),
+        timestep=torch.tensor([0.5]),
+        guidance=torch.tensor([3.5]),
+        img_ids=torch.zeros(16, 3),
+        txt_ids=torch.zeros(8, 3),
+        return_dict=False,
+    )
+
+
 def tiny_pipe_folder():
     from flux_vector.tiny import tiny_checkpoint_dir
 
@@ -175,17 +190,7 @@ def test_lora_on_gguf_matches_lora_on_dequantized_float(files, q8_lora):
     transformer_keys = {k: v for k, v in lora.items() if "te1" not in k and "te_" not in k and "text" not in k}
     for m in (model, as_float):
         apply_lora(parse_lora(transformer_keys, m), strength=0.7)
-    x = torch.randn(1, 16, 64)
-    kwargs = dict(
-        hidden_states=x,
-        encoder_hidden_states=torch.randn(1, 8, 32),
-        pooled_projections=torch.randn(1, 32),
-        timestep=torch.tensor([0.5]),
-        guidance=torch.tensor([3.5]),
-        img_ids=torch.zeros(16, 3),
-        txt_ids=torch.zeros(8, 3),
-        return_dict=False,
-    )
+    kwargs = _forward_inputs()
     with torch.no_grad():
         a, b = model(**kwargs)[0], as_float(**kwargs)[0]
     assert torch.allclose(a, b, atol=1e-5), (a - b).abs().max()
@@ -232,16 +237,7 @@ def test_group_offload_hooks_carry_the_quantized_bytes(files):
     assert offload_plan("group")["transformer"] == GROUP  # a GGUF transformer is offloaded like a float one
     assert offload_plan("model")["transformer"] == MODEL
     model = load_gguf_transformer(files["Q4_1"], tiny_pipe_folder(), torch.float32, log=lambda *_: None)
-    kwargs = dict(
-        hidden_states=torch.randn(1, 16, 64),
-        encoder_hidden_states=torch.randn(1, 8, 32),
-        pooled_projections=torch.randn(1, 32),
-        timestep=torch.tensor([0.5]),
-        guidance=torch.tensor([3.5]),
-        img_ids=torch.zeros(16, 3),
-        txt_ids=torch.zeros(8, 3),
-        return_dict=False,
-    )
+    kwargs = _forward_inputs()
     with torch.no_grad():
         before = model(**kwargs)[0]
         apply_group_offloading(
@@ -250,6 +246,21 @@ def test_group_offload_hooks_carry_the_quantized_bytes(files):
         after = model(**kwargs)[0]
     assert torch.equal(before, after)
     assert all(layer.weight.dtype == torch.uint8 for layer in gguf_layers(model))
+
+
+def test_sequential_offload_hooks_rebuild_the_quantized_bytes(files):
+    """accelerate's sequential offload (offload='sequential') leaves every parameter on the meta device and rebuilds
+    it per call from a CPU copy: the GGUF bytes come back as uint8 and the output is unchanged."""
+    from accelerate import cpu_offload
+
+    model = load_gguf_transformer(files["Q4_1"], tiny_pipe_folder(), torch.float32, log=lambda *_: None)
+    kwargs = _forward_inputs()
+    with torch.no_grad():
+        before = model(**kwargs)[0]
+        cpu_offload(model, execution_device=torch.device("cpu"))
+        assert gguf_layers(model)[0].weight.device.type == "meta"
+        after = model(**kwargs)[0]
+    assert torch.equal(before, after)
 
 
 def test_to_dtype_keeps_the_bytes(files):
