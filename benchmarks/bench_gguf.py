@@ -3,11 +3,11 @@
 same weights as plain float32 / bfloat16 linears, in one process, plus one FLUX.1-dev-sized linear alone.
 
 GGUF linears (``flux_vector/gguf_model.py``) keep the quantized bytes and dequantize them on every call; the cost is
-per weight, the matmul's is per weight *and token*, so the ratio falls as the image grows. Reports the median
-milliseconds per forward (the best of --repeats) and the ratio to the float model of the same compute dtype. On
-CUDA diffusers can use
-optional GGUF kernels (``DIFFUSERS_GGUF_CUDA_KERNELS=true``, the ``kernels`` package, a remote kernel); this tier
-uses diffusers' torch dequantization.
+per weight, the matmul's is per weight *and token*, so the ratio falls as the image grows. Reports the milliseconds
+per forward (the best of --repeats rounds), the ratio to the float model of the same compute dtype, and the time of
+dequantizing every GGUF linear once (the overhead itself, steadier than a difference of two noisy forwards). On CUDA
+diffusers can use optional GGUF kernels (``DIFFUSERS_GGUF_CUDA_KERNELS=true``, the ``kernels`` package, a remote
+kernel); this tier uses diffusers' torch dequantization.
 
     python benchmarks/bench_gguf.py                     # the tiny and demo transformers on the CPU
     python benchmarks/bench_gguf.py --tokens 1024 --linear 3072
@@ -18,22 +18,14 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 from flux_vector.gguf_model import GGUFLinear, dequantize, load_gguf_transformer, write_flux_gguf
 
-
-def best_ms(fn, repeats: int) -> float:
-    """The fastest of ``repeats`` calls after a warm one (the least disturbed by other work on a shared machine)."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - started)
-    return min(times) * 1000
+QTYPES = ("Q8_0", "Q4_1")
 
 
 def inputs(config, tokens: int, text: int, dtype: torch.dtype) -> dict:
@@ -49,6 +41,20 @@ def inputs(config, tokens: int, text: int, dtype: torch.dtype) -> dict:
     )
 
 
+def best_of_rounds(calls: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """The fastest of ``repeats`` rounds per call, in milliseconds; each round runs every call once in turn, so a
+    burst of other work on a shared machine slows all of them alike."""
+    for call in calls.values():
+        call()  # warm
+    best = dict.fromkeys(calls, float("inf"))
+    for _ in range(repeats):
+        for name, call in calls.items():
+            started = time.perf_counter()
+            call()
+            best[name] = min(best[name], (time.perf_counter() - started) * 1000)
+    return best
+
+
 def bench_model(name: str, folder: Path, tokens: int, repeats: int) -> None:
     from flux_vector.quiet import diffusers_without_bitsandbytes
 
@@ -57,26 +63,29 @@ def bench_model(name: str, folder: Path, tokens: int, repeats: int) -> None:
 
     reference = FluxTransformer2DModel.from_pretrained(folder, subfolder="transformer").eval()
     with tempfile.TemporaryDirectory() as tmp:
+        paths = {}
+        for qtype in QTYPES:
+            paths[qtype] = Path(tmp) / f"{name}-{qtype}.gguf"
+            write_flux_gguf(reference, paths[qtype], qtype)
         for dtype in (torch.float32, torch.bfloat16):
-            plain = reference.to(dtype)
-            x = inputs(plain.config, tokens, 256, dtype)
+            models = {"float": reference.to(dtype)}
+            models.update({q: load_gguf_transformer(p, folder, dtype, log=lambda *_: None) for q, p in paths.items()})
+            x = inputs(reference.config, tokens, 256, dtype)
+            calls: dict[str, Callable[[], object]] = {k: (lambda m=m, x=x: m(**x)) for k, m in models.items()}
+            for qtype in QTYPES:
+                layers = [m for m in models[qtype].modules() if isinstance(m, GGUFLinear)]
+                calls[f"dequantize {qtype}"] = lambda layers=layers, d=dtype: [q.dequantized(d) for q in layers]
             with torch.no_grad():
-                base = best_ms(lambda m=plain, x=x: m(**x), repeats)
+                ms = best_of_rounds(calls, repeats)
+            base = ms["float"]
             row = [f"{name} {str(dtype).removeprefix('torch.')}, {tokens} image tokens: float {base:.1f} ms"]
-            for qtype in ("Q8_0", "Q4_1"):
-                path = Path(tmp) / f"{name}-{qtype}.gguf"
-                if not path.exists():
-                    write_flux_gguf(reference.float(), path, qtype)
-                    reference.to(dtype)
-                model = load_gguf_transformer(path, folder, dtype, log=lambda *_: None)
-                layers = [m for m in model.modules() if isinstance(m, GGUFLinear)]
-                with torch.no_grad():
-                    ms = best_ms(lambda m=model, x=x: m(**x), repeats)
-                    deq = best_ms(lambda layers=layers, d=dtype: [q.dequantized(d) for q in layers], repeats)
+            for qtype in QTYPES:
                 row.append(
-                    f"{qtype} {ms:.1f} ms ({ms / base:.2f}x; dequantizing its {len(layers)} linears {deq:.1f} ms)"
+                    f"{qtype} {ms[qtype]:.1f} ms ({ms[qtype] / base:.2f}x; dequantizing all its linears alone "
+                    f"{ms[f'dequantize {qtype}']:.1f} ms)"
                 )
             print("; ".join(row))
+            reference.float()
 
 
 def bench_linear(width: int, tokens: int, repeats: int) -> None:
@@ -85,15 +94,20 @@ def bench_linear(width: int, tokens: int, repeats: int) -> None:
 
     weight = torch.randn(width, width) * 0.02
     x = torch.randn(tokens, width)
-    base = best_ms(lambda: torch.nn.functional.linear(x, weight), repeats)
-    row = [f"one {width}x{width} linear, {tokens} tokens, float32: {base:.1f} ms"]
-    for qtype in ("Q8_0", "Q4_1"):
+    calls: dict[str, Callable[[], object]] = {"float": lambda: torch.nn.functional.linear(x, weight)}
+    for qtype in QTYPES:
         kind = gguf.GGMLQuantizationType[qtype]
         data = torch.from_numpy(quantize(weight.numpy(), kind))
         layer = GGUFLinear(width, width, kind, data)
-        ms = best_ms(lambda layer=layer: layer(x), repeats)
-        deq = best_ms(lambda data=data, kind=kind: dequantize(data, kind, torch.float32), repeats)
-        row.append(f"{qtype} {ms:.1f} ms ({ms / base:.2f}x; dequantize alone {deq:.1f} ms)")
+        calls[qtype] = lambda layer=layer: layer(x)
+        calls[f"dequantize {qtype}"] = lambda data=data, kind=kind: dequantize(data, kind, torch.float32)
+    ms = best_of_rounds(calls, repeats)
+    row = [f"one {width}x{width} linear, {tokens} tokens, float32: {ms['float']:.1f} ms"]
+    for qtype in QTYPES:
+        row.append(
+            f"{qtype} {ms[qtype]:.1f} ms ({ms[qtype] / ms['float']:.2f}x; dequantize alone "
+            f"{ms[f'dequantize {qtype}']:.1f} ms)"
+        )
     print("; ".join(row))
 
 
