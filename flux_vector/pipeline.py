@@ -328,11 +328,13 @@ class FluxVectorPipeline:
         """Choose the fast plan for this device (see ``fast.choose_fast_plan``) and apply it; returns the plan. Under
         group or sequential offload the hooks already hold the parameters, so fused QKV and fp8 (new parameters) are
         refused here: ask for them at load (``from_pretrained(fast=...)``), where they run before offload."""
-        from .fast import apply_fast, choose_fast_plan, detect_env
+        from .fast import FULL, apply_fast, choose_fast_plan, detect_env
         from .quantize import is_quantized
 
         if self.fast_plan is not None:
             raise RuntimeError(f"the fast mode is already applied ({self.fast_plan.summary()}); load a new pipeline")
+        if gguf_layers(self.transformer) and (fast is not None or full):  # no fused QKV / fp8 on quantized bytes
+            fast = fast_for_gguf(True if fast is None else fast, FULL)
         plan = choose_fast_plan(
             detect_env(self.device),
             fast,

@@ -133,6 +133,15 @@ def test_generates_close_to_float32(files, tiny_pipe, qtype):
     assert figure < float("inf")  # quantized: not the same pixels
 
 
+def test_generates_in_bfloat16(files):
+    """The GPU's dtype: quantized layers dequantize into bfloat16, float weights load as bfloat16."""
+    pipe = _load(files["Q8_0-comfy"], lora="none", dtype="bfloat16")
+    assert all(p.dtype in (torch.uint8, torch.bfloat16) for p in pipe.transformer.parameters())
+    result = pipe("a cat", lora_strength=0, **{**SIZE, "steps": 2})
+    assert torch.isfinite(result.latents).all()
+    assert np.asarray(result.image).std() > 0
+
+
 def test_bytes_are_smaller_than_float(files, tiny_pipe):
     from flux_vector.offload import module_bytes
 
@@ -287,6 +296,16 @@ def test_fast_mode_drops_fused_qkv_and_fp8_for_gguf():
     assert fast_for_gguf({"attention": "auto"}, full) == {"attention": "auto", "fuse_qkv": False, "fp8": False}
     with pytest.raises(ValueError, match="fuse_qkv=True"):
         fast_for_gguf({"fuse_qkv": True}, full)
+
+
+def test_pipeline_fast_mode_on_gguf_keeps_the_layers_quantized(files):
+    at_load = _load(files["Q8_0"], lora="none", fast={"fuse_qkv": "auto"})
+    assert at_load.fast_plan is not None and not at_load.fast_plan.fuse_qkv and not at_load.fast_plan.fp8
+    later = _load(files["Q8_0"])
+    plan = later.enable_fast({"fuse_qkv": "auto"}, full=False, log=lambda *_: None)
+    assert not plan.fuse_qkv
+    assert len(gguf_layers(later.transformer)) == len(gguf_layers(at_load.transformer)) > 0
+    assert later("a cat", **{**SIZE, "steps": 1}).image is not None
 
 
 def test_not_a_gguf_file(tmp_path):
