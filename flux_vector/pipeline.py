@@ -334,7 +334,8 @@ class FluxVectorPipeline:
         if self.fast_plan is not None:
             raise RuntimeError(f"the fast mode is already applied ({self.fast_plan.summary()}); load a new pipeline")
         if gguf_layers(self.transformer) and (fast is not None or full):  # no fused QKV / fp8 on quantized bytes
-            fast = dict(fast_for_gguf(True if fast is None else fast, FULL) or {})
+            switches = fast_for_gguf(True if fast is None else fast, FULL)
+            fast = switches if isinstance(switches, Mapping) else fast
         plan = choose_fast_plan(
             detect_env(self.device),
             fast,
