@@ -54,6 +54,16 @@ def _ggml_types():
     return gguf.GGMLQuantizationType
 
 
+def _diffusers_gguf():
+    """``diffusers.quantizers.gguf.utils``, imported without bitsandbytes (whose import calls the Hub: quiet.py)."""
+    from .quiet import diffusers_without_bitsandbytes
+
+    diffusers_without_bitsandbytes()
+    from diffusers.quantizers.gguf import utils
+
+    return utils
+
+
 def float_types() -> dict[Any, torch.dtype]:
     """GGML types that are plain floats, with their torch dtype."""
     types = _ggml_types()
@@ -62,20 +72,17 @@ def float_types() -> dict[Any, torch.dtype]:
 
 def supported_quant_types() -> tuple[Any, ...]:
     """The quantized types diffusers dequantizes (``SUPPORTED_GGUF_QUANT_TYPES``), less the float BF16."""
-    from diffusers.quantizers.gguf.utils import SUPPORTED_GGUF_QUANT_TYPES
-
-    return tuple(t for t in SUPPORTED_GGUF_QUANT_TYPES if t not in float_types())
+    return tuple(t for t in _diffusers_gguf().SUPPORTED_GGUF_QUANT_TYPES if t not in float_types())
 
 
 def dequantize(data: torch.Tensor, quant_type: Any, dtype: torch.dtype) -> torch.Tensor:
     """``[rows, bytes_per_row]`` uint8 of ``quant_type`` -> ``[rows, columns]`` in ``dtype``; diffusers' per-type
     block functions do the math (in float32, cast once)."""
-    from diffusers.quantizers.gguf.utils import GGML_QUANT_SIZES, dequantize_functions
-
-    block_size, type_size = GGML_QUANT_SIZES[quant_type]
+    utils = _diffusers_gguf()
+    block_size, type_size = utils.GGML_QUANT_SIZES[quant_type]
     rows, row_bytes = data.shape
     blocks = data.reshape(-1, type_size)
-    values = dequantize_functions[quant_type](blocks, block_size, type_size, torch.float32)
+    values = utils.dequantize_functions[quant_type](blocks, block_size, type_size, torch.float32)
     return values.reshape(rows, row_bytes // type_size * block_size).to(dtype)
 
 
@@ -223,7 +230,7 @@ def load_gguf_transformer(path: str | Path, config_folder: str | Path, dtype: to
         converted = from_bfl(file.tensors, model)
     except ValueError as exc:
         raise GGUFError(f"{file.path}: {exc}") from exc
-    from diffusers.quantizers.gguf.utils import GGML_QUANT_SIZES
+    from gguf import GGML_QUANT_SIZES
 
     state: dict[str, torch.Tensor] = {}
     for name, tensor in converted.items():

@@ -359,11 +359,20 @@ def test_unsupported_quant_type_names_the_tensor(tmp_path):
         read_gguf(path)
 
 
-def test_importing_flux_vector_does_not_import_gguf():
-    code = "import sys, flux_vector.pipeline, flux_vector.models, flux_vector.lora; print('gguf' in sys.modules)"
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=os.environ)
+def test_importing_flux_vector_does_not_import_gguf(files):
+    """``gguf`` is imported only when a file is read; reading one imports diffusers' GGUF helpers without
+    bitsandbytes (whose import asks the Hub for a kernel)."""
+    code = (
+        "import sys, torch, flux_vector.pipeline, flux_vector.models, flux_vector.lora; print('gguf' in sys.modules); "
+        "from flux_vector.gguf_model import read_gguf, dequantize; f = read_gguf(sys.argv[1]); "
+        "name, kind = next(iter(f.quant_types.items())); dequantize(f.tensors[name], kind, torch.float32); "
+        "print('gguf' in sys.modules, 'bitsandbytes' in sys.modules)"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(files["Q8_0"])], capture_output=True, text=True, timeout=300, env=os.environ
+    )
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip() == "False"
+    assert proc.stdout.split() == ["False", "True", "False"]
 
 
 # ------------------------------------------------------------------------------------------------------- CLI
