@@ -104,6 +104,27 @@ def tiny_pipe_folder():
     return tiny_checkpoint_dir()
 
 
+def test_every_quant_type_diffusers_reads_dequantizes_as_gguf_does():
+    """All of diffusers' types (Q4_0..Q8_0, the K-quants, IQ4_NL/IQ4_XS), on arbitrary blocks (finite scales):
+    ``GGUFLinear`` computes with exactly the matrix gguf's own numpy code decodes."""
+    import gguf
+    from gguf.quants import dequantize as reference
+
+    from flux_vector.gguf_model import supported_quant_types
+
+    kinds = supported_quant_types()
+    assert {"Q8_0", "Q4_1", "Q4_K", "Q6_K", "IQ4_XS"} <= {k.name for k in kinds}
+    rng = np.random.default_rng(0)
+    for kind in kinds:
+        block_size, type_size = gguf.GGML_QUANT_SIZES[kind]
+        data = rng.integers(0, 0x60, size=(3, 2 * type_size), dtype=np.uint8)  # high bytes < 0x78: finite fp16
+        layer = GGUFLinear(2 * block_size, 3, kind, torch.from_numpy(data))
+        expected = reference(data, kind)
+        assert np.array_equal(layer.dequantized(torch.float32).numpy(), expected), kind.name
+        x = torch.randn(5, 2 * block_size)
+        assert torch.allclose(layer(x), x @ torch.from_numpy(expected).T, rtol=1e-5, atol=1e-3), kind.name
+
+
 def test_prefixed_file_loads_the_same_weights(files):
     plain = load_gguf_transformer(files["Q8_0"], tiny_pipe_folder(), torch.float32, log=lambda *_: None)
     comfy = load_gguf_transformer(files["Q8_0-comfy"], tiny_pipe_folder(), torch.float32, log=lambda *_: None)
