@@ -329,6 +329,13 @@ def test_pipeline_fast_mode_on_gguf_keeps_the_layers_quantized(files):
     assert later("a cat", **{**SIZE, "steps": 1}).image is not None
 
 
+def test_a_missing_gguf_is_weights_not_found(tmp_path):
+    from flux_vector.models import WeightsNotFound, check_weights
+
+    with pytest.raises(WeightsNotFound, match="not found"):
+        check_weights(str(tmp_path / "flux1-dev-Q8_0.gguf"), None, base="tiny")
+
+
 def test_not_a_gguf_file(tmp_path):
     path = tmp_path / "flux1-dev-Q8_0.gguf"
     path.write_bytes(b"this is a safetensors file, renamed" + bytes(64))
