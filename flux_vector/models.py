@@ -15,6 +15,7 @@ DEFAULT_MODEL = "black-forest-labs/FLUX.1-dev"
 DEFAULT_LORA = "renderartist/simplevectorflux"
 DEFAULT_LORA_FILE = "Simple_Vector_Flux_v2_renderartist.safetensors"
 MODEL_ENV = "FLUX_VECTOR_MODEL"
+SINGLE_FILE_SUFFIXES = (".safetensors", ".sft", ".gguf")  # a transformer file: BFL layout, or GGUF (gguf_model.py)
 
 
 GATED_MODEL_HINT = f"accept the license at https://huggingface.co/{DEFAULT_MODEL} and run `hf auth login` first"
@@ -78,13 +79,14 @@ def resolve_model(model: str) -> Path:
         if not (path / "model_index.json").exists():
             raise WeightsNotFound(f"{path} is not a diffusers model folder (no model_index.json)")
         return path
-    if path.suffix in (".safetensors", ".sft") or path.exists():
+    if path.suffix in SINGLE_FILE_SUFFIXES or path.exists():
         raise WeightsNotFound(f"{path}: not found" if not path.exists() else f"{path}: not a folder")
     return Path(_hub_snapshot(model))
 
 
 def is_single_file(model: str) -> bool:
-    return Path(model).expanduser().is_file() and Path(model).suffix in (".safetensors", ".sft")
+    """A single-file transformer (BFL .safetensors/.sft, or a .gguf: ``gguf_model.py``); its ``base`` gives the rest."""
+    return Path(model).expanduser().is_file() and Path(model).suffix.lower() in SINGLE_FILE_SUFFIXES
 
 
 def _hub_snapshot(repo_id: str, allow_patterns: list[str] | None = None, *, kind: str = "model") -> str:

@@ -33,6 +33,7 @@ import torch
 from PIL import Image
 
 from .comfy.graph import NEGATIVE_GUIDANCE  # what the negative prompt runs at (no FluxGuidance on it)
+from .gguf_model import check_quantize_for_gguf, fast_for_gguf, gguf_layers, is_gguf_file
 from .models import (
     DEFAULT_LORA,
     DEFAULT_MODEL,
@@ -223,8 +224,9 @@ class FluxVectorPipeline:
         """Load the components and the LoRA; nothing is downloaded.
 
         ``model``: "demo" (the shipped toy that draws shapes), "tiny" (random weights), a diffusers folder, a hub id
-        in the local cache, or a single-file BFL-layout transformer (``flux1-dev.safetensors``, bf16 or fp8, with
-        ComfyUI's prefix or as an all-in-one checkpoint; a bare file name is looked up in ``comfyui_models``). Its
+        in the local cache, or a single-file transformer: BFL layout (``flux1-dev.safetensors``, bf16 or fp8, with
+        ComfyUI's prefix or as an all-in-one checkpoint) or GGUF (``flux1-dev-Q8_0.gguf``, a tier of its own:
+        ``gguf_model.py``, ``quantize`` None); a bare file name is looked up in ``comfyui_models``). Its
         text encoders and VAE come from the checkpoint itself, ``clip_l_file`` / ``t5_file`` / ``vae_file`` (ComfyUI's
         ``clip_l``, ``t5xxl_*``, ``ae`` files), the ``comfyui_models`` folder (ComfyUI's ``models/``), else ``base``
         (a diffusers folder or cached hub id; default FLUX.1-dev when a component is missing); configs and tokenizers
@@ -244,6 +246,11 @@ class FluxVectorPipeline:
         from .single_file.find import find_model_file, lora_in_comfyui_models
         from .single_file.load import load_single_file
 
+        if is_gguf_file(model):  # a GGUF transformer: a quantize tier of its own (gguf_model.py)
+            from .fast import FULL
+
+            check_quantize_for_gguf(quantize)
+            fast, compile = fast_for_gguf(_fast_from_deprecated_compile(fast, compile), FULL), None
         if quantize not in (None, "8bit"):
             raise ValueError(f"quantize={quantize!r} is not allowed; quantize must be None or '8bit'")
         device = torch.device(device) if device is not None else default_device()
@@ -264,7 +271,8 @@ class FluxVectorPipeline:
         elif model == DEMO_MODEL:
             log(f"model: {DEMO_NOTICE}")
 
-        if model_file is not None:  # the files people have (single_file/): quantize None is "fp8" for an fp8 file
+        if model_file is not None:  # the files people have (single_file/): quantize None is "fp8" for an fp8 file;
+            # a .gguf transformer is read by gguf_model.py
             transformer, vae, text_encoder, tokenizer, text_encoder_2, tokenizer_2, quantize = load_single_file(
                 model_file, base=base, quantize=quantize, dtype=dtype, log=log, **files
             )
@@ -336,11 +344,14 @@ class FluxVectorPipeline:
         """Choose the fast plan for this device (see ``fast.choose_fast_plan``) and apply it; returns the plan. Under
         group or sequential offload the hooks already hold the parameters, so fused QKV and fp8 (new parameters) are
         refused here: ask for them at load (``from_pretrained(fast=...)``), where they run before offload."""
-        from .fast import apply_fast, choose_fast_plan, detect_env
+        from .fast import FULL, apply_fast, choose_fast_plan, detect_env
         from .quantize import is_quantized
 
         if self.fast_plan is not None:
             raise RuntimeError(f"the fast mode is already applied ({self.fast_plan.summary()}); load a new pipeline")
+        if gguf_layers(self.transformer) and (fast is not None or full):  # no fused QKV / fp8 on quantized bytes
+            switches = fast_for_gguf(True if fast is None else fast, FULL)
+            fast = switches if isinstance(switches, Mapping) else fast
         plan = choose_fast_plan(
             detect_env(self.device),
             fast,
@@ -463,8 +474,8 @@ class FluxVectorPipeline:
 
     def fuse_lora(self, log: Callable[[str], None] = print) -> bool:
         """Fuse the LoRA into the weights once where this pipeline can hold fused weights (a strength switch then
-        recomputes them from the kept originals); True when fused. An 8-bit transformer or weights kept off the device
-        (sequential or group offload) keep it as a runtime adapter, as does a LoRA the fusing code refuses."""
+        recomputes them from the kept originals); True when fused. An 8-bit or GGUF transformer or weights kept off the
+        device (sequential or group offload) keep it as a runtime adapter, as does a LoRA the fusing code refuses."""
         if self.lora is None:
             log("lora: none loaded (lora_strength 0 only)")
             return False
@@ -476,6 +487,8 @@ class FluxVectorPipeline:
         reason = None
         if is_quantized(self.transformer):
             reason = "the transformer is 8-bit quantized"
+        elif gguf_layers(self.transformer):
+            reason = "the transformer's GGUF weights stay quantized and are dequantized per call: nothing to fuse into"
         elif self.offload.mode in ("sequential", "group"):
             reason = f"offload {self.offload.mode} keeps the weights off the device"
         if reason is None:

@@ -20,6 +20,7 @@ LAYERS = [
         "sampling",
         "vectorize",
         "bfl",
+        "gguf_model",
         "offload",
         "quantize",
         "cache",

@@ -461,3 +461,28 @@ def test_the_command_line_takes_the_comfyui_folder(files, tmp_path, capsys):
     assert main([*again, "--out", str(tmp_path / "no.png")]) == 2
     err = capsys.readouterr().err
     assert "CLIP-L text encoder" in err and "--comfyui-models" in err and "Traceback" not in err
+
+
+def test_a_gguf_in_the_comfyui_folder_takes_its_components_from_it(files, transformer_file_run, tmp_path):
+    """A bare ``flux1-tiny-Q8_0.gguf`` is found in models/unet, and its text encoders and VAE in the same folder (the
+    GGUF tier goes through the same file choice as a .safetensors transformer): close to the f32 file's run."""
+    from flux_vector.gguf_model import gguf_layers, write_flux_gguf
+
+    models = tmp_path / "models"
+    for folder in ("unet", "text_encoders", "vae"):
+        (models / folder).mkdir(parents=True)
+    for name in ("text_encoders/clip_l.safetensors", "text_encoders/t5xxl_fp16.safetensors", "vae/ae.safetensors"):
+        (models / name).write_bytes((files / "models" / name).read_bytes())
+    source = FluxVectorPipeline.from_pretrained(
+        str(files / "models" / "diffusion_models" / "flux1-tiny.safetensors"), base="tiny", **QUIET
+    )
+    write_flux_gguf(source.transformer, models / "unet" / "flux1-tiny-Q8_0.gguf", "Q8_0")
+    lines = []
+    pipe = FluxVectorPipeline.from_pretrained(
+        "flux1-tiny-Q8_0.gguf", base="tiny", comfyui_models=models, lora="none", log=lines.append
+    )
+    text = "\n".join(lines)
+    assert "unet/flux1-tiny-Q8_0.gguf (GGUF)" in text and "vae/ae.safetensors" in text
+    assert gguf_layers(pipe.transformer)
+    out = pipe("a red fox", **RUN)
+    assert psnr(out.image, transformer_file_run.image) > 35

@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from pathlib import PurePosixPath
 from typing import Any
 
-from ..models import DEFAULT_LORA, DEFAULT_LORA_FILE, DEFAULT_MODEL
+from ..models import DEFAULT_LORA, DEFAULT_LORA_FILE, DEFAULT_MODEL, SINGLE_FILE_SUFFIXES
 
 # DualCLIPLoader's clip_name1 is T5-XXL and clip_name2 CLIP-L, as in ComfyUI's FLUX example
 FLUX_DEV_FILES: dict[str, str] = {
@@ -35,7 +35,6 @@ DIFFUSERS_FILES: dict[str, str] = {
     "clip_name2": "text_encoder/model.safetensors",
     "vae_name": "vae/diffusion_pytorch_model.safetensors",
 }
-SINGLE_FILE_SUFFIXES = (".safetensors", ".sft")
 
 
 def file_names(model: str | None) -> dict[str, str]:

@@ -88,6 +88,7 @@ def run_worker(
     quantize: str | None = None,
     offload: str = DEFAULT_OFFLOAD,
     device: str | None = None,
+    base: str | None = None,
     name: str | None = None,
     lease_s: float = DEFAULT_LEASE_S,
     max_attempts: int = DEFAULT_REDIS_MAX_ATTEMPTS,

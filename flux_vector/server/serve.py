@@ -49,6 +49,7 @@ def serve(
     quantize: str | None = None,
     offload: str = DEFAULT_OFFLOAD,
     device: str | None = None,
+    base: str | None = None,
     host: str = DEFAULT_HOST,
     port: int = DEFAULT_PORT,
     store: str | os.PathLike | None = None,

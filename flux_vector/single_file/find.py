@@ -14,11 +14,12 @@ import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..models import DEFAULT_MODEL, WeightsNotFound, resolve_model
+from ..models import DEFAULT_MODEL, SINGLE_FILE_SUFFIXES, WeightsNotFound, resolve_model
 
 PathArg = str | os.PathLike
 
-SUFFIXES = (".safetensors", ".sft")
+SUFFIXES = (".safetensors", ".sft")  # component files (clip_l, t5xxl, ae): safetensors
+GGUF_SUFFIX = ".gguf"  # a GGUF transformer (gguf_model.py): names and types read by gguf_model, not here
 # where ComfyUI keeps each kind of file under its models/ folder, in the order searched
 MODEL_FOLDERS = ("diffusion_models", "unet", "checkpoints")
 TEXT_ENCODER_FOLDERS = ("text_encoders", "clip")
@@ -56,6 +57,7 @@ class Plan:
     transformer: Path
     transformer_prefix: str
     fp8: bool  # the transformer's linear weights are stored as float8
+    gguf: bool = False  # the transformer is a .gguf file (the GGUF tier: gguf_model.py)
     components: dict[str, Source | None] = field(default_factory=dict)
     base: str | None = None
     notes: list[str] = field(default_factory=list)
@@ -64,7 +66,8 @@ class Plan:
         return [kind for kind, source in self.components.items() if source is None]
 
     def describe(self) -> list[str]:
-        lines = [f"transformer: {self.transformer}{' (float8 weights)' if self.fp8 else ''}"]
+        kind = " (float8 weights)" if self.fp8 else " (GGUF)" if self.gguf else ""
+        lines = [f"transformer: {self.transformer}{kind}"]
         for kind, source in self.components.items():
             where = source.describe() if source is not None else f"{self.base} (the diffusers folder)"
             lines.append(f"{TITLES[kind]}: {where}")
@@ -115,8 +118,8 @@ def find_model_file(model: str, comfyui_models: PathArg | None) -> Path | None:
     hub id, "tiny")."""
     path = Path(model).expanduser()
     if path.is_file():
-        return path if path.suffix in SUFFIXES else None
-    if comfyui_models is None or path.suffix not in SUFFIXES or len(path.parts) != 1:
+        return path if path.suffix.lower() in SINGLE_FILE_SUFFIXES else None
+    if comfyui_models is None or path.suffix.lower() not in SINGLE_FILE_SUFFIXES or len(path.parts) != 1:
         return None
     root = Path(comfyui_models).expanduser()
     for folder in MODEL_FOLDERS:
@@ -201,15 +204,16 @@ def plan_files(
     """Each component's source: the flag's file, else the checkpoint's own copy, else the ComfyUI folder's file,
     else None (``base``'s, decided by the caller). Raises on a given file that does not exist, and on a folder that
     holds several candidates with nothing to choose between them."""
-    header = read_header(model_file)
+    gguf = model_file.suffix.lower() == GGUF_SUFFIX
+    header = {} if gguf else read_header(model_file)  # a .gguf holds the transformer alone
     names = list(header)
-    prefix = transformer_prefix(model_file, names)
+    prefix = "" if gguf else transformer_prefix(model_file, names)
     fp8 = any(
         header[n]["dtype"].startswith("F8") and n.endswith(".weight") and len(header[n]["shape"]) == 2
         for n in names
         if n.startswith(f"{prefix}double_blocks.")
     )
-    plan = Plan(model_file, prefix, fp8, base=base)
+    plan = Plan(model_file, prefix, fp8, base=base, gguf=gguf)
     if fp8 and any(n.endswith(".scale_weight") for n in names):  # ComfyUI's *_fp8_scaled: per-tensor scales
         plan.fp8 = False
         plan.notes.append("the transformer is scaled fp8: dequantized to the pipeline's dtype")

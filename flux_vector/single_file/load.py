@@ -43,9 +43,9 @@ def tokenizer_dir() -> Path:
 def shipped_tokenizers_for(model: str) -> Path | None:
     """The shipped tokenizers' folder for a single-file ``model`` name (FLUX's CLIP-L and T5 tokenizers, whatever
     the file), else None: what an API-only process, which loads no file, counts prompt tokens with."""
-    from .find import SUFFIXES
+    from .find import GGUF_SUFFIX, SUFFIXES
 
-    return tokenizer_dir() if Path(model).suffix in SUFFIXES else None
+    return tokenizer_dir() if Path(model).suffix.lower() in (*SUFFIXES, GGUF_SUFFIX) else None
 
 
 @dataclass
@@ -199,6 +199,11 @@ def load_transformer(plan: Plan, configs: _Configs, dtype: torch.dtype, keep_fp8
 
     from ..bfl import from_bfl
     from .find import CLIP_PREFIXES, T5_PREFIXES, VAE_PREFIXES
+
+    if plan.gguf:
+        from ..gguf_model import load_gguf_transformer
+
+        return load_gguf_transformer(plan.transformer, configs.diffusers(FluxTransformer2DModel, "transformer"), dtype, log)
 
     others = CLIP_PREFIXES + T5_PREFIXES + VAE_PREFIXES
     sd = _unscale(_read(Source(plan.transformer, plan.transformer_prefix), exclude=others), dtype)
