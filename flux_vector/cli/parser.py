@@ -34,8 +34,8 @@ def _model_options(*, falls_back_to_demo: bool) -> argparse.ArgumentParser:
     g.add_argument(
         "--model",
         help="demo (the shipped toy: simple shapes at 128 px) | tiny (random weights: noise) | a diffusers folder | "
-        f"a hub id in the local cache | a BFL .safetensors, bf16 or fp8, ComfyUI's all-in-one checkpoint, or a GGUF .gguf (a bare "
-        f"file name is looked up in --comfyui-models) (default: ${MODEL_ENV}, {otherwise})",
+        f"a hub id in the local cache | a BFL .safetensors, bf16 or fp8, ComfyUI's all-in-one checkpoint, or a GGUF "
+        f".gguf (a bare file name is looked up in --comfyui-models) (default: ${MODEL_ENV}, {otherwise})",
     )
     _single_file_options(g)
     g.add_argument(

@@ -203,7 +203,8 @@ def load_transformer(plan: Plan, configs: _Configs, dtype: torch.dtype, keep_fp8
     if plan.gguf:
         from ..gguf_model import load_gguf_transformer
 
-        return load_gguf_transformer(plan.transformer, configs.diffusers(FluxTransformer2DModel, "transformer"), dtype, log)
+        config = configs.diffusers(FluxTransformer2DModel, "transformer")
+        return load_gguf_transformer(plan.transformer, config, dtype, log)
 
     others = CLIP_PREFIXES + T5_PREFIXES + VAE_PREFIXES
     sd = _unscale(_read(Source(plan.transformer, plan.transformer_prefix), exclude=others), dtype)
