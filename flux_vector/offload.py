@@ -6,9 +6,9 @@ group offload CPU->CPU does nothing, so without an accelerator everything runs o
 ``offload_plan`` says, per mode, how each component is handled (pure, tested on the CPU):
 
 * bitsandbytes weights (``quantize`` 8bit and nf4; ``quantized_8bit`` below means either) are never moved by an
-  offload hook (nf4's ``Params4bit.quant_state`` stays behind on ``_apply`` as int8's ``CB``/``SCB`` do). fp8
-  weights (``quantize.Fp8Linear``) are plain tensors and are offloaded like any. Hooks move modules with ``_apply``, which swaps
-  ``param.data`` and keeps the old ``Int8Params`` object, whose ``CB``/``SCB`` (and the layer's ``state.CB/SCB``
+  offload hook (nf4's ``Params4bit.quant_state`` stays behind on ``_apply`` as int8's ``CB``/``SCB`` do); fp8
+  weights (``fp8_linear.Fp8Linear``) are plain tensors, offloaded like any. Hooks move modules with ``_apply``, which
+  swaps ``param.data`` and keeps the old ``Int8Params`` object, whose ``CB``/``SCB`` (and the layer's ``state.CB/SCB``
   after a forward) still point at the device's int8 tensors: every onload could add a copy. So under 8-bit the
   transformer stays on the device ("device") and only the text encoders and the VAE are offloaded; sequential
   offload, which would move the int8 layers, is refused.

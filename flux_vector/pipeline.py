@@ -135,8 +135,8 @@ class FluxVectorPipeline:
         log=None,
     ):
         """``text_device``: where the text encoders stay and compute (None: ``device``; the embeddings move to the
-        device). ``fast_plan`` (a ``fast.FastPlan``): applied here, its weight transforms (fused QKV, fp8: new parameters)
-        before ``offload`` is applied whenever an offload mode is in use, so that the offload hooks hold the
+        device). ``fast_plan`` (a ``fast.FastPlan``): applied here, its weight transforms (fused QKV, fp8: new
+        parameters) before ``offload`` is applied whenever an offload mode is in use, so that the offload hooks hold the
         parameters the model computes with; with no offload, after placing (the transforms then run on the device)."""
         from .quiet import diffusers_without_bitsandbytes
 
@@ -180,7 +180,8 @@ class FluxVectorPipeline:
         # how each component is placed or offloaded (offload.offload_plan): bitsandbytes weights (8bit, nf4) always
         # stay on the device
         offloaded = {k: None if k in self._placed_apart else m for k, m in self._components().items()}
-        self.offload_plan = apply_offload(offload, self._diffusers, offloaded, quantized_8bit=stays_resident(transformer))
+        resident = stays_resident(transformer)
+        self.offload_plan = apply_offload(offload, self._diffusers, offloaded, quantized_8bit=resident)
         for name, where in self._placed_apart.items():
             place(self._components()[name], where)
             self.offload_plan[name] = DEVICE if where == offload.device else str(where)
@@ -758,7 +759,7 @@ def _check_text_device(text_device: str | torch.device | None) -> torch.device |
     try:
         return torch.device(text_device)
     except (RuntimeError, TypeError) as exc:
-        raise ValueError(f"text_device={text_device!r} is not a device; use 'cpu' (or None: the model's device)") from exc
+        raise ValueError(f"text_device={text_device!r} is not a device; use 'cpu' (or None: --device)") from exc
 
 
 def _placed_apart(text_encoder_2, device: torch.device, text_device: torch.device | None) -> dict[str, torch.device]:

@@ -11,11 +11,12 @@ everything that is not a linear (norms, embeddings) in the pipeline dtype.
   the pipeline dtype, no double quantization (``compress_statistics=False``, diffusers' ``BitsAndBytesConfig``
   default): 0.5 byte per weight plus one fp32 absmax per 64 weights (``NF4_BLOCKSIZE``). Quantized on ``.to(device)``,
   the CPU included.
-* ``fp8``: fp8 storage, computation in the pipeline dtype, as ComfyUI's ``fp8_e4m3fn`` weight dtype: ``Fp8Linear``
-  stores its weight as ``torch.float8_e4m3fn`` (1 byte per weight, no scale), values saturated to +-448 (the e4m3
-  finite maximum; torch's cast would turn larger values into NaN), and casts it to the input's dtype per call. Any
-  device, the CPU included. A linear whose weight is already ``float8_e4m3fn`` (an fp8 checkpoint file read as it is)
-  is wrapped without a copy: its values are kept bit for bit.
+* ``fp8``: fp8 storage, computation in the pipeline dtype, as ComfyUI's ``fp8_e4m3fn`` weight dtype:
+  ``fp8_linear.Fp8Linear`` stores its weight as ``torch.float8_e4m3fn`` (1 byte per weight, no scale), values
+  saturated to +-448 (the e4m3 finite maximum; torch's cast would turn larger values into NaN), and casts it to the
+  input's dtype per call. Any device, the CPU included. A linear whose weight is already ``float8_e4m3fn`` (an fp8
+  checkpoint file read as it is) is wrapped without a copy: its values are kept bit for bit; so is a kept
+  (``KEEP_FULL_PRECISION``) linear with fp8 weights, in every tier (it could not compute as a plain linear).
 
 bitsandbytes layers (8bit, nf4) stay on the device they were quantized on: offload hooks move modules with
 ``_apply``, which swaps ``param.data`` and leaves ``Int8Params.CB/SCB`` and ``Params4bit.quant_state`` on the old
@@ -33,16 +34,15 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
-import torch
-import torch.nn.functional as F
-from torch import nn
+if TYPE_CHECKING:  # torch is imported where it is used: the CLI's parsers read QUANTIZE_CHOICES without it
+    import torch
+    from torch import nn
 
 QUANTIZE_CHOICES = ("none", "8bit", "nf4", "fp8")  # None means "none"
 BITSANDBYTES_TIERS = ("8bit", "nf4")  # their layers cannot be moved by offload hooks: kept on the device
 NF4_BLOCKSIZE = 64  # weights per fp32 absmax
-FP8_DTYPE = torch.float8_e4m3fn
-FP8_MAX = 448.0  # the largest finite float8_e4m3fn value
 # Small or precision-critical layers stay in full precision, as diffusers' bnb integration keeps proj_out.
 KEEP_FULL_PRECISION = ("proj_out", "x_embedder", "context_embedder", "norm_out.linear")
 # T5's feed-forward output layers (``...DenseReluDense.wo``), matched by the last name component (module doc).
@@ -92,42 +92,6 @@ def log_matmul_warnings_once() -> None:
         logger.addFilter(OnceFilter())
 
 
-# ----------------------------------------------------------------------------------------------------- fp8
-
-
-def to_fp8(weight: torch.Tensor) -> torch.Tensor:
-    """``weight`` as float8_e4m3fn, saturated to +-``FP8_MAX``; an fp8 tensor is returned as it is (no copy)."""
-    if weight.dtype == FP8_DTYPE:
-        return weight
-    return weight.detach().clamp(-FP8_MAX, FP8_MAX).to(FP8_DTYPE)
-
-
-class Fp8Linear(nn.Module):
-    """A linear whose weight is stored in float8_e4m3fn and computed in the input's dtype:
-    ``F.linear(x, weight.to(x.dtype), bias)``. Exposes ``in_features``/``out_features``/``weight``/``bias`` like
-    ``nn.Linear`` (the LoRA adapter and ``parse_lora`` find it); it is not an ``nn.Linear`` subclass, so code that
-    fuses or rewrites plain linears (LoRA fusing, fused QKV) leaves it alone."""
-
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None):
-        super().__init__()
-        self.out_features, self.in_features = weight.shape
-        self.weight = nn.Parameter(to_fp8(weight), requires_grad=False)
-        self.bias = None if bias is None else nn.Parameter(bias.detach(), requires_grad=False)
-
-    @classmethod
-    def from_linear(cls, linear: nn.Module) -> Fp8Linear:
-        weight = linear.weight.data  # an fp8 weight is kept as it is: the new Parameter shares its storage
-        bias = linear.bias.data if linear.bias is not None else None
-        return cls(weight, bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        bias = None if self.bias is None else self.bias.to(x.dtype)
-        return F.linear(x, self.weight.to(x.dtype), bias)
-
-    def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
-
-
 # ----------------------------------------------------------------------------------------------- replacing
 
 
@@ -136,6 +100,10 @@ def _linears(model: nn.Module, keep: tuple[str, ...], keep_leaves: tuple[str, ..
     (``kept`` False). ``keep``: full module names; ``keep_leaves``: last name components (T5's ``wo``). A kept linear
     whose weight is already fp8 is yielded too (``kept`` True): it cannot compute as a plain linear, and every tier
     wraps it as an ``Fp8Linear`` as it is."""
+    from torch import nn
+
+    from .fp8_linear import FP8_DTYPE
+
     for parent_name, parent in list(model.named_modules()):
         for name, child in list(parent.named_children()):
             full = f"{parent_name}.{name}" if parent_name else name
@@ -149,6 +117,10 @@ def _linears(model: nn.Module, keep: tuple[str, ...], keep_leaves: tuple[str, ..
 
 def _float_weight(linear: nn.Module, dtype: torch.dtype | None) -> torch.Tensor:
     """The weight on the CPU in a float dtype bitsandbytes quantizes from (an fp8 weight upcast, exactly)."""
+    import torch
+
+    from .fp8_linear import FP8_DTYPE
+
     data = linear.weight.data if linear.weight.device.type == "cpu" else linear.weight.data.cpu()
     if data.dtype == FP8_DTYPE:
         data = data.to(dtype or torch.bfloat16)
@@ -156,6 +128,8 @@ def _float_weight(linear: nn.Module, dtype: torch.dtype | None) -> torch.Tensor:
 
 
 def _bnb_layer(tier: str, linear: nn.Module, dtype: torch.dtype | None) -> nn.Module:
+    from torch import nn
+
     from .quiet import import_bitsandbytes
 
     bnb = import_bitsandbytes()
@@ -204,6 +178,8 @@ def quantize_linears(
     bitsandbytes layers are created on ``device`` (quantized there, and they stay there); ``Fp8Linear`` layers stay
     where the weights are (they move with the model). ``dtype``: the compute dtype (default: each weight's).
     ``ValueError`` when the tier is "none" or nothing was replaced (never a silent no-op)."""
+    from .fp8_linear import Fp8Linear
+
     tier = check_quantize(tier)
     if tier == "none":
         raise ValueError("quantize_linears needs a tier other than 'none'")
@@ -211,10 +187,8 @@ def quantize_linears(
         log_matmul_warnings_once()
     replaced = 0
     for parent, name, child, kept in list(_linears(model, keep, keep_leaves)):
-        if tier == "fp8" or kept:
-            layer = Fp8Linear.from_linear(child)
-        else:
-            layer = _bnb_layer(tier, child, dtype).to(device)
+        fp8 = tier == "fp8" or kept  # a kept linear here has fp8 weights (``_linears``)
+        layer = Fp8Linear.from_linear(child) if fp8 else _bnb_layer(tier, child, dtype).to(device)
         setattr(parent, name, layer)
         replaced += 1
     if replaced == 0:
@@ -245,6 +219,8 @@ def quantize_text_encoder(text_encoder_2: nn.Module, tier: str, device: torch.de
 
 def _dtype_of(model: nn.Module) -> torch.dtype | None:
     """The model's float dtype (its first non-fp8 floating parameter), the tiers' compute dtype."""
+    from .fp8_linear import FP8_DTYPE
+
     for p in model.parameters():
         if p.is_floating_point() and p.dtype != FP8_DTYPE:
             return p.dtype
@@ -271,6 +247,8 @@ def quantized_tier(model: nn.Module | None) -> str | None:
     """The tier of ``model``'s quantized linears ("8bit", "nf4", "fp8"; the first found), None when it has none."""
     if model is None:
         return None
+    from .fp8_linear import Fp8Linear
+
     bnb = sys.modules.get("bitsandbytes")
     for m in model.modules():
         if isinstance(m, Fp8Linear):
@@ -297,6 +275,8 @@ def weight_bytes(model: nn.Module | None) -> int:
     outside them (int8: one fp32 scale per row, ``SCB``; nf4: one fp32 absmax per ``NF4_BLOCKSIZE`` weights)."""
     if model is None:
         return 0
+    import torch
+
     total = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
     for p in model.parameters():
         state = getattr(p, "quant_state", None)

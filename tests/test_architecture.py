@@ -22,6 +22,7 @@ LAYERS = [
         "bfl",
         "offload",
         "quantize",
+        "fp8_linear",
         "cache",
         "tiny",
         "demo",

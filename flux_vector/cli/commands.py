@@ -45,7 +45,14 @@ def _check_store(store: str | None) -> None:
 
 def _load_options(args: argparse.Namespace) -> dict:
     """The shared model options (``parser._model_options``) as ``load_pipeline`` keywords."""
-    return {"lora": args.lora, "quantize": args.quantize, "offload": args.offload, "device": args.device}
+    return {
+        "lora": args.lora,
+        "quantize": args.quantize,
+        "offload": args.offload,
+        "device": args.device,
+        "quantize_text": args.quantize_text,
+        "text_device": args.text_device,
+    }
 
 
 def _serving_options(args: argparse.Namespace) -> dict:
@@ -78,7 +85,8 @@ def run_serve_command(args: argparse.Namespace) -> int:
     from ..server.serve import serve
 
     if args.store is not None and is_redis_url(args.store):
-        ignored = [f"--{name}" for name in ("quantize", "device") if getattr(args, name)]
+        loading = ("quantize", "device", "quantize_text", "text_device")
+        ignored = [f"--{name.replace('_', '-')}" for name in loading if getattr(args, name)]
         if ignored:
             print(
                 f"flux-vector serve: {', '.join(ignored)} ignored: with a Redis store this process only serves the "

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from ..bfl import layout
-from ..quantize import Fp8Linear
+from ..fp8_linear import Fp8Linear
 from .adapter import LoraLinear
 
 

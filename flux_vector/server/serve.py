@@ -49,6 +49,8 @@ def serve(
     quantize: str | None = None,
     offload: str = DEFAULT_OFFLOAD,
     device: str | None = None,
+    quantize_text: str | None = None,
+    text_device: str | None = None,
     host: str = DEFAULT_HOST,
     port: int = DEFAULT_PORT,
     store: str | os.PathLike | None = None,
@@ -125,7 +127,16 @@ def serve(
             + (f", {len(recovery.failed)} interrupted too often and FAILED" if recovery.failed else "")
         )
         model = model or default_model(log=log)
-        pipe = load_pipeline(model, lora=lora, quantize=quantize, offload=offload, device=device, log=log)
+        pipe = load_pipeline(
+            model,
+            lora=lora,
+            quantize=quantize,
+            offload=offload,
+            device=device,
+            quantize_text=quantize_text,
+            text_device=text_device,
+            log=log,
+        )
         prepare_for_serving(pipe, fuse=fuse, warmup=warmup, warmup_sizes=warmup_sizes, log=log)
         worker = Worker(jobs, pipe, log=log)
         limits = work_budget(WorkBudget.for_memory(device_memory_bytes(pipe)), **(budget or {}))
