@@ -35,7 +35,7 @@ class Fp8Linear(nn.Module):
         self.bias = None if bias is None else nn.Parameter(bias.detach(), requires_grad=False)
 
     @classmethod
-    def from_linear(cls, linear: nn.Module) -> Fp8Linear:
+    def from_linear(cls, linear: nn.Linear) -> Fp8Linear:
         weight = linear.weight.data  # an fp8 weight is kept as it is: the new Parameter shares its storage
         bias = linear.bias.data if linear.bias is not None else None
         return cls(weight, bias)

@@ -185,7 +185,7 @@ def accelerator_free_bytes(device: torch.device) -> int | None:
 
 
 def apply_offload(
-    choice: OffloadChoice, diffusers_pipe, modules: dict[str, torch.nn.Module], *, quantized_8bit: bool = False
+    choice: OffloadChoice, diffusers_pipe, modules: dict[str, torch.nn.Module | None], *, quantized_8bit: bool = False
 ) -> dict[str, str]:
     """Place the components for ``choice`` as ``offload_plan`` says (``diffusers_pipe`` is a FluxPipeline holding the
     same modules, for sequential offload); returns the plan applied."""

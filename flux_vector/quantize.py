@@ -34,7 +34,7 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # torch is imported where it is used: the CLI's parsers read QUANTIZE_CHOICES without it
     import torch
@@ -115,7 +115,7 @@ def _linears(model: nn.Module, keep: tuple[str, ...], keep_leaves: tuple[str, ..
             yield parent, name, child, kept
 
 
-def _float_weight(linear: nn.Module, dtype: torch.dtype | None) -> torch.Tensor:
+def _float_weight(linear: nn.Linear, dtype: torch.dtype | None) -> torch.Tensor:
     """The weight on the CPU in a float dtype bitsandbytes quantizes from (an fp8 weight upcast, exactly)."""
     import torch
 
@@ -127,7 +127,7 @@ def _float_weight(linear: nn.Module, dtype: torch.dtype | None) -> torch.Tensor:
     return data
 
 
-def _bnb_layer(tier: str, linear: nn.Module, dtype: torch.dtype | None) -> nn.Module:
+def _bnb_layer(tier: str, linear: nn.Linear, dtype: torch.dtype | None) -> nn.Module:
     from torch import nn
 
     from .quiet import import_bitsandbytes
@@ -136,7 +136,7 @@ def _bnb_layer(tier: str, linear: nn.Module, dtype: torch.dtype | None) -> nn.Mo
     data = _float_weight(linear, dtype)
     compute = dtype or data.dtype
     has_bias = linear.bias is not None
-    layer: nn.Module
+    layer: Any  # bitsandbytes' layers (untyped)
     if tier == "8bit":
         layer = bnb.nn.Linear8bitLt(
             linear.in_features, linear.out_features, bias=has_bias, has_fp16_weights=False, threshold=6.0

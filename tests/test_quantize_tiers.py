@@ -324,7 +324,7 @@ def test_a_lora_on_a_layer_the_adapter_cannot_wrap_raises(tiny_dir, tier):
 
 
 def test_quantizing_with_nothing_to_quantize_raises():
-    with pytest.raises(ValueError, match="found no nn.Linear"):
+    with pytest.raises(ValueError, match=r"found no nn\.Linear"):
         quantize_linears(nn.Sequential(nn.LayerNorm(4)), "fp8", "cpu")
     with pytest.raises(ValueError, match="other than 'none'"):
         quantize_linears(nn.Sequential(nn.Linear(4, 4)), "none", "cpu")
