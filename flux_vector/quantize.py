@@ -244,20 +244,22 @@ def is_bitsandbytes_layer(module: nn.Module) -> bool:
 
 
 def quantized_tier(model: nn.Module | None) -> str | None:
-    """The tier of ``model``'s quantized linears ("8bit", "nf4", "fp8"; the first found), None when it has none."""
+    """The tier of ``model``'s quantized linears ("8bit", "nf4", "fp8"), None when it has none. A bitsandbytes tier
+    wins over fp8: an 8bit/nf4 model read from an fp8 file keeps its kept layers as ``Fp8Linear``."""
     if model is None:
         return None
     from .fp8_linear import Fp8Linear
 
     bnb = sys.modules.get("bitsandbytes")
+    found = None
     for m in model.modules():
-        if isinstance(m, Fp8Linear):
-            return "fp8"
         if bnb is not None and isinstance(m, bnb.nn.Linear8bitLt):
             return "8bit"
         if bnb is not None and isinstance(m, bnb.nn.Linear4bit):
             return "nf4"
-    return None
+        if isinstance(m, Fp8Linear):
+            found = "fp8"
+    return found
 
 
 def is_quantized(model: nn.Module) -> bool:

@@ -336,3 +336,43 @@ def test_cli_namespace_defaults_are_none():
     args = build_parser().parse_args(["generate", "--prompt", "x", "--out", "x.png"])
     assert isinstance(args, argparse.Namespace)
     assert (args.quantize, args.quantize_text, args.text_device) == (None, None, None)
+
+
+def test_fp8_layers_run_under_group_offload_hooks(tiny_dir):
+    """fp8 weights are plain tensors: diffusers' block-level group offload (CPU to CPU here: the hooks run, the
+    tensors move nowhere) wraps the fp8 transformer, and the LoRA on it, without changing a latent."""
+    from flux_vector.offload import _group_offload
+
+    pipe = load("fp8")
+    before = draw(pipe, 1.0)
+    _group_offload(pipe.transformer, torch.device("cpu"))
+    assert hasattr(pipe.transformer, "_diffusers_hook")
+    assert same(draw(pipe, 1.0), before)
+    assert not same(draw(pipe, 0.0), before)
+
+
+@pytest.mark.slow
+def test_generate_command_takes_the_tiers(tiny_dir, tmp_path):
+    """``flux-vector generate`` with both tiers and the text encoders on their own device: one image, and the log
+    lines name the tiers."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    out = tmp_path / "x.png"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]), *sys.path])}
+    env.pop("FLUX_VECTOR_MODEL", None)
+    args = ["--model", "tiny", "--quantize", "nf4", "--quantize-text", "fp8", "--text-device", "cpu"]
+    size = ["--width", "64", "--height", "64", "--steps", "1", "--out", str(out), "--no-progress"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "flux_vector.cli", "generate", "--prompt", PROMPT, *args, *size],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert out.exists()
+    log = proc.stdout + proc.stderr
+    assert "bitsandbytes nf4" in log and "fp8 e4m3 storage" in log, log
