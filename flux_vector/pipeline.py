@@ -252,7 +252,7 @@ class FluxVectorPipeline:
 
         tier, text_tier = check_quantize(quantize), check_quantize(quantize_text, "quantize_text")
         device = torch.device(device) if device is not None else default_device()
-        text_device = _check_text_device(text_device)
+        text_device = _check_text_device(text_device, device)
         dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype or default_dtype(device)
         single_file = is_single_file(model)
         folder = resolve_model(base or DEFAULT_MODEL) if single_file else resolve_model(model)
@@ -752,14 +752,15 @@ def _choose_fast_and_offload(
     )
 
 
-def _check_text_device(text_device: str | torch.device | None) -> torch.device | None:
-    """``text_device`` as a device (None: the pipeline's device); ``ValueError`` naming the field otherwise."""
+def _check_text_device(text_device: str | torch.device | None, device: torch.device) -> torch.device | None:
+    """``text_device`` as a device, None when it is ``device`` or None; ``ValueError`` naming the field otherwise."""
     if text_device is None:
         return None
     try:
-        return torch.device(text_device)
+        chosen = torch.device(text_device)
     except (RuntimeError, TypeError) as exc:
         raise ValueError(f"text_device={text_device!r} is not a device; use 'cpu' (or None: --device)") from exc
+    return None if chosen == device else chosen
 
 
 def _placed_apart(text_encoder_2, device: torch.device, text_device: torch.device | None) -> dict[str, torch.device]:
