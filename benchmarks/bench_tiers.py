@@ -5,6 +5,8 @@ same prompts, seeds and size are generated once per tier — the transformer in 
 T5 encoder in ``8bit | nf4 | fp8`` (transformer unquantized) — with the model's default LoRA at strength 1 and at 0.
 PSNR (dB, 8-bit pixels, over all images of a row) is against the ``none`` row of the same model and strength: on the
 CPU that is the float32 run; on a GPU the pipeline dtype is bf16 and so is the reference. ``inf``: bitwise equal.
+The byte columns are ``quantize.weight_bytes`` of the transformer and T5 as loaded, the LoRA's adapter factors
+included (they stay in the file's dtype on quantized layers).
 
     OMP_NUM_THREADS=2 python benchmarks/bench_tiers.py [--models tiny demo] [--device cpu] [--steps 8]
 """

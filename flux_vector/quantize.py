@@ -274,20 +274,24 @@ def stays_resident(model: nn.Module | None) -> bool:
 
 def weight_bytes(model: nn.Module | None) -> int:
     """The bytes ``model``'s weights take: parameters and buffers, plus the quantization statistics bitsandbytes keeps
-    outside them (int8: one fp32 scale per row, ``SCB``; nf4: one fp32 absmax per ``NF4_BLOCKSIZE`` weights)."""
+    outside them (int8: one fp32 scale per row, ``SCB``, on the weight until the first forward moves it to the
+    layer's ``state``; nf4: one fp32 absmax per ``NF4_BLOCKSIZE`` weights, in the weight's ``quant_state``)."""
     if model is None:
         return 0
     import torch
 
     total = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
+    extra: dict[int, torch.Tensor] = {}
     for p in model.parameters():
-        state = getattr(p, "quant_state", None)
-        if state is not None and getattr(state, "absmax", None) is not None:
-            total += state.absmax.numel() * state.absmax.element_size()
-        scb = getattr(p, "SCB", None)
+        absmax = getattr(getattr(p, "quant_state", None), "absmax", None)
+        for t in (absmax, getattr(p, "SCB", None)):
+            if isinstance(t, torch.Tensor):
+                extra[id(t)] = t
+    for m in model.modules():
+        scb = getattr(getattr(m, "state", None), "SCB", None)
         if isinstance(scb, torch.Tensor):
-            total += scb.numel() * scb.element_size()
-    return total
+            extra[id(scb)] = scb
+    return total + sum(t.numel() * t.element_size() for t in extra.values())
 
 
 def quantize_components(
