@@ -5,8 +5,10 @@ group offload CPU->CPU does nothing, so without an accelerator everything runs o
 
 ``offload_plan`` says, per mode, how each component is handled (pure, tested on the CPU):
 
-* bitsandbytes int8 weights are never moved by an offload hook. Hooks move modules with ``_apply``, which swaps
-  ``param.data`` and keeps the old ``Int8Params`` object, whose ``CB``/``SCB`` (and the layer's ``state.CB/SCB``
+* bitsandbytes weights (``quantize`` 8bit and nf4; ``quantized_8bit`` below means either) are never moved by an
+  offload hook (nf4's ``Params4bit.quant_state`` stays behind on ``_apply`` as int8's ``CB``/``SCB`` do); fp8
+  weights (``fp8_linear.Fp8Linear``) are plain tensors, offloaded like any. Hooks move modules with ``_apply``, which
+  swaps ``param.data`` and keeps the old ``Int8Params`` object, whose ``CB``/``SCB`` (and the layer's ``state.CB/SCB``
   after a forward) still point at the device's int8 tensors: every onload could add a copy. So under 8-bit the
   transformer stays on the device ("device") and only the text encoders and the VAE are offloaded; sequential
   offload, which would move the int8 layers, is refused.
@@ -183,7 +185,7 @@ def accelerator_free_bytes(device: torch.device) -> int | None:
 
 
 def apply_offload(
-    choice: OffloadChoice, diffusers_pipe, modules: dict[str, torch.nn.Module], *, quantized_8bit: bool = False
+    choice: OffloadChoice, diffusers_pipe, modules: dict[str, torch.nn.Module | None], *, quantized_8bit: bool = False
 ) -> dict[str, str]:
     """Place the components for ``choice`` as ``offload_plan`` says (``diffusers_pipe`` is a FluxPipeline holding the
     same modules, for sequential offload); returns the plan applied."""
@@ -251,17 +253,14 @@ def _offload_before_forward(module: torch.nn.Module, hook) -> None:
 
 
 def place(module: torch.nn.Module, device: torch.device) -> None:
-    """``module.to(device)``, except that bitsandbytes int8 layers (placed when quantized) are left alone."""
-    from .quantize import is_quantized
+    """``module.to(device)``, except that bitsandbytes layers (int8, nf4: placed when quantized) are left alone."""
+    from .quantize import is_bitsandbytes_layer, stays_resident
 
-    if not is_quantized(module):
+    if not stays_resident(module):
         module.to(device)
         return
-    from .quiet import import_bitsandbytes
-
-    bnb = import_bitsandbytes()
     for sub in module.modules():
-        if isinstance(sub, bnb.nn.Linear8bitLt):
+        if is_bitsandbytes_layer(sub):
             continue
         for tensor in [*sub.parameters(recurse=False), *sub.buffers(recurse=False)]:
             tensor.data = tensor.data.to(device)

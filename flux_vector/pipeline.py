@@ -47,12 +47,13 @@ from .models import (
 )
 from .offload import (
     DEFAULT_OFFLOAD,
+    DEVICE,
     OffloadChoice,
     accelerator_free_bytes,
     apply_offload,
     largest_group_bytes,
-    module_bytes,
     offload_plan,
+    place,
 )
 from .prompt import encode_clip_pooled, encode_t5, tokenize_prompt, weighted_pieces
 from .quiet import quiet_loading
@@ -130,10 +131,12 @@ class FluxVectorPipeline:
         model_name: str = "",
         lora_name: str | None = None,
         fast_plan=None,
+        text_device: torch.device | None = None,
         log=None,
     ):
-        """``fast_plan`` (a ``fast.FastPlan``): applied here, its weight transforms (fused QKV, fp8: new parameters)
-        before ``offload`` is applied whenever an offload mode is in use, so that the offload hooks hold the
+        """``text_device``: where the text encoders stay and compute (None: ``device``; the embeddings move to the
+        device). ``fast_plan`` (a ``fast.FastPlan``): applied here, its weight transforms (fused QKV, fp8: new
+        parameters) before ``offload`` is applied whenever an offload mode is in use, so that the offload hooks hold the
         parameters the model computes with; with no offload, after placing (the transforms then run on the device)."""
         from .quiet import diffusers_without_bitsandbytes
 
@@ -141,12 +144,15 @@ class FluxVectorPipeline:
         from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline
 
         from .fast import apply_runtime_switches, apply_weight_transforms
-        from .quantize import is_quantized
+        from .quantize import stays_resident
 
         self.transformer, self.vae = transformer, vae
         self.text_encoder, self.tokenizer = text_encoder, tokenizer
         self.text_encoder_2, self.tokenizer_2 = text_encoder_2, tokenizer_2
         self.device, self.dtype, self.offload, self.model_name = device, dtype, offload, model_name
+        self.text_device = text_device if text_device is not None and text_device != offload.device else None
+        # placed here, outside any offload: the text encoders on text_device, a bitsandbytes T5 on the device
+        self._placed_apart = _placed_apart(text_encoder_2, offload.device, self.text_device)
         self.lora: LoraHandle | None = lora  # the LoRA as runtime adapters (fusable); None: loaded without one
         self.lora_name = lora_name if lora is not None else None
         self._weight_files: dict[str, str] | None = None  # identity's file names and hashes, once asked for
@@ -159,9 +165,9 @@ class FluxVectorPipeline:
         self._diffusers = FluxPipeline(
             scheduler=FlowMatchEulerDiscreteScheduler(),
             vae=vae,
-            text_encoder=text_encoder,
+            text_encoder=None if "text_encoder" in self._placed_apart else text_encoder,
             tokenizer=tokenizer,
-            text_encoder_2=text_encoder_2,
+            text_encoder_2=None if "text_encoder_2" in self._placed_apart else text_encoder_2,
             tokenizer_2=tokenizer_2,
             transformer=transformer,
         )
@@ -171,10 +177,14 @@ class FluxVectorPipeline:
         weights_first = offload.mode != "none"
         if fast_plan is not None and weights_first:
             self.fast_timings.update(apply_weight_transforms(self, fast_plan, log))
-        # how each component is placed or offloaded (offload.offload_plan): int8 weights always stay on the device
-        self.offload_plan = apply_offload(
-            offload, self._diffusers, self._components(), quantized_8bit=is_quantized(transformer)
-        )
+        # how each component is placed or offloaded (offload.offload_plan): bitsandbytes weights (8bit, nf4) always
+        # stay on the device
+        offloaded = {k: None if k in self._placed_apart else m for k, m in self._components().items()}
+        resident = stays_resident(transformer)
+        self.offload_plan = apply_offload(offload, self._diffusers, offloaded, quantized_8bit=resident)
+        for name, where in self._placed_apart.items():
+            place(self._components()[name], where)
+            self.offload_plan[name] = DEVICE if where == offload.device else str(where)
         if fast_plan is not None:
             if not weights_first:
                 self.fast_timings.update(apply_weight_transforms(self, fast_plan, log))
@@ -212,6 +222,8 @@ class FluxVectorPipeline:
         offload: str = DEFAULT_OFFLOAD,
         device: str | torch.device | None = None,
         dtype: torch.dtype | str | None = None,
+        quantize_text: str | None = None,
+        text_device: str | torch.device | None = None,
         base: str | None = None,
         clip_l_file: str | os.PathLike | None = None,
         t5_file: str | os.PathLike | None = None,
@@ -226,12 +238,15 @@ class FluxVectorPipeline:
         ``model``: "demo" (the shipped toy that draws shapes), "tiny" (random weights), a diffusers folder, a hub id
         in the local cache, or a single-file transformer: BFL layout (``flux1-dev.safetensors``, bf16 or fp8, with
         ComfyUI's prefix or as an all-in-one checkpoint) or GGUF (``flux1-dev-Q8_0.gguf``, a tier of its own:
-        ``gguf_model.py``, ``quantize`` None); a bare file name is looked up in ``comfyui_models``). Its
+        ``gguf_model.py``, ``quantize`` None); a bare file name is looked up in ``comfyui_models``. Its
         text encoders and VAE come from the checkpoint itself, ``clip_l_file`` / ``t5_file`` / ``vae_file`` (ComfyUI's
         ``clip_l``, ``t5xxl_*``, ``ae`` files), the ``comfyui_models`` folder (ComfyUI's ``models/``), else ``base``
         (a diffusers folder or cached hub id; default FLUX.1-dev when a component is missing); configs and tokenizers
         come from ``base``, else FLUX.1-dev's, shipped (``single_file/``). An fp8 file with ``quantize`` None runs
         the fp8 tier (its weights stay float8).
+        ``quantize``: the transformer's tier, ``quantize_text``: the T5 encoder's, each one of
+        ``quantize.QUANTIZE_CHOICES`` (none, 8bit, nf4, fp8; None is none). ``text_device="cpu"``: the text encoders
+        stay and compute on the CPU, only their embeddings (cached per prompt) move to ``device``.
         ``fast=True``: the whole fast mode for this device (``fast.choose_fast_plan``: fused QKV, the best attention
         backend, regional torch.compile, fp8 on sm89+ with torchao); ``fast={...}``: only the switches named
         (``{"fuse_qkv": True}``; ``{**fast.FULL, "fp8": False}`` is the whole mode without fp8). ``compile=True`` is
@@ -243,17 +258,18 @@ class FluxVectorPipeline:
         from diffusers import AutoencoderKL, FluxTransformer2DModel
         from transformers import CLIPTextModel, CLIPTokenizer, T5EncoderModel, T5TokenizerFast
 
+        from .quantize import check_quantize, is_quantized, quantize_components, stays_resident, weight_bytes
         from .single_file.find import find_model_file, lora_in_comfyui_models
         from .single_file.load import load_single_file
 
+        tier, text_tier = check_quantize(quantize), check_quantize(quantize_text, "quantize_text")
         if is_gguf_file(model):  # a GGUF transformer: a quantize tier of its own (gguf_model.py)
             from .fast import FULL
 
             check_quantize_for_gguf(quantize)
             fast, compile = fast_for_gguf(_fast_from_deprecated_compile(fast, compile), FULL), None
-        if quantize not in (None, "8bit"):
-            raise ValueError(f"quantize={quantize!r} is not allowed; quantize must be None or '8bit'")
         device = torch.device(device) if device is not None else default_device()
+        text_device = _check_text_device(text_device, device)
         dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype or default_dtype(device)
         model_file = find_model_file(model, comfyui_models)
         single_file = model_file is not None
@@ -276,6 +292,7 @@ class FluxVectorPipeline:
             transformer, vae, text_encoder, tokenizer, text_encoder_2, tokenizer_2, quantize = load_single_file(
                 model_file, base=base, quantize=quantize, dtype=dtype, log=log, **files
             )
+            tier = check_quantize(quantize)
         else:
             transformer = FluxTransformer2DModel.from_pretrained(folder, subfolder="transformer", dtype=dtype)
             vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", dtype=dtype)
@@ -284,21 +301,18 @@ class FluxVectorPipeline:
             text_encoder_2 = T5EncoderModel.from_pretrained(folder, subfolder="text_encoder_2", dtype=dtype)
             tokenizer_2 = T5TokenizerFast.from_pretrained(folder, subfolder="tokenizer_2")
 
+        for line in quantize_components(transformer, tier, text_encoder_2, text_tier, device, text_device or device):
+            log(f"quantize: {line}")
         sizes = {
-            name: module_bytes(m)
+            name: weight_bytes(m)
             for name, m in (
                 ("transformer", transformer),
                 ("text_encoder_2", text_encoder_2),
                 ("vae", vae),
                 ("text_encoder", text_encoder),
             )
+            if text_device is None or name not in ("text_encoder", "text_encoder_2")  # not on the device
         }
-        if quantize == "8bit":
-            from .quantize import quantize_linears_8bit
-
-            count = quantize_linears_8bit(transformer, device)
-            sizes["transformer"] = module_bytes(transformer)
-            log(f"quantize: {count} transformer linears in bitsandbytes int8")
 
         handle = None
         if lora_file is not None:
@@ -313,8 +327,11 @@ class FluxVectorPipeline:
             device,
             dtype,
             sizes,
-            {"text_encoder": text_encoder, "text_encoder_2": text_encoder_2, "transformer": transformer},
-            quantized_8bit=quantize == "8bit",
+            {"text_encoder": text_encoder, "text_encoder_2": text_encoder_2, "transformer": transformer}
+            if text_device is None
+            else {"transformer": transformer},
+            quantized_8bit=stays_resident(transformer),
+            quantized=is_quantized(transformer),
         )
         log(f"offload: {choice.mode} ({choice.reason})")
         for line in plan.describe() if plan is not None else ():
@@ -333,6 +350,7 @@ class FluxVectorPipeline:
             model_name=model,
             lora_name=running_lora_name(lora, model),
             fast_plan=plan,
+            text_device=text_device,
             log=log,
         )
         pipe.aspect_sizes = None if folder is None else aspect_ratio_sizes(folder)
@@ -474,21 +492,25 @@ class FluxVectorPipeline:
 
     def fuse_lora(self, log: Callable[[str], None] = print) -> bool:
         """Fuse the LoRA into the weights once where this pipeline can hold fused weights (a strength switch then
-        recomputes them from the kept originals); True when fused. An 8-bit or GGUF transformer or weights kept off the
-        device (sequential or group offload) keep it as a runtime adapter, as does a LoRA the fusing code refuses."""
+        recomputes them from the kept originals); True when fused. A quantized transformer (8bit, nf4, fp8, GGUF:
+        the log names the tier), a quantized T5 under a LoRA with text layers, or weights kept off the device
+        (sequential or group offload) keep it as a runtime adapter, as does a LoRA the fusing code refuses."""
         if self.lora is None:
             log("lora: none loaded (lora_strength 0 only)")
             return False
         if self.lora.fused:
             return True
         from .lora import LoraError
-        from .quantize import is_quantized
+        from .quantize import quantized_tier
 
         reason = None
-        if is_quantized(self.transformer):
-            reason = "the transformer is 8-bit quantized"
+        tier, text_tier = quantized_tier(self.transformer), quantized_tier(self.text_encoder_2)
+        if tier is not None:
+            reason = f"the transformer is quantized ({tier}: its weights cannot hold a fused LoRA)"
         elif gguf_layers(self.transformer):
             reason = "the transformer's GGUF weights stay quantized and are dequantized per call: nothing to fuse into"
+        elif text_tier is not None and self.lora.touches_text:
+            reason = f"the T5 text encoder is quantized ({text_tier}) and the LoRA has text-encoder layers"
         elif self.offload.mode in ("sequential", "group"):
             reason = f"offload {self.offload.mode} keeps the weights off the device"
         if reason is None:
@@ -521,10 +543,11 @@ class FluxVectorPipeline:
             tokens = self.tokenize(prompt)
             for warning in tokens.warnings:
                 _log.warning(warning)
-            device = self._execution_device()
+            device = self.text_device or self._execution_device()
             t5 = encode_t5(self.text_encoder_2, tokens, device)
             pooled = encode_clip_pooled(self.text_encoder, tokens, device)
-            return t5.to(self.dtype), pooled.to(self.dtype)
+            target = self._execution_device()
+            return t5.to(target, self.dtype), pooled.to(target, self.dtype)
 
         return self.prompt_cache.get((prompt, id(self.lora), self._text_lora_strength()), compute)
 
@@ -739,8 +762,10 @@ def _choose_fast_and_offload(
     modules: dict,
     *,
     quantized_8bit: bool,
+    quantized: bool,
 ):
-    """(the fast plan or None, the offload choice) for these loaded components (``fast.choose_fast_and_offload``)."""
+    """(the fast plan or None, the offload choice) for these loaded components (``fast.choose_fast_and_offload``).
+    ``quantized_8bit``: the transformer's bitsandbytes layers stay on the device; ``quantized``: any tier."""
     from .fast import FastEnv, choose_fast_and_offload, detect_env, fp8_saved_bytes
 
     return choose_fast_and_offload(
@@ -754,7 +779,30 @@ def _choose_fast_and_offload(
         fp8_saved_bytes=fp8_saved_bytes(modules["transformer"]) if fast else 0,
         quantized_8bit=quantized_8bit,
         dtype=dtype,
+        quantized=quantized,
     )
+
+
+def _check_text_device(text_device: str | torch.device | None, device: torch.device) -> torch.device | None:
+    """``text_device`` as a device, None when it is ``device`` or None; ``ValueError`` naming the field otherwise."""
+    if text_device is None:
+        return None
+    try:
+        chosen = torch.device(text_device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"text_device={text_device!r} is not a device; use 'cpu' (or None: --device)") from exc
+    return None if chosen == device else chosen
+
+
+def _placed_apart(text_encoder_2, device: torch.device, text_device: torch.device | None) -> dict[str, torch.device]:
+    """The components placed outside the offload plan, and where: both text encoders on ``text_device`` when it is
+    set; else a T5 with bitsandbytes layers on ``device`` (offload hooks cannot move them: ``quantize.stays_resident``).
+    """
+    from .quantize import stays_resident
+
+    if text_device is not None:
+        return {"text_encoder": text_device, "text_encoder_2": text_device}
+    return {"text_encoder_2": device} if stays_resident(text_encoder_2) else {}
 
 
 def _fast_from_deprecated_compile(fast, compile: bool | None):

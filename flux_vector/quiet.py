@@ -22,8 +22,9 @@ package for a 4-bit kernel (``kernels-community/quantization-bitsandbytes``), wh
 - ``diffusers_without_bitsandbytes()`` (called before flux_vector imports diffusers) tells diffusers bitsandbytes is
   absent, so the import chain never starts; flux_vector uses its own int8 layers (``quantize.py``), not diffusers'
   bitsandbytes loader.
-- ``import_bitsandbytes()`` is the one way flux_vector imports it, only when 8-bit is asked: with ``kernels`` hidden
-  (bitsandbytes then skips the 4-bit kernel, which flux_vector never uses) and its warning about that silenced.
+- ``import_bitsandbytes()`` is the one way flux_vector imports it, only when 8-bit or nf4 is asked: with ``kernels``
+  hidden, even when transformers loaded it already (bitsandbytes then skips the downloadable AVX512 4-bit CPU kernel;
+  nf4 runs on its built-in CPU path) and its warning about that silenced.
 - ``offline_hub()`` (the command line) sets ``HF_HUB_OFFLINE=1`` unless the user set it: anything that would still
   ask the Hub fails at once instead of waiting on the network.
 """
@@ -142,15 +143,19 @@ def import_bitsandbytes() -> ModuleType:
 
 @contextlib.contextmanager
 def _kernels_hidden() -> Iterator[None]:
-    """``import kernels`` raises ImportError inside (a ``None`` entry in ``sys.modules``), unless it is loaded."""
-    hide = "kernels" not in sys.modules
-    if hide:
-        sys.modules["kernels"] = None  # type: ignore[assignment]
+    """``import kernels`` raises ImportError inside (a ``None`` entry in ``sys.modules``), even when it is loaded
+    already (transformers imports it with the models: bitsandbytes would then find it and ask the Hub); the entry
+    it had comes back after."""
+    before = sys.modules.get("kernels")
+    sys.modules["kernels"] = None  # type: ignore[assignment]
     try:
         yield
     finally:
-        if hide and sys.modules.get("kernels", 0) is None:
-            del sys.modules["kernels"]
+        if sys.modules.get("kernels", 0) is None:
+            if before is None:
+                del sys.modules["kernels"]
+            else:
+                sys.modules["kernels"] = before
 
 
 @contextlib.contextmanager

@@ -23,6 +23,7 @@ LAYERS = [
         "gguf_model",
         "offload",
         "quantize",
+        "fp8_linear",
         "cache",
         "tiny",
         "demo",

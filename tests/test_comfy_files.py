@@ -16,7 +16,7 @@ from safetensors.torch import save_file
 from flux_vector import FluxVectorPipeline
 from flux_vector.models import WeightsNotFound
 from flux_vector.single_file import ComponentFilesError, plan_files, write
-from flux_vector.single_file.load import CONFIG_DIR, fp8_tier_available, tokenizer_dir
+from flux_vector.single_file.load import CONFIG_DIR, tokenizer_dir
 from flux_vector.single_file.vae_names import vae_from_ldm, vae_to_ldm
 
 RUN = dict(width=64, height=64, steps=2, seed=7, progress=False)
@@ -189,11 +189,8 @@ def test_fp8_transformer_file_generates(files, ref, where):
     assert any("float8" in line for line in lines if line.startswith("quantize"))
     linear = pipe.transformer.transformer_blocks[0].attn.to_q
     weight = getattr(linear, "weight", None)
-    if fp8_tier_available():  # helper A's fp8 tier: the weights stay float8
-        assert "quantize: fp8" in "\n".join(lines)
-        assert weight is None or weight.dtype == torch.float8_e4m3fn
-    else:  # no fp8 tier in this build: upcast to the pipeline's dtype, said in the log
-        assert weight.dtype == torch.float32
+    assert "quantize: fp8" in "\n".join(lines)  # the fp8 tier: the file's weights stay float8
+    assert weight is not None and weight.dtype == torch.float8_e4m3fn
     out = pipe("a red fox", **RUN)
     folder = ref("a red fox", **RUN)
     value = psnr(out.image, folder.image)
@@ -205,12 +202,11 @@ def test_fp8_transformer_file_generates(files, ref, where):
 def test_an_fp8_file_keeps_its_float8_weights_for_the_fp8_tier(files, monkeypatch, asked):
     """The contract with the fp8 tier (``quantize.quantize_linears_fp8``): for an fp8 file and no tier asked, the
     loader hands over the linears with the file's float8 weights (not upcast: 12B of them) and says "fp8"; any tier
-    asked gets them upcast. Checked on the loader alone, so it holds whether or not this build has the tier."""
+    asked gets them upcast. Checked on the loader alone."""
     from safetensors.torch import load_file
 
     from flux_vector.single_file import load
 
-    monkeypatch.setattr(load, "fp8_tier_available", lambda: True)
     path = files / "flux1-tiny-fp8.safetensors"
     parts = load.load_single_file(path, base="tiny", quantize=asked, dtype=torch.float32, log=lambda *_: None)
     assert parts.quantize == (asked or "fp8")

@@ -228,3 +228,27 @@ def test_8bit_imports_bitsandbytes_without_a_hub_request(tmp_path):
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == [False, 1, True, False]
     assert "kernels" not in proc.stderr
     assert hooked.attempts() == ""
+
+
+NF4_SCRIPT = """
+from flux_vector import FluxVectorPipeline
+pipe = FluxVectorPipeline.from_pretrained("tiny", quantize="nf4", quantize_text="nf4", device="cpu")
+result = pipe("a red heart", steps=1, width=64, height=64)
+print("size", result.image.size)
+"""
+
+
+@pytest.mark.slow
+def test_nf4_loads_and_generates_without_a_hub_request(tmp_path):
+    """nf4 (bitsandbytes' 4-bit layers, whose CPU backend would ask ``kernels`` for a kernel on the Hub) loads,
+    quantizes and generates with no network access and none of bitsandbytes' noise."""
+    pytest.importorskip("bitsandbytes")
+    hooked = Hooked(tmp_path, hub_offline=False)
+    proc = hooked.run(sys.executable, "-c", NF4_SCRIPT)
+    assert proc.returncode == 0, proc.stderr
+    assert "size (64, 64)" in proc.stdout
+    ours = [line for line in proc.stdout.splitlines() if line.startswith("quantize: ")]
+    assert any("bitsandbytes nf4" in line for line in ours), proc.stdout  # the log lines name the tier
+    others = "\n".join(line for line in proc.stdout.splitlines() if line not in ours)
+    assert_quiet(subprocess.CompletedProcess([], 0, others, proc.stderr))
+    assert hooked.attempts() == ""

@@ -46,7 +46,14 @@ def _check_store(store: str | None) -> None:
 
 def _load_options(args: argparse.Namespace) -> dict:
     """The shared model options (``parser._model_options``) as ``load_pipeline`` keywords."""
-    options = {"lora": args.lora, "quantize": args.quantize, "offload": args.offload, "device": args.device}
+    options = {
+        "lora": args.lora,
+        "quantize": args.quantize,
+        "offload": args.offload,
+        "device": args.device,
+        "quantize_text": args.quantize_text,
+        "text_device": args.text_device,
+    }
     return {**options, **_model_files(args)}
 
 
@@ -93,7 +100,17 @@ def run_serve_command(args: argparse.Namespace) -> int:
     from ..server.serve import serve
 
     if args.store is not None and is_redis_url(args.store):
-        loading = ("quantize", "device", "base", "clip_l", "t5", "vae", "comfyui_models")
+        loading = (
+            "quantize",
+            "device",
+            "quantize_text",
+            "text_device",
+            "base",
+            "clip_l",
+            "t5",
+            "vae",
+            "comfyui_models",
+        )
         ignored = [f"--{name.replace('_', '-')}" for name in loading if getattr(args, name)]
         if ignored:
             print(

@@ -22,11 +22,13 @@ BATCH_FIELDS = tuple(f for f in FIELDS if f not in ("prompt", "base64"))
 
 
 def _model_options(*, falls_back_to_demo: bool) -> argparse.ArgumentParser:
-    """--model/--lora/--quantize/--offload/--device: what every command that loads the model takes.
+    """--model/--lora/--quantize/--quantize-text/--text-device/--offload/--device: what every command that loads the
+    model takes.
     ``falls_back_to_demo``: without --model and $FLUX_VECTOR_MODEL, a missing FLUX.1-dev means the shipped demo model
     (generate, serve, worker: they say so on the console, the banner and the playground)."""
     from ..models import DEFAULT_LORA, DEMO_MODEL, MODEL_ENV, builtin_lora_name
     from ..offload import DEFAULT_OFFLOAD, OFFLOAD_MODES
+    from ..quantize import QUANTIZE_CHOICES
 
     otherwise = "else FLUX.1-dev if downloaded, else demo" if falls_back_to_demo else "else FLUX.1-dev"
     p = argparse.ArgumentParser(add_help=False)
@@ -43,7 +45,22 @@ def _model_options(*, falls_back_to_demo: bool) -> argparse.ArgumentParser:
         help=f"LoRA file or hub id, or 'none' (default: the model's: {DEFAULT_LORA}, Simple Vector, for FLUX.1-dev "
         f"and other models; {builtin_lora_name(DEMO_MODEL)}, the demo's outline LoRA, for demo; its own for tiny)",
     )
-    g.add_argument("--quantize", choices=["8bit"], help="bitsandbytes int8 transformer (default: none)")
+    g.add_argument(
+        "--quantize",
+        choices=QUANTIZE_CHOICES,
+        help="the transformer's weights: 8bit (bitsandbytes int8), nf4 (bitsandbytes 4-bit), fp8 (fp8 storage, "
+        "computed in bf16) (default: none)",
+    )
+    g.add_argument(
+        "--quantize-text",
+        choices=QUANTIZE_CHOICES,
+        help="the T5 text encoder's weights, the same tiers; its wo layers stay in bf16 (default: none)",
+    )
+    g.add_argument(
+        "--text-device",
+        help="where the text encoders stay and run, e.g. cpu: only the prompt embeddings move to --device "
+        "(default: --device)",
+    )
     g.add_argument(
         "--offload",
         default=DEFAULT_OFFLOAD,

@@ -335,11 +335,14 @@ def choose_fast_and_offload(
     quantized_8bit: bool = False,
     dtype: torch.dtype | None = None,
     full: bool | None = None,
+    quantized: bool | None = None,
 ) -> tuple[FastPlan | None, OffloadChoice]:
     """The fast plan and the offload mode, chosen together (pure): fp8 halves the block linears, which the offload
     choice weighs (``fp8_saved_bytes``: what fp8 would save, ``fast.fp8_saved_bytes``), and the offload mode limits
     the plan (no compile under group or sequential offload, no fp8 under sequential). ``fast``: None/False (no fast
-    mode: the plan is None), True (the whole mode) or switches. ``full`` defaults to ``fast is True``."""
+    mode: the plan is None), True (the whole mode) or switches. ``full`` defaults to ``fast is True``.
+    ``quantized_8bit``: the transformer holds bitsandbytes layers (kept on the device); ``quantized``: it holds
+    quantized layers of any tier (the plan's flag: no fused QKV, no fp8 fast mode; default ``quantized_8bit``)."""
     from ..offload import choose_offload
 
     wanted = bool(fast)
@@ -347,7 +350,8 @@ def choose_fast_and_offload(
     full = fast is True if full is None else full
 
     def plan_for(mode: str) -> FastPlan:
-        return choose_fast_plan(env, switches, full=full, quantized_8bit=quantized_8bit, offload=mode, dtype=dtype)
+        flag = quantized_8bit if quantized is None else quantized
+        return choose_fast_plan(env, switches, full=full, quantized_8bit=flag, offload=mode, dtype=dtype)
 
     sizes = dict(component_bytes)
     if wanted and plan_for("none" if offload == "auto" else offload).fp8:

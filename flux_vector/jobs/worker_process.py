@@ -88,7 +88,8 @@ def run_worker(
     quantize: str | None = None,
     offload: str = DEFAULT_OFFLOAD,
     device: str | None = None,
-    base: str | None = None,
+    quantize_text: str | None = None,
+    text_device: str | None = None,
     name: str | None = None,
     lease_s: float = DEFAULT_LEASE_S,
     max_attempts: int = DEFAULT_REDIS_MAX_ATTEMPTS,
@@ -122,6 +123,8 @@ def run_worker(
             quantize=quantize,
             offload=offload,
             device=device,
+            quantize_text=quantize_text,
+            text_device=text_device,
             **model_files,
         )
     finally:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from ..bfl import layout
+from ..fp8_linear import Fp8Linear
 from ..gguf_model import GGUFLinear
 from .adapter import LoraLinear
 
@@ -34,8 +35,8 @@ class Spec:
 
 
 def _linear_modules(model: nn.Module) -> dict[str, nn.Module]:
-    """Name -> module for every linear (nn.Linear, its bnb subclasses, a GGUF-quantized linear, or an installed
-    LoraLinear)."""
+    """Name -> module for every linear (nn.Linear, its bitsandbytes subclasses Linear8bitLt and Linear4bit, the fp8
+    tier's ``Fp8Linear``, a GGUF-quantized linear, or an installed LoraLinear)."""
     found: dict[str, nn.Module] = {}
     inside_wrappers: set[int] = set()
     for name, module in model.named_modules():  # pre-order: a wrapper comes before its base
@@ -44,7 +45,7 @@ def _linear_modules(model: nn.Module) -> dict[str, nn.Module]:
         if isinstance(module, LoraLinear):
             inside_wrappers.update(id(m) for m in module.modules() if m is not module)
             found[name] = module
-        elif isinstance(module, nn.Linear | GGUFLinear):
+        elif isinstance(module, nn.Linear | Fp8Linear | GGUFLinear):
             found[name] = module
     return found
 

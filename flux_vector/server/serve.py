@@ -49,7 +49,8 @@ def serve(
     quantize: str | None = None,
     offload: str = DEFAULT_OFFLOAD,
     device: str | None = None,
-    base: str | None = None,
+    quantize_text: str | None = None,
+    text_device: str | None = None,
     host: str = DEFAULT_HOST,
     port: int = DEFAULT_PORT,
     store: str | os.PathLike | None = None,
@@ -129,7 +130,15 @@ def serve(
         )
         model = model or default_model(log=log)
         pipe = load_pipeline(
-            model, lora=lora, quantize=quantize, offload=offload, device=device, log=log, **model_files
+            model,
+            lora=lora,
+            quantize=quantize,
+            offload=offload,
+            device=device,
+            quantize_text=quantize_text,
+            text_device=text_device,
+            log=log,
+            **model_files,
         )
         prepare_for_serving(pipe, fuse=fuse, warmup=warmup, warmup_sizes=warmup_sizes, log=log)
         worker = Worker(jobs, pipe, log=log)

@@ -73,22 +73,12 @@ class Components:
         )
 
 
-def fp8_tier_available() -> bool:
-    """Whether this build has the fp8 storage tier (``quantize.quantize_linears_fp8``) that runs float8 weights."""
-    from .. import quantize
-
-    return hasattr(quantize, "quantize_linears_fp8")
-
-
 def transformer_tier(quantize: str | None, plan: Plan, log: Callable[[str], None]) -> str | None:
     """The tier the transformer runs: an fp8 file with no tier asked (or "fp8") runs the fp8 tier, its weights kept
     float8; any other tier asked ("none", "8bit", ...) gets them upcast first."""
     if not plan.fp8 or quantize not in (None, "fp8"):
         if plan.fp8:
             log(f"quantize: {quantize}: the file's float8 weights are upcast first")
-        return quantize
-    if not fp8_tier_available():
-        log("quantize: the file's weights are float8 and this build has no fp8 tier: upcast to the pipeline's dtype")
         return quantize
     log(
         "quantize: fp8 (the file's weights are float8: kept so, computed in the pipeline's dtype; quantize='none' "
