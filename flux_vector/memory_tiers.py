@@ -51,10 +51,16 @@ from .offload import (
 if TYPE_CHECKING:
     import torch
 
-AUTO = "auto"  # quantize=None / --quantize auto: chosen here from the free memory
-# The bitsandbytes/fp8 tiers keep these linears in full precision; the one list lives in quantize.py (which imports
-# torch); tests/test_memory_tiers.py checks this copy against it.
+# The tiers ``quantize`` / ``--quantize`` take ("none": the pipeline dtype), re-exported by quantize.py; defined in
+# this torch-free leaf so the command line's parsers start without torch. Issue 30's nf4 and fp8 join on merge.
+QUANTIZE_CHOICES = ("none", "8bit")
+AUTO = "auto"  # quantize=None / --quantize auto (the default): chosen here from the free memory
+# Small or precision-critical linears the bitsandbytes and fp8 tiers keep in full precision (quantize.py imports
+# it), as diffusers' bitsandbytes integration keeps proj_out.
 KEEP_FULL_PRECISION = ("proj_out", "x_embedder", "context_embedder", "norm_out.linear")
+
+
+QUANTIZE_OPTIONS = (AUTO, *QUANTIZE_CHOICES)  # what ``from_pretrained(quantize=...)`` and ``--quantize`` accept
 
 
 # ----------------------------------------------------------------------------------------------- census
@@ -278,7 +284,6 @@ GGUF = {
     for qtype, (block, size) in GGUF_BLOCKS.items()
 }
 FORMATS: dict[str, WeightFormat | None] = {"none": None, "8bit": INT8, "nf4": NF4, "fp8": FP8, **GGUF}
-QUANTIZE_TIERS = ("none", "8bit", "nf4", "fp8")  # what ``quantize`` takes (quantize.QUANTIZE_CHOICES names them)
 
 # Seconds per 1024x1024 image, 50 steps, H100, everything resident (the issue's table, from diffusers' write-up).
 # The GGUF types it did not measure are counted as its 4-bit (Q4_1) figure.
@@ -504,11 +509,14 @@ def choose_tier(
         for t in tiers
     )
     fitting = [e for e in weighed if e.fits and e.seconds is not None]
-    if not fitting:  # nothing fits: the smallest peak (auto's last resort is sequential offload, which always fits)
-        raise ValueError(
-            f"no quantize tier fits in {free_bytes / GiB:.1f} GiB free with offload={offload!r}: "
-            + "; ".join(e.describe() for e in weighed)
+    if not fitting:  # only with an explicit offload (auto's last resort, sequential, always fits): the smallest peak
+        sized = [e for e in weighed if e.peak_bytes is not None] or [weighed[0]]
+        smallest = min(sized, key=lambda e: (e.peak_bytes or 0, fidelity_rank(e.tier)))
+        reason = (
+            f"{free_bytes / GiB:.1f} GiB free: no tier fits with offload={offload!r} by the estimate "
+            f"({'; '.join(e.describe() for e in weighed)}); the smallest: {smallest.tier}"
         )
+        return TierChoice(smallest.tier, smallest, reason, weighed)
     fastest = min(e.seconds or 0.0 for e in fitting)
     near = [e for e in fitting if (e.seconds or 0.0) <= fastest * (1 + TIE_FRACTION)]
     picked = min(near, key=lambda e: (fidelity_rank(e.tier), e.seconds))
@@ -523,11 +531,9 @@ def choose_tier(
 
 
 def available_tiers() -> tuple[str, ...]:
-    """The ``AUTO_TIERS`` this install can run: in ``quantize.QUANTIZE_CHOICES`` (the tiers implemented), and the
+    """The ``AUTO_TIERS`` this install can run: in ``QUANTIZE_CHOICES`` (the tiers implemented), and the
     bitsandbytes tiers only with bitsandbytes installed."""
     import importlib.util
-
-    from .quantize import QUANTIZE_CHOICES
 
     has_bnb = importlib.util.find_spec("bitsandbytes") is not None
     return tuple(t for t in AUTO_TIERS if t in QUANTIZE_CHOICES and (has_bnb or not (FORMATS[t] and FORMATS[t].pinned)))
@@ -543,7 +549,6 @@ def auto_quantize(
     device: torch.device,
     free_bytes: int | None,
     modules: Mapping[str, torch.nn.Module | None],
-    *,
     dtype: torch.dtype,
     offload: str = AUTO,
 ) -> TierChoice:

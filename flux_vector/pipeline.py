@@ -233,8 +233,11 @@ class FluxVectorPipeline:
         from diffusers import AutoencoderKL, FluxTransformer2DModel
         from transformers import CLIPTextModel, CLIPTokenizer, T5EncoderModel, T5TokenizerFast
 
-        if quantize not in (None, "8bit"):
-            raise ValueError(f"quantize={quantize!r} is not allowed; quantize must be None or '8bit'")
+        from .memory_tiers import AUTO, QUANTIZE_OPTIONS
+
+        if quantize not in (None, *QUANTIZE_OPTIONS):
+            allowed = ", ".join(repr(q) for q in QUANTIZE_OPTIONS)
+            raise ValueError(f"quantize={quantize!r} is not allowed; quantize must be None (auto) or one of {allowed}")
         device = torch.device(device) if device is not None else default_device()
         dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype or default_dtype(device)
         single_file = is_single_file(model)
@@ -267,6 +270,13 @@ class FluxVectorPipeline:
                 ("text_encoder", text_encoder),
             )
         }
+        if quantize in (None, AUTO) and device.type != "cpu":  # chosen from the free memory (memory_tiers.py)
+            from .memory_tiers import auto_quantize
+
+            modules = {"transformer": transformer, "text_encoder_2": text_encoder_2, "text_encoder": text_encoder}
+            auto = auto_quantize(device, accelerator_free_bytes(device), {**modules, "vae": vae}, dtype, offload)
+            quantize = auto.tier
+            log(f"quantize: auto picked {quantize} ({auto.reason})")
         if quantize == "8bit":
             from .quantize import quantize_linears_8bit
 

@@ -13,9 +13,10 @@ import sys
 import torch
 from torch import nn
 
-# Small or precision-critical layers stay in full precision, as diffusers' bnb integration keeps proj_out.
-KEEP_FULL_PRECISION = ("proj_out", "x_embedder", "context_embedder", "norm_out.linear")
-
+# The tier names and the layers every tier keeps in full precision (proj_out, x_embedder, context_embedder,
+# norm_out.linear: small or precision-critical, as diffusers' bnb integration keeps proj_out) are defined in the
+# torch-free leaf memory_tiers, which the command line's parsers and the memory estimates read.
+from .memory_tiers import KEEP_FULL_PRECISION, QUANTIZE_CHOICES  # noqa: F401
 
 # bitsandbytes logs "MatMul8bitLt: inputs will be cast from torch.bfloat16 to float16 during quantization" on every
 # int8 matmul (every layer, every step); this logger shows each distinct message once.

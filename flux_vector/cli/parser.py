@@ -25,6 +25,7 @@ def _model_options(*, falls_back_to_demo: bool) -> argparse.ArgumentParser:
     """--model/--lora/--quantize/--offload/--device: what every command that loads the model takes.
     ``falls_back_to_demo``: without --model and $FLUX_VECTOR_MODEL, a missing FLUX.1-dev means the shipped demo model
     (generate, serve, worker: they say so on the console, the banner and the playground)."""
+    from ..memory_tiers import AUTO, QUANTIZE_OPTIONS
     from ..models import DEFAULT_LORA, DEMO_MODEL, MODEL_ENV, builtin_lora_name
     from ..offload import DEFAULT_OFFLOAD, OFFLOAD_MODES
 
@@ -41,7 +42,13 @@ def _model_options(*, falls_back_to_demo: bool) -> argparse.ArgumentParser:
         help=f"LoRA file or hub id, or 'none' (default: the model's: {DEFAULT_LORA}, Simple Vector, for FLUX.1-dev "
         f"and other models; {builtin_lora_name(DEMO_MODEL)}, the demo's outline LoRA, for demo; its own for tiny)",
     )
-    g.add_argument("--quantize", choices=["8bit"], help="bitsandbytes int8 transformer (default: none)")
+    g.add_argument(
+        "--quantize",
+        default=AUTO,
+        choices=QUANTIZE_OPTIONS,
+        help="the transformer's weights: none (the dtype) | 8bit (bitsandbytes int8) | ... (default: auto, the "
+        "fastest tier that fits the GPU's free memory, with --offload; none on the CPU; `flux-vector doctor` shows it)",
+    )
     g.add_argument(
         "--offload",
         default=DEFAULT_OFFLOAD,
