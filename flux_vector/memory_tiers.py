@@ -562,3 +562,60 @@ def auto_quantize(
         offload=offload,
         tiers=available_tiers(),
     )
+
+
+# ----------------------------------------------------------------------------------------------- README table
+
+CARDS_GB = (8, 12, 16, 24, 48, 80)
+# An idle card's free memory: its size less what the CUDA context and a desktop hold (an assumption, not measured).
+CARD_RESERVED = 1 * GiB
+TABLE_TIERS = ("none", "fp8", "nf4", "8bit", "gguf-Q8_0", "gguf-Q6_K", "gguf-Q5_K", "gguf-Q4_1", "gguf-Q4_0")
+TABLE_START = "<!-- memory-tiers-table:start (python -m flux_vector.memory_tiers writes it) -->"
+TABLE_END = "<!-- memory-tiers-table:end -->"
+
+
+def readme_table(model: Mapping[str, ComponentCensus] | None = None, dtype_bytes: int = 2) -> str:
+    """The README's table (between ``TABLE_START`` and ``TABLE_END``): per tier FLUX.1-dev's transformer and total
+    weights, the peak with no offload, and on each card the offload mode auto takes with that tier and its expected
+    peak; the last row: the tier and mode ``--quantize auto`` picks (of ``AUTO_TIERS``; a GGUF file is a tier the
+    user chooses by giving it)."""
+    import types
+
+    model = model or FLUX_DEV
+    cuda = types.SimpleNamespace(type="cuda")  # choose_offload reads only the device's type
+    cards = [(gb, gb * GiB - CARD_RESERVED) for gb in CARDS_GB]
+    head = "| tier | transformer GiB | weights GiB | peak GiB, no offload | " + " | ".join(
+        f"{gb} GB" for gb in CARDS_GB
+    )
+    lines = [head + " |", "|---|" + "---:|" * 3 + "---|" * len(CARDS_GB)]
+    for tier in TABLE_TIERS:
+        sizes = component_bytes(model, tier, dtype_bytes)
+        cells = []
+        for _gb, free in cards:
+            e = estimate(tier, model, dtype_bytes=dtype_bytes, device=cuda, free_bytes=free)
+            cells.append(f"{e.offload.mode} {(e.peak_bytes or 0) / GiB:.1f}" if e.offload else "does not fit")
+        label = tier_label(tier).replace(" (no quantization)", "")
+        lines.append(
+            f"| {label} | {sizes['transformer'] / GiB:.1f} | {sum(sizes.values()) / GiB:.1f} | "
+            f"{mode_needs('none', sizes) / GiB:.1f} | " + " | ".join(cells) + " |"
+        )
+    picks = []
+    for _gb, free in cards:
+        c = choose_tier(model, dtype_bytes=dtype_bytes, device=cuda, free_bytes=free)
+        mode = c.picked.offload.mode if c.picked.offload else "?"
+        label = tier_label(c.tier).replace(" (no quantization)", "")
+        picks.append(f"**{label} {mode} {(c.picked.peak_bytes or 0) / GiB:.1f}** (~{c.picked.seconds or 0:.0f} s)")
+    lines.append("| **auto picks** | | | | " + " | ".join(picks) + " |")
+    return "\n".join(lines)
+
+
+def readme_section(text: str) -> str:
+    """The table as it stands between the markers in ``text`` (a README)."""
+    start, end = text.index(TABLE_START) + len(TABLE_START), text.index(TABLE_END)
+    return text[start:end].strip()
+
+
+if __name__ == "__main__":
+    print(TABLE_START)
+    print(readme_table())
+    print(TABLE_END)
