@@ -249,7 +249,7 @@ class WeightFormat:
         return out_features * in_features > self.min_elements
 
     def stored_bytes(self, out_features: int, in_features: int) -> int:
-        """Bytes of the weight tensor itself (what ``offload.module_bytes`` counts)."""
+        """Bytes of the weight tensor itself."""
         return math.ceil(out_features * in_features / self.block) * self.block_bytes
 
     def beside_bytes(self, out_features: int, in_features: int) -> int:
@@ -313,8 +313,8 @@ def fidelity_rank(tier: str) -> int:
 
 @dataclass(frozen=True)
 class HeldBytes:
-    """Bytes of one component under a tier: ``stored`` (its parameters and buffers, what ``offload.module_bytes``
-    counts after quantizing) and ``beside`` (quantization state outside them: int8 row scales, NF4 absmax)."""
+    """Bytes of one component under a tier: ``stored`` (its parameters and buffers) and ``beside`` (quantization
+    state outside them: int8 row scales, NF4 absmax and code); ``offload.module_bytes`` counts both (``total``)."""
 
     stored: int
     beside: int
@@ -356,33 +356,16 @@ def largest_group(
     plan: Mapping[str, str] | None = None,
 ) -> int:
     """The largest group group offload onloads under ``tier`` (``offload.largest_group_bytes`` from a census): over
-    the components ``plan`` (default: group offload's) groups; module_bytes counts stored bytes only."""
+    the components ``plan`` (default: group offload's) groups."""
     fmt = FORMATS[tier]
     plan = plan or offload_plan("group", quantized_8bit=bool(fmt and fmt.pinned))
     sizes = [
-        census_bytes(group, tier if name in quantized else "none", dtype_bytes).stored
+        census_bytes(group, tier if name in quantized else "none", dtype_bytes).total
         for name, part in model.items()
         if plan.get(name) == GROUP
         for group in part.groups
     ]
     return max(sizes, default=0)
-
-
-def held_bytes(module: torch.nn.Module) -> int:
-    """``offload.module_bytes`` plus the bitsandbytes quantization state beside the parameters (``SCB`` of int8
-    weights; ``absmax`` and ``code`` of 4-bit ones): what a quantized module really holds."""
-    from .offload import module_bytes
-
-    extra = 0
-    for tensor in module.parameters():
-        scb = getattr(tensor, "SCB", None)
-        if scb is not None:
-            extra += scb.numel() * scb.element_size()
-        state = getattr(tensor, "quant_state", None)
-        if state is not None:
-            for part in (state.absmax, state.code):
-                extra += part.numel() * part.element_size()
-    return module_bytes(module) + extra
 
 
 # ----------------------------------------------------------------------------------------------- estimate
@@ -419,7 +402,7 @@ class TierEstimate:
 
 
 def tier_label(tier: str) -> str:
-    return {"none": "bf16 (no quantization)"}.get(tier, tier.replace("gguf-", "GGUF "))
+    return {"none": "none (no quantization)"}.get(tier, tier.replace("gguf-", "GGUF "))
 
 
 def transfer_bytes_per_s(model: Mapping[str, ComponentCensus] | None = None, dtype_bytes: int = 2) -> float:
@@ -594,7 +577,7 @@ def readme_table(model: Mapping[str, ComponentCensus] | None = None, dtype_bytes
         for _gb, free in cards:
             e = estimate(tier, model, dtype_bytes=dtype_bytes, device=cuda, free_bytes=free)
             cells.append(f"{e.offload.mode} {(e.peak_bytes or 0) / GiB:.1f}" if e.offload else "does not fit")
-        label = tier_label(tier).replace(" (no quantization)", "")
+        label = "none (bf16)" if tier == "none" else tier_label(tier)
         lines.append(
             f"| {label} | {sizes['transformer'] / GiB:.1f} | {sum(sizes.values()) / GiB:.1f} | "
             f"{mode_needs('none', sizes) / GiB:.1f} | " + " | ".join(cells) + " |"
@@ -603,7 +586,7 @@ def readme_table(model: Mapping[str, ComponentCensus] | None = None, dtype_bytes
     for _gb, free in cards:
         c = choose_tier(model, dtype_bytes=dtype_bytes, device=cuda, free_bytes=free)
         mode = c.picked.offload.mode if c.picked.offload else "?"
-        label = tier_label(c.tier).replace(" (no quantization)", "")
+        label = "none (bf16)" if c.tier == "none" else tier_label(c.tier)
         picks.append(f"**{label} {mode} {(c.picked.peak_bytes or 0) / GiB:.1f}** (~{c.picked.seconds or 0:.0f} s)")
     lines.append("| **auto picks** | | | | " + " | ".join(picks) + " |")
     return "\n".join(lines)

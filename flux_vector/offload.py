@@ -49,9 +49,18 @@ class OffloadChoice:
 
 
 def module_bytes(module: torch.nn.Module | None) -> int:
+    """The bytes ``module`` holds: its parameters and buffers, and the quantization state bitsandbytes keeps beside
+    a quantized parameter (an int8 weight's row scales ``SCB``; a 4-bit weight's ``quant_state`` absmax and code)."""
     if module is None:
         return 0
-    return sum(t.numel() * t.element_size() for t in [*module.parameters(), *module.buffers()])
+    total = 0
+    for tensor in [*module.parameters(), *module.buffers()]:
+        total += tensor.numel() * tensor.element_size()
+        state = getattr(tensor, "quant_state", None)
+        for extra in (getattr(tensor, "SCB", None), getattr(state, "absmax", None), getattr(state, "code", None)):
+            if extra is not None:
+                total += extra.numel() * extra.element_size()
+    return total
 
 
 def offload_plan(mode: str, *, quantized_8bit: bool = False) -> dict[str, str]:
