@@ -22,6 +22,7 @@ LAYERS = [
         "bfl",
         "offload",
         "quantize",
+        "memory_tiers",
         "cache",
         "tiny",
         "demo",
