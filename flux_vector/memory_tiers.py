@@ -47,21 +47,17 @@ from .offload import (
     mode_needs,
     offload_plan,
 )
+from .quantize import KEEP_FULL_PRECISION, QUANTIZE_CHOICES, T5_KEEP_FULL_PRECISION
 
 if TYPE_CHECKING:
     import torch
 
-# The tiers ``quantize`` / ``--quantize`` take ("none": the pipeline dtype), re-exported by quantize.py; defined in
-# this torch-free leaf so the command line's parsers start without torch. Issue 30's nf4 and fp8 join on merge.
-QUANTIZE_CHOICES = ("none", "8bit")
 AUTO = "auto"  # quantize=None / --quantize auto (the default): chosen here from the free memory
-# Small or precision-critical linears the bitsandbytes and fp8 tiers keep in full precision (quantize.py imports
-# it), as diffusers' bitsandbytes integration keeps proj_out.
-KEEP_FULL_PRECISION = ("proj_out", "x_embedder", "context_embedder", "norm_out.linear")
-
-
 QUANTIZE_OPTIONS = (AUTO, *QUANTIZE_CHOICES)  # what ``from_pretrained(quantize=...)`` and ``--quantize`` accept
 
+
+# What each component's tiers keep in full precision: (dotted names, last name parts): quantize.py's lists.
+KEEP = {"transformer": (KEEP_FULL_PRECISION, ()), "text_encoder_2": ((), T5_KEEP_FULL_PRECISION)}
 
 # ----------------------------------------------------------------------------------------------- census
 
@@ -69,8 +65,9 @@ QUANTIZE_OPTIONS = (AUTO, *QUANTIZE_CHOICES)  # what ``from_pretrained(quantize=
 @dataclass(frozen=True)
 class Census:
     """A module's elements by kind: ``linears`` as (out_features, in_features, kept, count), ``kept`` True for a
-    ``KEEP_FULL_PRECISION`` linear; ``other``: every other floating-point parameter and buffer element (biases
-    included), held in the pipeline dtype; ``fixed_bytes``: the integer buffers (CLIP's position ids), as they are."""
+    linear every tier keeps in full precision (``KEEP_FULL_PRECISION``, T5's ``wo``: ``KEEP``); ``other``: every
+    other floating-point parameter and buffer element (biases included), held in the pipeline dtype;
+    ``fixed_bytes``: the integer buffers (CLIP's position ids), as they are."""
 
     linears: tuple[tuple[int, int, bool, int], ...]
     other: int
@@ -113,9 +110,12 @@ class ComponentCensus:
     groups: tuple[Census, ...] = ()
 
 
-def census(module: torch.nn.Module, keep: tuple[str, ...] = KEEP_FULL_PRECISION, prefix: str = "") -> Census:
+def census(
+    module: torch.nn.Module, keep: tuple[str, ...] = (), keep_leaves: tuple[str, ...] = (), prefix: str = ""
+) -> Census:
     """The census of a real or meta module tree, before quantization. Linears are matched as ``quantize`` matches
-    them (``type(m) is nn.Linear``); ``keep`` by their dotted name from the component's root (``prefix`` + name)."""
+    them (``type(m) is nn.Linear``), kept by their dotted name from the component's root (``prefix`` + name) in
+    ``keep`` or its last part in ``keep_leaves``."""
     from torch import nn
 
     linears: list[tuple[int, int, bool]] = []
@@ -124,7 +124,8 @@ def census(module: torch.nn.Module, keep: tuple[str, ...] = KEEP_FULL_PRECISION,
     for name, sub in module.named_modules():
         full = f"{prefix}{name}"
         if type(sub) is nn.Linear:
-            linears.append((sub.out_features, sub.in_features, full in keep))
+            kept = full in keep or full.rsplit(".", 1)[-1] in keep_leaves
+            linears.append((sub.out_features, sub.in_features, kept))
             seen.add(id(sub.weight))
     for tensor in [*module.parameters(), *module.buffers()]:  # parameters() de-duplicates tied weights
         if id(tensor) in seen:
@@ -136,25 +137,25 @@ def census(module: torch.nn.Module, keep: tuple[str, ...] = KEEP_FULL_PRECISION,
     return Census.of(linears, other, fixed)
 
 
-def component_census(
-    name: str, module: torch.nn.Module, keep: tuple[str, ...] = KEEP_FULL_PRECISION
-) -> ComponentCensus:
-    """``census`` of component ``name`` with its group-offload groups (as ``offload.block_group_bytes`` cuts them)."""
+def component_census(name: str, module: torch.nn.Module) -> ComponentCensus:
+    """``census`` of component ``name`` (its ``KEEP`` layers) with its group-offload groups (as
+    ``offload.block_group_bytes`` cuts them)."""
     from torch import nn
 
-    whole = census(module, keep)
+    keep, leaves = KEEP.get(name, ((), ()))
+    whole = census(module, keep, leaves)
     if name not in GROUP_TARGET:
         return ComponentCensus(whole)
     path = GROUP_TARGET[name]
     target = module.get_submodule(path) if path else module
     prefix = f"{path}." if path else ""
     blocks = [
-        census(block, keep, prefix=f"{prefix}{child_name}.{index}.")
+        census(block, keep, leaves, prefix=f"{prefix}{child_name}.{index}.")
         for child_name, child in target.named_children()
         if isinstance(child, nn.ModuleList | nn.Sequential)
         for index, block in enumerate(child)
     ]
-    rest = census(target, keep, prefix=prefix)
+    rest = census(target, keep, leaves, prefix=prefix)
     for block in blocks:
         rest = rest - block
     groups = blocks if rest.empty else [*blocks, rest]
@@ -164,7 +165,7 @@ def component_census(
 # FLUX.1-dev's components (black-forest-labs/FLUX.1-dev's configs: the transformer, T5-XXL's encoder, CLIP-L, the
 # 16-channel VAE): 11.90 G, 4.76 G, 123 M and 84 M parameters. tests/test_memory_tiers.py builds them on the meta
 # device and checks these censuses (and the group-offload groups) against ``component_census``.
-_T5_BLOCK_LINEARS = ((4096, 4096, False, 4), (4096, 10240, False, 1), (10240, 4096, False, 2))
+_T5_BLOCK_LINEARS = ((4096, 4096, False, 4), (4096, 10240, True, 1), (10240, 4096, False, 2))
 FLUX_DEV: dict[str, ComponentCensus] = {
     "transformer": ComponentCensus(
         Census(
@@ -208,7 +209,7 @@ FLUX_DEV: dict[str, ComponentCensus] = {
         ),
     ),
     "text_encoder_2": ComponentCensus(
-        Census(((4096, 4096, False, 96), (4096, 10240, False, 24), (10240, 4096, False, 48)), 131_799_040),
+        Census(((4096, 4096, False, 96), (4096, 10240, True, 24), (10240, 4096, False, 48)), 131_799_040),
         (Census(_T5_BLOCK_LINEARS, 10_240), Census(_T5_BLOCK_LINEARS, 8_192), Census((), 131_600_384)),
     ),
     "text_encoder": ComponentCensus(
@@ -249,8 +250,8 @@ class WeightFormat:
         return out_features * in_features > self.min_elements
 
     def stored_bytes(self, out_features: int, in_features: int) -> int:
-        """Bytes of the weight tensor itself."""
-        return math.ceil(out_features * in_features / self.block) * self.block_bytes
+        """Bytes of the weight tensor itself (a flattened format packs a last partial block without padding)."""
+        return math.ceil(out_features * in_features * self.block_bytes / self.block)
 
     def beside_bytes(self, out_features: int, in_features: int) -> int:
         """Bytes a tier keeps beside the weight tensor (scales outside the parameter)."""
@@ -300,6 +301,12 @@ FIDELITY = ("none", "gguf-Q8_0", "8bit", "fp8", "gguf-Q6_K", "gguf-Q5_K", "gguf-
 AUTO_TIERS = ("none", "fp8", "nf4", "8bit")
 
 
+def is_pinned(tier: str) -> bool:
+    """The tier's weights stay on the device under any offload (bitsandbytes: ``quantize.BITSANDBYTES_TIERS``)."""
+    fmt = FORMATS[tier]
+    return bool(fmt and fmt.pinned)
+
+
 def tier_seconds(tier: str) -> float:
     return TIER_SECONDS.get(tier, GGUF_OTHER_SECONDS if tier.startswith("gguf-") else TIER_SECONDS["none"])
 
@@ -337,14 +344,17 @@ def census_bytes(counted: Census, tier: str, dtype_bytes: int) -> HeldBytes:
     return HeldBytes(stored, beside)
 
 
+def tiers_of(tier: str, text_tier: str = "none") -> dict[str, str]:
+    """Each component's tier: the transformer's ``tier``, T5's ``text_tier`` (``quantize_text``), the rest none."""
+    return {"transformer": tier, "text_encoder_2": text_tier}
+
+
 def component_bytes(
-    model: Mapping[str, ComponentCensus], tier: str, dtype_bytes: int, *, quantized: tuple[str, ...] = ("transformer",)
+    model: Mapping[str, ComponentCensus], tier: str, dtype_bytes: int, *, text_tier: str = "none"
 ) -> dict[str, int]:
-    """Bytes per component: the ``quantized`` components under ``tier``, the others in the dtype."""
-    return {
-        name: census_bytes(part.whole, tier if name in quantized else "none", dtype_bytes).total
-        for name, part in model.items()
-    }
+    """Bytes per component: the transformer under ``tier``, T5 under ``text_tier``, the others in the dtype."""
+    tiers = tiers_of(tier, text_tier)
+    return {name: census_bytes(part.whole, tiers.get(name, "none"), dtype_bytes).total for name, part in model.items()}
 
 
 def largest_group(
@@ -352,15 +362,15 @@ def largest_group(
     tier: str,
     dtype_bytes: int,
     *,
-    quantized: tuple[str, ...] = ("transformer",),
+    text_tier: str = "none",
     plan: Mapping[str, str] | None = None,
 ) -> int:
     """The largest group group offload onloads under ``tier`` (``offload.largest_group_bytes`` from a census): over
     the components ``plan`` (default: group offload's) groups."""
-    fmt = FORMATS[tier]
-    plan = plan or offload_plan("group", quantized_8bit=bool(fmt and fmt.pinned))
+    plan = plan or offload_plan("group", quantized_8bit=is_pinned(tier))
+    tiers = tiers_of(tier, text_tier)
     sizes = [
-        census_bytes(group, tier if name in quantized else "none", dtype_bytes).total
+        census_bytes(group, tiers.get(name, "none"), dtype_bytes).total
         for name, part in model.items()
         if plan.get(name) == GROUP
         for group in part.groups
@@ -442,23 +452,29 @@ def estimate(
     device: torch.device | Any,
     free_bytes: int | None,
     offload: str = AUTO,
-    quantized: tuple[str, ...] = ("transformer",),
+    text_tier: str = "none",
 ) -> TierEstimate:
-    """``tier`` on this device: the bytes, the offload mode ``offload.choose_offload`` picks for them (an explicit
-    ``offload`` must also fit in ``free_bytes`` when known), the expected peak (``offload.mode_needs``)."""
-    fmt = FORMATS[tier]
-    pinned = bool(fmt and fmt.pinned)
-    sizes = component_bytes(model, tier, dtype_bytes, quantized=quantized)
-    group = largest_group(model, tier, dtype_bytes, quantized=quantized)
+    """``tier`` (and T5 in ``text_tier``) on this device: the bytes, the offload mode ``offload.choose_offload``
+    picks for them (an explicit ``offload`` must also fit in ``free_bytes`` when known), the expected peak
+    (``offload.mode_needs``). A bitsandbytes T5 stays on the device (quantize.py): resident in every mode."""
+    pinned = is_pinned(tier)
+    sizes = component_bytes(model, tier, dtype_bytes, text_tier=text_tier)
+    plan = dict(offload_plan("group", quantized_8bit=pinned))
+    resident_t5 = sizes.pop("text_encoder_2", 0) if is_pinned(text_tier) else 0
+    if resident_t5:
+        plan["text_encoder_2"] = DEVICE
+    group = largest_group(model, tier, dtype_bytes, text_tier=text_tier, plan=plan)
+    free = None if free_bytes is None else free_bytes - resident_t5
+    held = {**sizes, "text_encoder_2": resident_t5} if resident_t5 else sizes
     try:
-        choice = choose_offload(offload, device, free_bytes, sizes, largest_group=group, quantized_8bit=pinned)
+        choice = choose_offload(offload, device, free, sizes, largest_group=group, quantized_8bit=pinned)
     except ValueError as exc:  # the pinned transformer does not fit, or the mode cannot hold it
-        return TierEstimate(tier, sizes, group, None, None, None, why_not=str(exc))
-    peak = mode_needs(choice.mode, sizes, largest_group=group, quantized_8bit=pinned)
-    if offload != AUTO and free_bytes is not None and peak > free_bytes:
+        return TierEstimate(tier, held, group, None, None, None, why_not=str(exc))
+    peak = mode_needs(choice.mode, sizes, largest_group=group, quantized_8bit=pinned) + resident_t5
+    if free_bytes is not None and peak > free_bytes and (offload != AUTO or resident_t5):
         why = f"offload {choice.mode} needs {peak / GiB:.1f} GiB, {free_bytes / GiB:.1f} GiB free"
-        return TierEstimate(tier, sizes, group, None, peak, None, why_not=why)
-    return TierEstimate(tier, sizes, group, choice, peak, expected_seconds(tier, choice.mode, sizes, pinned))
+        return TierEstimate(tier, held, group, None, peak, None, why_not=why)
+    return TierEstimate(tier, held, group, choice, peak, expected_seconds(tier, choice.mode, sizes, pinned))
 
 
 @dataclass(frozen=True)
@@ -480,17 +496,17 @@ def choose_tier(
     free_bytes: int | None,
     offload: str = AUTO,
     tiers: tuple[str, ...] = AUTO_TIERS,
+    text_tier: str = "none",
 ) -> TierChoice:
     """The fastest tier that fits (module doc); ties within ``TIE_FRACTION`` go to the most faithful. Without an
-    accelerator, or with the free memory unknown, no quantization ("none"), as before tiers were chosen."""
+    accelerator, or with the free memory unknown, no quantization ("none"), as before tiers were chosen. ``text_tier``:
+    T5's tier (``quantize_text``, the user's), counted in every candidate."""
+    weigh = dict(dtype_bytes=dtype_bytes, device=device, free_bytes=free_bytes, offload=offload, text_tier=text_tier)
     if getattr(device, "type", device) == "cpu" or free_bytes is None:
         where = "no accelerator" if getattr(device, "type", device) == "cpu" else "free memory unknown"
-        only = estimate("none", model, dtype_bytes=dtype_bytes, device=device, free_bytes=free_bytes, offload=offload)
+        only = estimate("none", model, **weigh)
         return TierChoice("none", only, f"{where}: no quantization", (only,))
-    weighed = tuple(
-        estimate(t, model, dtype_bytes=dtype_bytes, device=device, free_bytes=free_bytes, offload=offload)
-        for t in tiers
-    )
+    weighed = tuple(estimate(t, model, **weigh) for t in tiers)
     fitting = [e for e in weighed if e.fits and e.seconds is not None]
     if not fitting:  # only with an explicit offload (auto's last resort, sequential, always fits): the smallest peak
         sized = [e for e in weighed if e.peak_bytes is not None] or [weighed[0]]
@@ -519,7 +535,7 @@ def available_tiers() -> tuple[str, ...]:
     import importlib.util
 
     has_bnb = importlib.util.find_spec("bitsandbytes") is not None
-    return tuple(t for t in AUTO_TIERS if t in QUANTIZE_CHOICES and (has_bnb or not (FORMATS[t] and FORMATS[t].pinned)))
+    return tuple(t for t in AUTO_TIERS if t in QUANTIZE_CHOICES and (has_bnb or not is_pinned(t)))
 
 
 def dtype_size(dtype: torch.dtype) -> int:
@@ -534,8 +550,10 @@ def auto_quantize(
     modules: Mapping[str, torch.nn.Module | None],
     dtype: torch.dtype,
     offload: str = AUTO,
+    text_tier: str = "none",
 ) -> TierChoice:
-    """``from_pretrained(quantize=None)``: the tier for these loaded (not yet quantized) components on ``device``."""
+    """``from_pretrained(quantize=None)``: the tier for these loaded (not yet quantized) components on ``device``
+    (leave out the components that are not on it: ``text_device="cpu"``'s text encoders); ``text_tier``: T5's."""
     model = {name: component_census(name, module) for name, module in modules.items() if module is not None}
     return choose_tier(
         model,
@@ -544,6 +562,7 @@ def auto_quantize(
         free_bytes=free_bytes,
         offload=offload,
         tiers=available_tiers(),
+        text_tier=text_tier,
     )
 
 

@@ -13,10 +13,16 @@ import sys
 import torch
 from torch import nn
 
-# The tier names and the layers every tier keeps in full precision (proj_out, x_embedder, context_embedder,
-# norm_out.linear: small or precision-critical, as diffusers' bnb integration keeps proj_out) are defined in the
-# torch-free leaf memory_tiers, which the command line's parsers and the memory estimates read.
-from .memory_tiers import KEEP_FULL_PRECISION, QUANTIZE_CHOICES  # noqa: F401
+# The tiers ``quantize`` takes (None means "none"; memory_tiers.AUTO, "auto", chooses among them). Issue 30 helper A's
+# branch adds "nf4" and "fp8" and imports torch lazily in this module (the CLI's parsers read these names without
+# torch): take its lines on merge.
+QUANTIZE_CHOICES = ("none", "8bit")
+# Small or precision-critical layers stay in full precision, as diffusers' bnb integration keeps proj_out.
+KEEP_FULL_PRECISION = ("proj_out", "x_embedder", "context_embedder", "norm_out.linear")
+# T5's feed-forward output layers (``...DenseReluDense.wo``) stay in full precision in the text encoder's tiers,
+# matched by the last name component (helper A's quantize_text_encoder; memory_tiers counts them so).
+T5_KEEP_FULL_PRECISION = ("wo",)
+
 
 # bitsandbytes logs "MatMul8bitLt: inputs will be cast from torch.bfloat16 to float16 during quantization" on every
 # int8 matmul (every layer, every step); this logger shows each distinct message once.

@@ -49,14 +49,17 @@ def quantize_8bit(module: nn.Module) -> int:
     return module_bytes(module)
 
 
-def independent_count(module: nn.Module, quantize_weight) -> int:
-    """Bytes of ``module`` with each linear weight a tier quantizes (``quantize.KEEP_FULL_PRECISION`` kept) replaced
-    by what ``quantize_weight(weight)`` returns (the tensors that tier stores for it), everything else as it is."""
+def independent_count(module: nn.Module, quantize_weight, keep=None, keep_leaves=()) -> int:
+    """Bytes of ``module`` with each linear weight a tier quantizes (``keep`` by name, default
+    ``quantize.KEEP_FULL_PRECISION``, and ``keep_leaves`` by last name part, kept) replaced by what
+    ``quantize_weight(weight)`` returns (the tensors that tier stores for it), everything else as it is."""
     from flux_vector.quantize import KEEP_FULL_PRECISION
 
+    keep = KEEP_FULL_PRECISION if keep is None else keep
     total = module_bytes(module)
     for name, sub in module.named_modules():
-        if type(sub) is nn.Linear and name not in KEEP_FULL_PRECISION:
+        kept = name in keep or name.rsplit(".", 1)[-1] in keep_leaves
+        if type(sub) is nn.Linear and not kept:
             total -= sub.weight.numel() * sub.weight.element_size()
             total += sum(t.numel() * t.element_size() for t in quantize_weight(sub.weight.data))
     return total
@@ -68,6 +71,14 @@ def nf4_tensors(weight: torch.Tensor) -> list[torch.Tensor]:
 
     packed, state = bnb.functional.quantize_4bit(weight, blocksize=64, quant_type="nf4", compress_statistics=False)
     return [packed, state.absmax, state.code]
+
+
+def int8_tensors(weight: torch.Tensor) -> list[torch.Tensor]:
+    """bitsandbytes LLM.int8 as ``Int8Params`` quantizes on a move: the int8 weight and its row scales."""
+    import bitsandbytes as bnb
+
+    param = bnb.nn.Int8Params(weight.clone(), requires_grad=False, has_fp16_weights=False).to("cpu")
+    return [param.data, param.SCB]
 
 
 def fp8_tensors(weight: torch.Tensor) -> list[torch.Tensor]:
@@ -124,7 +135,7 @@ def test_the_estimate_equals_the_tiny_transformers_real_bytes(tiny_dir, tier):
     if tier in ("8bit", "nf4") and not has_bitsandbytes():
         pytest.skip("bitsandbytes is not installed")
     transformer = tiny_parts(tiny_dir)["transformer"]
-    counted = mt.census(transformer)  # before quantizing: the census is of the model as loaded
+    counted = mt.component_census("transformer", transformer).whole  # before quantizing: the model as loaded
     estimate = mt.census_bytes(counted, tier, dtype_bytes=4)
     real = REAL_BYTES[tier](transformer)
     assert estimate.total == real
@@ -171,6 +182,34 @@ def test_the_8bit_estimate_of_the_tiny_model_feeds_the_same_offload_choice(tiny_
             continue
         assert estimate.offload is not None and estimate.offload.mode == choice.mode
         assert estimate.peak_bytes == needs[choice.mode] <= free
+
+
+@pytest.mark.parametrize("tier", ["8bit", "nf4", "fp8"])
+def test_the_text_tier_estimate_equals_t5s_real_bytes(tiny_dir, tier):
+    """T5 under ``quantize_text``: its ``wo`` layers kept (quantize.T5_KEEP_FULL_PRECISION), counted independently."""
+    from flux_vector.quantize import T5_KEEP_FULL_PRECISION
+
+    if tier in ("8bit", "nf4") and not has_bitsandbytes():
+        pytest.skip("bitsandbytes is not installed")
+    t5 = tiny_parts(tiny_dir)["text_encoder_2"]
+    model = {"text_encoder_2": mt.component_census("text_encoder_2", t5)}
+    estimated = mt.component_bytes(model, "none", 4, text_tier=tier)["text_encoder_2"]
+    tensors = {"8bit": int8_tensors, "nf4": nf4_tensors, "fp8": fp8_tensors}[tier]
+    real = independent_count(t5, tensors, keep=(), keep_leaves=T5_KEEP_FULL_PRECISION)
+    assert estimated == real < module_bytes(t5)
+    assert any(kept for _o, _i, kept, _n in model["text_encoder_2"].whole.linears)  # the wo layers
+
+
+def test_a_bitsandbytes_text_tier_is_resident_in_every_mode():
+    plain = mt.estimate("fp8", mt.FLUX_DEV, dtype_bytes=2, device=CUDA, free_bytes=12 * GiB)
+    nf4_t5 = mt.estimate("fp8", mt.FLUX_DEV, dtype_bytes=2, device=CUDA, free_bytes=12 * GiB, text_tier="nf4")
+    t5 = nf4_t5.component_bytes["text_encoder_2"]
+    assert t5 < plain.component_bytes["text_encoder_2"]
+    assert nf4_t5.fits and nf4_t5.peak_bytes <= 12 * GiB
+    # the T5 stays on the GPU, so its bytes add to the peak of the mode chosen for the rest
+    rest = {k: v for k, v in nf4_t5.component_bytes.items() if k != "text_encoder_2"}
+    group = nf4_t5.largest_group
+    assert nf4_t5.peak_bytes == mode_needs(nf4_t5.offload.mode, rest, largest_group=group) + t5
 
 
 # ----------------------------------------------------------------------------------------------- FLUX.1-dev
