@@ -227,7 +227,7 @@ class WeightFormat:
     """How a quantized linear weight of ``out x in`` is held: ``block`` weights take ``block_bytes`` in the stored
     tensor; beside it ``row_scale_bytes`` per output row, ``block_scale_bytes`` per block and ``layer_bytes`` per
     layer. ``rows``: blocks run along each row (GGUF: a row whose length is not a multiple of ``block``, or a tensor
-    of at most ``min_elements``, stays in full precision) rather than over the flattened weight (NF4).
+    of fewer than ``min_elements``, stays in full precision) rather than over the flattened weight (NF4).
     ``keeps_named``: the ``KEEP_FULL_PRECISION`` linears stay in full precision (bitsandbytes, fp8; a GGUF file
     quantizes them). ``pinned``: the weights stay on the device under any offload (``offload.offload_plan``)."""
 
@@ -247,7 +247,7 @@ class WeightFormat:
             return False
         if self.rows and in_features % self.block:
             return False
-        return out_features * in_features > self.min_elements
+        return out_features * in_features >= self.min_elements
 
     def stored_bytes(self, out_features: int, in_features: int) -> int:
         """Bytes of the weight tensor itself (a flattened format packs a last partial block without padding)."""
@@ -266,8 +266,8 @@ INT8 = WeightFormat("8bit", block=1, block_bytes=1, row_scale_bytes=4, pinned=Tr
 NF4 = WeightFormat("nf4", block=64, block_bytes=32, block_scale_bytes=4, layer_bytes=16 * 4, pinned=True)
 # float8_e4m3fn storage, computed in the pipeline dtype (ComfyUI's fp8_e4m3fn weight dtype): one byte, no scale.
 FP8 = WeightFormat("fp8", block=1, block_bytes=1)
-# GGUF (city96's FLUX files): blocks with their scales inside; 1-D tensors and tensors of <= 1024 elements stay F32
-# in the file (counted here in the pipeline dtype, as the loader casts them).
+# GGUF (city96's FLUX files): blocks with their scales inside; 1-D tensors, tensors of fewer than 1024 elements and
+# rows that are not whole blocks stay F32 in the file (counted here in the pipeline dtype, as the loader casts them).
 GGUF_BLOCKS = {  # type -> (weights per block, bytes per block)
     "Q8_0": (32, 34),
     "Q6_K": (256, 210),

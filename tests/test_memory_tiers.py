@@ -87,7 +87,7 @@ def fp8_tensors(weight: torch.Tensor) -> list[torch.Tensor]:
 
 def gguf_bytes(module: nn.Module, qtype: str) -> int:
     """Bytes of ``module`` as a city96-style GGUF transformer holds it, counted with the ``gguf`` package: every
-    linear weight the type can take (rows a multiple of its block, more than 1024 values) quantized by
+    linear weight the type can take (rows a multiple of its block, at least 1024 values) quantized by
     ``gguf.quants.quantize`` (K types: sized by gguf's byte-shape table), everything else in the module's dtype."""
     import gguf
     import numpy as np
@@ -99,7 +99,7 @@ def gguf_bytes(module: nn.Module, qtype: str) -> int:
         if type(sub) is not nn.Linear:
             continue
         weight = sub.weight.data.float().numpy()
-        if weight.shape[1] % block or weight.size <= 1024:
+        if weight.shape[1] % block or weight.size < 1024:
             continue
         total -= sub.weight.numel() * sub.weight.element_size()
         if qtype.endswith("_K"):  # the gguf package quantizes no K type in Python: its byte-shape table then
