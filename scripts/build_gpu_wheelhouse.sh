@@ -16,7 +16,7 @@ CARRY_LIMIT_MIB=${CARRY_LIMIT_MIB:-64}
 # Pinned to the versions the test suite runs with (pyproject); torchao 0.18 loads its kernels on torch >= 2.11.
 PACKAGES=(
   diffusers==0.42.1 importlib_metadata==10.2.0 lazy-importer==0.1.0
-  bitsandbytes==0.50.2 torchao==0.18.0
+  bitsandbytes==0.50.2 torchao==0.18.0 gguf==0.19.0
   torchsde==0.2.6 trampoline==0.1.2
   pydantic==2.14.4 pydantic_core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5 typing_extensions==4.16.0
 )
