@@ -501,12 +501,23 @@ def choose_tier(
     """The fastest tier that fits (module doc); ties within ``TIE_FRACTION`` go to the most faithful. Without an
     accelerator, or with the free memory unknown, no quantization ("none"), as before tiers were chosen. ``text_tier``:
     T5's tier (``quantize_text``, the user's), counted in every candidate."""
-    weigh = dict(dtype_bytes=dtype_bytes, device=device, free_bytes=free_bytes, offload=offload, text_tier=text_tier)
+
+    def weigh(tier: str) -> TierEstimate:
+        return estimate(
+            tier,
+            model,
+            dtype_bytes=dtype_bytes,
+            device=device,
+            free_bytes=free_bytes,
+            offload=offload,
+            text_tier=text_tier,
+        )
+
     if getattr(device, "type", device) == "cpu" or free_bytes is None:
         where = "no accelerator" if getattr(device, "type", device) == "cpu" else "free memory unknown"
-        only = estimate("none", model, **weigh)
+        only = weigh("none")
         return TierChoice("none", only, f"{where}: no quantization", (only,))
-    weighed = tuple(estimate(t, model, **weigh) for t in tiers)
+    weighed = tuple(weigh(t) for t in tiers)
     fitting = [e for e in weighed if e.fits and e.seconds is not None]
     if not fitting:  # only with an explicit offload (auto's last resort, sequential, always fits): the smallest peak
         sized = [e for e in weighed if e.peak_bytes is not None] or [weighed[0]]
