@@ -46,8 +46,8 @@ def _model_options(*, falls_back_to_demo: bool) -> argparse.ArgumentParser:
         "--quantize",
         default=AUTO,
         choices=QUANTIZE_OPTIONS,
-        help="the transformer's weights: none (the dtype) | 8bit (bitsandbytes int8) | ... (default: auto, the "
-        "fastest tier that fits the GPU's free memory, with --offload; none on the CPU; `flux-vector doctor` shows it)",
+        help=f"the transformer's weights: {' | '.join(QUANTIZE_OPTIONS)} (default: auto: the fastest tier that fits "
+        "the GPU's free memory, with --offload; none on the CPU; `flux-vector doctor` shows the pick)",
     )
     g.add_argument(
         "--offload",
