@@ -577,6 +577,31 @@ def auto_quantize(
     )
 
 
+def pick_quantize(
+    quantize: str | None,
+    device: torch.device,
+    modules: Mapping[str, torch.nn.Module | None],
+    dtype: torch.dtype,
+    offload: str = AUTO,
+    *,
+    gguf: bool = False,
+    text_tier: str = "none",
+    log=print,
+) -> str:
+    """``from_pretrained``'s ``quantize`` as the tier to apply: a tier named is kept; None / ``AUTO`` is "none" for a
+    GGUF model (the file is its tier: auto picks only the offload) and without an accelerator (as before tiers were
+    chosen), else ``auto_quantize``'s pick for these loaded components, logged with its reason."""
+    if quantize not in (None, AUTO):
+        return quantize
+    if gguf or device.type == "cpu":
+        return "none"
+    from .offload import accelerator_free_bytes
+
+    choice = auto_quantize(device, accelerator_free_bytes(device), modules, dtype, offload, text_tier)
+    log(f"quantize: auto picked {choice.tier} ({choice.reason})")
+    return choice.tier
+
+
 # ----------------------------------------------------------------------------------------------- README table
 
 CARDS_GB = (8, 12, 16, 24, 48, 80)

@@ -233,7 +233,7 @@ class FluxVectorPipeline:
         from diffusers import AutoencoderKL, FluxTransformer2DModel
         from transformers import CLIPTextModel, CLIPTokenizer, T5EncoderModel, T5TokenizerFast
 
-        from .memory_tiers import AUTO, QUANTIZE_OPTIONS
+        from .memory_tiers import QUANTIZE_OPTIONS, pick_quantize
 
         if quantize not in (None, *QUANTIZE_OPTIONS):
             allowed = ", ".join(repr(q) for q in QUANTIZE_OPTIONS)
@@ -270,13 +270,9 @@ class FluxVectorPipeline:
                 ("text_encoder", text_encoder),
             )
         }
-        if quantize in (None, AUTO) and device.type != "cpu":  # chosen from the free memory (memory_tiers.py)
-            from .memory_tiers import auto_quantize
-
-            modules = {"transformer": transformer, "text_encoder_2": text_encoder_2, "text_encoder": text_encoder}
-            auto = auto_quantize(device, accelerator_free_bytes(device), {**modules, "vae": vae}, dtype, offload)
-            quantize = auto.tier
-            log(f"quantize: auto picked {quantize} ({auto.reason})")
+        # None / "auto": the tier chosen from the free memory (memory_tiers.py); "none" on the CPU, as before
+        modules = {"transformer": transformer, "text_encoder_2": text_encoder_2, "text_encoder": text_encoder}
+        quantize = pick_quantize(quantize, device, {**modules, "vae": vae}, dtype, offload, log=log)
         if quantize == "8bit":
             from .quantize import quantize_linears_8bit
 
