@@ -114,12 +114,20 @@ def not_downloaded(repo_id: str, kind: str = "model") -> WeightsNotFound:
     return WeightsNotFound(f"{head}, {python}", cli_message=f"{head}, {cli}")
 
 
-def check_weights(model: str, lora: str | os.PathLike | None, *, base: str = DEFAULT_MODEL) -> None:
-    """Raise ``WeightsNotFound`` now, before anything loads, when the model (for a single-file transformer: its
-    ``base``) or the LoRA cannot be found locally. Reads only the file system and the cache index."""
-    single_file = is_single_file(model)
-    resolve_model(base if single_file else model)
-    resolve_lora(lora, base if single_file and base == "tiny" else model)
+def check_weights(model: str, lora: str | os.PathLike | None, *, base: str | None = None, **files) -> None:
+    """Raise now, before anything loads, when the model (for a single-file transformer: the component files
+    ``single_file`` would load, ``files`` being from_pretrained's ``clip_l_file``/``t5_file``/``vae_file``/
+    ``comfyui_models``, and its ``base``) or the LoRA cannot be found locally. Reads only the file system, the
+    files' headers and the cache index."""
+    from .single_file.find import find_model_file, lora_in_comfyui_models, plan_single_file
+
+    model_file = find_model_file(model, files.get("comfyui_models"))
+    if model_file is not None:
+        plan_single_file(model_file, base=base, **files)
+    else:
+        resolve_model(model)
+    if lora_in_comfyui_models(lora, files.get("comfyui_models")) is None:
+        resolve_lora(lora, base if model_file is not None and base == "tiny" else model)
 
 
 def builtin_lora_name(model: str) -> str | None:

@@ -40,7 +40,6 @@ from .models import (
     DEMO_NOTICE,
     aspect_ratio_sizes,
     default_model,
-    is_single_file,
     resolve_lora,
     resolve_model,
     running_lora_name,
@@ -213,6 +212,10 @@ class FluxVectorPipeline:
         device: str | torch.device | None = None,
         dtype: torch.dtype | str | None = None,
         base: str | None = None,
+        clip_l_file: str | os.PathLike | None = None,
+        t5_file: str | os.PathLike | None = None,
+        vae_file: str | os.PathLike | None = None,
+        comfyui_models: str | os.PathLike | None = None,
         fast: bool | Mapping[str, Any] | None = None,
         compile: bool | None = None,
         log=print,
@@ -220,8 +223,13 @@ class FluxVectorPipeline:
         """Load the components and the LoRA; nothing is downloaded.
 
         ``model``: "demo" (the shipped toy that draws shapes), "tiny" (random weights), a diffusers folder, a hub id
-        in the local cache, or a single-file BFL-layout transformer (``flux1-dev.safetensors``), whose config, text
-        encoders and VAE then come from ``base`` (default FLUX.1-dev).
+        in the local cache, or a single-file BFL-layout transformer (``flux1-dev.safetensors``, bf16 or fp8, with
+        ComfyUI's prefix or as an all-in-one checkpoint; a bare file name is looked up in ``comfyui_models``). Its
+        text encoders and VAE come from the checkpoint itself, ``clip_l_file`` / ``t5_file`` / ``vae_file`` (ComfyUI's
+        ``clip_l``, ``t5xxl_*``, ``ae`` files), the ``comfyui_models`` folder (ComfyUI's ``models/``), else ``base``
+        (a diffusers folder or cached hub id; default FLUX.1-dev when a component is missing); configs and tokenizers
+        come from ``base``, else FLUX.1-dev's, shipped (``single_file/``). An fp8 file with ``quantize`` None runs
+        the fp8 tier (its weights stay float8).
         ``fast=True``: the whole fast mode for this device (``fast.choose_fast_plan``: fused QKV, the best attention
         backend, regional torch.compile, fp8 on sm89+ with torchao); ``fast={...}``: only the switches named
         (``{"fuse_qkv": True}``; ``{**fast.FULL, "fp8": False}`` is the whole mode without fp8). ``compile=True`` is
@@ -233,33 +241,42 @@ class FluxVectorPipeline:
         from diffusers import AutoencoderKL, FluxTransformer2DModel
         from transformers import CLIPTextModel, CLIPTokenizer, T5EncoderModel, T5TokenizerFast
 
-        from .memory_tiers import QUANTIZE_OPTIONS, pick_quantize
+        from .memory_tiers import AUTO, QUANTIZE_OPTIONS, pick_quantize
+        from .single_file.find import find_model_file, lora_in_comfyui_models
+        from .single_file.load import load_single_file
 
         if quantize not in (None, *QUANTIZE_OPTIONS):
             allowed = ", ".join(repr(q) for q in QUANTIZE_OPTIONS)
             raise ValueError(f"quantize={quantize!r} is not allowed; quantize must be None (auto) or one of {allowed}")
         device = torch.device(device) if device is not None else default_device()
         dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype or default_dtype(device)
-        single_file = is_single_file(model)
-        folder = resolve_model(base or DEFAULT_MODEL) if single_file else resolve_model(model)
-        lora_file = resolve_lora(lora, base if single_file and base == "tiny" else model)
+        model_file = find_model_file(model, comfyui_models)
+        single_file = model_file is not None
+        files = {"clip_l_file": clip_l_file, "t5_file": t5_file, "vae_file": vae_file, "comfyui_models": comfyui_models}
+        if not single_file and any(v is not None for v in files.values()):
+            given = ", ".join(f"{k}=" for k, v in files.items() if v is not None)
+            raise ValueError(f"{given} go with a single-file model (a .safetensors transformer), not model={model!r}")
+        folder = None if single_file else resolve_model(model)
+        lora_file = lora_in_comfyui_models(lora, comfyui_models) or resolve_lora(
+            lora, base if single_file and base == "tiny" else model
+        )
         started = time.perf_counter()
         if model == "tiny":
             log("model: tiny random-weight FLUX checkpoint (a structural demo: its images are noise-like)")
         elif model == DEMO_MODEL:
             log(f"model: {DEMO_NOTICE}")
 
-        if single_file:
-            from .bfl import load_bfl_transformer
-
-            transformer = load_bfl_transformer(model, folder, dtype)
+        if model_file is not None:  # the files people have (single_file/): quantize None/auto is "fp8" for an fp8 file
+            transformer, vae, text_encoder, tokenizer, text_encoder_2, tokenizer_2, quantize = load_single_file(
+                model_file, base=base, quantize=None if quantize == AUTO else quantize, dtype=dtype, log=log, **files
+            )
         else:
             transformer = FluxTransformer2DModel.from_pretrained(folder, subfolder="transformer", dtype=dtype)
-        vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", dtype=dtype)
-        text_encoder = CLIPTextModel.from_pretrained(folder, subfolder="text_encoder", dtype=dtype)
-        tokenizer = CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer")
-        text_encoder_2 = T5EncoderModel.from_pretrained(folder, subfolder="text_encoder_2", dtype=dtype)
-        tokenizer_2 = T5TokenizerFast.from_pretrained(folder, subfolder="tokenizer_2")
+            vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", dtype=dtype)
+            text_encoder = CLIPTextModel.from_pretrained(folder, subfolder="text_encoder", dtype=dtype)
+            tokenizer = CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer")
+            text_encoder_2 = T5EncoderModel.from_pretrained(folder, subfolder="text_encoder_2", dtype=dtype)
+            tokenizer_2 = T5TokenizerFast.from_pretrained(folder, subfolder="tokenizer_2")
 
         sizes = {
             name: module_bytes(m)
@@ -315,7 +332,7 @@ class FluxVectorPipeline:
             fast_plan=plan,
             log=log,
         )
-        pipe.aspect_sizes = None if single_file else aspect_ratio_sizes(folder)
+        pipe.aspect_sizes = None if folder is None else aspect_ratio_sizes(folder)
         pipe.load_seconds = time.perf_counter() - started
         return pipe
 

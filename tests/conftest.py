@@ -1,5 +1,7 @@
 import inspect
 import os
+import shutil
+from pathlib import Path
 
 import pytest
 
@@ -89,3 +91,49 @@ def engine(tmp_path):
 
     yield setup
     flux_vector.configure()
+
+
+# The browser tests (test_playground.py, test_api_docs.py) drive Debian's ``chromium`` through the ``playwright``
+# Python package: no ``playwright install``, no browser download.
+CHROMIUM = os.environ.get("FLUX_VECTOR_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+LAUNCH_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """The Chromium binary; skips (fails under CI, where it must be installed) when the browser stack is missing."""
+    missing = []
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        missing.append("the playwright Python package (pip install playwright)")
+    if not Path(CHROMIUM).exists():
+        missing.append(f"Chromium at {CHROMIUM} (apt-get install chromium)")
+    if missing:
+        message = "the browser test needs " + " and ".join(missing)
+        if os.environ.get("CI"):
+            pytest.fail(message + "; CI is set, so they must be installed")
+        pytest.skip(message)
+    return CHROMIUM
+
+
+@pytest.fixture
+def browser(chromium):
+    """A headless Chromium for one test (launched before the test's other fixtures when named first), closed after."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        launched = pw.chromium.launch(executable_path=chromium, args=LAUNCH_ARGS, headless=True)
+        try:
+            yield launched
+        finally:
+            launched.close()

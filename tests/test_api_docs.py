@@ -8,12 +8,9 @@ leaves the server's origin refused and recorded, and checks that every operation
 
 from __future__ import annotations
 
-import os
-import shutil
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
@@ -23,9 +20,6 @@ from flux_vector.jobs.sqlite_store import SQLiteJobStore
 from flux_vector.server.app import create_app
 from flux_vector.server.docs import DOCS_SCHEMA_PATH, openapi_3_0
 from tests.server_process import free_port
-
-CHROMIUM = os.environ.get("FLUX_VECTOR_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
-LAUNCH_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking"]
 
 
 @pytest.fixture(scope="module")
@@ -97,65 +91,41 @@ def test_openapi_3_0_rewrites_the_3_1_schema_forms():
     assert props["list"]["items"] == {"type": "integer", "nullable": True}
 
 
-@pytest.fixture(scope="module")
-def chromium() -> str:
-    missing = []
-    try:
-        import playwright.sync_api  # noqa: F401
-    except ImportError:
-        missing.append("the playwright Python package (pip install playwright)")
-    if not Path(CHROMIUM).exists():
-        missing.append(f"Chromium at {CHROMIUM} (apt-get install chromium)")
-    if missing:
-        message = "the browser test needs " + " and ".join(missing)
-        if os.environ.get("CI"):
-            pytest.fail(message + "; CI is set, so they must be installed")
-        pytest.skip(message)
-    return CHROMIUM
-
-
-def test_docs_render_every_operation_in_a_browser_offline(server, chromium):
-    from playwright.sync_api import sync_playwright
-
+def test_docs_render_every_operation_in_a_browser_offline(server, browser):
     expected = operations(httpx.get(server + "/openapi.json").json())
     foreign: list[str] = []
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=chromium, args=LAUNCH_ARGS, headless=True)
-        try:
-            page = browser.new_page()
-            page.set_default_timeout(120_000)  # a loaded 2-core machine parses the 1.4 MB bundle slowly
-            errors: list[str] = []
-            page.on("pageerror", lambda error: errors.append(str(error)))
+    page = browser.new_page()
+    page.set_default_timeout(120_000)  # a loaded 2-core machine parses the 1.4 MB bundle slowly
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
 
-            def only_this_server(route) -> None:
-                if route.request.url.startswith(server + "/"):
-                    route.continue_()
-                else:  # a CDN, a font, a validator badge: nothing may leave the machine
-                    foreign.append(route.request.url)
-                    route.abort()
+    def only_this_server(route) -> None:
+        if route.request.url.startswith(server + "/"):
+            route.continue_()
+        else:  # a CDN, a font, a validator badge: nothing may leave the machine
+            foreign.append(route.request.url)
+            route.abort()
 
-            page.route("**/*", only_this_server)
-            page.goto(server + "/docs")
-            page.wait_for_selector(".opblock")
-            page_text = page.inner_text("body")
-            drawn = {
-                (
-                    block.query_selector(".opblock-summary-method").inner_text().strip(),
-                    block.query_selector(".opblock-summary-path").get_attribute("data-path"),
-                )
-                for block in page.query_selector_all(".opblock")
-            }
-            # open the submit operation: its request body schema (the parameter contract) is drawn
-            page.click("#operations-default-submit_async_v2__model_slug__post .opblock-summary")
-            page.wait_for_selector("#operations-default-submit_async_v2__model_slug__post .opblock-body")
-            # the body's schema example is drawn after the block opens: wait for it (a failure times out here)
-            page.wait_for_function(
-                "() => (document.querySelector('#operations-default-submit_async_v2__model_slug__post')"
-                " ?.innerText || '').includes('lora_strength')"
-            )
-            opened = page.inner_text("#operations-default-submit_async_v2__model_slug__post")
-        finally:
-            browser.close()
+    page.route("**/*", only_this_server)
+    page.goto(server + "/docs")
+    page.wait_for_selector(".opblock")
+    page_text = page.inner_text("body")
+    drawn = {
+        (
+            block.query_selector(".opblock-summary-method").inner_text().strip(),
+            block.query_selector(".opblock-summary-path").get_attribute("data-path"),
+        )
+        for block in page.query_selector_all(".opblock")
+    }
+    # open the submit operation: its request body schema (the parameter contract) is drawn
+    page.click("#operations-default-submit_async_v2__model_slug__post .opblock-summary")
+    page.wait_for_selector("#operations-default-submit_async_v2__model_slug__post .opblock-body")
+    # the body's schema example is drawn after the block opens: wait for it (a failure times out here)
+    page.wait_for_function(
+        "() => (document.querySelector('#operations-default-submit_async_v2__model_slug__post')"
+        " ?.innerText || '').includes('lora_strength')"
+    )
+    opened = page.inner_text("#operations-default-submit_async_v2__model_slug__post")
     assert "Unable to render this definition" not in page_text
     assert not errors, errors
     assert drawn == expected, (drawn, expected)

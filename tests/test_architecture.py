@@ -39,6 +39,8 @@ LAYERS = [
         "models",
         "image_metadata",
         "comfy",
+        # the files a single-file model loads with (ComfyUI's): reads bfl, models and demo's tokenizers
+        "single_file",
     },
     {"prompt", "lora", "fast"},
     {"pipeline"},

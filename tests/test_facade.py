@@ -15,6 +15,7 @@ from PIL import Image
 import flux_vector
 from flux_vector import facade
 from tests.fake_pipeline import FakePipeline, with_fault_markers
+from tests.job_data import FakeClock
 from tests.segmind_script import SLUG, SMALL, run_script
 
 
@@ -79,13 +80,16 @@ def test_same_public_names_and_signatures_as_segmind():
 
 
 def test_output_is_a_file_and_expires(engine):
-    engine(pipeline=FakePipeline(), retention_s=0.5)
+    local = engine(pipeline=FakePipeline(), retention_s=0.5)
+    local.store.clock = clock = FakeClock()  # retention's clock, moved by hand (the worker sweeps every 0.2 s)
     result = flux_vector.run(SLUG, prompt="a cat", width=96, height=64, steps=1)
     path = Path(urlparse(result["output"]).path)
     assert Image.open(path).size == (96, 64)
     job = flux_vector.submit_async(SLUG, prompt="a dog", **SMALL)
     job.wait(timeout=10, interval=0.05)
-    time.sleep(0.6)
+    clock.advance(0.4)
+    assert job.status()["status"] == "COMPLETED" and path.exists()
+    clock.advance(0.2)
     with pytest.raises(flux_vector.SegmindError) as gone:
         job.status()
     assert gone.value.status == 404 and "expired" in gone.value.detail

@@ -1,7 +1,9 @@
 """RedisJobStore's own behaviour against a real redis-server (the session's ``redis_server``, conftest.py): leases (a
 dead worker's job runs again, at most max_attempts runs, then FAILED), owner-checked idempotent completion, key-expiry
 retention, notifications, who ran a job, and the Worker on it (LoRA fused once, strength switched in place; SVG
-tracing). What every store does (FIFO, positions, the queue bound, requeue, ...): ``test_store_contract.py``."""
+tracing). Leases are tested on an injected ``FakeClock`` (no sleeping); native key expiry, which only Redis's own
+clock drives, on real time. What every store does (FIFO, positions, the queue bound, requeue, ...):
+``test_store_contract.py``."""
 
 import io
 import threading
@@ -15,7 +17,7 @@ from flux_vector.jobs import COMPLETED, FAILED, QUEUED, Worker
 from flux_vector.jobs.redis_store import RedisJobStore
 from flux_vector.jobs.store import LeaseLost, StoreUnavailable
 from flux_vector.request import parse_request
-from tests.job_data import META, P, png
+from tests.job_data import META, FakeClock, P, png
 from tests.redis_cluster import require_redis
 from tests.server_process import free_port
 
@@ -58,6 +60,7 @@ def test_unreachable_redis_is_a_clear_error():
 
 
 def test_results_vanish_by_key_expiry(make_store):
+    """Production retention, on Redis's clock: native key expiry deletes the job and its images, no sweep needed."""
     api = make_store(retention_s=0.4)
     worker = make_store(retention_s=3600)  # the retention is the accepting API process's
     job = api.submit("s", parse_request(P))
@@ -73,23 +76,45 @@ def test_results_vanish_by_key_expiry(make_store):
     assert api.expire() == 1 and api.r.zcard(api.key("completed")) == 0
 
 
+def test_results_vanish_by_timestamp_on_an_injected_clock(make_store):
+    """On an injected clock no native expiry is set (it would run on the real clock): the job is gone for readers
+    once the clock passes its retention, and ``expire`` deletes its keys."""
+    clock = FakeClock()
+    api, worker = make_store(retention_s=60, clock=clock), make_store(retention_s=3600, clock=clock)
+    job = api.submit("s", parse_request(P))
+    assert api.get(job.id).created_at == clock.now
+    worker.claim()
+    worker.complete(job.id, [png()], META)
+    keys = (api.key(f"job:{job.id}"), api.key(f"img:{job.id}:0"))
+    assert api.r.pttl(keys[0]) == -1 and api.r.pttl(keys[1]) == -1  # no native TTL
+    clock.advance(59.9)
+    assert api.get(job.id).state == COMPLETED and api.image(job.id, 0) == png() and api.counts()[COMPLETED] == 1
+    assert api.expire() == 0
+    clock.advance(0.2)
+    assert api.get(job.id) is None and api.image(job.id, 0) is None and api.counts()[COMPLETED] == 0
+    assert api.r.exists(*keys) == 2  # until the sweep
+    assert api.expire() == 1 and api.r.exists(*keys) == 0 and api.r.zcard(api.key("completed")) == 0
+
+
 def test_a_dead_workers_job_runs_again_then_fails_after_max_attempts(make_store):
-    a = make_store(name="a", lease_s=0.3, max_attempts=2)
+    clock = FakeClock()
+    a = make_store(name="a", lease_s=30, max_attempts=2, clock=clock)
     job = a.submit("s", parse_request(P))
     later = a.submit("s", parse_request(P))
     assert a.claim().id == job.id
     a.close()  # "SIGKILL": no more heartbeats, no requeue
 
-    b = make_store(name="b", lease_s=0.3, max_attempts=2)
+    b = make_store(name="b", lease_s=30, max_attempts=2, clock=clock)
+    clock.advance(29.9)
     assert b.claim().id == later.id  # the lease has not run out yet: the dead worker's job is not taken
-    time.sleep(0.35)
+    clock.advance(0.2)
     again = b.claim()
     assert again.id == job.id and again.attempts == 2 and b.stats["reclaimed"] == 1
     assert b.worker_info(job.id)["ran_on"] == ["a", "b"]
     b.close()  # dies too
 
-    c = make_store(name="c", lease_s=0.3, max_attempts=2)
-    time.sleep(0.35)
+    c = make_store(name="c", lease_s=30, max_attempts=2, clock=clock)
+    clock.advance(30.1)
     taken = c.claim()  # job: its 2 runs died, FAILED; later (b's, dead too): its second run
     assert taken.id == later.id and taken.attempts == 2
     failed = c.get(job.id)
@@ -98,12 +123,35 @@ def test_a_dead_workers_job_runs_again_then_fails_after_max_attempts(make_store)
     assert c.r.xlen(c.key("queue")) == 1  # job's entry is gone; later's is pending on c
 
 
+def test_a_job_read_but_not_started_waits_one_lease_on_an_injected_clock(make_store):
+    """A worker that dies between reading an entry and starting its job: on Redis's clock the entry's idle time
+    keeps it from others for a lease (test_redis_fair_share.py); on an injected clock the job's ``picked_at`` does."""
+    clock = FakeClock()
+    dead = make_store(name="dead", lease_s=30, clock=clock)
+    job = dead.submit("s", parse_request(P))
+    entry, _ = dead._next_entry(0.1)
+    dead._pick(  # read and bound to its job, then the process "dies" before START
+        keys=[dead._tickets, dead._fair_users, dead._fair_served, dead._fair_tick, dead._queued, dead._stream],
+        args=[entry, dead.key("job:"), dead._fair_queue_prefix, "workers", dead._now()],
+    )
+    other = make_store(name="other", lease_s=30, clock=clock)
+    clock.advance(29.9)
+    assert other.claim() is None and other.get(job.id).state == QUEUED
+    clock.advance(0.2)
+    taken = other.claim()
+    assert taken.id == job.id and taken.attempts == 1
+
+
 def test_a_live_worker_keeps_its_job_past_the_lease(make_store):
-    a = make_store(name="a", lease_s=0.3)
-    b = make_store(name="b", lease_s=0.3)
+    clock = FakeClock()
+    a = make_store(name="a", lease_s=30, clock=clock)
+    b = make_store(name="b", lease_s=30, clock=clock)
     job = a.submit("s", parse_request(P))
     a.claim()
-    time.sleep(0.8)  # more than two leases: a's heartbeats (every 0.1 s) keep it
+    for _ in range(4):  # two leases in all: a renews it every 15 s
+        clock.advance(15)
+        a.beat()
+    clock.advance(29.9)
     assert b.claim() is None
     a.progress(job.id, 1, 2)
     assert a.complete(job.id, [png()], META).state == COMPLETED
@@ -112,12 +160,13 @@ def test_a_live_worker_keeps_its_job_past_the_lease(make_store):
 
 def test_completion_is_owner_checked_and_idempotent(make_store, monkeypatch):
     """A worker whose lease ran out cannot complete the job the next run owns: one COMPLETED, one set of images."""
-    a = make_store(name="a", lease_s=0.3)
-    b = make_store(name="b", lease_s=0.3)
+    clock = FakeClock()
+    a = make_store(name="a", lease_s=30, clock=clock)
+    b = make_store(name="b", lease_s=30, clock=clock)
     job = a.submit("s", parse_request(P))
     a.claim()
     monkeypatch.setattr(a, "beat", lambda: None)  # a stalls (no heartbeats) but is not dead
-    time.sleep(0.35)
+    clock.advance(30)
     assert b.claim().id == job.id
     with pytest.raises(LeaseLost, match="another worker took the job over"):
         a.progress(job.id, 1, 2)
@@ -129,7 +178,7 @@ def test_completion_is_owner_checked_and_idempotent(make_store, monkeypatch):
     # the same run completing again (a client retry of the script) changes nothing
     keys = [b.key(f"job:{job.id}"), b.key("processing"), b.key("completed"), b.key("queue"), b.key(f"img:{job.id}:0")]
     reply = b._complete(
-        keys=keys, args=[job.id, b_lease.token, b_lease.entry, "workers", "{}", b.channel, png((8, 8, 8))]
+        keys=keys, args=[job.id, b_lease.token, b_lease.entry, "workers", "{}", b.channel, b._now(), png((8, 8, 8))]
     )
     assert reply == [2] and b.image(job.id, 0) == png((7, 7, 7)) and b.get(job.id).result["count"] == 1
     with pytest.raises(LeaseLost, match="is COMPLETED, not PROCESSING"):  # as on SQLite (the store contract)

@@ -36,15 +36,11 @@ class Backend:
     open_store: Callable[..., JobStore]
     shared: bool
     opened: list[JobStore] = field(default_factory=list)
-    clock: FakeClock | None = None  # the stores' clock, when the kind takes one (Redis keeps time itself)
+    clock: FakeClock = field(default_factory=FakeClock)  # every store's clock: tests move it, nothing sleeps
 
     def advance(self, seconds: float) -> None:
-        """Let ``seconds`` of wall time pass for the stores: the fake clock moved, or (Redis, whose key expiry runs
-        on the server's clock) really waited."""
-        if self.clock is not None:
-            self.clock.advance(seconds)
-        else:
-            time.sleep(seconds)
+        """Let ``seconds`` of wall time pass for the stores (retention, and on Redis leases)."""
+        self.clock.advance(seconds)
 
     def open(self, **kwargs) -> JobStore:
         store = self.open_store(**kwargs)
@@ -71,12 +67,13 @@ def redis_backend(request) -> Backend:
 
     server = request.getfixturevalue("redis_server")
     server.client(db=REDIS_DB).flushdb()
+    clock = FakeClock()  # Redis's own clock in production; test_redis_store.py runs that on real time
 
     def open_store(**kwargs):
         kwargs.setdefault("claim_block_s", 0.05)
-        return RedisJobStore.from_url(server.url(REDIS_DB), **kwargs)
+        return RedisJobStore.from_url(server.url(REDIS_DB), clock=clock, **kwargs)
 
-    return Backend(open_store, shared=True)
+    return Backend(open_store, shared=True, clock=clock)
 
 
 @pytest.fixture(params=["sqlite", pytest.param("redis", marks=pytest.mark.redis)])
@@ -371,6 +368,7 @@ def test_a_job_whose_end_cannot_be_saved_is_given_up_and_never_stuck(backend, mo
         assert "database is locked" in failed.error
         return
     assert store.get(job.id).state == PROCESSING and not store._leases  # given up: nothing left to heartbeat
+    backend.advance(1.0)  # the dropped lease runs out
     other = backend.peer(store, lease_s=1.0, name="other")
     rescuer = Worker(other, FakePipeline(), log=lambda m: None).start()
     try:

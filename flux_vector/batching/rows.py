@@ -143,8 +143,9 @@ def _skipped(line: str) -> bool:
     return not line.strip() or line.lstrip().startswith("#")
 
 
-def _txt_rows(lines: Iterable[_Line], counter: _Counter) -> tuple[list[Row], list[InvalidRow]]:
-    rows, invalid = [], []
+def _row_lines(lines: Iterable[_Line], counter: _Counter, invalid: list[InvalidRow]) -> Iterator[tuple[int, str]]:
+    """The lines that are rows (not blank, not a ``#`` comment) of a one-row-per-line file, as (number, text), each
+    counted; a line that could not be read (too long, not UTF-8) is counted and recorded in ``invalid`` instead."""
     for n, line, error in lines:
         if line is not None and _skipped(line):
             continue
@@ -152,19 +153,19 @@ def _txt_rows(lines: Iterable[_Line], counter: _Counter) -> tuple[list[Row], lis
         if line is None:
             invalid.append(InvalidRow(n, error or ""))
         else:
-            rows.append(Row(n, {"prompt": line.strip()}))
+            yield n, line
+
+
+def _txt_rows(lines: Iterable[_Line], counter: _Counter) -> tuple[list[Row], list[InvalidRow]]:
+    invalid: list[InvalidRow] = []
+    rows = [Row(n, {"prompt": line.strip()}) for n, line in _row_lines(lines, counter, invalid)]
     return rows, invalid
 
 
 def _jsonl_rows(lines: Iterable[_Line], counter: _Counter) -> tuple[list[Row], list[InvalidRow]]:
-    rows, invalid = [], []
-    for n, line, error in lines:
-        if line is not None and _skipped(line):
-            continue
-        counter.add()
-        if line is None:
-            invalid.append(InvalidRow(n, error or ""))
-            continue
+    rows: list[Row] = []
+    invalid: list[InvalidRow] = []
+    for n, line in _row_lines(lines, counter, invalid):
         try:
             params = json.loads(line)
         except json.JSONDecodeError as exc:

@@ -20,14 +20,15 @@ if TYPE_CHECKING:
 # ----------------------------------------------------------------------------------------------- checks
 
 
-def _check_weights(model: str | None, lora: str | None) -> None:
+def _check_weights(model: str | None, lora: str | None, files: dict | None = None) -> None:
     """The model and the LoRA exist locally, checked before anything loads (a --model of a plugin factory,
-    ``$FLUX_VECTOR_PIPELINE_FACTORY``, means what the factory says, so it is not checked here)."""
+    ``$FLUX_VECTOR_PIPELINE_FACTORY``, means what the factory says, so it is not checked here). ``files``: the
+    single-file options (``_model_files``)."""
     from ..models import DEFAULT_LORA, check_weights
     from ..pipeline_factory import factory_from_env
 
     if model is not None and factory_from_env() is None:
-        check_weights(model, DEFAULT_LORA if lora is None else lora)
+        check_weights(model, DEFAULT_LORA if lora is None else lora, **(files or {}))
 
 
 def _check_store(store: str | None) -> None:
@@ -46,7 +47,21 @@ def _check_store(store: str | None) -> None:
 
 def _load_options(args: argparse.Namespace) -> dict:
     """The shared model options (``parser._model_options``) as ``load_pipeline`` keywords."""
-    return {"lora": args.lora, "quantize": args.quantize, "offload": args.offload, "device": args.device}
+    options = {"lora": args.lora, "quantize": args.quantize, "offload": args.offload, "device": args.device}
+    return {**options, **_model_files(args)}
+
+
+def _model_files(args: argparse.Namespace) -> dict:
+    """--base/--clip-l/--t5/--vae/--comfyui-models as ``from_pretrained`` keywords: only those given (a plugin
+    factory that knows none of them gets none)."""
+    files = {
+        "base": args.base,
+        "clip_l_file": args.clip_l,
+        "t5_file": args.t5,
+        "vae_file": args.vae,
+        "comfyui_models": args.comfyui_models,
+    }
+    return {name: value for name, value in files.items() if value is not None}
 
 
 def _serving_options(args: argparse.Namespace) -> dict:
@@ -59,7 +74,7 @@ def run_worker_command(args: argparse.Namespace) -> int:
     from ..jobs.worker_process import check_worker_store, run_worker
 
     check_worker_store(args.store)
-    _check_weights(args.model, args.lora)
+    _check_weights(args.model, args.lora, _model_files(args))
     return run_worker(
         store=args.store,
         model=args.model,
@@ -79,7 +94,8 @@ def run_serve_command(args: argparse.Namespace) -> int:
     from ..server.serve import serve
 
     if args.store is not None and is_redis_url(args.store):
-        ignored = [f"--{name}" for name in ("quantize", "device") if getattr(args, name) not in (None, AUTO)]
+        loading = ("quantize", "device", "base", "clip_l", "t5", "vae", "comfyui_models")
+        ignored = [f"--{name.replace('_', '-')}" for name in loading if getattr(args, name) not in (None, AUTO)]
         if ignored:
             print(
                 f"flux-vector serve: {', '.join(ignored)} ignored: with a Redis store this process only serves the "
@@ -89,7 +105,7 @@ def run_serve_command(args: argparse.Namespace) -> int:
             )
     else:
         _check_store(args.store)
-        _check_weights(args.model, args.lora)
+        _check_weights(args.model, args.lora, _model_files(args))
     return serve(
         model=args.model,
         **_load_options(args),
@@ -263,7 +279,7 @@ def run_generate_command(args: argparse.Namespace) -> int:
     request = parse_request(params)  # fail fast, before loading any weights
     model = generate_model(args.model or made_with.get("model"))
     lora = args.lora or made_with.get("lora")
-    _check_weights(model, lora)
+    _check_weights(model, lora, _model_files(args))
     from ..image_metadata import image_metadata  # torch and the model libraries: only once everything checked out
     from ..output_formats import encode_image
     from ..pipeline import load_pipeline
@@ -315,7 +331,7 @@ def run_batch_command(args: argparse.Namespace) -> int:
     model = generate_model(args.model)
     lora = running_lora_name(DEFAULT_LORA if args.lora is None else args.lora, model)  # what runs: keys, manifest
 
-    _check_weights(model, args.lora)
+    _check_weights(model, args.lora, _model_files(args))
 
     def load():
         from ..pipeline import load_pipeline

@@ -35,8 +35,10 @@ def _model_options(*, falls_back_to_demo: bool) -> argparse.ArgumentParser:
     g.add_argument(
         "--model",
         help="demo (the shipped toy: simple shapes at 128 px) | tiny (random weights: noise) | a diffusers folder | "
-        f"a hub id in the local cache | a BFL .safetensors (default: ${MODEL_ENV}, {otherwise})",
+        f"a hub id in the local cache | a BFL .safetensors, bf16 or fp8, or ComfyUI's all-in-one checkpoint (a bare "
+        f"file name is looked up in --comfyui-models) (default: ${MODEL_ENV}, {otherwise})",
     )
+    _single_file_options(g)
     g.add_argument(
         "--lora",
         help=f"LoRA file or hub id, or 'none' (default: the model's: {DEFAULT_LORA}, Simple Vector, for FLUX.1-dev "
@@ -58,6 +60,28 @@ def _model_options(*, falls_back_to_demo: bool) -> argparse.ArgumentParser:
     )
     g.add_argument("--device", help="cuda, cuda:1, cpu (default: cuda when available)")
     return p
+
+
+def _single_file_options(g) -> None:
+    """The files a single-file --model loads with (``single_file/``): ComfyUI's, or a diffusers folder's."""
+    g.add_argument(
+        "--comfyui-models",
+        metavar="DIR",
+        help="ComfyUI's models/ folder: a bare --model file name is looked up in its diffusion_models/, unet/ and "
+        "checkpoints/, the text encoders in text_encoders/ or clip/ (clip_l*, t5*: fp16 preferred over fp8), "
+        "the VAE in vae/ (ae.safetensors) (default: none)",
+    )
+    found = "(default: the model file's own, else found in --comfyui-models, else --base's)"
+    g.add_argument("--clip-l", metavar="FILE", help=f"with a single-file --model: the CLIP-L file {found}")
+    g.add_argument("--t5", metavar="FILE", help=f"with a single-file --model: the T5-XXL file, fp16 or fp8 {found}")
+    g.add_argument("--vae", metavar="FILE", help=f"with a single-file --model: the VAE file (ae.safetensors) {found}")
+    g.add_argument(
+        "--base",
+        metavar="MODEL",
+        help="with a single-file --model: a diffusers folder or cached hub id giving the configs, tokenizers and "
+        "the components no file gives (default: FLUX.1-dev's configs shipped with flux_vector when the files give "
+        "every component, else FLUX.1-dev from the local Hugging Face cache)",
+    )
 
 
 def _output_options() -> argparse.ArgumentParser:

@@ -140,6 +140,8 @@ def _objects(scene: Scene, width: int, height: int) -> list[tuple[str, str, floa
         fx, fy = POSITIONS[scene.position]
         r = SIZES[scene.size] * side * (1 + ds)
         return [(scene.shape, scene.colour, fx * width + dx * side, fy * height + dy * side, r)]
+    if scene.colour2 is None:
+        raise ValueError(f"a scene with a second shape ({scene.shape2!r}) needs its colour2; it is None")
     r = 0.2 * side * (1 + ds)
     if width >= height:  # side by side along the long axis
         centres = [(0.28 * width, 0.5 * height), (0.72 * width, 0.5 * height)]

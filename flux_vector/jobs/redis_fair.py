@@ -18,9 +18,15 @@ submit order once the user indexes are empty.
 
 from __future__ import annotations
 
+from .redis_scripts import lua_now
+
 # KEYS: tickets, fair_users, fair_served, fair_tick, queued, stream
-# ARGV: entry, job key prefix, fair queue key prefix, group
-PICK = """
+# ARGV: entry, job key prefix, fair queue key prefix, group, now ('' for Redis's clock)
+# The job returned gets ``picked_at`` (now): on an injected clock, what keeps its entry from being taken over as
+# stale between this pick and the run's start (redis_scripts.CLAIM_STALE).
+PICK = (
+    lua_now(5)
+    + """
 local function live_ticket(id)
   local ticket = redis.call('HGET', ARGV[2] .. id, 'ticket')
   if not ticket or redis.call('HGET', KEYS[1], ticket) ~= id then return false end
@@ -28,12 +34,13 @@ local function live_ticket(id)
 end
 local function bind(id)
   redis.call('HSET', KEYS[1], ARGV[1], id)
-  redis.call('HSET', ARGV[2] .. id, 'ticket', ARGV[1])
+  redis.call('HSET', ARGV[2] .. id, 'ticket', ARGV[1], 'picked_at', now())
   return id
 end
 local bound = redis.call('HGET', KEYS[1], ARGV[1])
 if bound then
   local state = redis.call('HGET', ARGV[2] .. bound, 'state')
+  if state == 'QUEUED' then redis.call('HSET', ARGV[2] .. bound, 'picked_at', now()) end
   if state == 'QUEUED' or state == 'PROCESSING' then return bound end
   redis.call('HDEL', KEYS[1], ARGV[1])
   return false
@@ -65,3 +72,4 @@ for _, id in ipairs(redis.call('ZRANGE', KEYS[5], 0, 99)) do
 end
 return false
 """
+)

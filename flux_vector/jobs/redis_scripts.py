@@ -2,20 +2,43 @@
 checks the expected state and the owner's lease token before it writes (so a job has exactly one COMPLETED).
 
 ``KEYS``/``ARGV`` of each script are given above it; ``redis_store.py`` registers them once per connection.
+
+**Time.** Every script that reads the time takes ``now`` in one ARGV: '' (production) means Redis's own clock
+(``TIME``), one clock for a whole fleet; a number is the store's injected ``clock`` (tests: a clock they move by
+hand). With an injected clock nothing may depend on time Redis keeps itself, so retention is by timestamp instead of
+native key expiry (``_SETTLE``, ``EXPIRE``) and a lease's idle time is read from the job's ``heartbeat_at`` (or,
+before its run starts, ``picked_at``: ``redis_fair.PICK``) instead of the stream entry's idle time (``CLAIM_STALE``).
 """
 
-_NOW = """
+
+def lua_now(index: int) -> str:
+    """Lua ``now()`` (seconds as a string, microseconds) and ``faked`` (a clock was injected) from ``ARGV[index]``."""
+    return f"""
+local faked = ARGV[{index}] ~= nil and ARGV[{index}] ~= ''
 local function now()
+  if faked then return ARGV[{index}] end
   local t = redis.call('TIME')
   return t[1] .. '.' .. string.format('%06d', tonumber(t[2]))
 end
 """
 
+
+# A settled job's retention (needs lua_now): ``expires_at`` in its hash, and on Redis's clock a native PEXPIRE of
+# ``ttl`` ms too. With an injected clock Redis cannot know when the job expires: no native expiry (it would run on the
+# real clock, not the injected one); readers compare ``expires_at`` with the clock and ``EXPIRE`` deletes the keys
+_SETTLE = """
+local function settle(key, ttl, ts)
+  redis.call('HSET', key, 'expires_at', string.format('%.6f', tonumber(ts) + tonumber(ttl) / 1000))
+  if not faked then redis.call('PEXPIRE', key, ttl) end
+end
+"""
+
 # KEYS: seq, job, queued, stream, fair_users, fair_queue (this user's), fair_served
 # ARGV: id, slug, params, max_queue (-1: none), retention_ms, user, max_queue_per_user (-1: none), model, lora, version
+# now ('' for Redis's clock)
 # (model/lora: what the accepting API process serves, '' for any; version: its flux_vector version)
 SUBMIT = (
-    _NOW
+    lua_now(11)
     + """
 if redis.call('EXISTS', KEYS[2]) == 1 then  -- a client retry of a submit that went through
   local rank = redis.call('ZRANK', KEYS[3], ARGV[1])
@@ -56,9 +79,10 @@ end
 """
 
 # KEYS: job, queued, processing, stream, failed
-# ARGV: id, entry, token, worker, max_attempts, lease_ms, group, channel, model, lora, version, parked_idle_ms
+# ARGV: id, entry, token, worker, max_attempts, lease_ms, group, channel, model, lora, version, parked_idle_ms, now
 START = (
-    _NOW
+    lua_now(13)
+    + _SETTLE
     + _SERVES
     + """
 local function drop_entry()
@@ -71,6 +95,7 @@ if state == 'COMPLETED' or state == 'FAILED' then drop_entry() return {'done'} e
 if not serves(KEYS[1], ARGV[9], ARGV[10], ARGV[11]) then
   -- not ours to run: parked (pending, idle "for a year") for the scan of a worker that can serve it
   redis.call('XCLAIM', KEYS[4], ARGV[7], ARGV[4], 0, ARGV[2], 'IDLE', ARGV[12], 'JUSTID')
+  redis.call('HDEL', KEYS[1], 'picked_at')
   return {'mismatch', redis.call('HMGET', KEYS[1], 'model', 'lora', 'version')}
 end
 local ts = now()
@@ -86,7 +111,7 @@ if state == 'PROCESSING' and attempts >= tonumber(ARGV[5]) then
   local ttl = redis.call('HGET', KEYS[1], 'retention_ms')
   redis.call('HSET', KEYS[1], 'state', 'FAILED', 'finished_at', ts, 'error', err)
   redis.call('HDEL', KEYS[1], 'owner')
-  redis.call('PEXPIRE', KEYS[1], ttl)
+  settle(KEYS[1], ttl, ts)
   redis.call('ZREM', KEYS[2], ARGV[1])
   redis.call('ZREM', KEYS[3], ARGV[1])
   redis.call('ZADD', KEYS[5], tonumber(ts) + tonumber(ttl) / 1000, ARGV[1])
@@ -104,9 +129,9 @@ return {'ok', state, redis.call('HGETALL', KEYS[1])}
 """
 )
 
-# KEYS: job, stream   ARGV: token, entry, group, consumer
+# KEYS: job, stream   ARGV: token, entry, group, consumer, now
 HEARTBEAT = (
-    _NOW
+    lua_now(5)
     + """
 if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] or redis.call('HGET', KEYS[1], 'state') ~= 'PROCESSING' then
   return 0
@@ -126,9 +151,11 @@ redis.call('HSET', KEYS[1], 'step', ARGV[2], 'total_steps', ARGV[3])
 return 1
 """
 
-# KEYS: job, processing, completed, stream, image keys...   ARGV: id, token, entry, group, result, channel, images...
+# KEYS: job, processing, completed, stream, image keys...
+# ARGV: id, token, entry, group, result, channel, now, images...
 COMPLETE = (
-    _NOW
+    lua_now(7)
+    + _SETTLE
     + """
 local state = redis.call('HGET', KEYS[1], 'state')
 local owner = redis.call('HGET', KEYS[1], 'owner')
@@ -136,10 +163,12 @@ if state == 'COMPLETED' and owner == ARGV[2] then return {2} end  -- this run al
 if state ~= 'PROCESSING' or owner ~= ARGV[2] then return {0, state or 'gone'} end
 local ttl = redis.call('HGET', KEYS[1], 'retention_ms')
 local ts = now()
-for i = 5, #KEYS do redis.call('SET', KEYS[i], ARGV[i + 2], 'PX', ttl) end
-redis.call('HSET', KEYS[1], 'state', 'COMPLETED', 'finished_at', ts, 'result', ARGV[5])
+for i = 5, #KEYS do
+  if faked then redis.call('SET', KEYS[i], ARGV[i + 3]) else redis.call('SET', KEYS[i], ARGV[i + 3], 'PX', ttl) end
+end
+redis.call('HSET', KEYS[1], 'state', 'COMPLETED', 'finished_at', ts, 'result', ARGV[5], 'images', #KEYS - 4)
 redis.call('HDEL', KEYS[1], 'error')
-redis.call('PEXPIRE', KEYS[1], ttl)
+settle(KEYS[1], ttl, ts)
 redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('ZADD', KEYS[3], tonumber(ts) + tonumber(ttl) / 1000, ARGV[1])
 redis.call('XACK', KEYS[4], ARGV[4], ARGV[3])
@@ -150,9 +179,10 @@ return {1, ts}
 )
 
 # KEYS: job, processing, failed, stream, queued
-# ARGV: id, token ('' = no lease), entry, group, error, channel, fair queue key prefix
+# ARGV: id, token ('' = no lease), entry, group, error, channel, fair queue key prefix, now
 FAIL = (
-    _NOW
+    lua_now(8)
+    + _SETTLE
     + """
 local state = redis.call('HGET', KEYS[1], 'state')
 local owner = redis.call('HGET', KEYS[1], 'owner')
@@ -166,7 +196,7 @@ end
 local ttl = redis.call('HGET', KEYS[1], 'retention_ms')
 local ts = now()
 redis.call('HSET', KEYS[1], 'state', 'FAILED', 'finished_at', ts, 'error', ARGV[5])
-redis.call('PEXPIRE', KEYS[1], ttl)
+settle(KEYS[1], ttl, ts)
 redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('ZREM', KEYS[5], ARGV[1])
 redis.call('ZREM', ARGV[7] .. (redis.call('HGET', KEYS[1], 'user') or ''), ARGV[1])
@@ -187,44 +217,61 @@ if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[2] or redis.call('HGET', KEYS[1]
 end
 local attempts = tonumber(redis.call('HGET', KEYS[1], 'attempts') or '1')
 redis.call('HSET', KEYS[1], 'state', 'QUEUED', 'attempts', math.max(attempts - 1, 0))
-redis.call('HDEL', KEYS[1], 'owner', 'started_at', 'step', 'total_steps', 'heartbeat_at')
+redis.call('HDEL', KEYS[1], 'owner', 'started_at', 'step', 'total_steps', 'heartbeat_at', 'picked_at')
 redis.call('ZADD', KEYS[2], redis.call('HGET', KEYS[1], 'seq'), ARGV[1])
 redis.call('ZREM', KEYS[3], ARGV[1])
 redis.call('XCLAIM', KEYS[4], ARGV[4], ARGV[5], 0, ARGV[3], 'IDLE', ARGV[6], 'JUSTID')
 return 1
 """
 
-# KEYS: queued, processing, completed, failed   ARGV: job key prefix
+# KEYS: queued, processing, completed, failed   ARGV: job key prefix, now
 # Waiting and running jobs are counted by their hashes (one deleted by hand is not counted; HEAL drops it later);
-# read-only, so it answers while Redis is full
-COUNTS = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+# finished ones by their expiry time; read-only, so it answers while Redis is full
+COUNTS = (
+    lua_now(2)
+    + """
 local function live(key)
   local n = 0
   for _, id in ipairs(redis.call('ZRANGE', key, 0, -1)) do n = n + redis.call('EXISTS', ARGV[1] .. id) end
   return n
 end
+local ts = now()
 return {live(KEYS[1]), live(KEYS[2]),
-        redis.call('ZCOUNT', KEYS[3], '(' .. now, '+inf'), redis.call('ZCOUNT', KEYS[4], '(' .. now, '+inf')}
+        redis.call('ZCOUNT', KEYS[3], '(' .. ts, '+inf'), redis.call('ZCOUNT', KEYS[4], '(' .. ts, '+inf')}
 """
+)
 
-# KEYS: stream, tickets   ARGV: group, consumer, min_idle_ms, scan, model, lora, version, job key prefix
+# KEYS: stream, tickets   ARGV: group, consumer, min_idle_ms, scan, model, lora, version, job key prefix, now
 # Take over one pending entry idle for at least min_idle_ms (its worker died, or it was requeued or parked) whose job
 # this worker can serve; entries of jobs it cannot serve are left where they are. An entry's job is the one its
 # ticket is bound to (redis_fair.py), else the one it was added with. Returns {entry, id} or {}.
+# With an injected clock the entries' idle time (Redis's clock) means nothing: every pending entry is a candidate, and
+# one is alive (left alone) while its job is PROCESSING with a heartbeat_at, or QUEUED with a picked_at (a worker read
+# and bound it and is about to start it: PICK), less than min_idle_ms before now. A requeued or parked job has no
+# picked_at: taken at once, as its entry "idle for a year" is on Redis's clock.
 CLAIM_STALE = (
-    _SERVES
+    lua_now(9)
+    + _SERVES
     + """
-local pending = redis.call('XPENDING', KEYS[1], ARGV[1], 'IDLE', ARGV[3], '-', '+', ARGV[4])
+local min_idle = faked and 0 or ARGV[3]
+local function alive(key)
+  if not faked then return false end
+  local state = redis.call('HGET', key, 'state')
+  local field = (state == 'PROCESSING' and 'heartbeat_at') or (state == 'QUEUED' and 'picked_at')
+  if not field then return false end
+  local touched = tonumber(redis.call('HGET', key, field) or '')
+  return touched ~= nil and (tonumber(now()) - touched) * 1000 < tonumber(ARGV[3])
+end
+local pending = redis.call('XPENDING', KEYS[1], ARGV[1], 'IDLE', min_idle, '-', '+', ARGV[4])
 for _, p in ipairs(pending) do
   local entry = p[1]
   local found = redis.call('XRANGE', KEYS[1], entry, entry)
   local id = found[1] and (redis.call('HGET', KEYS[2], entry) or found[1][2][2])
   if not id then
     redis.call('XACK', KEYS[1], ARGV[1], entry)  -- its entry was deleted: nothing to run
-  elseif redis.call('EXISTS', ARGV[8] .. id) == 0 or serves(ARGV[8] .. id, ARGV[5], ARGV[6], ARGV[7]) then
-    local got = redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], ARGV[3], entry, 'JUSTID')
+  elseif redis.call('EXISTS', ARGV[8] .. id) == 0
+      or (serves(ARGV[8] .. id, ARGV[5], ARGV[6], ARGV[7]) and not alive(ARGV[8] .. id)) then
+    local got = redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], min_idle, entry, 'JUSTID')
     if #got > 0 then return {entry, id} end
   end
 end
@@ -277,12 +324,22 @@ end
 return refused
 """
 
-# KEYS: completed, failed   ARGV: now (or '' for Redis's clock)
-EXPIRE = """
-local now = ARGV[1]
-if now == '' then
-  local t = redis.call('TIME')
-  now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+# KEYS: completed, failed   ARGV: now, job key prefix, image key prefix
+# The finished jobs whose expiry time has come leave the indexes, and their hash and images are deleted (on Redis's
+# clock native key expiry deleted them already; with an injected clock this is what deletes them). Returns how many.
+EXPIRE = (
+    lua_now(1)
+    + """
+local ts = now()
+local removed = 0
+for k = 1, 2 do
+  for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[k], '-inf', ts)) do
+    local images = tonumber(redis.call('HGET', ARGV[2] .. id, 'images') or '0')
+    for i = 0, images - 1 do redis.call('DEL', ARGV[3] .. id .. ':' .. i) end
+    redis.call('DEL', ARGV[2] .. id)
+    removed = removed + redis.call('ZREM', KEYS[k], id)
+  end
 end
-return redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now) + redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+return removed
 """
+)

@@ -15,9 +15,18 @@ Only Redis's own primitives, no scheduler of ours:
   again with the same token is a no-op (idempotent).
 - **Retention is key expiry**: at COMPLETED/FAILED the job hash and its images (stored in Redis as bytes, so any API
   process serves them) get ``PEXPIRE`` of the job's retention (fixed at submit by the API process that accepted
-  it); Redis deletes them, nothing sweeps. Sorted-set indexes scored by expiry time give the per-state counts.
-- **Timestamps come from Redis's clock** (``TIME`` inside the scripts), so queue and run times are consistent across
-  machines whose clocks disagree.
+  it); Redis deletes them, even when no worker runs. Sorted-set indexes scored by expiry time give the per-state
+  counts; ``expire`` trims them (and deletes whatever native expiry has not yet).
+- **Timestamps come from Redis's clock** (``TIME`` inside the scripts), so queue and run times, heartbeats and
+  expiry are consistent across machines whose clocks disagree.
+- **An injected clock** (``clock=``, as ``SQLiteJobStore`` takes; for tests, with a clock they move by hand) replaces
+  Redis's: every script gets ``now`` from it, and nothing may run on time Redis keeps itself. So retention becomes
+  a timestamp (``expires_at`` in the hash; ``get``/``image``/``counts`` treat a job past it as gone, ``expire``
+  deletes its keys: no native TTL, which would run on the real clock), and a lease is judged by the job's
+  ``heartbeat_at`` (``picked_at`` between a worker's read and the run's start) against the clock instead of the
+  stream entry's idle time. The worker side's own deadlines
+  (``settle_deadline``, the heartbeat period) stay on the process's monotonic clock, as they are on SQLite. Not for
+  a fleet: processes with different clocks would disagree about leases and expiry.
 - Finished jobs are announced on a pub/sub channel, which wakes ``POST /v1`` requests waiting in any API process.
 - **Faults never strand a job**: a result a worker cannot save (Redis down, full) is retried while its lease holds,
   then the lease is dropped (``abandon``) so another worker runs the job again; a missing stream or group is made
@@ -45,7 +54,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, overload
 from urllib.parse import quote, unquote
 
 from ..request import GenerationRequest, from_stored, stored_params
@@ -116,7 +125,14 @@ class _Lease:
     renewed: float  # time.monotonic() when it was last renewed (taken just before the renewing call)
 
 
+@overload
+def _text(value: bytes | str) -> str: ...
+@overload
+def _text(value: None) -> None: ...
+@overload
+def _text(value: bytes | str | None) -> str | None: ...
 def _text(value: bytes | str | None) -> str | None:
+    """A Redis reply (bytes) as text; None stays None (a missing field or key)."""
     return value.decode("utf-8") if isinstance(value, bytes) else value
 
 
@@ -160,6 +176,7 @@ class RedisJobStore(JobStore):
         url: str = "",
         secrets: tuple[str, ...] = (),
         fleet: Fleet | None = None,
+        clock: Callable[[], float] | None = None,
     ):
         if retention_s <= 0:
             raise ValueError(f"retention_s={retention_s!r} is not allowed; it must be a positive number of seconds")
@@ -175,6 +192,7 @@ class RedisJobStore(JobStore):
         self.name = name or default_worker_name()
         self.log = log or (lambda message: None)
         self.fleet = fleet or Fleet()
+        self.clock = clock  # None: Redis's own clock (TIME), one for the fleet; else wall seconds (tests move it)
         self.stats: dict[str, int] = {
             "reclaimed": 0,
             "leases_lost": 0,
@@ -279,6 +297,15 @@ class RedisJobStore(JobStore):
 
     def key(self, name: str) -> str:
         return self.prefix + name
+
+    def _now(self) -> str:
+        """The scripts' ``now`` argument: '' for Redis's clock, else the injected clock's seconds."""
+        return "" if self.clock is None else repr(float(self.clock()))
+
+    def _expired(self, expires_at: bytes | str | None) -> bool:
+        """A settled job past its retention by the injected clock (on Redis's clock its keys are gone by then)."""
+        at = _float(expires_at)
+        return self.clock is not None and at is not None and at <= self.clock()
 
     def _job_key(self, job_id: str) -> str:
         return self.key(f"job:{job_id}")
@@ -427,7 +454,7 @@ class RedisJobStore(JobStore):
         pipe.hgetall(self._job_key(job_id))
         pipe.zrank(self._queued, job_id)
         h, rank = pipe.execute()
-        if not h:
+        if not h or self._expired(h.get(b"expires_at")):
             return None
         job = self._job_from_hash(job_id, h)
         if job.state == QUEUED:
@@ -442,11 +469,17 @@ class RedisJobStore(JobStore):
     def image(self, job_id: str, index: int) -> bytes | None:
         if index < 0:
             return None
-        return self.r.get(self._image_key(job_id, index))
+        if self.clock is None:
+            return self.r.get(self._image_key(job_id, index))
+        pipe = self.r.pipeline(transaction=False)
+        pipe.hget(self._job_key(job_id), "expires_at")
+        pipe.get(self._image_key(job_id, index))
+        expires_at, data = pipe.execute()
+        return None if self._expired(expires_at) else data
 
     def counts(self) -> dict[str, int]:
         q, p, c, f = self._counts(
-            keys=[self._queued, self._processing, self._completed, self._failed], args=[self.key("job:")]
+            keys=[self._queued, self._processing, self._completed, self._failed], args=[self.key("job:"), self._now()]
         )
         return {QUEUED: int(q), PROCESSING: int(p), COMPLETED: int(c), FAILED: int(f)}
 
@@ -484,6 +517,7 @@ class RedisJobStore(JobStore):
                     user,
                     -1 if max_queue_per_user is None else int(max_queue_per_user),
                     *self.fleet.args(),
+                    self._now(),
                 ],
             )
         except OutOfMemoryError as exc:
@@ -524,7 +558,15 @@ class RedisJobStore(JobStore):
         try:
             stale = self._claim_stale(
                 keys=[self._stream, self._tickets],
-                args=[GROUP, self.name, int(self.lease_s * 1000), STALE_SCAN, *self.fleet.args(), self.key("job:")],
+                args=[
+                    GROUP,
+                    self.name,
+                    int(self.lease_s * 1000),
+                    STALE_SCAN,
+                    *self.fleet.args(),
+                    self.key("job:"),
+                    self._now(),
+                ],
             )
             if stale:
                 return _text(stale[0]), _text(stale[1])
@@ -552,7 +594,7 @@ class RedisJobStore(JobStore):
                         self._queued,
                         self._stream,
                     ],
-                    args=[entry, self.key("job:"), self._fair_queue_prefix, GROUP],
+                    args=[entry, self.key("job:"), self._fair_queue_prefix, GROUP, self._now()],
                 )
             )
         if not job_id:  # not one of ours, or nothing left to run for this ticket: drop it
@@ -574,6 +616,7 @@ class RedisJobStore(JobStore):
                 self.channel,
                 *self.fleet.args(),
                 _REQUEUED_IDLE_MS,
+                self._now(),
             ],
         )
         outcome = _text(reply[0])
@@ -665,7 +708,16 @@ class RedisJobStore(JobStore):
                 self._stream,
                 *(self._image_key(job_id, i) for i in range(len(images))),
             ],
-            args=[job_id, lease.token, lease.entry, GROUP, json.dumps(result, allow_nan=False), self.channel, *images],
+            args=[
+                job_id,
+                lease.token,
+                lease.entry,
+                GROUP,
+                json.dumps(result, allow_nan=False),
+                self.channel,
+                self._now(),
+                *images,
+            ],
         )
         if int(reply[0]) == 0:
             raise self._lease_lost(job_id, "its images were")
@@ -688,6 +740,7 @@ class RedisJobStore(JobStore):
                 str(error) or "the job failed",
                 self.channel,
                 self._fair_queue_prefix,
+                self._now(),
             ],
         )
         if int(reply[0]) == 0:
@@ -709,7 +762,7 @@ class RedisJobStore(JobStore):
         """FAIL without a lease: the worker running it gets LeaseLost at its next progress write and stops."""
         self._fail(
             keys=[self._job_key(job_id), self._processing, self._failed, self._stream, self._queued],
-            args=[job_id, "", "", GROUP, reason, self.channel, self._fair_queue_prefix],
+            args=[job_id, "", "", GROUP, reason, self.channel, self._fair_queue_prefix, self._now()],
         )
         return self.get(job_id)
 
@@ -750,9 +803,14 @@ class RedisJobStore(JobStore):
         return added, dropped
 
     def expire(self, now: float | None = None) -> int:
-        """Redis deletes expired jobs and images itself; this trims the count indexes and forgets consumers that
-        left nothing pending (dead or stopped workers). Returns how many expired jobs left the indexes."""
-        removed = int(self._expire(keys=[self._completed, self._failed], args=["" if now is None else repr(now)]))
+        """Finished jobs whose retention has passed (by ``now``, else the store's clock) leave the count indexes and
+        their keys are deleted (on Redis's clock native expiry did that already; with an injected clock this is what
+        does); consumers that left nothing pending (dead or stopped workers) are forgotten. Returns how many expired
+        jobs left the indexes."""
+        when = self._now() if now is None else repr(float(now))
+        removed = int(
+            self._expire(keys=[self._completed, self._failed], args=[when, self.key("job:"), self.key("img:")])
+        )
         try:
             self.heal()
         except Exception as exc:  # housekeeping only
@@ -796,7 +854,8 @@ class RedisJobStore(JobStore):
         for lease in leases:
             sent = time.monotonic()
             if self._heartbeat(
-                keys=[self._job_key(lease.job_id), self._stream], args=[lease.token, lease.entry, GROUP, self.name]
+                keys=[self._job_key(lease.job_id), self._stream],
+                args=[lease.token, lease.entry, GROUP, self.name, self._now()],
             ):
                 lease.renewed = sent
             else:

@@ -97,9 +97,11 @@ def run_worker(
     warmup: bool = True,
     warmup_sizes: tuple[tuple[int, int], ...] = (),
     allow_eviction: bool = False,
+    **model_files: Any,
 ) -> int:
     """Run until SIGTERM/SIGINT; 0 on a clean stop. Raises on a bad store URL, an unreachable Redis, missing weights,
-    a Redis user lacking a command the worker needs, an evicting Redis (unless ``allow_eviction``)."""
+    a Redis user lacking a command the worker needs, an evicting Redis (unless ``allow_eviction``). ``model_files``:
+    a single-file model's ``from_pretrained`` keywords (``base``, ``clip_l_file``, ...)."""
     check_worker_store(store)
     process = WorkerProcess(name)
     process.jobs = RedisJobStore.from_url(store, lease_s=lease_s, max_attempts=max_attempts, name=name, log=process.log)
@@ -119,6 +121,7 @@ def run_worker(
             quantize=quantize,
             offload=offload,
             device=device,
+            **model_files,
         )
     finally:
         process.close()
@@ -190,6 +193,7 @@ class WorkerProcess:
     # the steps of a run
     def start_status_server(self, host: str, port: int) -> None:
         """/metrics and /healthz, bound before the (slow) model load so that a port clash fails at once."""
+        assert self.jobs is not None  # run_worker opened it
         self.metrics = JobMetrics(self.jobs, self, pipeline_info=self.pipeline_info, api=False)
         if port < 0:
             return

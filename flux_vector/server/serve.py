@@ -65,10 +65,12 @@ def serve(
     api_keys_file: str | os.PathLike | None = None,
     public_metrics: bool = False,
     max_queue_per_user: int | None = None,
+    **model_files: Any,
 ) -> int:
     """Run the server until interrupted; 0 on a clean stop. Raises on a bad store or missing weights, a
     world-readable or malformed ``api_keys_file``. ``budget``: ``WorkBudget`` settings overriding the defaults derived
-    from the device's memory."""
+    from the device's memory. ``model_files``: a single-file model's ``from_pretrained`` keywords (``base``,
+    ``clip_l_file``, ``t5_file``, ``vae_file``, ``comfyui_models``)."""
     from .app import create_app
     from .users import load_users
 
@@ -125,7 +127,9 @@ def serve(
             + (f", {len(recovery.failed)} interrupted too often and FAILED" if recovery.failed else "")
         )
         model = model or default_model(log=log)
-        pipe = load_pipeline(model, lora=lora, quantize=quantize, offload=offload, device=device, log=log)
+        pipe = load_pipeline(
+            model, lora=lora, quantize=quantize, offload=offload, device=device, log=log, **model_files
+        )
         prepare_for_serving(pipe, fuse=fuse, warmup=warmup, warmup_sizes=warmup_sizes, log=log)
         worker = Worker(jobs, pipe, log=log)
         limits = work_budget(WorkBudget.for_memory(device_memory_bytes(pipe)), **(budget or {}))
@@ -223,8 +227,9 @@ def prompt_token_counter(model: str, pipe: Any, log: Callable[[str], None]) -> P
         return PromptTokenCounter(tokenizer)
     try:
         from ..models import resolve_model
+        from ..single_file.load import shipped_tokenizers_for
 
-        return PromptTokenCounter.from_folder(resolve_model(model))
+        return PromptTokenCounter.from_folder(shipped_tokenizers_for(model) or resolve_model(model))
     except Exception as exc:
         log(
             f"warning: no T5 tokenizer found for {model} ({type(exc).__name__}: {str(exc)[:200]}); prompts are priced "

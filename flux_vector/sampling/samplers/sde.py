@@ -83,7 +83,7 @@ def sample_dpmpp_2m_sde(model, x, sigmas, *, noise, callback=None, eta=1.0, s_no
         else:
             h = half_log_snr(sigma_next) - half_log_snr(sigma)
             x, alpha_next, h_eta = _sde_base_step(x, denoised, sigma, sigma_next, h, eta)
-            if old_denoised is not None:
+            if old_denoised is not None and h_last is not None:  # both set from the second step on
                 r = h_last / h
                 if solver_type == "heun":
                     x = x + alpha_next * ((-h_eta).expm1().neg() / (-h_eta) + 1) * (1 / r) * (denoised - old_denoised)
@@ -111,6 +111,7 @@ def sample_dpmpp_3m_sde(model, x, sigmas, *, noise, callback=None, eta=1.0, s_no
             x, alpha_next, h_eta = _sde_base_step(x, denoised, sigma, sigma_next, h, eta)
             phi_2 = h_eta.neg().expm1() / h_eta + 1
             if h_2 is not None:
+                assert h_1 is not None and denoised_1 is not None and denoised_2 is not None  # set before h_2
                 r0, r1 = h_1 / h, h_2 / h
                 d1_0 = (denoised - denoised_1) / r0
                 d1_1 = (denoised_1 - denoised_2) / r1
