@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import TYPE_CHECKING
 
-import torch
-from torch import nn
+if TYPE_CHECKING:  # torch is imported where it is used: the CLI's parsers read QUANTIZE_CHOICES without it
+    import torch
+    from torch import nn
 
 # The tiers ``quantize`` takes (None means "none"; memory_tiers.AUTO, "auto", chooses among them). Issue 30 helper A's
 # branch adds "nf4" and "fp8" and imports torch lazily in this module (the CLI's parsers read these names without
@@ -53,6 +55,8 @@ def log_matmul_warnings_once() -> None:
 
 def quantize_linears_8bit(model: nn.Module, device: torch.device | str, keep: tuple[str, ...] = KEEP_FULL_PRECISION):
     """Replace every ``nn.Linear`` of ``model`` (but ``keep``) by an int8 ``Linear8bitLt`` on ``device``."""
+    from torch import nn
+
     from .quiet import import_bitsandbytes
 
     log_matmul_warnings_once()
