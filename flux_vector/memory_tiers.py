@@ -14,14 +14,18 @@ Pure arithmetic (no torch import at module level: the command line's parsers and
   one decision function) which offload mode fits, and ``offload.mode_needs`` for that mode's expected peak: the
   resident weights, what the mode onloads at once, and ``offload.HEADROOM`` (4 GiB) for a 1024x1024 generation's
   activations, the VAE decode and the CUDA context. diffusers' quantization write-up measured peak - loaded at
-  4.5-5.1 GiB with T5 padded to 512 tokens (we pad to 256, ComfyUI's length): HEADROOM is the margin, and the GPU
-  run's tier phase measures the real peak.
+  4.5-5.1 GiB with T5 padded to 512 tokens; we pad to 256 (ComfyUI's length), so the reuse of HEADROOM is a guess
+  that may be up to ~1 GiB low: the GPU run's tier phase (benchmarks/bench_tiers.py) measures the real peak beside
+  this estimate. ``offload.module_bytes`` counts what a quantized module holds (bitsandbytes' state included), so
+  the estimate and the pipeline's own sizes are the same numbers (tested on the tiny model, every tier).
+* T5 has its own tier (``text_tier``, ``quantize_text``): its ``wo`` layers kept; a bitsandbytes T5 stays on the
+  device in every offload mode.
 * ``choose_tier`` is ``auto``: of the tiers available, each with the least offload that fits, the fastest by the
   speed model below; among the candidates within ``TIE_FRACTION`` (10 %) of the fastest, the most faithful
   (``FIDELITY``: more bits per weight first).
 
 The speed model (seconds per 1024x1024 image, 50 steps, on an H100) starts from the issue's measured table
-(``TIER_SECONDS``) and adds the transfers an offload mode makes, at ``TRANSFER_BYTES_PER_S``, derived from the same
+(``TIER_SECONDS``) and adds the transfers an offload mode makes, at ``transfer_bytes_per_s()``, derived from the same
 table's "group offload of the bf16 transformer: ~3.6x slower per step" (group offload streams the transformer once
 per step, overlapped with compute; model offload moves each offloaded component once per image; sequential moves the
 transformer every step without overlap). It orders candidates; its seconds are not a promise.
