@@ -6,16 +6,20 @@
 #   0. env          the torch / CUDA / GPU / package versions the figures come from ($OUT/env.json, first)
 #   1. correctness  gpu_matrix.py: every offload x quantize x fast combination generates one 512x512 image; finite?
 #                   peak GPU memory (8-bit + offload: three generations, the peak after each)
-#   2. speed        bench_gpu.py at 1024x1024, random FLUX.1-dev weights, random rank-16 LoRA: plain diffusers, ours
+#   2. tiers        bench_tiers.py at 1024x1024, 8 steps, FLUX.1-dev random weights, per quantization tier (none,
+#                   nf4, fp8, GGUF Q8_0 and Q4_0 written from the loaded transformer and read back, 8bit): peak GPU
+#                   memory, s/image, PSNR against tier none's image, memory_tiers' estimate beside the measured bytes;
+#                   a tier whose code is not in the checkout is reported "not available"
+#   3. speed        bench_gpu.py at 1024x1024, random FLUX.1-dev weights, random rank-16 LoRA: plain diffusers, ours
 #                   eager, ours with the LoRA fused (the fused strength-switch time), compiled (fast), fp8
-#   3. memory       8-bit + model offload and bf16 group offload under a 12 GiB cap (three generations each)
-#   4. samplers     bench_samplers.py (wall / model time per sampler), last: the least at stake
-# then merges them into $OUT/gpu_run.json + gpu_run.md. The limits add up to 345 s (+ the install); the estimate
-# of ~6 minutes for the whole run on an H100 is from the limits, not a measurement (no GPU has run it yet).
+#   4. memory       8-bit + model offload and bf16 group offload under a 12 GiB cap (three generations each)
+#   5. samplers     bench_samplers.py (wall / model time per sampler), last: the least at stake
+# then merges them into $OUT/gpu_run.json + gpu_run.md. The limits add up to 545 s (+ the install); the estimate
+# of ~9.5 minutes for the whole run on an H100 is from the limits, not a measurement (no GPU has run it yet).
 #
 #   benchmarks/gpu_run.sh            # on the GPU machine (device tool: carry [".whl"])
 #   benchmarks/gpu_run.sh --tiny     # the CPU rehearsal: every phase with the tiny checkpoint, limits adding to
-#                                    # 160 s (under 3 minutes); on a loaded machine a phase keeps what it finished
+#                                    # 220 s (under 4 minutes); on a loaded machine a phase keeps what it finished
 # Environment: OUT (default ./gpu_out), PYTHON (python3), WHEELS (.whl), SITE (where the wheels go).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -48,7 +52,7 @@ import torch
 env = {"torch": torch.__version__, "cuda": torch.version.cuda, "cuda_available": torch.cuda.is_available(),
        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 for name in ("diffusers", "transformers", "accelerate", "bitsandbytes", "torchao", "triton", "safetensors",
-             "huggingface_hub", "sentencepiece", "tokenizers"):
+             "huggingface_hub", "sentencepiece", "tokenizers", "gguf"):
     try:
         env[name] = md.version(name)
     except md.PackageNotFoundError:
@@ -74,8 +78,9 @@ phase() {  # phase NAME SECONDS SCRIPT ARGS...: run with a time limit; the scrip
 }
 
 if [[ $TINY == 1 ]]; then
-  # limits that add up to 160 s: with the env step and the merge the rehearsal ends within 3 minutes by construction
+  # limits that add up to 220 s: with the env step and the merge the rehearsal ends within 4 minutes by construction
   phase correctness 60 benchmarks/gpu_matrix.py --tiny --steps 1 --out "$OUT/correctness"
+  phase tiers 60 benchmarks/bench_tiers.py --tiny --steps 2 --size 64 --out "$OUT/tiers"
   phase speed 60 benchmarks/bench_gpu.py --tiny --steps 2 --size 64 --repeats 1 \
     --modes diffusers,ours,ours-fused,fast,fast-fp8 --out "$OUT/speed"
   phase memory 25 benchmarks/bench_gpu.py --tiny --steps 2 --size 64 --repeats 2 --vram-limit-gib 12 \
@@ -84,6 +89,7 @@ if [[ $TINY == 1 ]]; then
     --samplers euler,euler_ancestral,dpmpp_2m_sde,uni_pc --json "$OUT/samplers/bench_samplers.json"
 else
   phase correctness 140 benchmarks/gpu_matrix.py --size 512 --steps 2 --out "$OUT/correctness"
+  phase tiers 200 benchmarks/bench_tiers.py --steps 8 --repeats 1 --out "$OUT/tiers"
   phase speed 120 benchmarks/bench_gpu.py --steps 10 --repeats 1 \
     --modes diffusers,ours,ours-fused,fast,fast-fp8 --out "$OUT/speed"
   phase memory 60 benchmarks/bench_gpu.py --steps 4 --repeats 2 --vram-limit-gib 12 \
@@ -105,7 +111,8 @@ md = [title, "", f"torch {env.get('torch')} (CUDA {env.get('cuda')}), GPU {env.g
       f"{env.get('diffusers')}, transformers {env.get('transformers')}, bitsandbytes {env.get('bitsandbytes')}, "
       f"torchao {env.get('torchao')}" + ("" if env.get("torch_meets_pyproject", True) else
       " — below flux_vector's torch>=2.13: these figures are from this older torch"), ""]
-for name, result in (("correctness", "gpu_matrix"), ("speed", "bench_gpu"), ("memory", "bench_gpu")):
+for name, result in (("correctness", "gpu_matrix"), ("tiers", "bench_tiers"), ("speed", "bench_gpu"),
+                     ("memory", "bench_gpu")):
     folder = out / name
     phase = json.loads((folder / "phase.json").read_text()) if (folder / "phase.json").exists() else {}
     if (folder / f"{result}.json").exists():

@@ -1,8 +1,9 @@
 """``flux-vector doctor``: what a user needs to know before a real run, read from this machine without downloading or
-loading anything: torch and CUDA, the GPU and its free memory, the offload/quantization ``--offload auto`` would
-choose for FLUX.1-dev here (``offload.choose_offload`` with FLUX.1-dev's component sizes), whether FLUX.1-dev and the
-LoRA are in the local Hugging Face cache (with the ``hf download`` commands if not), bitsandbytes and torchao, and
-the job store's folder with its free space.
+loading anything: torch and CUDA, the GPU and its free memory, the offload ``--offload auto`` would choose for
+FLUX.1-dev in bf16 and 8-bit here (``offload.choose_offload`` with FLUX.1-dev's component sizes), the tier and offload
+``--quantize auto`` picks with its expected peak (``memory_tiers.choose_tier``), whether FLUX.1-dev and the LoRA are
+in the local Hugging Face cache (with the ``hf download`` commands if not), bitsandbytes and torchao, and the job
+store's folder with its free space.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .memory_tiers import FLUX_DEV, TierChoice, available_tiers, choose_tier, component_bytes, largest_group
 from .models import (
     DEFAULT_LORA,
     DEFAULT_MODEL,
@@ -28,19 +30,15 @@ from .models import (
 )
 from .offload import DEFAULT_OFFLOAD, GiB, OffloadChoice, choose_offload
 
-# FLUX.1-dev's components in bf16, bytes (parameter counts x 2): what `auto` weighs against the free memory.
-FLUX_DEV_BYTES = {
-    "transformer": 11_901_408_320 * 2,
-    "text_encoder_2": 4_762_310_656 * 2,
-    "text_encoder": 123_060_480 * 2,
-    "vae": 83_819_683 * 2,
-}
-# --quantize 8bit: the transformer's linears in int8 (one byte per weight; norms and embeddings stay bf16), about half
-FLUX_DEV_BYTES_8BIT = {**FLUX_DEV_BYTES, "transformer": FLUX_DEV_BYTES["transformer"] // 2}
+# FLUX.1-dev's components in bf16, bytes (memory_tiers.FLUX_DEV: the parameter census of its public configs, x 2):
+# what `auto` weighs against the free memory; with --quantize 8bit the transformer's linears in int8 with their row
+# scales (norms, embeddings and memory_tiers.KEEP_FULL_PRECISION stay bf16), about half.
+FLUX_DEV_BYTES = component_bytes(FLUX_DEV, "none", 2)
+FLUX_DEV_BYTES_8BIT = component_bytes(FLUX_DEV, "8bit", 2)
 # The largest group block-level group offload onloads (offload.block_group_bytes on the real architecture): a double
 # block of the transformer in bf16; with --quantize 8bit the transformer stays on the GPU and it is a T5-XXL block.
-FLUX_DEV_LARGEST_GROUP = 679_662_592
-FLUX_DEV_LARGEST_GROUP_8BIT = 385_896_448
+FLUX_DEV_LARGEST_GROUP = largest_group(FLUX_DEV, "none", 2)
+FLUX_DEV_LARGEST_GROUP_8BIT = largest_group(FLUX_DEV, "8bit", 2)
 
 
 @dataclass(frozen=True)
@@ -132,6 +130,32 @@ def describe_offload(report: Report, gpu: Gpu | None) -> None:
             report.todo.append("add --quantize 8bit: the whole model then fits on this GPU (no offload)")
 
 
+def tier_choice(gpu: Gpu | None, tiers: tuple[str, ...] | None = None) -> TierChoice:
+    """What ``--quantize auto --offload auto`` picks for FLUX.1-dev in bf16 on ``gpu`` (``memory_tiers.choose_tier``
+    over the tiers this install can run)."""
+    device = torch.device("cuda" if gpu else "cpu")
+    return choose_tier(
+        FLUX_DEV,
+        dtype_bytes=2,
+        device=device,
+        free_bytes=gpu.free_bytes if gpu else None,
+        tiers=available_tiers() if tiers is None else tiers,
+    )
+
+
+def describe_tier(report: Report, gpu: Gpu | None) -> None:
+    choice = tier_choice(gpu)
+    picked = choice.picked
+    if gpu is None or picked.offload is None:
+        report.add("auto (tier + offload)", f"{choice.tier}: {choice.reason}")
+        return
+    report.add(
+        "auto (tier + offload)",
+        f"--quantize {choice.tier} --offload {picked.offload.mode}, expected peak "
+        f"{(picked.peak_bytes or 0) / GiB:.1f} GiB of {gpu.free_bytes / GiB:.1f} GiB free ({choice.reason})",
+    )
+
+
 def describe_weights(report: Report) -> None:
     from huggingface_hub import constants
 
@@ -187,6 +211,7 @@ def diagnose(gpu: Gpu | str | None = "detect") -> Report:
     report.add("python", f"{platform.python_version()} ({sys.executable})")
     describe_gpu(report, gpu)
     describe_offload(report, gpu)
+    describe_tier(report, gpu)
     describe_weights(report)
     describe_packages(report, gpu)
     describe_store(report)

@@ -276,11 +276,12 @@ def _is_gguf_param(model: nn.Module, name: str) -> bool:
 
 
 def check_quantize_for_gguf(quantize: str | None) -> None:
-    """A .gguf transformer is a tier of its own: ``quantize`` must be None or "none"."""
-    if quantize not in (None, "none"):
+    """A .gguf transformer is a tier of its own: ``quantize`` must be None, "auto" (the default: auto then picks only
+    the offload) or "none"."""
+    if quantize not in (None, "auto", "none"):
         raise ValueError(
             f"quantize={quantize!r} with a .gguf model: a GGUF file is already quantized (its own tier); use "
-            "quantize=None (--quantize none), or a bf16 / diffusers model to quantize"
+            "quantize=None (--quantize auto or none), or a bf16 / diffusers model to quantize"
         )
 
 

@@ -51,9 +51,18 @@ class OffloadChoice:
 
 
 def module_bytes(module: torch.nn.Module | None) -> int:
+    """The bytes ``module`` holds: its parameters and buffers, and the quantization state bitsandbytes keeps beside
+    a quantized parameter (an int8 weight's row scales ``SCB``; a 4-bit weight's ``quant_state`` absmax and code)."""
     if module is None:
         return 0
-    return sum(t.numel() * t.element_size() for t in [*module.parameters(), *module.buffers()])
+    total = 0
+    for tensor in [*module.parameters(), *module.buffers()]:
+        total += tensor.numel() * tensor.element_size()
+        state = getattr(tensor, "quant_state", None)
+        for extra in (getattr(tensor, "SCB", None), getattr(state, "absmax", None), getattr(state, "code", None)):
+            if extra is not None:
+                total += extra.numel() * extra.element_size()
+    return total
 
 
 def offload_plan(mode: str, *, quantized_8bit: bool = False) -> dict[str, str]:
@@ -140,30 +149,16 @@ def choose_offload(
         return OffloadChoice("none", device, f"{device.type}: free memory unknown, no offload")
     free = f"{free_bytes / GiB:.1f} GiB free"
     total = sum(component_bytes.values())
-    if total + HEADROOM <= free_bytes:
+    if mode_needs("none", component_bytes) <= free_bytes:
         return OffloadChoice("none", device, f"{free}, all {total / GiB:.1f} GiB of weights fit: no offload")
-
-    def resident(mode: str) -> int:
-        plan = offload_plan(mode, quantized_8bit=quantized_8bit)
-        return sum(size for name, size in component_bytes.items() if plan.get(name, MODEL) == DEVICE)
-
-    def offloaded(mode: str) -> list[int]:
-        plan = offload_plan(mode, quantized_8bit=quantized_8bit)
-        return [size for name, size in component_bytes.items() if plan.get(name, MODEL) != DEVICE]
-
     kept = " with the int8 transformer kept on the GPU" if quantized_8bit else ""
-    model_needs = resident("model") + max(offloaded("model"), default=0) + HEADROOM
-    if model_needs <= free_bytes:
-        largest = max(offloaded("model"), default=0)
+    if mode_needs("model", component_bytes, quantized_8bit=quantized_8bit) <= free_bytes:
+        largest = max(_offloaded("model", component_bytes, quantized_8bit), default=0)
         return OffloadChoice(
             "model", device, f"{free}, largest offloaded component {largest / GiB:.1f} GiB fits: model offload{kept}"
         )
-    if largest_group is None:
-        group_needs = max(GROUP_MIN_FREE, resident("group") + HEADROOM)
-        group_size = "group sizes unknown"
-    else:
-        group_needs = max(GROUP_MIN_FREE, resident("group") + GROUPS_IN_FLIGHT * largest_group + HEADROOM)
-        group_size = f"largest group {largest_group / GiB:.2f} GiB"
+    group_needs = mode_needs("group", component_bytes, largest_group=largest_group, quantized_8bit=quantized_8bit)
+    group_size = "group sizes unknown" if largest_group is None else f"largest group {largest_group / GiB:.2f} GiB"
     if group_needs <= free_bytes:
         return OffloadChoice("group", device, f"{free}, {group_size}: block-level group offload{kept}")
     if quantized_8bit:
@@ -173,6 +168,37 @@ def choose_offload(
             "needed); without quantize='8bit', offload='sequential' runs in less memory"
         )
     return OffloadChoice("sequential", device, f"{free}, {group_size}: sequential (layer by layer) offload, slowest")
+
+
+def _resident(mode: str, component_bytes: dict[str, int], quantized_8bit: bool) -> int:
+    plan = offload_plan(mode, quantized_8bit=quantized_8bit)
+    return sum(size for name, size in component_bytes.items() if plan.get(name, MODEL) == DEVICE)
+
+
+def _offloaded(mode: str, component_bytes: dict[str, int], quantized_8bit: bool) -> list[int]:
+    plan = offload_plan(mode, quantized_8bit=quantized_8bit)
+    return [size for name, size in component_bytes.items() if plan.get(name, MODEL) != DEVICE]
+
+
+def mode_needs(
+    mode: str, component_bytes: dict[str, int], *, largest_group: int | None = None, quantized_8bit: bool = False
+) -> int:
+    """The accelerator memory ``mode`` needs for a generation (what ``choose_offload`` weighs against the free memory,
+    and ``memory_tiers`` reports as the expected peak): the components kept on the device, what the mode onloads at
+    once (model: the largest offloaded component; group: ``GROUPS_IN_FLIGHT`` of the largest group, at least
+    ``GROUP_MIN_FREE`` in all when the group sizes are unknown or small; sequential: one layer, counted as nothing),
+    plus ``HEADROOM``."""
+    if mode == "none":
+        return sum(component_bytes.values()) + HEADROOM
+    resident = _resident(mode, component_bytes, quantized_8bit)
+    if mode == "model":
+        return resident + max(_offloaded(mode, component_bytes, quantized_8bit), default=0) + HEADROOM
+    if mode == "group":
+        in_flight = 0 if largest_group is None else GROUPS_IN_FLIGHT * largest_group
+        return max(GROUP_MIN_FREE, resident + in_flight + HEADROOM)
+    if mode == "sequential":
+        return resident + HEADROOM
+    raise ValueError(f"offload={mode!r} is not allowed; offload must be one of {', '.join(OFFLOAD_MODES[1:])}")
 
 
 def accelerator_free_bytes(device: torch.device) -> int | None:

@@ -258,12 +258,17 @@ class FluxVectorPipeline:
         from diffusers import AutoencoderKL, FluxTransformer2DModel
         from transformers import CLIPTextModel, CLIPTokenizer, T5EncoderModel, T5TokenizerFast
 
+        from .memory_tiers import AUTO, QUANTIZE_OPTIONS, pick_quantize
         from .quantize import check_quantize, is_quantized, quantize_components, stays_resident, weight_bytes
         from .single_file.find import find_model_file, lora_in_comfyui_models
         from .single_file.load import load_single_file
 
-        tier, text_tier = check_quantize(quantize), check_quantize(quantize_text, "quantize_text")
-        if is_gguf_file(model):  # a GGUF transformer: a quantize tier of its own (gguf_model.py)
+        if quantize not in (None, *QUANTIZE_OPTIONS):  # None / "auto": chosen below from the free memory
+            allowed = ", ".join(repr(q) for q in QUANTIZE_OPTIONS)
+            raise ValueError(f"quantize={quantize!r} is not allowed; quantize must be None (auto) or one of {allowed}")
+        text_tier = check_quantize(quantize_text, "quantize_text")
+        gguf = is_gguf_file(model)  # a GGUF transformer: a quantize tier of its own (gguf_model.py)
+        if gguf:
             from .fast import FULL
 
             check_quantize_for_gguf(quantize)
@@ -287,12 +292,11 @@ class FluxVectorPipeline:
         elif model == DEMO_MODEL:
             log(f"model: {DEMO_NOTICE}")
 
-        if model_file is not None:  # the files people have (single_file/): quantize None is "fp8" for an fp8 file;
+        if model_file is not None:  # the files people have (single_file/): quantize None/auto is "fp8" for an fp8 file;
             # a .gguf transformer is read by gguf_model.py
             transformer, vae, text_encoder, tokenizer, text_encoder_2, tokenizer_2, quantize = load_single_file(
-                model_file, base=base, quantize=quantize, dtype=dtype, log=log, **files
+                model_file, base=base, quantize=None if quantize == AUTO else quantize, dtype=dtype, log=log, **files
             )
-            tier = check_quantize(quantize)
         else:
             transformer = FluxTransformer2DModel.from_pretrained(folder, subfolder="transformer", dtype=dtype)
             vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", dtype=dtype)
@@ -301,6 +305,12 @@ class FluxVectorPipeline:
             text_encoder_2 = T5EncoderModel.from_pretrained(folder, subfolder="text_encoder_2", dtype=dtype)
             tokenizer_2 = T5TokenizerFast.from_pretrained(folder, subfolder="tokenizer_2")
 
+        # None / "auto": the tier chosen from the free memory (memory_tiers.py); "none" on the CPU, as before. The
+        # text encoders count only where they run (text_device apart: not on the device).
+        on_device = {"transformer": transformer, "vae": vae}
+        if text_device is None:
+            on_device.update(text_encoder_2=text_encoder_2, text_encoder=text_encoder)
+        tier = pick_quantize(quantize, device, on_device, dtype, offload, gguf=gguf, text_tier=text_tier, log=log)
         for line in quantize_components(transformer, tier, text_encoder_2, text_tier, device, text_device or device):
             log(f"quantize: {line}")
         sizes = {

@@ -24,6 +24,7 @@ LAYERS = [
         "offload",
         "quantize",
         "fp8_linear",
+        "memory_tiers",
         "cache",
         "tiny",
         "demo",

@@ -333,12 +333,15 @@ def test_quantizing_with_nothing_to_quantize_raises():
         quantize_linears(nn.Sequential(nn.Linear(4, 4)), "none", "cpu")
 
 
-def test_cli_namespace_defaults_are_none():
+def test_cli_namespace_defaults():
+    """--quantize defaults to auto (the tier chosen by free memory: memory_tiers.py), the text encoder's options to
+    none given."""
     from flux_vector.cli.parser import build_parser
+    from flux_vector.memory_tiers import AUTO
 
     args = build_parser().parse_args(["generate", "--prompt", "x", "--out", "x.png"])
     assert isinstance(args, argparse.Namespace)
-    assert (args.quantize, args.quantize_text, args.text_device) == (None, None, None)
+    assert (args.quantize, args.quantize_text, args.text_device) == (AUTO, None, None)
 
 
 def test_fp8_layers_run_under_group_offload_hooks(tiny_dir):

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..memory_tiers import AUTO
 from ..output_formats import SUFFIXES
 from ..request import FIELDS, parse_request
 from .terminal import printable, printable_json
@@ -111,7 +112,7 @@ def run_serve_command(args: argparse.Namespace) -> int:
             "vae",
             "comfyui_models",
         )
-        ignored = [f"--{name.replace('_', '-')}" for name in loading if getattr(args, name)]
+        ignored = [f"--{name.replace('_', '-')}" for name in loading if getattr(args, name) not in (None, AUTO)]
         if ignored:
             print(
                 f"flux-vector serve: {', '.join(ignored)} ignored: with a Redis store this process only serves the "

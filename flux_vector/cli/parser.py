@@ -26,6 +26,7 @@ def _model_options(*, falls_back_to_demo: bool) -> argparse.ArgumentParser:
     model takes.
     ``falls_back_to_demo``: without --model and $FLUX_VECTOR_MODEL, a missing FLUX.1-dev means the shipped demo model
     (generate, serve, worker: they say so on the console, the banner and the playground)."""
+    from ..memory_tiers import AUTO, QUANTIZE_OPTIONS
     from ..models import DEFAULT_LORA, DEMO_MODEL, MODEL_ENV, builtin_lora_name
     from ..offload import DEFAULT_OFFLOAD, OFFLOAD_MODES
     from ..quantize import QUANTIZE_CHOICES
@@ -47,9 +48,10 @@ def _model_options(*, falls_back_to_demo: bool) -> argparse.ArgumentParser:
     )
     g.add_argument(
         "--quantize",
-        choices=QUANTIZE_CHOICES,
-        help="the transformer's weights: 8bit (bitsandbytes int8), nf4 (bitsandbytes 4-bit), fp8 (fp8 storage, "
-        "computed in bf16) (default: none)",
+        default=AUTO,
+        choices=QUANTIZE_OPTIONS,
+        help=f"the transformer's weights: {' | '.join(QUANTIZE_OPTIONS)} (default: auto: the fastest tier that fits "
+        "the GPU's free memory, with --offload; none on the CPU; `flux-vector doctor` shows the pick)",
     )
     g.add_argument(
         "--quantize-text",
