@@ -5,7 +5,7 @@ same prompts, seeds and size are generated once per tier — the transformer in 
 T5 encoder in ``8bit | nf4 | fp8`` (transformer unquantized) — with the model's default LoRA at strength 1 and at 0.
 PSNR (dB, 8-bit pixels, over all images of a row) is against the ``none`` row of the same model and strength: on the
 CPU that is the float32 run; on a GPU the pipeline dtype is bf16 and so is the reference. ``inf``: bitwise equal.
-The byte columns are ``quantize.weight_bytes`` of the transformer and T5 as loaded, the LoRA's adapter factors
+The byte columns are ``offload.module_bytes`` of the transformer and T5 as loaded, the LoRA's adapter factors
 included (they stay in the file's dtype on quantized layers).
 
     OMP_NUM_THREADS=2 python benchmarks/bench_tier_pixels.py [--models tiny demo] [--device cpu] [--steps 8]
@@ -34,7 +34,7 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 def run(model: str, device: str, steps: int, seeds: int, quantize: str, quantize_text: str):
     from flux_vector import FluxVectorPipeline
-    from flux_vector.quantize import weight_bytes
+    from flux_vector.offload import module_bytes
 
     pipe = FluxVectorPipeline.from_pretrained(
         model, quantize=quantize, quantize_text=quantize_text, device=device, log=lambda *_: None
@@ -53,7 +53,7 @@ def run(model: str, device: str, steps: int, seeds: int, quantize: str, quantize
                 images[strength].append(np.asarray(result.image))
                 count += 1
     seconds = (time.perf_counter() - started) / count
-    sizes = {"transformer": weight_bytes(pipe.transformer), "t5": weight_bytes(pipe.text_encoder_2)}
+    sizes = {"transformer": module_bytes(pipe.transformer), "t5": module_bytes(pipe.text_encoder_2)}
     return images, sizes, seconds
 
 

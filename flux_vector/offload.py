@@ -52,17 +52,23 @@ class OffloadChoice:
 
 def module_bytes(module: torch.nn.Module | None) -> int:
     """The bytes ``module`` holds: its parameters and buffers, and the quantization state bitsandbytes keeps beside
-    a quantized parameter (an int8 weight's row scales ``SCB``; a 4-bit weight's ``quant_state`` absmax and code)."""
+    a quantized parameter, each tensor once: an int8 weight's row scales (``SCB``, on the weight until the first
+    forward moves it to the layer's ``state``); a 4-bit weight's ``quant_state`` absmax (one fp32 per 64 weights) and
+    its 16-value code table."""
     if module is None:
         return 0
-    total = 0
-    for tensor in [*module.parameters(), *module.buffers()]:
-        total += tensor.numel() * tensor.element_size()
-        state = getattr(tensor, "quant_state", None)
-        for extra in (getattr(tensor, "SCB", None), getattr(state, "absmax", None), getattr(state, "code", None)):
-            if extra is not None:
-                total += extra.numel() * extra.element_size()
-    return total
+    total = sum(t.numel() * t.element_size() for t in [*module.parameters(), *module.buffers()])
+    extra: dict[int, torch.Tensor] = {}
+    for p in module.parameters():
+        state = getattr(p, "quant_state", None)
+        for t in (getattr(p, "SCB", None), getattr(state, "absmax", None), getattr(state, "code", None)):
+            if t is not None and hasattr(t, "element_size"):
+                extra[id(t)] = t
+    for m in module.modules():
+        scb = getattr(getattr(m, "state", None), "SCB", None)
+        if scb is not None and hasattr(scb, "element_size"):
+            extra[id(scb)] = scb
+    return total + sum(t.numel() * t.element_size() for t in extra.values())
 
 
 def offload_plan(mode: str, *, quantized_8bit: bool = False) -> dict[str, str]:

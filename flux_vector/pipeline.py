@@ -52,6 +52,7 @@ from .offload import (
     accelerator_free_bytes,
     apply_offload,
     largest_group_bytes,
+    module_bytes,
     offload_plan,
     place,
 )
@@ -259,7 +260,7 @@ class FluxVectorPipeline:
         from transformers import CLIPTextModel, CLIPTokenizer, T5EncoderModel, T5TokenizerFast
 
         from .memory_tiers import AUTO, QUANTIZE_OPTIONS, pick_quantize
-        from .quantize import check_quantize, is_quantized, quantize_components, stays_resident, weight_bytes
+        from .quantize import check_quantize, is_quantized, quantize_components, stays_resident
         from .single_file.find import find_model_file, lora_in_comfyui_models
         from .single_file.load import load_single_file
 
@@ -314,7 +315,7 @@ class FluxVectorPipeline:
         for line in quantize_components(transformer, tier, text_encoder_2, text_tier, device, text_device or device):
             log(f"quantize: {line}")
         sizes = {
-            name: weight_bytes(m)
+            name: module_bytes(m)
             for name, m in (
                 ("transformer", transformer),
                 ("text_encoder_2", text_encoder_2),

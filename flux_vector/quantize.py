@@ -272,28 +272,6 @@ def stays_resident(model: nn.Module | None) -> bool:
     return model is not None and any(is_bitsandbytes_layer(m) for m in model.modules())
 
 
-def weight_bytes(model: nn.Module | None) -> int:
-    """The bytes ``model``'s weights take: parameters and buffers, plus the quantization statistics bitsandbytes keeps
-    outside them (int8: one fp32 scale per row, ``SCB``, on the weight until the first forward moves it to the
-    layer's ``state``; nf4: one fp32 absmax per ``NF4_BLOCKSIZE`` weights, in the weight's ``quant_state``)."""
-    if model is None:
-        return 0
-    import torch
-
-    total = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
-    extra: dict[int, torch.Tensor] = {}
-    for p in model.parameters():
-        absmax = getattr(getattr(p, "quant_state", None), "absmax", None)
-        for t in (absmax, getattr(p, "SCB", None)):
-            if isinstance(t, torch.Tensor):
-                extra[id(t)] = t
-    for m in model.modules():
-        scb = getattr(getattr(m, "state", None), "SCB", None)
-        if isinstance(scb, torch.Tensor):
-            extra[id(scb)] = scb
-    return total + sum(t.numel() * t.element_size() for t in extra.values())
-
-
 def quantize_components(
     transformer: nn.Module,
     tier: str,
@@ -304,6 +282,8 @@ def quantize_components(
 ) -> list[str]:
     """Quantize the transformer to ``tier`` (bitsandbytes layers on ``device``) and the T5 encoder to ``text_tier``
     (on ``text_device``); returns one line per quantized component for the log: the tier and the weights' bytes."""
+    from .offload import module_bytes
+
     lines = []
     for name, model, wanted, where, quantize in (
         ("transformer", transformer, tier, device, quantize_transformer),
@@ -311,11 +291,11 @@ def quantize_components(
     ):
         if model is None or wanted == "none":
             continue
-        before = weight_bytes(model)
+        before = module_bytes(model)
         count = quantize(model, wanted, where)
         lines.append(
             f"{name}: {count} linears in {TIER_WORDS[wanted]}, weights {human_bytes(before)} -> "
-            f"{human_bytes(weight_bytes(model))}"
+            f"{human_bytes(module_bytes(model))}"
         )
     return lines
 

@@ -14,7 +14,7 @@ from torch import nn
 from flux_vector import FluxVectorPipeline
 from flux_vector.fp8_linear import FP8_DTYPE, FP8_MAX, Fp8Linear, to_fp8
 from flux_vector.lora import LoraError, LoraLinear, apply_lora, load_lora_file, parse_lora
-from flux_vector.offload import DEVICE, MODEL, offload_plan, place
+from flux_vector.offload import DEVICE, MODEL, module_bytes, offload_plan, place
 from flux_vector.quantize import (
     KEEP_FULL_PRECISION,
     NF4_BLOCKSIZE,
@@ -25,7 +25,6 @@ from flux_vector.quantize import (
     quantize_transformer,
     quantized_tier,
     stays_resident,
-    weight_bytes,
 )
 from flux_vector.quiet import import_bitsandbytes
 from flux_vector.tiny import KOHYA_LORA
@@ -181,17 +180,17 @@ def test_nf4_layer_recipe_and_bytes():
     state = layer.weight.quant_state
     assert (state.quant_type, state.blocksize, state.nested) == ("nf4", NF4_BLOCKSIZE, False)
     assert layer.compute_dtype == torch.float32
-    assert weight_bytes(model) == 128 * 64 // 2 + (128 * 64 // NF4_BLOCKSIZE) * 4 + bias_bytes
+    assert module_bytes(model) == 128 * 64 // 2 + (128 * 64 // NF4_BLOCKSIZE) * 4 + 16 * 4 + bias_bytes
     assert quantized_tier(model) == "nf4" and stays_resident(model)
 
 
 def test_8bit_bytes_count_the_row_scales():
     model = nn.Sequential(nn.Linear(32, 16, bias=False))
     quantize_linears(model, "8bit", "cpu")
-    assert weight_bytes(model) == 32 * 16 + 16 * 4
+    assert module_bytes(model) == 32 * 16 + 16 * 4
     with torch.inference_mode():  # the first forward moves the scales from the weight to the layer's state
         model.eval()(torch.randn(2, 32))
-    assert weight_bytes(model) == 32 * 16 + 16 * 4
+    assert module_bytes(model) == 32 * 16 + 16 * 4
 
 
 def test_t5_tier_keeps_wo_in_full_precision(tiny_dir):
