@@ -115,9 +115,9 @@ def has_bitsandbytes() -> bool:
     return importlib.util.find_spec("bitsandbytes") is not None
 
 
-# tier -> what it really holds for the tiny transformer, counted by the tier's own code where this branch has it
-# (8bit) and independently otherwise. When helper A's nf4/fp8 modules are merged, point these at quantize's
-# functions (offload.module_bytes after quantizing), as for 8bit.
+# tier -> what the tiny transformer really holds, counted independently of the project's quantizers (bitsandbytes,
+# torch and gguf directly) for nf4/fp8/GGUF; the project's own tiers are checked below
+# (test_the_estimate_equals_the_tiers_own_bytes).
 REAL_BYTES = {
     "none": module_bytes,
     "8bit": quantize_8bit,
@@ -143,6 +143,18 @@ def test_the_estimate_equals_the_tiny_transformers_real_bytes(tiny_dir, tier):
         assert estimate.stored < estimate.total
     if tier != "none":
         assert estimate.total < mt.census_bytes(counted, "none", dtype_bytes=4).total
+
+
+@pytest.mark.parametrize("tier", ["8bit", "nf4", "fp8"])
+def test_the_estimate_equals_the_tiers_own_bytes(tiny_dir, tier):
+    """The same estimate against the project's own quantizer (``quantize.quantize_transformer``, what
+    ``from_pretrained(quantize=...)`` runs) and its byte count (``offload.module_bytes``)."""
+    from flux_vector.quantize import quantize_transformer
+
+    transformer = tiny_parts(tiny_dir)["transformer"]
+    counted = mt.component_census("transformer", transformer).whole
+    quantize_transformer(transformer, tier, "cpu")
+    assert mt.census_bytes(counted, tier, dtype_bytes=4).total == module_bytes(transformer)
 
 
 def test_every_component_and_group_of_the_tiny_model_in_the_dtype(tiny_dir):
