@@ -92,13 +92,13 @@ def test_cuda_without_triton_does_not_compile():
     assert plan.fp8 and "unfused" in plan.why["fp8"]
 
 
-def test_8bit_base_gets_no_fusion_no_fp8_and_no_auto_compile():
+def test_quantized_base_gets_no_fusion_no_fp8_and_no_auto_compile():
     plan = choose_fast_plan(cuda((9, 0)), quantized_8bit=True)
-    assert not plan.fuse_qkv and "8-bit" in plan.why["fuse_qkv"]
-    assert not plan.fp8 and "8-bit" in plan.why["fp8"]
-    assert not plan.compile and "bitsandbytes" in plan.why["compile"]
+    assert not plan.fuse_qkv and "quantized weights" in plan.why["fuse_qkv"]
+    assert not plan.fp8 and "already quantized" in plan.why["fp8"]
+    assert not plan.compile and "quantized layers" in plan.why["compile"]
     assert plan.attention == "_flash_3"
-    with pytest.raises(ValueError, match="int8"):
+    with pytest.raises(ValueError, match="quantized weights cannot be concatenated"):
         choose_fast_plan(cuda((9, 0)), {"fuse_qkv": True}, quantized_8bit=True)
     forced = choose_fast_plan(cuda((9, 0)), {"compile": True}, quantized_8bit=True)
     assert forced.compile and not forced.fullgraph

@@ -27,7 +27,7 @@ def error_line(exc: BaseException) -> str:
     torch = sys.modules.get("torch")  # an out-of-memory error can only come from an imported torch
     if torch is not None and isinstance(exc, torch.OutOfMemoryError):
         text = (
-            "out of GPU memory: try --quantize 8bit, --offload model (or sequential), or a smaller size; "
+            "out of GPU memory: try --quantize fp8 or nf4, --offload group (or sequential), or a smaller size; "
             "`flux-vector doctor` shows the free memory"
         )
     elif isinstance(exc, USER_ERRORS):

@@ -160,8 +160,8 @@ def _choose_fuse_qkv(req: _Request) -> tuple[bool, str]:
         return False, req.off("fuse_qkv")
     if req.quantized_8bit:
         if fuse is True:
-            raise ValueError("fuse_qkv=True with quantize='8bit': bitsandbytes int8 weights cannot be concatenated")
-        return False, "off: the 8-bit (bitsandbytes) weights cannot be concatenated"
+            raise ValueError("fuse_qkv=True with a quantized transformer: quantized weights cannot be concatenated")
+        return False, "off: the quantized weights (8bit, nf4, fp8 storage) cannot be concatenated"
     return True, "q/k/v (and the text stream's) projections as one GEMM each; LoRA moved onto the rows"
 
 
@@ -202,13 +202,13 @@ def _choose_compile(req: _Request) -> tuple[bool, bool, str]:
     if blocker:
         return False, True, f"off: {blocker}"
     if req.quantized_8bit and compile_ == AUTO:
-        return False, True, "off: bitsandbytes int8 layers break the graph (8-bit is the memory mode, not speed)"
+        return False, True, "off: quantized layers break the graph (the quantize tiers are memory modes, not speed)"
     why = (
         "regional torch.compile of the repeated double/single blocks, FX graph cache on disk; "
         "the LoRA strength is a graph input (no recompile)"
     )
     if req.quantized_8bit:
-        return True, False, why + "; fullgraph=False (bitsandbytes int8 layers break the graph)"
+        return True, False, why + "; fullgraph=False (quantized layers break the graph)"
     return True, True, why
 
 
@@ -219,7 +219,7 @@ def _fp8_blocker(req: _Request) -> str | None:
     if tuple(env.capability) < FP8_MIN_CAPABILITY:
         return f"fp8 tensor cores need sm89+ (Ada/Hopper); this GPU is sm{env.capability[0]}{env.capability[1]}"
     if req.quantized_8bit:
-        return "the transformer is already 8-bit (bitsandbytes); fp8 replaces it, not stacks on it"
+        return "the transformer is already quantized (a quantize tier); fp8 replaces it, not stacks on it"
     if req.dtype is not None and req.dtype != torch.bfloat16:
         loaded = str(req.dtype).removeprefix("torch.")
         return f"torchao's rowwise float8 needs bfloat16 weights; this pipeline loads {loaded} (use bfloat16)"

@@ -452,7 +452,7 @@ def describe_error(exc: BaseException, job: Job) -> str:
     if isinstance(exc, MemoryError) or gpu_oom:
         return (
             f"out of memory generating {size}, batch_size {request.batch_size}: {exc}. "
-            "Try a smaller size or batch_size, or start the server with --quantize 8bit or --offload model"
+            "Try a smaller size or batch_size, or start the server with --quantize fp8 or nf4, or --offload group"
         )
     if isinstance(exc, FloatingPointError):
         return f"numerical error in the model: {exc}"
