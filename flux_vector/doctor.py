@@ -179,9 +179,9 @@ def describe_packages(report: Report, gpu: Gpu | None) -> None:
     bnb = package_version("bitsandbytes")
     report.add(
         "bitsandbytes",
-        f"{bnb} (--quantize 8bit{' needs a CUDA GPU' if gpu is None else ' available'})"
+        f"{bnb} (--quantize 8bit / nf4{': slow without a CUDA GPU' if gpu is None else ' available'})"
         if bnb
-        else "not installed (--quantize 8bit needs it: pip install bitsandbytes)",
+        else "not installed (--quantize 8bit / nf4 need it: pip install bitsandbytes)",
     )
     torchao = package_version("torchao")
     fp8 = gpu is not None and gpu.capability >= (8, 9)
