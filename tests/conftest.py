@@ -1,5 +1,6 @@
 import inspect
 import os
+import sys
 
 import pytest
 
@@ -7,6 +8,20 @@ import pytest
 # worker, a Python interpreter) or drives a browser. Files made of such tests say so with ``pytestmark``; a test
 # elsewhere that does it itself (or through a fixture) is marked here, so a new one lands in the right tier.
 SLOW_SIGNS = ("ServerProcess(", "CliProcess(", "WorkerProcess(", "subprocess.run(", "sync_playwright")
+
+
+def pytest_configure(config):
+    """Under pytest-xdist (the README's ``-n auto``), each worker process gets its share of the cores for torch and
+    for the processes its tests start (``OMP_NUM_THREADS``, inherited), so that two workers do not each run two
+    threads per core; a value the user set wins. Everything else a test uses is per worker already: ``tmp_path``,
+    the session fixtures (cache folder, tiny checkpoint, ``redis_server``), free ports (``free_port()``)."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
+    if workers > 1:
+        threads = str(max(1, (os.cpu_count() or 1) // workers))
+        for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ.setdefault(name, threads)
+        if "torch" in sys.modules:  # imported before this hook (a plugin): too late for the variable
+            sys.modules["torch"].set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
 def _source(obj) -> str:
