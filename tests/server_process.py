@@ -12,7 +12,6 @@ from pathlib import Path
 
 import httpx
 
-
 # The serving processes' warm-up (a 1-step generation at the default size, 832x1216 on the tiny model) costs
 # seconds per start and is what tests/test_serving_warmup.py checks; the other tests' servers start without it
 # unless they pass ``warmup=True`` (or warm-up flags of their own).
