@@ -38,6 +38,16 @@ def pytest_collection_modifyitems(items):
         fixtures = [d.func for defs in item._fixtureinfo.name2fixturedefs.values() for d in defs]
         if any(sign in _source(f) for f in (item.function, *fixtures) for sign in SLOW_SIGNS):
             item.add_marker(pytest.mark.slow)
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        _slow_files_first(items)
+
+
+def _slow_files_first(items) -> None:
+    """Under ``--dist loadfile`` a worker takes one file at a time in collection order: the files with slow tests
+    (processes, servers, Redis clusters) go first, so that the run does not end on one worker finishing a long file
+    while the other waits. The order within a file is kept (module fixtures are shared in order)."""
+    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow_files)  # stable: collection order otherwise
 
 
 @pytest.fixture(scope="session", autouse=True)
