@@ -43,9 +43,10 @@ def pytest_collection_modifyitems(items):
 
 
 def _slow_files_first(items) -> None:
-    """Under ``--dist loadfile`` a worker takes one file at a time in collection order: the files with slow tests
-    (processes, servers, Redis clusters) go first, so that the run does not end on one worker finishing a long file
-    while the other waits. The order within a file is kept (module fixtures are shared in order)."""
+    """Under ``--dist loadfile --no-loadscope-reorder`` (pyproject's addopts) a worker takes one file at a time in
+    collection order. The files with slow tests (processes, servers, Redis clusters) go first, so that the run does
+    not end on one worker finishing a long file while the other waits (xdist's own reorder, most tests first, put
+    the few long tests of small files such as test_batch_cli.py last). The order within a file is kept."""
     slow_files = {item.path for item in items if item.get_closest_marker("slow")}
     items.sort(key=lambda item: item.path not in slow_files)  # stable: collection order otherwise
 
