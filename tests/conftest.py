@@ -1,6 +1,7 @@
 import inspect
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,20 @@ import pytest
 # worker, a Python interpreter) or drives a browser. Files made of such tests say so with ``pytestmark``; a test
 # elsewhere that does it itself (or through a fixture) is marked here, so a new one lands in the right tier.
 SLOW_SIGNS = ("ServerProcess(", "CliProcess(", "WorkerProcess(", "subprocess.run(", "sync_playwright")
+
+
+def pytest_configure(config):
+    """Under pytest-xdist (the README's ``-n auto``), each worker process gets its share of the cores for torch and
+    for the processes its tests start (``OMP_NUM_THREADS``, inherited), so that two workers do not each run two
+    threads per core; a value the user set wins. Everything else a test uses is per worker already: ``tmp_path``,
+    the session fixtures (cache folder, tiny checkpoint, ``redis_server``), free ports (``free_port()``)."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
+    if workers > 1:
+        threads = str(max(1, (os.cpu_count() or 1) // workers))
+        for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ.setdefault(name, threads)
+        if "torch" in sys.modules:  # imported before this hook (a plugin): too late for the variable
+            sys.modules["torch"].set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
 def _source(obj) -> str:
@@ -25,6 +40,17 @@ def pytest_collection_modifyitems(items):
         fixtures = [d.func for defs in item._fixtureinfo.name2fixturedefs.values() for d in defs]
         if any(sign in _source(f) for f in (item.function, *fixtures) for sign in SLOW_SIGNS):
             item.add_marker(pytest.mark.slow)
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        _slow_files_first(items)
+
+
+def _slow_files_first(items) -> None:
+    """Under ``--dist loadfile --no-loadscope-reorder`` (pyproject's addopts) a worker takes one file at a time in
+    collection order. The files with slow tests (processes, servers, Redis clusters) go first, so that the run does
+    not end on one worker finishing a long file while the other waits (xdist's own reorder, most tests first, put
+    the few long tests of small files such as test_batch_cli.py last). The order within a file is kept."""
+    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow_files)  # stable: collection order otherwise
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.server_process import CliProcess, free_port
+from tests.server_process import CliProcess, free_port, serving_args
 
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}  # several processes share 2 cores
 REDIS_SERVER = os.environ.get("FLUX_VECTOR_REDIS_SERVER") or shutil.which("redis-server") or "/usr/bin/redis-server"
@@ -127,7 +127,17 @@ class ApiProcess(CliProcess):
 class WorkerProcess(CliProcess):
     """``flux-vector worker --store redis://... --model tiny`` with its /metrics and /healthz on a loopback port."""
 
-    def __init__(self, store_url: str, folder: Path, name: str, *, args: tuple[str, ...] = (), env: dict | None = None):
+    def __init__(
+        self,
+        store_url: str,
+        folder: Path,
+        name: str,
+        *,
+        args: tuple[str, ...] = (),
+        env: dict | None = None,
+        warmup: bool = False,
+    ):
+        """``warmup``: warm up at the default size as ``worker`` does by default (off unless a test is about it)."""
         self.name, self.port = name, free_port()
         super().__init__(
             [
@@ -140,7 +150,7 @@ class WorkerProcess(CliProcess):
                 name,
                 "--metrics-port",
                 str(self.port),
-                *args,
+                *serving_args(args, warmup),
             ],
             Path(folder) / f"worker-{name}.log",
             {**ONE_THREAD, **(env or {})},

@@ -12,6 +12,18 @@ from pathlib import Path
 
 import httpx
 
+# The serving processes' warm-up (a 1-step generation at the default size, 832x1216 on the tiny model) costs
+# seconds per start and is what tests/test_serving_warmup.py checks; the other tests' servers start without it
+# unless they pass ``warmup=True`` (or warm-up flags of their own).
+WARMUP_FLAGS = ("--no-warmup", "--warmup-size")
+
+
+def serving_args(args: tuple[str, ...] | list[str], warmup: bool) -> list[str]:
+    """``args`` plus ``--no-warmup`` unless ``warmup`` or ``args`` already say how to warm up."""
+    if warmup or any(arg.split("=")[0] in WARMUP_FLAGS for arg in args):
+        return list(args)
+    return [*args, "--no-warmup"]
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -109,7 +121,9 @@ class ServerProcess(CliProcess):
         env: dict | None = None,
         log_path: Path | None = None,
         address_space: int | None = None,
+        warmup: bool = False,
     ):
+        """``warmup``: warm up at the default size as ``serve`` does by default (off unless a test is about it)."""
         self.store, self.port = Path(store), port or free_port()
         cmd = [
             "serve",
@@ -121,7 +135,7 @@ class ServerProcess(CliProcess):
             str(self.store),
             "--log-level",
             "warning",
-            *args,
+            *serving_args(args, warmup),
         ]
         log_path = log_path or self.store.with_name(self.store.stem + f"-server-{self.port}.log")
         super().__init__(cmd, log_path, env, address_space)

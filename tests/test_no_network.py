@@ -166,7 +166,7 @@ def test_batch_makes_no_network_access(tmp_path):
 def test_serve_makes_no_network_access(tmp_path):
     """The demo model loaded, fused and warmed up, then a request served end to end."""
     hooked = Hooked(tmp_path, hub_offline=False)
-    server = ServerProcess(tmp_path / "jobs.sqlite3", args=("--model", "demo"))
+    server = ServerProcess(tmp_path / "jobs.sqlite3", args=("--model", "demo"), warmup=True)
     server.env = hooked.env
     server.start()
     try:
@@ -183,7 +183,7 @@ def test_worker_makes_no_network_access(tmp_path, redis_server):
     from tests.redis_cluster import WorkerProcess
 
     hooked = Hooked(tmp_path, hub_offline=False)
-    worker = WorkerProcess(redis_server.url(7), tmp_path, "w1", args=("--model", "demo"))
+    worker = WorkerProcess(redis_server.url(7), tmp_path, "w1", args=("--model", "demo"), warmup=True)
     worker.env = {**hooked.env, "OMP_NUM_THREADS": "1"}
     worker.start().wait_ready()
     try:
