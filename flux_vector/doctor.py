@@ -14,6 +14,7 @@ import platform
 import shutil
 import sys
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 
@@ -72,7 +73,8 @@ def cuda_gpu(index: int = 0) -> Gpu | None:
     if not torch.cuda.is_available():
         return None
     free, total = torch.cuda.mem_get_info(index)
-    return Gpu(torch.cuda.get_device_name(index), int(free), int(total), tuple(torch.cuda.get_device_capability(index)))
+    major, minor = torch.cuda.get_device_capability(index)
+    return Gpu(torch.cuda.get_device_name(index), int(free), int(total), (major, minor))
 
 
 def package_version(name: str) -> str | None:
@@ -204,8 +206,8 @@ def describe_store(report: Report) -> None:
         report.todo.append(f"free some space under {nearest_existing(store.parent)} (images are kept there)")
 
 
-def diagnose(gpu: Gpu | str | None = "detect") -> Report:
-    """The whole report; ``gpu`` is read from torch unless given."""
+def diagnose(gpu: Gpu | Literal["detect"] | None = "detect") -> Report:
+    """The whole report; ``gpu`` is read from torch unless given (None: no GPU)."""
     gpu = cuda_gpu() if gpu == "detect" else gpu
     report = Report()
     report.add("python", f"{platform.python_version()} ({sys.executable})")
