@@ -9,6 +9,7 @@ included).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, cast
 
 import torch
 
@@ -86,7 +87,8 @@ def from_bfl(bfl_sd: dict[str, torch.Tensor], target: torch.nn.Module) -> dict[s
     """Convert to ``target``'s diffusers names, splitting fused weights by the target's own parameter sizes."""
     sd = {k.removeprefix(p): v for k, v in bfl_sd.items() for p in PREFIXES if k.startswith(p)} or dict(bfl_sd)
     shapes = {k: v.shape for k, v in target.state_dict().items()}
-    config = target.config
+    # a diffusers model's config (a FrozenDict); torch's Module.__getattr__ would type it as Tensor | Module
+    config = cast(Any, target).config
     out: dict[str, torch.Tensor] = {}
     missing = []
     for bfl, names, kind in layout(config.num_layers, config.num_single_layers):
