@@ -15,12 +15,13 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import LoraError, LoraPatch, check_strength, format_problems
+from .base import LoraError, LoraPatch, check_strength, format_problems, in_features, out_features
 from .fuse import FUSABLE_DTYPES, W0_DEVICE, choose_w0_home, fuse_error, keep_w0, stage_w0, write_fused_weight
 from .projections import redirect_fused_projections
 
@@ -37,6 +38,8 @@ class _Strength:
 
 class _Adapter(nn.Module):
     """One handle's factors on one layer, as non-persistent buffers (they follow ``.to()``, stay out of state_dict)."""
+
+    strength: torch.Tensor  # a buffer (registered in __init__)
 
     def __init__(self, patches: list[LoraPatch], cell: _Strength, device, dtype):
         super().__init__()
@@ -58,14 +61,14 @@ class _Adapter(nn.Module):
             self.layout.append((f"down{g}", terms))
 
     def add_to(self, out: torch.Tensor, x: torch.Tensor) -> None:
-        compiling = torch.compiler.is_compiling()
-        strength = self.strength if compiling else self.cell.value
+        # compiled: the strength buffer (a graph input); eager: the shared float
+        strength = self.strength if torch.compiler.is_compiling() else self.cell.value
         full = out.shape[-1]
         for down_name, terms in self.layout:
-            hidden = F.linear(x, self._buffers[down_name].to(device=x.device, dtype=x.dtype))
+            hidden = F.linear(x, self._factor(down_name).to(device=x.device, dtype=x.dtype))
             for up_name, offset, rows, scale in terms:
-                delta = F.linear(hidden, self._buffers[up_name].to(device=x.device, dtype=x.dtype))
-                if compiling:  # the tensor strength (float32 math, fused by inductor): no guard on its value
+                delta = F.linear(hidden, self._factor(up_name).to(device=x.device, dtype=x.dtype))
+                if isinstance(strength, torch.Tensor):  # compiling: float32 math, fused by inductor, no value guard
                     delta = (delta.float() * (strength.to(delta.device) * scale)).to(out.dtype)
                 else:
                     delta = (delta * (strength * scale)).to(out.dtype)
@@ -73,6 +76,10 @@ class _Adapter(nn.Module):
                     out += delta
                 else:
                     out[..., offset : offset + rows] += delta
+
+    def _factor(self, name: str) -> torch.Tensor:
+        """The factor buffer ``name`` (one of ``layout``'s, registered in __init__ as a tensor, never set to None)."""
+        return cast(torch.Tensor, self._buffers[name])
 
     def _apply(self, fn, recurse=True):
         super()._apply(fn, recurse)
@@ -105,28 +112,32 @@ class LoraLinear(nn.Module):
 
     def __init__(self, base: nn.Module):
         super().__init__()
-        self.base = base
-        self.in_features = base.in_features
-        self.out_features = base.out_features
-        self.adapters = nn.ModuleList()
+        self.base: nn.Module = base
+        self.in_features = in_features(base)
+        self.out_features = out_features(base)
+        self.adapters = nn.ModuleList()  # _Adapter modules only (``each_adapter``)
         self._w0: torch.Tensor | None = None  # original weight while any adapter is fused
         self._home: tuple[nn.Module, str] | None = None  # (parent, attribute) it replaced base in
 
     @property
     def weight(self) -> torch.Tensor:
         """The base layer's weight (W0, or the fused weight while fused), for code that inspects ``.weight``."""
-        return self.base.weight
+        return cast(torch.Tensor, self.base.weight)  # every linear kind wrapped has a tensor weight
 
     @property
     def bias(self) -> torch.Tensor | None:
-        return self.base.bias
+        return cast(torch.Tensor | None, self.base.bias)
+
+    def each_adapter(self) -> Iterable[_Adapter]:
+        """``adapters`` as what it holds (``apply_lora`` appends only ``_Adapter`` modules)."""
+        return cast(Iterable[_Adapter], self.adapters)
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         out = self.base(x, *args, **kwargs)
         if torch.compiler.is_compiling():  # no branch on the strength's value: it would be guarded on, recompiling
-            active = [a for a in self.adapters if not a.fused]
+            active = [a for a in self.each_adapter() if not a.fused]
         else:  # eager: strength 0 skips the branch (bitwise the base output)
-            active = [a for a in self.adapters if not a.fused and a.cell.value != 0.0]
+            active = [a for a in self.each_adapter() if not a.fused and a.cell.value != 0.0]
         if not active:
             return out
         if torch.is_grad_enabled() and out.requires_grad:
@@ -143,8 +154,8 @@ class LoraLinear(nn.Module):
     def refresh_fused(self, original_device: torch.device | str = W0_DEVICE) -> None:
         """Rewrite ``base.weight`` as W0 plus every fused adapter's delta (or W0 itself, bitwise). W0 is kept at
         ``original_device`` (``fuse.keep_w0``: "device", "pinned" or a device)."""
-        fused = [a for a in self.adapters if a.fused]
-        weight = self.base.weight
+        fused = [a for a in self.each_adapter() if a.fused]
+        weight = self.weight
         if not fused:
             if self._w0 is not None:
                 weight.copy_(stage_w0(self._w0, weight.device))
@@ -232,12 +243,12 @@ class LoraHandle:
         self._live()
         if self._fused:
             return
-        bad = set()
+        problems: set[str] = set()
         for wrapper, adapter in zip(self._wrappers, self._adapters, strict=True):
             reason = wrapper.fuse_error()
             if reason:
-                bad.update(f"{p.component}.{p.target}: {reason}" for p in adapter.patches)
-        bad = sorted(bad)
+                problems.update(f"{p.component}.{p.target}: {reason}" for p in adapter.patches)
+        bad = sorted(problems)
         if bad:
             raise LoraError("cannot fuse this LoRA into:\n  " + "\n  ".join(bad), keys=bad)
         self._original_device = self.w0_home() if original_device is None else original_device
@@ -250,7 +261,7 @@ class LoraHandle:
     def w0_home(self) -> str:
         """Where fusing keeps W0 (``fuse.choose_w0_home``): on the weights' device when all W0 copies fit there with
         ``fuse.W0_HEADROOM`` to spare, else pinned host memory; beside CPU weights."""
-        weights = [w.base.weight for w in self._wrappers]
+        weights = [w.weight for w in self._wrappers]
         device = weights[0].device if weights else torch.device("cpu")
         w0_bytes = sum(w.numel() * w.element_size() for w in weights)
         free = None
@@ -328,7 +339,7 @@ def apply_lora(
     if models is None:
         if any(p.root is None for p in patches):
             raise LoraError("patches without a root model: pass models=[...]")
-        models = list({id(p.root): p.root for p in patches}.values())
+        models = list({id(p.root): p.root for p in patches if p.root is not None}.values())
     else:
         models = [models] if isinstance(models, nn.Module) else list(models)
         if not all(isinstance(m, nn.Module) for m in models):

@@ -6,6 +6,7 @@ import math
 import numbers
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import nn
@@ -59,6 +60,18 @@ def format_problems(problems: dict[str, str], what: str) -> str:
     if len(problems) > _MAX_LISTED:
         lines.append(f"  ... and {len(problems) - _MAX_LISTED} more")
     return f"{what} ({len(problems)} key{'s' if len(problems) != 1 else ''}):\n" + "\n".join(lines)
+
+
+def out_features(linear: nn.Module) -> int:
+    """The output rows of any linear a LoRA patches (nn.Linear and its bitsandbytes subclasses, ``Fp8Linear``,
+    ``GGUFLinear``, ``LoraLinear``): each holds them as an int attribute, which torch's ``Module.__getattr__`` types
+    as ``Tensor | Module`` on a plain ``nn.Module``."""
+    return cast(int, linear.out_features)
+
+
+def in_features(linear: nn.Module) -> int:
+    """The input width of any linear a LoRA patches (see ``out_features``)."""
+    return cast(int, linear.in_features)
 
 
 @dataclass(eq=False)

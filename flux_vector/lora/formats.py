@@ -116,16 +116,21 @@ def parse_lora(
         slot[role] = (key, tensor)
 
     tables = build_tables(transformer, text_encoder, text_encoder_2)
-    models = {"transformer": transformer, "text_encoder": text_encoder, "text_encoder_2": text_encoder_2}
+    given = {"transformer": transformer, "text_encoder": text_encoder, "text_encoder_2": text_encoder_2}
+    # resolve() places keys only in the tables of the models given
+    models = {component: model for component, model in given.items() if model is not None}
     patches: list[LoraPatch] = []
     for base, slot in groups.items():
         resolved = resolve(base, tables)
-        checked = resolved if isinstance(resolved, str) else _check_factors(slot, resolved[0])
+        if isinstance(resolved, str):
+            checked: tuple[torch.Tensor, torch.Tensor, float] | str = resolved
+        else:
+            spec = resolved[0]
+            checked = _check_factors(slot, spec)
         if isinstance(checked, str):
             for key, _ in slot.values():
                 problems[key] = checked
             continue
-        spec = resolved[0]
         down, up, scale = checked
         model = models[spec.component]
         for seg in spec.segments:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any, cast
 
 from torch import nn
 
@@ -44,7 +45,7 @@ def fuse_qkv_projections(transformer: nn.Module, handles: Iterable[LoraHandle] =
     states = [(h, h.strength, h.text_strength, h.fused, h._original_device, list(h.patches)) for h in handles]
     for h in handles:
         h.remove()
-    transformer.fuse_qkv_projections()
+    cast(Any, transformer).fuse_qkv_projections()  # a diffusers model method: nn.Module types it as Tensor | Module
     for h, strength, text_strength, was_fused, device, patches in states:
         roots = {id(p.root): p.root for p in patches if p.root is not None}
         roots.setdefault(id(transformer), transformer)

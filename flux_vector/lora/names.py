@@ -8,6 +8,7 @@ enumerating these names, never by guessing where the dots were.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from torch import nn
@@ -16,6 +17,7 @@ from ..bfl import layout
 from ..fp8_linear import Fp8Linear
 from ..gguf_model import GGUFLinear
 from .adapter import LoraLinear
+from .base import in_features, out_features
 
 
 @dataclass(frozen=True)
@@ -51,19 +53,19 @@ def _linear_modules(model: nn.Module) -> dict[str, nn.Module]:
 
 
 def _direct(component: str, name: str, module: nn.Module) -> Spec:
-    rows = module.out_features
-    return Spec(component, (Segment(name, 0, rows, 0),), module.in_features, rows)
+    rows = out_features(module)
+    return Spec(component, (Segment(name, 0, rows, 0),), in_features(module), rows)
 
 
 def _fused(linears: dict[str, nn.Module], targets: list[str]) -> Spec | None:
-    if not all(t in linears for t in targets) or len({linears[t].in_features for t in targets}) != 1:
+    if not all(t in linears for t in targets) or len({in_features(linears[t]) for t in targets}) != 1:
         return None
     segments, start = [], 0
     for t in targets:
-        rows = linears[t].out_features
+        rows = out_features(linears[t])
         segments.append(Segment(t, start, rows, 0))
         start += rows
-    return Spec("transformer", tuple(segments), linears[targets[0]].in_features, start)
+    return Spec("transformer", tuple(segments), in_features(linears[targets[0]]), start)
 
 
 def _bfl_specs(transformer: nn.Module, linears: dict[str, nn.Module]) -> dict[str, Spec]:
@@ -77,9 +79,9 @@ def _bfl_specs(transformer: nn.Module, linears: dict[str, nn.Module]) -> dict[st
             continue
         if kind == "swap":  # BFL chunks (shift, scale), diffusers (scale, shift): the halves trade places
             module = linears[targets[0]]
-            half = module.out_features // 2
+            half = out_features(module) // 2
             segments = (Segment(targets[0], 0, half, half), Segment(targets[0], half, half, 0))
-            specs[bfl] = Spec("transformer", segments, module.in_features, 2 * half)
+            specs[bfl] = Spec("transformer", segments, in_features(module), 2 * half)
         elif len(targets) == 1:
             specs[bfl] = _direct("transformer", targets[0], linears[targets[0]])
         elif (spec := _fused(linears, list(targets))) is not None:
@@ -167,11 +169,13 @@ def resolve(base: str, tables: dict[str, Table | None]) -> tuple[Spec, str] | st
         table = tables[which]
         if table is None:
             continue
-        spec = table.underscore.get(rest, False) if underscore else table.dotted.get(rest, False)
+        names: Mapping[str, Spec | None] = table.underscore if underscore else table.dotted
+        if rest not in names:
+            continue
+        spec = names[rest]
         if spec is None:
             return f"ambiguous underscore name {rest!r}"
-        if spec:
-            return spec, rest
+        return spec, rest
     which, rest, _ = candidates[0]
     return f"no LoRA-able linear named {rest!r} in the {_COMPONENT_NAMES[which]}"
 

@@ -10,7 +10,7 @@ from dataclasses import replace
 import torch
 from torch import nn
 
-from .base import LoraPatch
+from .base import LoraPatch, out_features
 
 # (unfused projections, the fused projection diffusers' fuse_projections() builds from them, rows in that order)
 FUSED_PROJECTIONS = (
@@ -30,16 +30,16 @@ def unfused_projection_map(models: Iterable[nn.Module]) -> dict[int, tuple[nn.Mo
                 continue
             for parts, fused_name in FUSED_PROJECTIONS:
                 fused = module._modules.get(fused_name)
-                subs = [module._modules.get(n) for n in parts]
-                if fused is None or any(sub is None for sub in subs):
+                subs = [sub for n in parts if (sub := module._modules.get(n)) is not None]
+                if fused is None or len(subs) != len(parts):
                     continue
-                if sum(sub.out_features for sub in subs) != fused.out_features:
+                if sum(out_features(sub) for sub in subs) != out_features(fused):
                     continue
                 offset = 0
                 for sub in subs:
                     for m in (sub, sub.base) if isinstance(getattr(sub, "base", None), nn.Module) else (sub,):
                         found.setdefault(id(m), (fused, fused_name, offset))
-                    offset += sub.out_features
+                    offset += out_features(sub)
     return found
 
 
