@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import time
+from typing import Any, cast
 
 import torch
 
@@ -62,6 +63,7 @@ def share_unfused_weights(transformer: torch.nn.Module) -> int:
     from torch import nn
 
     from ..lora import LoraLinear
+    from ..lora.base import out_features
     from ..lora.projections import FUSED_PROJECTIONS
 
     shared = 0
@@ -77,9 +79,9 @@ def share_unfused_weights(transformer: torch.nn.Module) -> int:
                 continue
             offset = 0
             for part in parts:
-                sub = module._modules.get(part)
+                sub = module.get_submodule(part)
                 base = sub.base if isinstance(sub, LoraLinear) else sub
-                rows = base.out_features
+                rows = out_features(base)
                 if type(base) is nn.Linear and base.weight.shape == fused.weight[offset : offset + rows].shape:
                     base.weight = nn.Parameter(fused.weight[offset : offset + rows], requires_grad=False)
                     if base.bias is not None and fused.bias is not None:
@@ -150,7 +152,8 @@ def enable_step_cache(transformer: torch.nn.Module, threshold: float) -> None:
     per denoiser call and resets the state per generation."""
     from diffusers.hooks import FirstBlockCacheConfig
 
-    transformer.enable_cache(FirstBlockCacheConfig(threshold=threshold))
+    # a diffusers model method: nn.Module types it as Tensor | Module
+    cast(Any, transformer).enable_cache(FirstBlockCacheConfig(threshold=threshold))
 
 
 def apply_weight_transforms(pipe, plan: FastPlan, log=None) -> dict[str, float]:
@@ -201,7 +204,7 @@ def apply_runtime_switches(pipe, plan: FastPlan, log=None) -> dict[str, float]:
             torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
             # static shapes: each size served compiles its own graph once (``FluxVectorPipeline.warmup`` at the sizes
             # served), instead of a second size turning every block into a slower dynamic-shape graph
-            options = {"fullgraph": plan.fullgraph, "dynamic": False}
+            options: dict[str, bool | str] = {"fullgraph": plan.fullgraph, "dynamic": False}
             if plan.cuda_graphs:
                 options["mode"] = "reduce-overhead"
             transformer.compile_repeated_blocks(**options)

@@ -102,7 +102,7 @@ def detect_env(device: torch.device | str) -> FastEnv:
         available.add("cxx_compiler")
     capability = None
     if device.type == "cuda" and torch.cuda.is_available():
-        capability = tuple(torch.cuda.get_device_capability(device))
+        capability = torch.cuda.get_device_capability(device)
         if torch.backends.cudnn.is_available() and (torch.backends.cudnn.version() or 0) >= 90000:
             available.add("cudnn_attention")
     return FastEnv(device.type, capability, frozenset(available))
