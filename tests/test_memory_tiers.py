@@ -228,63 +228,26 @@ def test_a_bitsandbytes_text_tier_is_resident_in_every_mode():
 
 
 def flux_dev_on_meta() -> dict[str, nn.Module]:
-    """FLUX.1-dev's four components from its public configs, on the meta device (no memory, no download)."""
+    """FLUX.1-dev's four components from the configs shipped in the package (``single_file/configs``, themselves
+    checked against the published parameter counts in tests/test_comfy_files.py), on the meta device."""
+    import json
+
     from accelerate import init_empty_weights
     from diffusers import AutoencoderKL, FluxTransformer2DModel
     from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 
+    from flux_vector.single_file.load import CONFIG_DIR
+
+    def config(name: str) -> dict:
+        return json.loads((CONFIG_DIR / f"{name}.json").read_text())
+
     with init_empty_weights(include_buffers=True):
-        transformer = FluxTransformer2DModel.from_config(
-            dict(
-                patch_size=1,
-                in_channels=64,
-                num_layers=19,
-                num_single_layers=38,
-                attention_head_dim=128,
-                num_attention_heads=24,
-                joint_attention_dim=4096,
-                pooled_projection_dim=768,
-                guidance_embeds=True,
-                axes_dims_rope=(16, 56, 56),
-            )
-        )
-        t5 = T5EncoderModel(
-            T5Config(
-                vocab_size=32128,
-                d_model=4096,
-                d_kv=64,
-                d_ff=10240,
-                num_layers=24,
-                num_heads=64,
-                feed_forward_proj="gated-gelu",
-                dropout_rate=0.0,
-            )
-        )
-        clip = CLIPTextModel(
-            CLIPTextConfig(
-                vocab_size=49408,
-                hidden_size=768,
-                intermediate_size=3072,
-                num_attention_heads=12,
-                num_hidden_layers=12,
-                projection_dim=768,
-                max_position_embeddings=77,
-            )
-        )
-        vae = AutoencoderKL.from_config(
-            dict(
-                in_channels=3,
-                out_channels=3,
-                down_block_types=("DownEncoderBlock2D",) * 4,
-                up_block_types=("UpDecoderBlock2D",) * 4,
-                block_out_channels=(128, 256, 512, 512),
-                layers_per_block=2,
-                latent_channels=16,
-                use_quant_conv=False,
-                use_post_quant_conv=False,
-            )
-        )
-    return {"transformer": transformer, "text_encoder_2": t5, "text_encoder": clip, "vae": vae}
+        return {
+            "transformer": FluxTransformer2DModel.from_config(config("transformer")),
+            "text_encoder_2": T5EncoderModel(T5Config.from_dict(config("text_encoder_2"))),
+            "text_encoder": CLIPTextModel(CLIPTextConfig.from_dict(config("text_encoder"))),
+            "vae": AutoencoderKL.from_config(config("vae")),
+        }
 
 
 @pytest.mark.slow
