@@ -5,13 +5,13 @@ on the CPU), and the memory estimate (``memory_tiers``) beside the measured byte
 
 Tiers (``--tiers``, comma separated; most at stake first, a time limit cuts from the end):
   none        the reference: the transformer in the pipeline dtype
-  nf4 fp8 8bit   ``quantize.quantize_transformer`` (helper A's tiers; ``quantize_linears_8bit`` for 8bit before it)
+  nf4 fp8 8bit   ``quantize.quantize_transformer`` (what ``from_pretrained(quantize=...)`` runs)
   gguf-Q8_0 gguf-Q4_0   a city96-layout .gguf written from the loaded transformer by ``gguf_model.write_flux_gguf``
               and read back by ``gguf_model.load_gguf_transformer`` (the code a real file takes); Q8_0 and Q4_0 are
               quantized with torch on the run's device (``torch_gguf_quantize``, byte-identical to the gguf package's
               numpy code, which takes minutes for FLUX.1-dev's 12 B weights)
-A tier whose code is not in this checkout (or whose package is missing) is reported as "not available" with the
-reason; a tier that fails is reported with its error; neither stops the others. Results are written after every tier.
+A tier whose package is missing (gguf, bitsandbytes) is reported as "not available" with the reason; a tier that
+fails is reported with its error; neither stops the others. Results are written after every tier.
 
     python benchmarks/bench_tiers.py --tiny --steps 2 --size 64 --out /tmp/tiers     # CPU rehearsal (tiny model)
     python benchmarks/bench_tiers.py --steps 8 --out gpu_out/tiers                    # GPU: FLUX.1-dev size, random
@@ -100,22 +100,15 @@ def fast_gguf_quantize(device: torch.device):
 
 
 def unavailable(tier: str, device: torch.device) -> str | None:
-    """Why ``tier`` cannot run in this checkout / on this device, or None."""
+    """Why ``tier`` cannot run here (its package is missing), or None."""
     from flux_vector.quantize import QUANTIZE_CHOICES
 
     if tier.startswith("gguf-"):
-        if importlib.util.find_spec("gguf") is None:
-            return "the gguf package is not installed"
-        if importlib.util.find_spec("flux_vector.gguf_model") is None:
-            return "not available: flux_vector.gguf_model (the GGUF tier) is not in this checkout"
-        import flux_vector.gguf_model as gguf_model
-
-        missing = [f for f in ("write_flux_gguf", "load_gguf_transformer") if not hasattr(gguf_model, f)]
-        return f"not available: flux_vector.gguf_model has no {', '.join(missing)}" if missing else None
+        return "not available: the gguf package is not installed" if importlib.util.find_spec("gguf") is None else None
     if tier not in QUANTIZE_CHOICES:
-        return f"not available: quantize={tier!r} is not in this checkout (quantize.QUANTIZE_CHOICES)"
+        raise SystemExit(f"--tiers: {tier!r} is not a tier ({', '.join(QUANTIZE_CHOICES)}, gguf-<type>)")
     if tier in ("8bit", "nf4") and importlib.util.find_spec("bitsandbytes") is None:
-        return "bitsandbytes is not installed"
+        return "not available: bitsandbytes is not installed"
     return None
 
 
@@ -147,13 +140,10 @@ def apply_tier(tier: str, parts: dict, device: torch.device, dtype: torch.dtype,
             parts["transformer"] = loaded.to(device).eval()
             read = time.perf_counter() - started
         return {"gguf_file_gib": size / GiB, "gguf_tensors": counts, "gguf_write_s": written, "gguf_read_s": read}
-    import flux_vector.quantize as quantize
+    from flux_vector.quantize import quantize_transformer
 
     started = time.perf_counter()
-    if hasattr(quantize, "quantize_transformer"):
-        count = quantize.quantize_transformer(transformer, tier, device)
-    else:  # before helper A's tiers: the 8-bit function
-        count = quantize.quantize_linears_8bit(transformer, device)
+    count = quantize_transformer(transformer, tier, device)
     sync(device)
     return {"quantized_linears": count, "quantize_s": time.perf_counter() - started}
 

@@ -8,7 +8,6 @@ included).
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, cast
 
 import torch
@@ -119,21 +118,3 @@ def from_bfl(bfl_sd: dict[str, torch.Tensor], target: torch.nn.Module) -> dict[s
     if unused:
         raise ValueError(f"the checkpoint has {len(unused)} weights this model has no place for, e.g. {unused[:5]}")
     return out
-
-
-def load_bfl_transformer(path: str | Path, config_folder: str | Path, dtype: torch.dtype):
-    """A diffusers FluxTransformer2DModel from a BFL-layout single file, its config from a diffusers folder."""
-    from accelerate import init_empty_weights
-
-    from .quiet import diffusers_without_bitsandbytes
-
-    diffusers_without_bitsandbytes()  # no Hub request at import (quiet.py)
-    from diffusers import FluxTransformer2DModel
-    from safetensors.torch import load_file
-
-    config = FluxTransformer2DModel.load_config(config_folder, subfolder="transformer")
-    with init_empty_weights():
-        model = FluxTransformer2DModel.from_config(config)
-    converted = from_bfl(load_file(str(path)), model)
-    model.load_state_dict({k: v.to(dtype) for k, v in converted.items()}, strict=True, assign=True)
-    return model.eval()

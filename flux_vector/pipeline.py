@@ -282,7 +282,9 @@ class FluxVectorPipeline:
         files = {"clip_l_file": clip_l_file, "t5_file": t5_file, "vae_file": vae_file, "comfyui_models": comfyui_models}
         if not single_file and any(v is not None for v in files.values()):
             given = ", ".join(f"{k}=" for k, v in files.items() if v is not None)
-            raise ValueError(f"{given} go with a single-file model (a .safetensors transformer), not model={model!r}")
+            raise ValueError(
+                f"{given} go with a single-file model (a .safetensors or .gguf transformer), not model={model!r}"
+            )
         folder = None if single_file else resolve_model(model)
         lora_file = lora_in_comfyui_models(lora, comfyui_models) or resolve_lora(
             lora, base if single_file and base == "tiny" else model
