@@ -226,9 +226,7 @@ def make_pipe(mode: str, args, device, dtype, env, log) -> tuple[object, dict]:
     request, full = fast_request(mode, env)
     plan = None
     if request is not None:  # chosen for the offload mode and applied by the pipeline (weights before offload)
-        plan = choose_fast_plan(
-            env, request, full=full, quantized_8bit="8bit" in mode, offload=offload.mode, dtype=dtype
-        )
+        plan = choose_fast_plan(env, request, full=full, quantized="8bit" in mode, offload=offload.mode, dtype=dtype)
         for line in plan.describe():
             log(f"fast: {line}")
     pipe = FluxVectorPipeline(

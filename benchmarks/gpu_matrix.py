@@ -56,10 +56,10 @@ def build(offload: str, quantize: str | None, fast: bool, args, device, dtype, e
     if offload == "sequential" and device.type != "cuda":
         return None, {"skipped": "sequential offload needs an accelerator (diffusers raises on the CPU)"}
     try:
-        offload_plan(offload, quantized_8bit=quantize == "8bit")
+        offload_plan(offload, resident_transformer=quantize == "8bit")
         plan = (
             choose_fast_plan(
-                env, FAST_NO_COMPILE, full=True, quantized_8bit=quantize == "8bit", offload=offload, dtype=dtype
+                env, FAST_NO_COMPILE, full=True, quantized=quantize == "8bit", offload=offload, dtype=dtype
             )
             if fast
             else None

@@ -96,7 +96,7 @@ def offload_choices(gpu: Gpu | None) -> dict[str, OffloadChoice]:
             free,
             FLUX_DEV_BYTES_8BIT,
             largest_group=FLUX_DEV_LARGEST_GROUP_8BIT,
-            quantized_8bit=True,
+            resident_transformer=True,
         )
     except ValueError as exc:  # the int8 transformer stays on the GPU and does not fit there
         int8 = OffloadChoice("does not fit", device, str(exc))

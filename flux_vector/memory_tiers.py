@@ -371,7 +371,7 @@ def largest_group(
 ) -> int:
     """The largest group group offload onloads under ``tier`` (``offload.largest_group_bytes`` from a census): over
     the components ``plan`` (default: group offload's) groups."""
-    plan = plan or offload_plan("group", quantized_8bit=is_pinned(tier))
+    plan = plan or offload_plan("group", resident_transformer=is_pinned(tier))
     tiers = tiers_of(tier, text_tier)
     sizes = [
         census_bytes(group, tiers.get(name, "none"), dtype_bytes).total
@@ -434,7 +434,7 @@ def expected_seconds(tier: str, mode: str, sizes: Mapping[str, int], pinned: boo
     step = seconds / STEPS
     if mode == "none":
         return seconds
-    plan = offload_plan(mode, quantized_8bit=pinned)
+    plan = offload_plan(mode, resident_transformer=pinned)
     for name, size in sizes.items():
         how = plan.get(name, MODEL)
         if how == DEVICE:
@@ -463,7 +463,7 @@ def estimate(
     (``offload.mode_needs``). A bitsandbytes T5 stays on the device (quantize.py): resident in every mode."""
     pinned = is_pinned(tier)
     sizes = component_bytes(model, tier, dtype_bytes, text_tier=text_tier)
-    plan = dict(offload_plan("group", quantized_8bit=pinned))
+    plan = dict(offload_plan("group", resident_transformer=pinned))
     resident_t5 = sizes.pop("text_encoder_2", 0) if is_pinned(text_tier) else 0
     if resident_t5:
         plan["text_encoder_2"] = DEVICE
@@ -471,10 +471,10 @@ def estimate(
     free = None if free_bytes is None else free_bytes - resident_t5
     held = {**sizes, "text_encoder_2": resident_t5} if resident_t5 else sizes
     try:
-        choice = choose_offload(offload, device, free, sizes, largest_group=group, quantized_8bit=pinned)
+        choice = choose_offload(offload, device, free, sizes, largest_group=group, resident_transformer=pinned)
     except ValueError as exc:  # the pinned transformer does not fit, or the mode cannot hold it
         return TierEstimate(tier, held, group, None, None, None, why_not=str(exc))
-    peak = mode_needs(choice.mode, sizes, largest_group=group, quantized_8bit=pinned) + resident_t5
+    peak = mode_needs(choice.mode, sizes, largest_group=group, resident_transformer=pinned) + resident_t5
     if free_bytes is not None and peak > free_bytes and (offload != AUTO or resident_t5):
         why = f"offload {choice.mode} needs {peak / GiB:.1f} GiB, {free_bytes / GiB:.1f} GiB free"
         return TierEstimate(tier, held, group, None, peak, None, why_not=why)

@@ -5,13 +5,13 @@ group offload CPU->CPU does nothing, so without an accelerator everything runs o
 
 ``offload_plan`` says, per mode, how each component is handled (pure, tested on the CPU):
 
-* bitsandbytes weights (``quantize`` 8bit and nf4; ``quantized_8bit`` below means either) are never moved by an
-  offload hook (nf4's ``Params4bit.quant_state`` stays behind on ``_apply`` as int8's ``CB``/``SCB`` do); fp8
-  weights (``fp8_linear.Fp8Linear``) are plain tensors, offloaded like any. Hooks move modules with ``_apply``, which
-  swaps ``param.data`` and keeps the old ``Int8Params`` object, whose ``CB``/``SCB`` (and the layer's ``state.CB/SCB``
-  after a forward) still point at the device's int8 tensors: every onload could add a copy. So under 8-bit the
-  transformer stays on the device ("device") and only the text encoders and the VAE are offloaded; sequential
-  offload, which would move the int8 layers, is refused.
+* bitsandbytes weights (``quantize`` 8bit and nf4; ``resident_transformer`` below: the transformer holds them) are
+  never moved by an offload hook (nf4's ``Params4bit.quant_state`` stays behind on ``_apply`` as int8's ``CB``/``SCB``
+  do); fp8 weights (``fp8_linear.Fp8Linear``) are plain tensors, offloaded like any. Hooks move modules with
+  ``_apply``, which swaps ``param.data`` and keeps the old ``Int8Params`` object, whose ``CB``/``SCB`` (and the
+  layer's ``state.CB/SCB`` after a forward) still point at the device's int8 tensors: every onload could add a copy.
+  So under 8-bit the transformer stays on the device ("device") and only the text encoders and the VAE are offloaded;
+  sequential offload, which would move the int8 layers, is refused.
 * Group offload groups the text encoders by their blocks: T5's ``encoder`` stack (one group per ``encoder.block``
   entry, the embedding and final norm as one more), not the ``T5EncoderModel`` itself, where diffusers' block-level
   grouping finds no block list at the top and would onload all 9.5 GB as one group. CLIP-L (0.25 GB) and the VAE
@@ -71,12 +71,12 @@ def module_bytes(module: torch.nn.Module | None) -> int:
     return total + sum(t.numel() * t.element_size() for t in extra.values())
 
 
-def offload_plan(mode: str, *, quantized_8bit: bool = False) -> dict[str, str]:
+def offload_plan(mode: str, *, resident_transformer: bool = False) -> dict[str, str]:
     """How each component is handled under ``mode`` (see the module doc); pure."""
     if mode == "none":
         return dict.fromkeys(COMPONENTS, DEVICE)
     if mode == "sequential":
-        if quantized_8bit:
+        if resident_transformer:
             raise ValueError(
                 "offload='sequential' with quantize='8bit' is not allowed: sequential offload moves every layer, "
                 "and bitsandbytes int8 layers keep their quantized copies on the GPU when moved; use "
@@ -89,7 +89,7 @@ def offload_plan(mode: str, *, quantized_8bit: bool = False) -> dict[str, str]:
         plan = {"text_encoder": DEVICE, "text_encoder_2": GROUP, "transformer": GROUP, "vae": DEVICE}
     else:
         raise ValueError(f"offload={mode!r} is not allowed; offload must be one of {', '.join(OFFLOAD_MODES[1:])}")
-    if quantized_8bit:
+    if resident_transformer:
         plan["transformer"] = DEVICE
     return plan
 
@@ -133,13 +133,13 @@ def choose_offload(
     component_bytes: dict[str, int],
     *,
     largest_group: int | None = None,
-    quantized_8bit: bool = False,
+    resident_transformer: bool = False,
 ) -> OffloadChoice:
     """Pure decision logic (tested on CPU): which offload mode to use and why.
 
     ``largest_group``: the largest group group offload would onload (``largest_group_bytes``), None if unknown (then
-    group needs ``GROUP_MIN_FREE``). ``quantized_8bit``: the transformer is int8 and stays on the device whatever the
-    mode (``offload_plan``); auto counts it as resident."""
+    group needs ``GROUP_MIN_FREE``). ``resident_transformer``: the transformer holds bitsandbytes layers (8bit, nf4)
+    and stays on the device whatever the mode (``offload_plan``); auto counts it as resident."""
     if requested not in OFFLOAD_MODES:
         raise ValueError(f"offload={requested!r} is not allowed; offload must be one of {', '.join(OFFLOAD_MODES)}")
     if device.type == "cpu":
@@ -149,7 +149,9 @@ def choose_offload(
             )
         return OffloadChoice("none", device, "no accelerator: running on CPU, no offload")
     if requested != "auto":
-        offload_plan(requested, quantized_8bit=quantized_8bit)  # refuses what cannot work (8-bit + sequential)
+        offload_plan(
+            requested, resident_transformer=resident_transformer
+        )  # refuses what cannot work (8-bit + sequential)
         return OffloadChoice(requested, device, f"offload={requested!r} as requested")
     if free_bytes is None:
         return OffloadChoice("none", device, f"{device.type}: free memory unknown, no offload")
@@ -157,17 +159,19 @@ def choose_offload(
     total = sum(component_bytes.values())
     if mode_needs("none", component_bytes) <= free_bytes:
         return OffloadChoice("none", device, f"{free}, all {total / GiB:.1f} GiB of weights fit: no offload")
-    kept = " with the int8 transformer kept on the GPU" if quantized_8bit else ""
-    if mode_needs("model", component_bytes, quantized_8bit=quantized_8bit) <= free_bytes:
-        largest = max(_offloaded("model", component_bytes, quantized_8bit), default=0)
+    kept = " with the int8 transformer kept on the GPU" if resident_transformer else ""
+    if mode_needs("model", component_bytes, resident_transformer=resident_transformer) <= free_bytes:
+        largest = max(_offloaded("model", component_bytes, resident_transformer), default=0)
         return OffloadChoice(
             "model", device, f"{free}, largest offloaded component {largest / GiB:.1f} GiB fits: model offload{kept}"
         )
-    group_needs = mode_needs("group", component_bytes, largest_group=largest_group, quantized_8bit=quantized_8bit)
+    group_needs = mode_needs(
+        "group", component_bytes, largest_group=largest_group, resident_transformer=resident_transformer
+    )
     group_size = "group sizes unknown" if largest_group is None else f"largest group {largest_group / GiB:.2f} GiB"
     if group_needs <= free_bytes:
         return OffloadChoice("group", device, f"{free}, {group_size}: block-level group offload{kept}")
-    if quantized_8bit:
+    if resident_transformer:
         raise ValueError(
             f"quantize='8bit' keeps the int8 transformer ({component_bytes.get('transformer', 0) / GiB:.1f} GiB) on "
             f"the GPU and {free} is too little even with the text encoders offloaded ({group_needs / GiB:.1f} GiB "
@@ -176,18 +180,18 @@ def choose_offload(
     return OffloadChoice("sequential", device, f"{free}, {group_size}: sequential (layer by layer) offload, slowest")
 
 
-def _resident(mode: str, component_bytes: dict[str, int], quantized_8bit: bool) -> int:
-    plan = offload_plan(mode, quantized_8bit=quantized_8bit)
+def _resident(mode: str, component_bytes: dict[str, int], resident_transformer: bool) -> int:
+    plan = offload_plan(mode, resident_transformer=resident_transformer)
     return sum(size for name, size in component_bytes.items() if plan.get(name, MODEL) == DEVICE)
 
 
-def _offloaded(mode: str, component_bytes: dict[str, int], quantized_8bit: bool) -> list[int]:
-    plan = offload_plan(mode, quantized_8bit=quantized_8bit)
+def _offloaded(mode: str, component_bytes: dict[str, int], resident_transformer: bool) -> list[int]:
+    plan = offload_plan(mode, resident_transformer=resident_transformer)
     return [size for name, size in component_bytes.items() if plan.get(name, MODEL) != DEVICE]
 
 
 def mode_needs(
-    mode: str, component_bytes: dict[str, int], *, largest_group: int | None = None, quantized_8bit: bool = False
+    mode: str, component_bytes: dict[str, int], *, largest_group: int | None = None, resident_transformer: bool = False
 ) -> int:
     """The accelerator memory ``mode`` needs for a generation (what ``choose_offload`` weighs against the free memory,
     and ``memory_tiers`` reports as the expected peak): the components kept on the device, what the mode onloads at
@@ -196,9 +200,9 @@ def mode_needs(
     plus ``HEADROOM``."""
     if mode == "none":
         return sum(component_bytes.values()) + HEADROOM
-    resident = _resident(mode, component_bytes, quantized_8bit)
+    resident = _resident(mode, component_bytes, resident_transformer)
     if mode == "model":
-        return resident + max(_offloaded(mode, component_bytes, quantized_8bit), default=0) + HEADROOM
+        return resident + max(_offloaded(mode, component_bytes, resident_transformer), default=0) + HEADROOM
     if mode == "group":
         in_flight = 0 if largest_group is None else GROUPS_IN_FLIGHT * largest_group
         return max(GROUP_MIN_FREE, resident + in_flight + HEADROOM)
@@ -217,11 +221,15 @@ def accelerator_free_bytes(device: torch.device) -> int | None:
 
 
 def apply_offload(
-    choice: OffloadChoice, diffusers_pipe, modules: dict[str, torch.nn.Module | None], *, quantized_8bit: bool = False
+    choice: OffloadChoice,
+    diffusers_pipe,
+    modules: dict[str, torch.nn.Module | None],
+    *,
+    resident_transformer: bool = False,
 ) -> dict[str, str]:
     """Place the components for ``choice`` as ``offload_plan`` says (``diffusers_pipe`` is a FluxPipeline holding the
     same modules, for sequential offload); returns the plan applied."""
-    plan = offload_plan(choice.mode, quantized_8bit=quantized_8bit)
+    plan = offload_plan(choice.mode, resident_transformer=resident_transformer)
     if choice.mode == "sequential":
         diffusers_pipe.enable_sequential_cpu_offload(device=choice.device)
         return plan

@@ -182,7 +182,7 @@ class FluxVectorPipeline:
         # stay on the device
         offloaded = {k: None if k in self._placed_apart else m for k, m in self._components().items()}
         resident = stays_resident(transformer)
-        self.offload_plan = apply_offload(offload, self._diffusers, offloaded, quantized_8bit=resident)
+        self.offload_plan = apply_offload(offload, self._diffusers, offloaded, resident_transformer=resident)
         for name, where in self._placed_apart.items():
             place(self._components()[name], where)
             self.offload_plan[name] = DEVICE if where == offload.device else str(where)
@@ -343,7 +343,7 @@ class FluxVectorPipeline:
             {"text_encoder": text_encoder, "text_encoder_2": text_encoder_2, "transformer": transformer}
             if text_device is None
             else {"transformer": transformer},
-            quantized_8bit=stays_resident(transformer),
+            resident_transformer=stays_resident(transformer),
             quantized=is_quantized(transformer),
         )
         log(f"offload: {choice.mode} ({choice.reason})")
@@ -387,7 +387,7 @@ class FluxVectorPipeline:
             detect_env(self.device),
             fast,
             full=full,
-            quantized_8bit=is_quantized(self.transformer),
+            quantized=is_quantized(self.transformer),
             offload=self.offload.mode,
             dtype=self.dtype,
         )
@@ -774,11 +774,11 @@ def _choose_fast_and_offload(
     sizes: dict[str, int],
     modules: dict,
     *,
-    quantized_8bit: bool,
+    resident_transformer: bool,
     quantized: bool,
 ):
     """(the fast plan or None, the offload choice) for these loaded components (``fast.choose_fast_and_offload``).
-    ``quantized_8bit``: the transformer's bitsandbytes layers stay on the device; ``quantized``: any tier."""
+    ``resident_transformer``: the transformer's bitsandbytes layers stay on the device; ``quantized``: any tier."""
     from .fast import FastEnv, choose_fast_and_offload, detect_env, fp8_saved_bytes
 
     return choose_fast_and_offload(
@@ -788,9 +788,9 @@ def _choose_fast_and_offload(
         device=device,
         free_bytes=accelerator_free_bytes(device),
         component_bytes=sizes,
-        largest_group=largest_group_bytes(modules, offload_plan("group", quantized_8bit=quantized_8bit)),
+        largest_group=largest_group_bytes(modules, offload_plan("group", resident_transformer=resident_transformer)),
         fp8_saved_bytes=fp8_saved_bytes(modules["transformer"]) if fast else 0,
-        quantized_8bit=quantized_8bit,
+        resident_transformer=resident_transformer,
         dtype=dtype,
         quantized=quantized,
     )

@@ -93,14 +93,14 @@ def test_cuda_without_triton_does_not_compile():
 
 
 def test_quantized_base_gets_no_fusion_no_fp8_and_no_auto_compile():
-    plan = choose_fast_plan(cuda((9, 0)), quantized_8bit=True)
+    plan = choose_fast_plan(cuda((9, 0)), quantized=True)
     assert not plan.fuse_qkv and "quantized weights" in plan.why["fuse_qkv"]
     assert not plan.fp8 and "already quantized" in plan.why["fp8"]
     assert not plan.compile and "quantized layers" in plan.why["compile"]
     assert plan.attention == "_flash_3"
     with pytest.raises(ValueError, match="quantized weights cannot be concatenated"):
-        choose_fast_plan(cuda((9, 0)), {"fuse_qkv": True}, quantized_8bit=True)
-    forced = choose_fast_plan(cuda((9, 0)), {"compile": True}, quantized_8bit=True)
+        choose_fast_plan(cuda((9, 0)), {"fuse_qkv": True}, quantized=True)
+    forced = choose_fast_plan(cuda((9, 0)), {"compile": True}, quantized=True)
     assert forced.compile and not forced.fullgraph
 
 

@@ -165,7 +165,7 @@ def test_every_component_and_group_of_the_tiny_model_in_the_dtype(tiny_dir):
         model = {name: mt.component_census(name, module) for name, module in modules.items()}
         assert mt.component_bytes(model, "none", size) == {name: module_bytes(m) for name, m in modules.items()}
         for pinned in (False, True):
-            plan = offload_plan("group", quantized_8bit=pinned)
+            plan = offload_plan("group", resident_transformer=pinned)
             assert mt.largest_group(model, "none", size, plan=plan) == largest_group_bytes(modules, plan)
 
 
@@ -180,12 +180,12 @@ def test_the_8bit_estimate_of_the_tiny_model_feeds_the_same_offload_choice(tiny_
     quantize_8bit(modules["transformer"])
     real = {name: module_bytes(m) for name, m in modules.items()}
     assert estimated == real
-    group = largest_group_bytes(modules, offload_plan("group", quantized_8bit=True))
+    group = largest_group_bytes(modules, offload_plan("group", resident_transformer=True))
     assert mt.largest_group(model, "8bit", 4) == group
-    needs = {m: mode_needs(m, real, largest_group=group, quantized_8bit=True) for m in ("none", "model", "group")}
+    needs = {m: mode_needs(m, real, largest_group=group, resident_transformer=True) for m in ("none", "model", "group")}
     for free in (*needs.values(), min(needs.values()) - 1):
         try:
-            choice = choose_offload("auto", CUDA, free, real, largest_group=group, quantized_8bit=True)
+            choice = choose_offload("auto", CUDA, free, real, largest_group=group, resident_transformer=True)
         except ValueError:
             choice = None
         estimate = mt.estimate("8bit", model, dtype_bytes=4, device=CUDA, free_bytes=free)
@@ -292,9 +292,9 @@ def test_auto_picks_the_fastest_tier_that_fits(free_gib, tiers):
     sizes = mt.component_bytes(mt.FLUX_DEV, choice.tier, 2)
     pinned = bool(mt.FORMATS[choice.tier] and mt.FORMATS[choice.tier].pinned)
     group = mt.largest_group(mt.FLUX_DEV, choice.tier, 2)
-    expected = choose_offload("auto", CUDA, free, sizes, largest_group=group, quantized_8bit=pinned)
+    expected = choose_offload("auto", CUDA, free, sizes, largest_group=group, resident_transformer=pinned)
     assert picked.offload.mode == expected.mode
-    assert picked.peak_bytes == mode_needs(expected.mode, sizes, largest_group=group, quantized_8bit=pinned)
+    assert picked.peak_bytes == mode_needs(expected.mode, sizes, largest_group=group, resident_transformer=pinned)
     assert choice.tier in choice.reason and f"{free_gib:.1f} GiB free" in choice.reason
 
 

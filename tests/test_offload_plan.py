@@ -34,30 +34,30 @@ DOUBLE_BLOCK = int(0.68 * GiB)  # FLUX.1-dev's largest group (a double block) in
 
 
 def test_8bit_keeps_the_transformer_on_the_device_in_every_offload_plan():
-    assert offload_plan("model", quantized_8bit=True) == {
+    assert offload_plan("model", resident_transformer=True) == {
         "text_encoder": MODEL,
         "text_encoder_2": MODEL,
         "transformer": DEVICE,
         "vae": MODEL,
     }
-    assert offload_plan("group", quantized_8bit=True)["transformer"] == DEVICE
-    assert offload_plan("group", quantized_8bit=True)["text_encoder_2"] == GROUP
+    assert offload_plan("group", resident_transformer=True)["transformer"] == DEVICE
+    assert offload_plan("group", resident_transformer=True)["text_encoder_2"] == GROUP
     assert offload_plan("model")["transformer"] == MODEL  # bf16 weights move with the model hook as before
     with pytest.raises(ValueError, match="8bit"):
-        offload_plan("sequential", quantized_8bit=True)
+        offload_plan("sequential", resident_transformer=True)
     with pytest.raises(ValueError, match="8bit"):
-        choose_offload("sequential", CUDA, 80 * GiB, FLUX_DEV, quantized_8bit=True)
+        choose_offload("sequential", CUDA, 80 * GiB, FLUX_DEV, resident_transformer=True)
 
 
 def test_auto_under_8bit_counts_the_int8_transformer_as_resident():
     sizes = {**FLUX_DEV, "transformer": int(12.2 * GiB)}
     # 18 GiB (a 20 GB card): the int8 transformer stays, T5 (9.5 GiB) cannot join it: grouped by blocks
-    choice = choose_offload("auto", CUDA, 18 * GiB, sizes, largest_group=int(0.38 * GiB), quantized_8bit=True)
+    choice = choose_offload("auto", CUDA, 18 * GiB, sizes, largest_group=int(0.38 * GiB), resident_transformer=True)
     assert choice.mode == "group" and "int8 transformer kept" in choice.reason
     # 26 GiB: 12.2 + 9.5 (the largest offloaded component) + 4 fit: model offload of the text encoders
-    assert choose_offload("auto", CUDA, 26 * GiB, sizes, quantized_8bit=True).mode == "model"
+    assert choose_offload("auto", CUDA, 26 * GiB, sizes, resident_transformer=True).mode == "model"
     with pytest.raises(ValueError, match="keeps the int8 transformer"):
-        choose_offload("auto", CUDA, 10 * GiB, sizes, largest_group=int(0.38 * GiB), quantized_8bit=True)
+        choose_offload("auto", CUDA, 10 * GiB, sizes, largest_group=int(0.38 * GiB), resident_transformer=True)
 
 
 def test_8bit_model_offload_moves_only_the_text_encoders_and_vae(tiny_dir, monkeypatch):

@@ -209,7 +209,7 @@ def test_offload_keeps_bitsandbytes_resident_and_moves_fp8():
         model = nn.Sequential(nn.Linear(64, 64), nn.LayerNorm(64))
         quantize_transformer(model, tier, "cpu")
         assert stays_resident(model) is resident, tier
-        assert offload_plan("model", quantized_8bit=stays_resident(model))["transformer"] == (
+        assert offload_plan("model", resident_transformer=stays_resident(model))["transformer"] == (
             DEVICE if resident else MODEL
         )
     nf4 = nn.Sequential(nn.Linear(64, 64), nn.LayerNorm(64))

@@ -1,7 +1,7 @@
 """The fast plan: which speed-ups this device gets, each with its reason. Pure apart from ``detect_env``.
 
 * ``detect_env(device)`` looks at the machine: device type, CUDA capability, which optional packages import.
-* ``choose_fast_plan(env, requested, full=..., quantized_8bit=..., offload=...)`` is pure (tested on CPU for every
+* ``choose_fast_plan(env, requested, full=..., quantized=..., offload=...)`` is pure (tested on CPU for every
   GPU branch): a ``FastPlan`` with each switch and the reason for it, one small ``_choose_<switch>`` function per
   switch. ``requested`` maps a switch to True/False/"auto" (or a backend name / a cache threshold); a switch left out
   is "auto" when ``full`` (``fast=True``: the whole fast mode) and off otherwise. An explicit request the machine
@@ -138,7 +138,7 @@ class _Request:
     env: FastEnv
     switches: Mapping[str, Any]
     default: bool | str  # for a switch not in ``switches``: "auto" (full fast mode) or False
-    quantized_8bit: bool
+    quantized: bool  # the transformer holds quantized layers (any tier)
     offload: str
     dtype: torch.dtype | None = None  # the weights' dtype (None: not known, not checked)
 
@@ -158,7 +158,7 @@ def _choose_fuse_qkv(req: _Request) -> tuple[bool, str]:
     fuse = _flag(req.get("fuse_qkv"), "fuse_qkv")
     if fuse is False:
         return False, req.off("fuse_qkv")
-    if req.quantized_8bit:
+    if req.quantized:
         if fuse is True:
             raise ValueError("fuse_qkv=True with a quantized transformer: quantized weights cannot be concatenated")
         return False, "off: the quantized weights (8bit, nf4, fp8 storage) cannot be concatenated"
@@ -201,13 +201,13 @@ def _choose_compile(req: _Request) -> tuple[bool, bool, str]:
         raise ValueError(f"compile=True: {blocker}")
     if blocker:
         return False, True, f"off: {blocker}"
-    if req.quantized_8bit and compile_ == AUTO:
+    if req.quantized and compile_ == AUTO:
         return False, True, "off: quantized layers break the graph (the quantize tiers are memory modes, not speed)"
     why = (
         "regional torch.compile of the repeated double/single blocks, FX graph cache on disk; "
         "the LoRA strength is a graph input (no recompile)"
     )
-    if req.quantized_8bit:
+    if req.quantized:
         return True, False, why + "; fullgraph=False (quantized layers break the graph)"
     return True, True, why
 
@@ -218,7 +218,7 @@ def _fp8_blocker(req: _Request) -> str | None:
         return f"fp8 matmuls need a CUDA GPU with sm89+ (Ada/Hopper); this is {env.device_type}"
     if tuple(env.capability) < FP8_MIN_CAPABILITY:
         return f"fp8 tensor cores need sm89+ (Ada/Hopper); this GPU is sm{env.capability[0]}{env.capability[1]}"
-    if req.quantized_8bit:
+    if req.quantized:
         return "the transformer is already quantized (a quantize tier); fp8 replaces it, not stacks on it"
     if req.dtype is not None and req.dtype != torch.bfloat16:
         loaded = str(req.dtype).removeprefix("torch.")
@@ -282,17 +282,17 @@ def choose_fast_plan(
     requested: Mapping[str, Any] | None = None,
     *,
     full: bool = True,
-    quantized_8bit: bool = False,
+    quantized: bool = False,
     offload: str = "none",
     dtype: torch.dtype | None = None,
 ) -> FastPlan:
-    """The fast plan for ``env`` (pure). ``full``: switches not in ``requested`` are "auto" (else off). ``dtype``: the
-    weights' dtype (fp8 needs bfloat16)."""
+    """The fast plan for ``env`` (pure). ``full``: switches not in ``requested`` are "auto" (else off). ``quantized``:
+    the transformer holds quantized layers of any tier. ``dtype``: the weights' dtype (fp8 needs bfloat16)."""
     requested = dict(requested or {})
     unknown = sorted(set(requested) - set(SWITCHES))
     if unknown:
         raise ValueError(f"unknown fast switch(es) {', '.join(unknown)}; known: {', '.join(SWITCHES)}")
-    req = _Request(env, requested, AUTO if full else False, quantized_8bit, offload, dtype)
+    req = _Request(env, requested, AUTO if full else False, quantized, offload, dtype)
     fuse_qkv, why_fuse = _choose_fuse_qkv(req)
     attention, why_attention = _choose_attention(req)
     compiled, fullgraph, why_compile = _choose_compile(req)
@@ -332,7 +332,7 @@ def choose_fast_and_offload(
     component_bytes: Mapping[str, int],
     largest_group: int | None = None,
     fp8_saved_bytes: int = 0,
-    quantized_8bit: bool = False,
+    resident_transformer: bool = False,
     dtype: torch.dtype | None = None,
     full: bool | None = None,
     quantized: bool | None = None,
@@ -341,8 +341,8 @@ def choose_fast_and_offload(
     choice weighs (``fp8_saved_bytes``: what fp8 would save, ``fast.fp8_saved_bytes``), and the offload mode limits
     the plan (no compile under group or sequential offload, no fp8 under sequential). ``fast``: None/False (no fast
     mode: the plan is None), True (the whole mode) or switches. ``full`` defaults to ``fast is True``.
-    ``quantized_8bit``: the transformer holds bitsandbytes layers (kept on the device); ``quantized``: it holds
-    quantized layers of any tier (the plan's flag: no fused QKV, no fp8 fast mode; default ``quantized_8bit``)."""
+    ``resident_transformer``: the transformer holds bitsandbytes layers (kept on the device); ``quantized``: it holds
+    quantized layers of any tier (the plan's flag: no fused QKV, no fp8 fast mode; default ``resident_transformer``)."""
     from ..offload import choose_offload
 
     wanted = bool(fast)
@@ -350,13 +350,13 @@ def choose_fast_and_offload(
     full = fast is True if full is None else full
 
     def plan_for(mode: str) -> FastPlan:
-        flag = quantized_8bit if quantized is None else quantized
-        return choose_fast_plan(env, switches, full=full, quantized_8bit=flag, offload=mode, dtype=dtype)
+        flag = resident_transformer if quantized is None else quantized
+        return choose_fast_plan(env, switches, full=full, quantized=flag, offload=mode, dtype=dtype)
 
     sizes = dict(component_bytes)
     if wanted and plan_for("none" if offload == "auto" else offload).fp8:
         sizes["transformer"] = max(sizes.get("transformer", 0) - fp8_saved_bytes, 0)
     choice = choose_offload(
-        offload, device, free_bytes, sizes, largest_group=largest_group, quantized_8bit=quantized_8bit
+        offload, device, free_bytes, sizes, largest_group=largest_group, resident_transformer=resident_transformer
     )
     return (plan_for(choice.mode) if wanted else None), choice
