@@ -1,3 +1,4 @@
+import functools
 import inspect
 import os
 import shutil
@@ -10,6 +11,12 @@ import pytest
 # worker, a Python interpreter) or drives a browser. Files made of such tests say so with ``pytestmark``; a test
 # elsewhere that does it itself (or through a fixture) is marked here, so a new one lands in the right tier.
 SLOW_SIGNS = ("ServerProcess(", "CliProcess(", "WorkerProcess(", "subprocess.run(", "sync_playwright")
+
+
+def pytest_xdist_auto_num_workers(config):
+    """``-n auto``: one worker per core, plus one. Many tests here wait rather than compute (on a server process
+    starting, a Redis outage, a lease running out), and the extra worker fills the core such a wait leaves idle."""
+    return (os.cpu_count() or 1) + 1
 
 
 def pytest_configure(config):
@@ -26,6 +33,7 @@ def pytest_configure(config):
             sys.modules["torch"].set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
+@functools.cache  # the same fixtures stand behind thousands of tests
 def _source(obj) -> str:
     try:
         return inspect.getsource(obj)

@@ -146,8 +146,9 @@ FAKE_ENV = {
 }
 
 
-def load_fake(model: str, **options: Any) -> FakePipeline:
-    """A ``FLUX_VECTOR_PIPELINE_FACTORY``: ``FakePipeline`` (no model; ``$FLUX_VECTOR_FAKE_STEP_S`` seconds a step),
-    for server tests about the queue and the API rather than the pixels. The server still reads ``model``'s
-    tokenizer files to count prompt tokens."""
-    return FakePipeline(step_s=float(os.environ.get(FAKE_STEP_ENV, "0")), lora=None)
+def load_fake(model: str, **options: Any) -> FaultInjectingPipeline:
+    """A ``FLUX_VECTOR_PIPELINE_FACTORY``: ``FakePipeline`` (no model; ``$FLUX_VECTOR_FAKE_STEP_S`` seconds a step)
+    acting on fault markers, for process tests about the queue, the HTTP layer and crashes rather than the pixels (a
+    process that loads no model starts in a third of the time). The server still reads ``model``'s tokenizer files
+    to count prompt tokens."""
+    return with_fault_markers(FakePipeline(step_s=float(os.environ.get(FAKE_STEP_ENV, "0")), lora=None))

@@ -1,4 +1,5 @@
-"""``flux-vector serve`` as a real subprocess on the tiny model, driven by the real ``segmind`` SDK (1.3.0)."""
+"""``flux-vector serve`` as a real subprocess on the tiny model, driven by the real ``segmind`` SDK (1.3.0). The
+restart and expiry tests are about the queue, not the pixels: their servers run the fake pipeline (``FAKE``)."""
 
 import io
 import json
@@ -11,6 +12,7 @@ import segmind
 from PIL import Image
 
 import flux_vector
+from tests.fake_pipeline import FAKE_ENV as FAKE
 from tests.fake_pipeline import FAULTS_ENV as FAULTS
 from tests.segmind_script import SLUG, SMALL, run_script
 from tests.server_process import ServerProcess
@@ -178,7 +180,7 @@ def test_progress_and_openapi(client, server):
 # ----------------------------------------------------------------------------------------------- restart, expiry
 def test_sigkill_mid_queue_loses_nothing(tmp_path, tiny_dir):
     store = tmp_path / "jobs.sqlite3"
-    first = ServerProcess(store, env=FAULTS).start()
+    first = ServerProcess(store, env=FAKE).start()
     client = segmind.SegmindClient(base_url=first.base_url)
     done = client.run(SLUG, prompt="finished before the crash", **SMALL)
     running = client.submit_async(SLUG, prompt="[[fault:sleep=3]] caught running", **SMALL)
@@ -187,14 +189,14 @@ def test_sigkill_mid_queue_loses_nothing(tmp_path, tiny_dir):
     first.kill(signal.SIGKILL)
 
     # restart on the same port (the absolute URLs the SDK holds stay valid): the interrupted job runs again...
-    second = ServerProcess(store, port=first.port, env=FAULTS).start()
+    second = ServerProcess(store, port=first.port, env=FAKE).start()
     assert client.submit_async  # same client, same URLs
     assert httpx.get(done["output"]).status_code == 200  # finished results survive
     wait_state(running, "PROCESSING")  # attempt 2 (it keeps its place at the head of the queue)
     assert all(job.status()["status"] == "QUEUED" for job in queued)
     second.kill(signal.SIGKILL)  # ...and is caught by a crash again
 
-    third = ServerProcess(store, port=first.port, env=FAULTS).start()
+    third = ServerProcess(store, port=first.port, env=FAKE).start()
     try:
         with pytest.raises(segmind.InferenceFailed) as failed:
             running.wait(timeout=30, interval=0.05)
@@ -211,7 +213,7 @@ def test_sigkill_mid_queue_loses_nothing(tmp_path, tiny_dir):
 
 
 def test_results_expire_after_the_retention(tmp_path, tiny_dir):
-    server = ServerProcess(tmp_path / "jobs.sqlite3", args=("--retention", "1.5")).start()
+    server = ServerProcess(tmp_path / "jobs.sqlite3", args=("--retention", "1.5"), env=FAKE).start()
     try:
         client = segmind.SegmindClient(base_url=server.base_url)
         job = client.submit_async(SLUG, prompt="short-lived", **SMALL)

@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from flux_vector.request import SLUG
+from tests.fake_pipeline import FAKE_ENV
 from tests.server_helpers import SMALL, finished_job, post
 from tests.server_process import ServerProcess
 
@@ -50,7 +51,7 @@ def test_duplicate_json_keys_are_rejected(app_client):
 
 def test_malformed_bodies_keep_the_connection_alive(tmp_path, tiny_dir):
     """A 100,000-deep body is a 400 on a kept-alive connection: the client's next request on it succeeds."""
-    server = ServerProcess(tmp_path / "jobs.sqlite3").start()
+    server = ServerProcess(tmp_path / "jobs.sqlite3", env=FAKE_ENV).start()  # the HTTP layer: no model needed
     try:
         connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
         for body in ("[" * 100_000, '{"prompt": "a", "prompt": "b"}', '{"prompt": "\\ud800"}'):
@@ -97,7 +98,7 @@ def stream_body(port: int, total: int, *, chunked: bool) -> tuple[int, bytes]:
 @pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
 def test_a_1_gib_body_is_refused_while_it_streams(tmp_path, tiny_dir, chunked):
     psutil = pytest.importorskip("psutil")
-    server = ServerProcess(tmp_path / "jobs.sqlite3").start()
+    server = ServerProcess(tmp_path / "jobs.sqlite3", env=FAKE_ENV).start()  # the HTTP layer: no model needed
     try:
         process = psutil.Process(server.proc.pid)
         before = process.memory_info().rss

@@ -12,13 +12,13 @@ import httpx
 import flux_vector
 from flux_vector.facade.client import MIN_POLL_INTERVAL_S
 from flux_vector.request import SLUG
-from tests.fake_pipeline import FAULTS_ENV, FakePipeline
+from tests.fake_pipeline import FAKE_ENV, FakePipeline
 from tests.server_helpers import SMALL
 from tests.server_process import ServerProcess
 
 
 def test_sigterm_answers_a_waiting_v1_caller_with_a_json_503(tmp_path, tiny_dir):
-    server = ServerProcess(tmp_path / "jobs.sqlite3", env=FAULTS_ENV).start()
+    server = ServerProcess(tmp_path / "jobs.sqlite3", env=FAKE_ENV).start()
     answers: list[httpx.Response] = []
 
     def call() -> None:
