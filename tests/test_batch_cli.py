@@ -1,4 +1,5 @@
-"""`flux-vector batch` as a user runs it: real CLI processes on the tiny model, real files, real SIGINT and SIGKILL.
+"""`flux-vector batch` as a user runs it: real CLI processes, real files, real SIGINT and SIGKILL; the mixed batch on
+the tiny model, the others on the fake pipeline (``FAKE_ENV``: they are about the rows, the manifest and the signals).
 
 The fault-injecting pipeline (``tests/fake_pipeline.py``) makes a row fail at generation time (``[[fault:oom]]``) or
 hold its image (``[[fault:sleep=S]]``), which is what lets a signal land in the middle of a run.
@@ -17,7 +18,7 @@ from PIL import Image
 
 from flux_vector.batching.manifest import file_sha256
 from flux_vector.output_formats import output_format
-from tests.fake_pipeline import FAULTS_ENV
+from tests.fake_pipeline import FAKE_ENV, FAULTS_ENV
 from tests.server_process import CliProcess
 
 pytestmark = pytest.mark.slow  # a CLI process per test
@@ -29,8 +30,8 @@ SAMPLERS = ["euler", "dpmpp_2m", "heun", "euler_ancestral"]
 FORMATS = ["png", "jpeg", "webp", "svg"]
 
 
-def batch(args: list[str], log: Path) -> CliProcess:
-    proc = CliProcess(["batch", *args, "--model", "tiny", "--no-progress"], log, env=FAULTS_ENV)
+def batch(args: list[str], log: Path, *, env: dict[str, str] = FAKE_ENV) -> CliProcess:
+    proc = CliProcess(["batch", *args, "--model", "tiny", "--no-progress"], log, env=env)
     proc.spawn()
     return proc
 
@@ -98,7 +99,7 @@ def test_a_mixed_batch_survives_sigint_and_sigkill_and_ends_with_one_intact_file
     args = [str(requests), "--out", str(out), "--steps", "2"]
 
     # 1. Ctrl-C after three images: the image in progress is finished and recorded, then it stops
-    first = batch(args, tmp_path / "1.log")
+    first = batch(args, tmp_path / "1.log", env=FAULTS_ENV)
     wait_for_lines(out, 3, first)
     first.proc.send_signal(signal.SIGINT)
     assert finish(first) == 130, first.log()
@@ -109,7 +110,7 @@ def test_a_mixed_batch_survives_sigint_and_sigkill_and_ends_with_one_intact_file
     assert named == {p.name for p in out.iterdir()} - {"manifest.jsonl", "manifest.jsonl.lock"}  # no orphan file
 
     # 2. the re-run skips those; SIGKILL three images later (a file may be in place without its line, a line cut)
-    second = batch(args, tmp_path / "2.log")
+    second = batch(args, tmp_path / "2.log", env=FAULTS_ENV)
     wait_for_lines(out, len(after_sigint) + 3, second)
     second.kill(signal.SIGKILL)
     after_kill = manifest_lines(out)
@@ -119,7 +120,7 @@ def test_a_mixed_batch_survives_sigint_and_sigkill_and_ends_with_one_intact_file
             assert file_sha256(out / record["name"]) == record["sha256"]
 
     # 3. the re-run completes; the invalid rows are reported by line number, exit 3 (invalid rows skipped)
-    third = batch(args, tmp_path / "3.log")
+    third = batch(args, tmp_path / "3.log", env=FAULTS_ENV)
     assert finish(third) == 3, third.log()
     for line in invalid:
         assert f"line {line}: skipped:" in third.log()
@@ -144,7 +145,7 @@ def test_a_mixed_batch_survives_sigint_and_sigkill_and_ends_with_one_intact_file
     assert len(list(tmp_path.glob("out/.*"))) == 0  # no partial file left
 
     # 4. once more: everything is done, so nothing loads or runs
-    fourth = batch(args, tmp_path / "4.log")
+    fourth = batch(args, tmp_path / "4.log", env=FAULTS_ENV)
     assert finish(fourth) == 3
     assert "30/30 requests done (0 this run, 30 already)" in fourth.log()
     assert "model: tiny" not in fourth.log()

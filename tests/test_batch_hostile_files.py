@@ -1,7 +1,7 @@
 """`flux-vector batch` on folders and files someone else prepared (issue 28): a planted link is refused and never
 written through, a forged manifest line is not trusted, every bad input line is that line's error, the batch has a
-total cap, and the lock file goes when the batch ends. Real CLI processes on the tiny model; the manifest's and the
-reader's rules also directly, without a model."""
+total cap, and the lock file goes when the batch ends. Real CLI processes (on the fake pipeline, ``FAKE_ENV``: the files
+are the point, not the pixels); the manifest's and the reader's rules also directly, without a model."""
 
 from __future__ import annotations
 
@@ -18,13 +18,14 @@ import pytest
 from flux_vector.batching import Manifest
 from flux_vector.batching.manifest import LOCK, MANIFEST, write_durably
 from flux_vector.batching.rows import MAX_BATCH_REQUESTS, MAX_LINE_BYTES, TooManyRequests, expand, read_rows
+from tests.fake_pipeline import FAKE_ENV
 
 WAIT_S = 300  # a guard against a hung child, never a measured figure
 SMALL = ["--steps", "1", "--width", "32", "--height", "32", "--model", "tiny", "--no-progress"]
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ}
+    env = {**os.environ, **FAKE_ENV}
     env.pop("FLUX_VECTOR_MODEL", None)
     return subprocess.run(
         [sys.executable, "-m", "flux_vector.cli", *args], capture_output=True, text=True, timeout=WAIT_S, env=env
