@@ -9,8 +9,9 @@ import pytest
 
 # What makes a test ``slow`` (the fast tier is ``pytest -m "not slow"``): it starts a process (a server, the CLI, a
 # worker, a Python interpreter) or drives a browser. Files made of such tests say so with ``pytestmark``; a test
-# elsewhere that does it itself (or through a fixture) is marked here, so a new one lands in the right tier.
-SLOW_SIGNS = ("ServerProcess(", "CliProcess(", "WorkerProcess(", "subprocess.run(", "sync_playwright")
+# elsewhere that does it itself, through a fixture or through a helper of its own module is marked here, so a new
+# one lands in the right tier.
+SLOW_SIGNS = ("ServerProcess(", "CliProcess(", "WorkerProcess(", "ApiProcess(", "subprocess.run(", "sync_playwright")
 
 
 def pytest_xdist_auto_num_workers(config):
@@ -41,12 +42,20 @@ def _source(obj) -> str:
         return ""
 
 
+def _helpers(function, module) -> list:
+    """The test helpers (functions and classes of ``tests/``) that ``function`` names: ``cli(...)``, ``Hooked(...)``."""
+    names = getattr(getattr(function, "__code__", None), "co_names", ())
+    named = [getattr(module, name, None) for name in names]
+    return [h for h in named if (inspect.isfunction(h) or inspect.isclass(h)) and h.__module__.startswith("tests.")]
+
+
 def pytest_collection_modifyitems(items):
     for item in items:
         if item.get_closest_marker("slow") or not hasattr(item, "function"):
             continue
         fixtures = [d.func for defs in item._fixtureinfo.name2fixturedefs.values() for d in defs]
-        if any(sign in _source(f) for f in (item.function, *fixtures) for sign in SLOW_SIGNS):
+        sources = [item.function, *fixtures, *_helpers(item.function, item.module)]
+        if any(sign in _source(f) for f in sources for sign in SLOW_SIGNS):
             item.add_marker(pytest.mark.slow)
     if os.environ.get("PYTEST_XDIST_WORKER"):
         _slow_files_first(items)
