@@ -23,6 +23,7 @@ import os
 import re
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -37,6 +38,14 @@ FAULTS_ENV = {
     "PYTHONPATH": os.pathsep.join(filter(None, (_ROOT, os.environ.get("PYTHONPATH")))),
 }
 _MARKER = re.compile(r"\[\[fault:(nan|oom|sleep=(\d+(?:\.\d+)?))\]\]")
+
+
+@dataclass
+class FakeLora:
+    """A loaded LoRA as a worker process reports it on ``/healthz`` (its strength, whether it is fused)."""
+
+    strength: float = 1.0
+    fused: bool = False
 
 
 class FakePipelineBase:
@@ -57,6 +66,8 @@ class FakePipelineBase:
 
     def fuse_lora(self, log: Callable[[str], None] = print) -> bool:
         self.fused = self.lora is not None
+        if isinstance(self.lora, FakeLora):
+            self.lora.fused = True
         return self.fused
 
     def warmup(self, sizes=None, *, log=None):
@@ -152,3 +163,11 @@ def load_fake(model: str, **options: Any) -> FaultInjectingPipeline:
     process that loads no model starts in a third of the time). The server still reads ``model``'s tokenizer files
     to count prompt tokens."""
     return with_fault_markers(FakePipeline(step_s=float(os.environ.get(FAKE_STEP_ENV, "0")), lora=None))
+
+
+FAKE_LORA_ENV = {**FAKE_ENV, "FLUX_VECTOR_PIPELINE_FACTORY": "tests.fake_pipeline:load_fake_with_lora"}
+
+
+def load_fake_with_lora(model: str, **options: Any) -> FaultInjectingPipeline:
+    """``load_fake`` with a LoRA loaded (``FakeLora``: fused when the worker fuses it), for fleets of workers."""
+    return with_fault_markers(FakePipeline(step_s=float(os.environ.get(FAKE_STEP_ENV, "0")), lora=FakeLora()))

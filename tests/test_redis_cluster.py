@@ -1,5 +1,6 @@
 """Scale-out on Redis end to end: a real ``redis-server`` on a loopback port, 2 API processes (``flux-vector serve
---store redis://...``) and 3 tiny-model workers (``flux-vector worker``) as subprocesses, driven by the real
+--store redis://...``) and 3 workers (``flux-vector worker``, on the fake pipeline with a LoRA: the queue is the
+point here; the no-network and fault tests run workers on the tiny model) as subprocesses, driven by the real
 ``segmind`` SDK (1.3.0): the user's script behaves as on the embedded store, so do the API key and the queue bound;
 300 jobs from 8 client threads survive a worker SIGKILLed mid-job (its job re-runs on another worker; every job
 COMPLETED exactly once); results vanish after the (shortened) retention."""
@@ -15,7 +16,7 @@ import pytest
 import segmind
 from PIL import Image
 
-from tests.fake_pipeline import FAULTS_ENV as FAULTS
+from tests.fake_pipeline import FAKE_LORA_ENV
 from tests.redis_cluster import ApiProcess, RedisServer, WorkerProcess, metric, require_redis
 from tests.segmind_script import SLUG, SMALL, run_script
 
@@ -36,7 +37,7 @@ def cluster(tmp_path_factory, tiny_dir):
     redis = RedisServer(folder).start()
     url = redis.url(0)
     workers = [
-        WorkerProcess(url, folder, f"w{i}", args=("--lease", str(LEASE_S)), env=FAULTS).start() for i in range(3)
+        WorkerProcess(url, folder, f"w{i}", args=("--lease", str(LEASE_S)), env=FAKE_LORA_ENV).start() for i in range(3)
     ]
     apis = [
         ApiProcess(
