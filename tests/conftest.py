@@ -9,8 +9,8 @@ import pytest
 
 # What makes a test ``slow`` (the fast tier is ``pytest -m "not slow"``): it starts a process (a server, the CLI, a
 # worker, a Python interpreter) or drives a browser. Files made of such tests say so with ``pytestmark``; a test
-# elsewhere that does it itself, through a fixture or through a helper of its own module is marked here, so a new
-# one lands in the right tier.
+# elsewhere that does it itself, through a fixture or through a ``tests/`` helper it names (``cli()``) is marked here,
+# so a new one lands in the right tier.
 SLOW_SIGNS = ("ServerProcess(", "CliProcess(", "WorkerProcess(", "ApiProcess(", "subprocess.run(", "sync_playwright")
 
 
