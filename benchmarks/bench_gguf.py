@@ -77,14 +77,7 @@ def bench_model(name: str, folder: Path, tokens: int, repeats: int) -> None:
                 calls[f"dequantize {qtype}"] = lambda layers=layers, d=dtype: [q.dequantized(d) for q in layers]
             with torch.no_grad():
                 ms = best_of_rounds(calls, repeats)
-            base = ms["float"]
-            row = [f"{name} {str(dtype).removeprefix('torch.')}, {tokens} image tokens: float {base:.1f} ms"]
-            for qtype in QTYPES:
-                row.append(
-                    f"{qtype} {ms[qtype]:.1f} ms ({ms[qtype] / base:.2f}x; dequantizing all its linears alone "
-                    f"{ms[f'dequantize {qtype}']:.1f} ms)"
-                )
-            print("; ".join(row))
+            print_row(f"{name} {str(dtype).removeprefix('torch.')}, {tokens} image tokens", ms)
             reference.float()
 
 
@@ -101,11 +94,15 @@ def bench_linear(width: int, tokens: int, repeats: int) -> None:
         layer = GGUFLinear(width, width, kind, data)
         calls[qtype] = lambda layer=layer: layer(x)
         calls[f"dequantize {qtype}"] = lambda data=data, kind=kind: dequantize(data, kind, torch.float32)
-    ms = best_of_rounds(calls, repeats)
-    row = [f"one {width}x{width} linear, {tokens} tokens, float32: {ms['float']:.1f} ms"]
+    print_row(f"one {width}x{width} linear, {tokens} tokens, float32", best_of_rounds(calls, repeats))
+
+
+def print_row(what: str, ms: dict[str, float]) -> None:
+    """One line: the float time, then each type's time, its ratio to float and its dequantization alone."""
+    row = [f"{what}: float {ms['float']:.1f} ms"]
     for qtype in QTYPES:
         row.append(
-            f"{qtype} {ms[qtype]:.1f} ms ({ms[qtype] / ms['float']:.2f}x; dequantize alone "
+            f"{qtype} {ms[qtype]:.1f} ms ({ms[qtype] / ms['float']:.2f}x; dequantizing its linears alone "
             f"{ms[f'dequantize {qtype}']:.1f} ms)"
         )
     print("; ".join(row))
